@@ -1,0 +1,91 @@
+"""A consumer: one producer's packets, rewritten for one transport."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+
+from townhall.sfu import rtcp, rtp
+from townhall.sfu.producer import Producer
+from townhall.sfu.sequence import SequenceRewriter
+from townhall.sfu.transport import Slot, Transport
+
+logger = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+class Consumer:
+    __slots__ = ("closed", "id", "octets", "packets", "paused", "producer", "rewriter",
+                 "slot", "transport")
+
+    def __init__(
+        self,
+        producer: Producer,
+        transport: Transport,
+        slot: Slot,
+        clock: Callable[[], float],
+    ) -> None:
+        self.id = f"c{next(_ids)}"
+        self.producer = producer
+        self.transport = transport
+        self.slot = slot
+        self.rewriter = SequenceRewriter(producer.codec.clock_rate, clock)
+        self.paused = False
+        self.closed = False
+        self.packets = 0
+        self.octets = 0
+
+    def send(self, data: bytes, header: rtp.RtpHeader) -> bool:
+        payload_type = self.slot.payload_type
+        if self.paused or payload_type is None or header.payload_type != \
+                self.producer.codec.payload_type:
+            return False
+        sequence, timestamp = self.rewriter.rewrite(header.sequence, header.timestamp)
+        packet = rtp.rewrite(data, header, payload_type, sequence, timestamp, self.slot.ssrc)
+        if not self.transport.send_rtp(packet):
+            return False
+        self.packets += 1
+        self.octets += len(packet) - header.payload_offset
+        return True
+
+    def restart(self) -> None:
+        self.rewriter.restart()
+
+    def set_paused(self, paused: bool) -> None:
+        if paused != self.paused:
+            self.paused = paused
+            if not paused:
+                self.rewriter.restart()
+                self.producer.request_keyframe()
+
+    def retransmit(self, sequences: tuple[int, ...]) -> list[int]:
+        """Resend what the cache holds; returns the producer's sequence numbers it lacks."""
+        payload_type = self.slot.payload_type
+        if payload_type is None:
+            return []
+        missing = []
+        for out_sequence in sequences:
+            sequence = self.rewriter.input_sequence(out_sequence)
+            if sequence is None:
+                continue
+            data = self.producer.cache.get(sequence)
+            if data is None:
+                missing.append(sequence)
+                continue
+            header = rtp.parse_header(data)
+            packet = rtp.rewrite(data, header, payload_type, out_sequence,
+                                 self.rewriter.output_timestamp(header.timestamp), self.slot.ssrc)
+            self.transport.send_rtp(packet)
+        return missing
+
+    def send_sender_report(self) -> None:
+        report = self.producer.sender_report
+        if report is None or not self.packets:
+            return
+        ntp, rtp_timestamp = report
+        self.transport.send_rtcp(rtcp.sender_report(
+            self.slot.ssrc, ntp, self.rewriter.output_timestamp(rtp_timestamp),
+            self.packets, self.octets))
+

@@ -1,0 +1,303 @@
+"""A router: one room's fan-out of producers to consumers.
+
+The router is the ``MediaHandler`` of every transport in the room: it finds the producer of each
+arriving packet and hands the packet on, answers consumer feedback (NACKs from the packet cache,
+keyframe requests relayed to the producer), and sends the periodic reports aiortc no longer sends
+once the SFU takes media over. It knows participants only as opaque owner strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiortc import RTCPeerConnection
+
+from townhall.sfu import rtcp, rtp
+from townhall.sfu.consumer import Consumer
+from townhall.sfu.producer import Producer
+from townhall.sfu.transport import IncomingTrack, Transport
+
+logger = logging.getLogger(__name__)
+
+#: Bandwidth the SFU tells video producers they may use, in bit/s.
+DEFAULT_BITRATE = 2_500_000
+REPORT_INTERVAL = 1.0
+SPEAKING_INTERVAL = 0.25
+
+
+class RouterEvents(Protocol):
+    def speaking_changed(self, router: Router, owners: frozenset[str]) -> None: ...
+
+    def transport_closed(self, router: Router, owner: str, transport: Transport) -> None: ...
+
+
+@dataclass
+class Counters:
+    """What the router has done, for ``/metrics``."""
+
+    packets_received: int = 0
+    packets_forwarded: int = 0
+    bytes_forwarded: int = 0
+    packets_dropped: int = 0
+    retransmissions: int = 0
+    keyframe_requests: int = 0
+
+
+@dataclass
+class _TransportState:
+    owner: str
+    producers_by_ssrc: dict[int, Producer] = field(default_factory=dict)
+    producers_by_mid: dict[str, Producer] = field(default_factory=dict)
+    consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
+
+
+class Router:
+    def __init__(
+        self,
+        name: str,
+        events: RouterEvents | None = None,
+        attach: Callable[[RTCPeerConnection], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        counters: Counters | None = None,
+    ) -> None:
+        self.name = name
+        self.counters = counters if counters is not None else Counters()
+        self._events = events
+        self._attach = attach
+        self._clock = clock
+        self._transports: dict[Transport, _TransportState] = {}
+        self.producers: dict[str, Producer] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self._speaking: frozenset[str] = frozenset()
+        self._closed = False
+        self._tasks = [
+            asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
+            asyncio.ensure_future(self._every(SPEAKING_INTERVAL, self._update_speaking)),
+        ]
+
+    # -- transports --------------------------------------------------------------------------
+
+    def create_transport(self, owner: str, name: str = "") -> Transport:
+        transport = Transport(self, attach=self._attach, name=name or f"{self.name}/{owner}")
+        self._transports[transport] = _TransportState(owner)
+        return transport
+
+    def owner_of(self, transport: Transport) -> str | None:
+        state = self._transports.get(transport)
+        return None if state is None else state.owner
+
+    async def close_transport(self, transport: Transport) -> None:
+        await transport.close()
+        self._forget(transport)
+
+    # -- producers -----------------------------------------------------------------------------
+
+    async def publish(
+        self, transport: Transport, offer: str, sources: dict[str, str]
+    ) -> tuple[str, list[Producer], list[Producer]]:
+        """Negotiate a publish offer; returns the answer, new producers and closed producers."""
+        state = self._transports[transport]
+        answer, tracks = await transport.answer(offer)
+        wanted: dict[str, IncomingTrack] = {t.mid: t for t in tracks if t.mid in sources}
+        added, removed = [], []
+        for mid, producer in list(state.producers_by_mid.items()):
+            if mid not in wanted or wanted[mid].codec != producer.codec:
+                removed.append(producer)
+                self.close_producer(producer)
+        for mid, track in wanted.items():
+            if mid in state.producers_by_mid:
+                continue
+            producer = Producer(state.owner, sources[mid], track, transport, self._clock)
+            state.producers_by_mid[mid] = producer
+            for ssrc in track.ssrcs:
+                state.producers_by_ssrc[ssrc] = producer
+            self.producers[producer.id] = producer
+            added.append(producer)
+        return answer, added, removed
+
+    def close_producer(self, producer: Producer) -> None:
+        if producer.closed:
+            return
+        producer.closed = True
+        for consumer in list(producer.consumers):
+            self.close_consumer(consumer)
+        self.producers.pop(producer.id, None)
+        state = self._transports.get(producer.transport)
+        if state is not None:
+            state.producers_by_mid.pop(producer.mid, None)
+            for ssrc, p in list(state.producers_by_ssrc.items()):
+                if p is producer:
+                    del state.producers_by_ssrc[ssrc]
+
+    # -- consumers -----------------------------------------------------------------------------
+
+    def consume(self, transport: Transport, producer: Producer) -> Consumer:
+        """A consumer of ``producer`` on ``transport``; it sends after the next negotiation."""
+        slot = transport.add_outgoing(producer.codec)
+        consumer = Consumer(producer, transport, slot, self._clock)
+        producer.consumers.append(consumer)
+        self.consumers[consumer.id] = consumer
+        self._transports[transport].consumers_by_ssrc[slot.ssrc] = consumer
+        return consumer
+
+    def close_consumer(self, consumer: Consumer) -> None:
+        if consumer.closed:
+            return
+        consumer.closed = True
+        with contextlib.suppress(ValueError):
+            consumer.producer.consumers.remove(consumer)
+        self.consumers.pop(consumer.id, None)
+        state = self._transports.get(consumer.transport)
+        if state is not None:
+            state.consumers_by_ssrc.pop(consumer.slot.ssrc, None)
+            consumer.transport.remove_outgoing(consumer.slot)
+
+    async def subscribe_answer(self, transport: Transport, answer: str) -> None:
+        await transport.accept_answer(answer)
+        if transport.ready:
+            self.transport_ready(transport)
+
+    # -- MediaHandler --------------------------------------------------------------------------
+
+    def rtp_received(self, transport: Transport, data: bytes) -> None:
+        counters = self.counters
+        counters.packets_received += 1
+        try:
+            header = rtp.parse_header(data)
+        except ValueError as exc:
+            counters.packets_dropped += 1
+            logger.debug("%s: dropped RTP: %s", transport.name, exc)
+            return
+        state = self._transports.get(transport)
+        if state is None:
+            return
+        producer = state.producers_by_ssrc.get(header.ssrc)
+        if producer is None:
+            producer = self._learn_ssrc(state, data, header)
+            if producer is None:
+                counters.packets_dropped += 1
+                return
+        sent = producer.forward(data, header)
+        counters.packets_forwarded += sent
+        counters.bytes_forwarded += sent * len(data)
+
+    def _learn_ssrc(
+        self, state: _TransportState, data: bytes, header: rtp.RtpHeader
+    ) -> Producer | None:
+        """Map an SSRC the SDP did not list to a producer, by the MID header extension."""
+        for producer in state.producers_by_mid.values():
+            mid_id = producer.track.mid_extension
+            if mid_id is None:
+                continue
+            try:
+                mid = rtp.extensions(data, header).get(mid_id)
+            except ValueError:
+                return None
+            if mid is not None:
+                found = state.producers_by_mid.get(mid.decode("ascii", "replace"))
+                if found is not None and (found.ssrc is None or not found.track.ssrcs):
+                    found.ssrc = header.ssrc
+                    state.producers_by_ssrc[header.ssrc] = found
+                    found.request_keyframe()
+                return found
+            break
+        return None
+
+    def rtcp_received(self, transport: Transport, data: bytes) -> None:
+        try:
+            feedback = rtcp.parse(data)
+        except ValueError as exc:
+            self.counters.packets_dropped += 1
+            logger.debug("%s: dropped RTCP: %s", transport.name, exc)
+            return
+        state = self._transports.get(transport)
+        if state is None:
+            return
+        for item in feedback:
+            if item.kind == "sender-report":
+                producer = state.producers_by_ssrc.get(item.media_ssrc)
+                if producer is not None:
+                    producer.sender_report = (item.ntp_timestamp, item.rtp_timestamp)
+                    producer.reception.last_sr = (item.ntp_timestamp >> 16) & 0xFFFFFFFF
+                continue
+            consumer = state.consumers_by_ssrc.get(item.media_ssrc)
+            if consumer is None:
+                continue
+            if item.kind == "nack":
+                missing = consumer.retransmit(item.lost)
+                self.counters.retransmissions += len(item.lost) - len(missing)
+                consumer.producer.request_retransmission(missing)
+            elif item.kind == "keyframe":
+                self.counters.keyframe_requests += 1
+                consumer.producer.request_keyframe()
+
+    def transport_ready(self, transport: Transport) -> None:
+        state = self._transports.get(transport)
+        if state is None:
+            return
+        for consumer in state.consumers_by_ssrc.values():
+            consumer.producer.request_keyframe()
+        for producer in state.producers_by_mid.values():
+            producer.request_keyframe()
+
+    def transport_closed(self, transport: Transport) -> None:
+        state = self._forget(transport)
+        if state is not None and self._events is not None:
+            self._events.transport_closed(self, state.owner, transport)
+
+    def _forget(self, transport: Transport) -> _TransportState | None:
+        state = self._transports.pop(transport, None)
+        if state is None:
+            return None
+        for producer in list(state.producers_by_mid.values()):
+            self.close_producer(producer)
+        for consumer in list(state.consumers_by_ssrc.values()):
+            self.close_consumer(consumer)
+        return state
+
+    # -- periodic work -------------------------------------------------------------------------
+
+    async def _every(self, interval: float, work: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                work()
+            except Exception:
+                logger.exception("%s: periodic work failed", self.name)
+
+    def _send_reports(self) -> None:
+        for producer in self.producers.values():
+            producer.send_reports(DEFAULT_BITRATE)
+        for consumer in self.consumers.values():
+            consumer.send_sender_report()
+
+    def _update_speaking(self) -> None:
+        speaking = frozenset(p.owner for p in self.producers.values()
+                             if p.kind == "audio" and p.speaking)
+        if speaking != self._speaking:
+            self._speaking = speaking
+            if self._events is not None:
+                self._events.speaking_changed(self, speaking)
+
+    @property
+    def speaking(self) -> frozenset[str]:
+        return self._speaking
+
+    async def close(self) -> None:
+        """Close every transport; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for transport in list(self._transports):
+            await self.close_transport(transport)

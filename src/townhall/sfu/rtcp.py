@@ -1,0 +1,163 @@
+"""RTCP the SFU reads and writes: feedback from consumers, reports to and from producers.
+
+Parsing and serialising use aiortc's public ``aiortc.rtp`` classes; this module only picks the
+fields the SFU needs and builds the packets it sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpByePacket,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSenderInfo,
+    RtcpSrPacket,
+    pack_remb_fci,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One piece of feedback about a media SSRC."""
+
+    kind: str  # "nack" | "keyframe" | "report" | "sender-report" | "bye"
+    media_ssrc: int
+    lost: tuple[int, ...] = ()
+    #: For "sender-report": (NTP timestamp, RTP timestamp, packets, octets)
+    ntp_timestamp: int = 0
+    rtp_timestamp: int = 0
+    fraction_lost: int = 0
+
+
+def parse(data: bytes) -> list[Feedback]:
+    """Feedback in a compound RTCP packet; raises ``ValueError`` if it is malformed."""
+    out: list[Feedback] = []
+    for packet in RtcpPacket.parse(data):
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            out.append(Feedback("nack", packet.media_ssrc, lost=tuple(packet.lost)))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            if packet.fmt == RTCP_PSFB_FIR and len(packet.fci) >= 4:
+                media = int.from_bytes(packet.fci[:4], "big")
+            else:
+                media = packet.media_ssrc
+            out.append(Feedback("keyframe", media))
+        elif isinstance(packet, RtcpSrPacket):
+            info = packet.sender_info
+            out.append(
+                Feedback(
+                    "sender-report",
+                    packet.ssrc,
+                    ntp_timestamp=info.ntp_timestamp,
+                    rtp_timestamp=info.rtp_timestamp,
+                )
+            )
+            out.extend(Feedback("report", r.ssrc, fraction_lost=r.fraction_lost)
+                       for r in packet.reports)
+        elif isinstance(packet, RtcpRrPacket):
+            out.extend(Feedback("report", r.ssrc, fraction_lost=r.fraction_lost)
+                       for r in packet.reports)
+        elif isinstance(packet, RtcpByePacket):
+            out.extend(Feedback("bye", ssrc) for ssrc in packet.sources)
+    return out
+
+
+def pli(sender_ssrc: int, media_ssrc: int) -> bytes:
+    return bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=sender_ssrc, media_ssrc=media_ssrc))
+
+
+def nack(sender_ssrc: int, media_ssrc: int, lost: list[int]) -> bytes:
+    packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=sender_ssrc, media_ssrc=media_ssrc)
+    packet.lost = sorted(set(lost))
+    return bytes(packet)
+
+
+def remb(sender_ssrc: int, bitrate: int, media_ssrcs: list[int]) -> bytes:
+    return bytes(
+        RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP, ssrc=sender_ssrc, media_ssrc=0,
+            fci=pack_remb_fci(bitrate, media_ssrcs),
+        )
+    )
+
+
+def receiver_report(sender_ssrc: int, media_ssrc: int, stats: ReceptionStats) -> bytes:
+    fraction, lost = stats.interval_loss()
+    info = RtcpReceiverInfo(
+        ssrc=media_ssrc,
+        fraction_lost=fraction,
+        packets_lost=min(stats.cumulative_lost, 0x7FFFFF),
+        highest_sequence=stats.extended_highest & 0xFFFFFFFF,
+        jitter=0,
+        lsr=stats.last_sr,
+        dlsr=0,
+    )
+    return bytes(RtcpRrPacket(ssrc=sender_ssrc, reports=[info]))
+
+
+def sender_report(
+    ssrc: int, ntp_timestamp: int, rtp_timestamp: int, packets: int, octets: int
+) -> bytes:
+    info = RtcpSenderInfo(
+        ntp_timestamp=ntp_timestamp,
+        rtp_timestamp=rtp_timestamp,
+        packet_count=packets & 0xFFFFFFFF,
+        octet_count=octets & 0xFFFFFFFF,
+    )
+    return bytes(RtcpSrPacket(ssrc=ssrc, sender_info=info))
+
+
+class ReceptionStats:
+    """What a receiver report says about one incoming SSRC (RFC 3550 appendix A.3)."""
+
+    __slots__ = ("_base", "_cycles", "_expected_prior", "_highest", "_received",
+                 "_received_prior", "last_sr")
+
+    def __init__(self) -> None:
+        self._base = -1
+        self._highest = 0
+        self._cycles = 0
+        self._received = 0
+        self._expected_prior = 0
+        self._received_prior = 0
+        self.last_sr = 0
+
+    def add(self, sequence: int) -> None:
+        if self._base < 0:
+            self._base = sequence
+            self._highest = sequence
+        elif ((sequence - self._highest) & 0xFFFF) < 0x8000:
+            if sequence < self._highest:
+                self._cycles += 0x10000
+            self._highest = sequence
+        self._received += 1
+
+    @property
+    def extended_highest(self) -> int:
+        return self._cycles + self._highest
+
+    @property
+    def cumulative_lost(self) -> int:
+        if self._base < 0:
+            return 0
+        return max(0, self.extended_highest - self._base + 1 - self._received)
+
+    def interval_loss(self) -> tuple[int, int]:
+        """(fraction lost in 1/256, packets lost) since the previous call."""
+        expected = self.extended_highest - self._base + 1 if self._base >= 0 else 0
+        expected_interval = expected - self._expected_prior
+        received_interval = self._received - self._received_prior
+        self._expected_prior = expected
+        self._received_prior = self._received
+        lost = expected_interval - received_interval
+        if expected_interval <= 0 or lost <= 0:
+            return 0, 0
+        return (lost << 8) // expected_interval, lost

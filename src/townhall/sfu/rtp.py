@@ -1,0 +1,142 @@
+"""RTP header access on raw bytes, for the forwarding path.
+
+Parsing a whole packet into objects costs more than forwarding it, so the SFU reads only the fixed
+header and the extension block, and writes a new header for each consumer by slicing.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+_FIXED = struct.Struct("!BBHII")
+RTP_MIN_SIZE = 12
+
+
+@dataclass(frozen=True, slots=True)
+class RtpHeader:
+    marker: bool
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    #: Offset of the extension block (its 4-byte header), or -1 when there is none.
+    extension_offset: int
+    #: Offset of the payload: everything the SFU forwards after its own header.
+    payload_offset: int
+    #: Offset of the 4-byte CSRC list's start (always 12) and its end.
+    csrc_end: int
+
+
+def parse_header(data: bytes) -> RtpHeader:
+    """Read an RTP header, raising ``ValueError`` if the packet is malformed."""
+    if len(data) < RTP_MIN_SIZE:
+        raise ValueError("RTP packet length is less than 12 bytes")
+    first, second, sequence, timestamp, ssrc = _FIXED.unpack_from(data)
+    if first >> 6 != 2:
+        raise ValueError("RTP packet has invalid version")
+    offset = RTP_MIN_SIZE + 4 * (first & 0x0F)
+    csrc_end = offset
+    extension_offset = -1
+    if first & 0x10:
+        if len(data) < offset + 4:
+            raise ValueError("RTP packet is truncated in its extension header")
+        extension_offset = offset
+        words = (data[offset + 2] << 8) | data[offset + 3]
+        offset += 4 + 4 * words
+    if offset > len(data):
+        raise ValueError("RTP packet is truncated")
+    if first & 0x20:
+        padding = data[-1]
+        if padding == 0 or offset + padding > len(data):
+            raise ValueError("RTP packet has invalid padding")
+    return RtpHeader(
+        marker=bool(second & 0x80),
+        payload_type=second & 0x7F,
+        sequence=sequence,
+        timestamp=timestamp,
+        ssrc=ssrc,
+        extension_offset=extension_offset,
+        payload_offset=offset,
+        csrc_end=csrc_end,
+    )
+
+
+def rewrite(
+    data: bytes,
+    header: RtpHeader,
+    payload_type: int,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+) -> bytes:
+    """A copy of ``data`` with a new header and without the extension block.
+
+    Extension IDs are negotiated per transport, so the producer's extensions mean nothing to a
+    consumer; the consumer's SDP lists its SSRC, so nothing needs the MID extension to demultiplex.
+    """
+    first = (data[0] & 0x2F)  # keep padding and CSRC count, drop the extension bit
+    second = (0x80 if header.marker else 0) | payload_type
+    return (
+        _FIXED.pack(first | 0x80, second, sequence, timestamp, ssrc)
+        + data[RTP_MIN_SIZE:header.csrc_end]
+        + data[header.payload_offset:]
+    )
+
+
+def extensions(data: bytes, header: RtpHeader) -> dict[int, bytes]:
+    """The header extensions of a packet by ID (one-byte and two-byte forms, RFC 8285).
+
+    Raises ``ValueError`` on a malformed block.
+    """
+    if header.extension_offset < 0:
+        return {}
+    offset = header.extension_offset
+    profile = (data[offset] << 8) | data[offset + 1]
+    pos = offset + 4
+    end = header.payload_offset
+    found: dict[int, bytes] = {}
+    if profile == 0xBEDE:
+        while pos < end:
+            byte = data[pos]
+            if byte == 0:
+                pos += 1
+                continue
+            ext_id, length = byte >> 4, (byte & 0x0F) + 1
+            if ext_id == 15:
+                break
+            if pos + 1 + length > end:
+                raise ValueError("RTP one-byte extension is truncated")
+            found[ext_id] = bytes(data[pos + 1:pos + 1 + length])
+            pos += 1 + length
+    elif profile & 0xFFF0 == 0x1000:
+        while pos < end:
+            ext_id = data[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            if pos + 2 > end:
+                raise ValueError("RTP two-byte extension is truncated")
+            length = data[pos + 1]
+            if pos + 2 + length > end:
+                raise ValueError("RTP two-byte extension is truncated")
+            found[ext_id] = bytes(data[pos + 2:pos + 2 + length])
+            pos += 2 + length
+    return found
+
+
+def audio_level(value: bytes) -> tuple[bool, int]:
+    """Decode the RFC 6464 audio level: (voice activity, level in -dBov, 0 loudest..127)."""
+    if not value:
+        raise ValueError("audio level extension is empty")
+    return bool(value[0] & 0x80), value[0] & 0x7F
+
+
+def is_rtcp(data: bytes) -> bool:
+    """RFC 5761 demultiplexing: RTCP packet types 192–223 in the second byte."""
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+def seq_newer(a: int, b: int) -> bool:
+    """Whether 16-bit sequence number ``a`` comes after ``b`` (with wraparound)."""
+    return a != b and ((a - b) & 0xFFFF) < 0x8000

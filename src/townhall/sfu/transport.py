@@ -1,0 +1,387 @@
+"""One ICE+DTLS+SRTP connection to a participant, built on an aiortc ``RTCPeerConnection``.
+
+aiortc negotiates (SDP, ICE, DTLS); the SFU takes the media over at the DTLS transport: decrypted
+RTP and RTCP bytes are handed to a ``MediaHandler`` instead of aiortc's receivers, and forwarded
+packets are protected and written to the nominated ICE pair directly, without an ``await`` per
+packet. **Every use of aiortc's private attributes is in this module** (see
+``PRIVATE_ATTRIBUTES``; ``tests/test_transport_contract.py`` fails if an upgrade removes one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pylibsrtp
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc import sdp as aiortc_sdp
+
+from townhall.errors import BadRequest
+
+logger = logging.getLogger(__name__)
+
+#: (class, attribute) pairs this module relies on, checked by the contract test.
+PRIVATE_ATTRIBUTES = (
+    ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_handle_rtp_data"),
+    ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_handle_rtcp_data"),
+    ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_tx_srtp"),
+    ("aiortc.rtcicetransport.RTCIceTransport", "_connection"),
+    ("aioice.ice.Connection", "_nominated"),
+    ("aiortc.rtcrtpsender.RTCRtpSender", "_ssrc"),
+    ("aiortc.rtcrtpsender.RTCRtpSender", "_run_rtcp"),
+    ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_started"),
+    ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_exited"),
+)
+
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+
+
+class MediaHandler(Protocol):
+    """Receives what arrives on a transport."""
+
+    def rtp_received(self, transport: Transport, data: bytes) -> None: ...
+
+    def rtcp_received(self, transport: Transport, data: bytes) -> None: ...
+
+    def transport_ready(self, transport: Transport) -> None: ...
+
+    def transport_closed(self, transport: Transport) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    mime_type: str  # "audio/opus", "video/VP8", "video/H264"
+    clock_rate: int
+    payload_type: int
+    channels: int | None = None
+    parameters: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return self.mime_type.split("/", 1)[0]
+
+    def matches(self, other: Codec) -> bool:
+        """Same codec (payload types may differ); H.264 must also agree on its profile."""
+        if self.mime_type.lower() != other.mime_type.lower() or self.clock_rate != other.clock_rate:
+            return False
+        if self.mime_type.lower() == "video/h264":
+            mine, theirs = dict(self.parameters), dict(other.parameters)
+            return (
+                mine.get("packetization-mode", "0") == theirs.get("packetization-mode", "0")
+                and mine.get("profile-level-id", "")[:4].lower()
+                == theirs.get("profile-level-id", "")[:4].lower()
+            )
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingTrack:
+    """What negotiation says about one track a participant sends."""
+
+    mid: str
+    kind: str
+    codec: Codec
+    ssrcs: tuple[int, ...]
+    mid_extension: int | None
+    audio_level_extension: int | None
+    #: SSRC the server uses as sender of RTCP about this track.
+    rtcp_ssrc: int
+
+
+class Slot:
+    """One send-only transceiver of a transport, carrying one consumer at a time."""
+
+    __slots__ = ("codec", "payload_type", "transceiver")
+
+    def __init__(self, transceiver: Any, codec: Codec) -> None:
+        self.transceiver = transceiver
+        self.codec = codec
+        #: The payload type the far end accepted; None until negotiated (or if refused).
+        self.payload_type: int | None = None
+
+    @property
+    def mid(self) -> str | None:
+        mid = self.transceiver.mid
+        return None if mid is None else str(mid)
+
+    @property
+    def ssrc(self) -> int:
+        return int(self.transceiver.sender._ssrc)
+
+
+class _SilentTrack(MediaStreamTrack):  # type: ignore[misc]
+    """A track for a server-side sender: it never yields a frame, so no encoder ever runs."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def recv(self) -> Any:
+        await self._never
+        raise asyncio.CancelledError
+
+
+async def _quiet_rtcp(sender: Any) -> None:
+    """Replaces aiortc's sender reports, which would describe packets aiortc never sent."""
+    sender._RTCRtpSender__rtcp_started.set()
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        sender._RTCRtpSender__rtcp_exited.set()
+
+
+def _codec_of(parameters: Any) -> Codec:
+    return Codec(
+        mime_type=parameters.mimeType,
+        clock_rate=parameters.clockRate,
+        payload_type=parameters.payloadType,
+        channels=parameters.channels,
+        parameters=tuple(sorted((str(k), str(v)) for k, v in parameters.parameters.items())),
+    )
+
+
+def _codec_of_capability(capability: Any) -> Codec:
+    return Codec(
+        mime_type=capability.mimeType,
+        clock_rate=capability.clockRate,
+        payload_type=0,
+        channels=capability.channels,
+        parameters=tuple(sorted((str(k), str(v)) for k, v in capability.parameters.items())),
+    )
+
+
+def _forwardable(kind: str) -> list[Any]:
+    """aiortc's codecs for ``kind`` that the SFU forwards: no RTX (NACKs are answered from the
+    packet cache, and producers then retransmit on the original SSRC)."""
+    return [c for c in RTCRtpSender.getCapabilities(kind).codecs
+            if c.mimeType.lower() in ("audio/opus", "video/vp8", "video/h264")]
+
+
+def parse_sdp(text: str) -> Any:
+    try:
+        return aiortc_sdp.SessionDescription.parse(text)
+    except Exception as exc:  # aiortc raises assorted errors on bad SDP
+        raise BadRequest(f"malformed SDP: {exc}") from None
+
+
+class Transport:
+    """An RTCPeerConnection whose media the SFU handles itself."""
+
+    def __init__(
+        self,
+        handler: MediaHandler,
+        attach: Callable[[RTCPeerConnection], None] | None = None,
+        name: str = "",
+    ) -> None:
+        self.name = name
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        if attach is not None:
+            attach(self.pc)
+        self._handler = handler
+        self._hooked: set[int] = set()
+        self._dtls: Any = None
+        self._ready = False
+        self._closed = False
+        self._ready_task: asyncio.Task[None] | None = None
+        self._slots: list[Slot] = []
+        self._idle: list[Slot] = []
+        self.pc.on("connectionstatechange", self._state_changed)
+
+    # -- negotiation -----------------------------------------------------------------------
+
+    async def answer(self, offer: str) -> tuple[str, list[IncomingTrack]]:
+        """Accept a participant's offer of tracks to publish; returns the answer and the tracks."""
+        description = parse_sdp(offer)
+        if not any(m.kind in ("audio", "video") for m in description.media):
+            raise BadRequest("malformed SDP: no audio or video section")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            for transceiver in self.pc.getTransceivers():
+                transceiver.direction = "recvonly"
+                transceiver.setCodecPreferences(_forwardable(transceiver.kind))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except BadRequest:
+            raise
+        except Exception as exc:
+            raise BadRequest(f"cannot negotiate: {exc}") from None
+        self._hook()
+        answer = self.pc.localDescription.sdp
+        return answer, self._incoming(description, parse_sdp(answer))
+
+    def _incoming(self, offer: Any, answer: Any) -> list[IncomingTrack]:
+        senders = {t.mid: t.sender for t in self.pc.getTransceivers()}
+        tracks = []
+        for remote, local in zip(offer.media, answer.media, strict=False):
+            if remote.kind not in ("audio", "video") or local.port == 0:
+                continue
+            if remote.direction not in ("sendrecv", "sendonly") or not local.rtp.codecs:
+                continue
+            mid = remote.rtp.muxId
+            extensions = {e.uri: e.id for e in local.rtp.headerExtensions}
+            rtx = {g.items[1] for g in remote.ssrc_group if g.semantic == "FID" and len(g.items) > 1}
+            tracks.append(
+                IncomingTrack(
+                    mid=mid,
+                    kind=remote.kind,
+                    codec=_codec_of(local.rtp.codecs[0]),
+                    ssrcs=tuple(s.ssrc for s in remote.ssrc if s.ssrc not in rtx),
+                    mid_extension=extensions.get(MID_URI),
+                    audio_level_extension=extensions.get(AUDIO_LEVEL_URI),
+                    rtcp_ssrc=senders[mid]._ssrc if mid in senders else 1,
+                )
+            )
+        return tracks
+
+    def add_outgoing(self, codec: Codec) -> Slot:
+        """A send-only transceiver for ``codec`` (an idle one of the same codec is reused).
+
+        Its mid and negotiated payload type are known after the next offer/answer.
+        """
+        for slot in self._idle:
+            if slot.codec.matches(codec):
+                self._idle.remove(slot)
+                slot.transceiver.direction = "sendonly"
+                return slot
+        transceiver = self.pc.addTransceiver(_SilentTrack(codec.kind), direction="sendonly")
+        transceiver.setCodecPreferences(
+            [c for c in _forwardable(codec.kind) if codec.matches(_codec_of_capability(c))]
+        )
+        transceiver.sender._run_rtcp = functools.partial(_quiet_rtcp, transceiver.sender)
+        slot = Slot(transceiver, codec)
+        self._slots.append(slot)
+        return slot
+
+    def remove_outgoing(self, slot: Slot) -> None:
+        """Stop offering ``slot`` (it turns inactive at the next offer and can be reused)."""
+        slot.transceiver.direction = "inactive"
+        slot.payload_type = None
+        self._idle.append(slot)
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._hook()
+        return str(self.pc.localDescription.sdp)
+
+    async def accept_answer(self, answer: str) -> None:
+        """Apply the participant's answer; each slot learns the payload type to send with."""
+        description = parse_sdp(answer)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except Exception as exc:
+            raise BadRequest(f"cannot negotiate: {exc}") from None
+        self._hook()
+        by_mid = {m.rtp.muxId: m for m in description.media}
+        for slot in self._slots:
+            media = by_mid.get(slot.mid)
+            accepted = (media is not None and media.port != 0 and bool(media.rtp.codecs)
+                        and media.direction in ("recvonly", "sendrecv")
+                        and slot.transceiver.direction == "sendonly")
+            slot.payload_type = media.rtp.codecs[0].payloadType if accepted else None
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send_rtp(self, data: bytes) -> bool:
+        """Protect and send one RTP packet now; False if the transport cannot send yet."""
+        dtls = self._dtls
+        if not self._ready or dtls is None:
+            return False
+        try:
+            protected = dtls._tx_srtp.protect(data)
+        except pylibsrtp.Error as exc:
+            logger.debug("%s: SRTP protect failed: %s", self.name, exc)
+            return False
+        return self._send(protected)
+
+    def send_rtcp(self, data: bytes) -> bool:
+        dtls = self._dtls
+        if not self._ready or dtls is None:
+            return False
+        try:
+            protected = dtls._tx_srtp.protect_rtcp(data)
+        except pylibsrtp.Error as exc:
+            logger.debug("%s: SRTCP protect failed: %s", self.name, exc)
+            return False
+        return self._send(protected)
+
+    def _send(self, data: bytes) -> bool:
+        pair = self._dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return False
+        send_now = getattr(pair.protocol, "send_now", None)
+        if send_now is not None:
+            send_now(data, pair.remote_addr)
+        else:
+            transport = pair.protocol.transport
+            if transport is None:
+                return False
+            transport.sendto(data, pair.remote_addr)
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _hook(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            dtls = transceiver.receiver.transport
+            if dtls is None or id(dtls) in self._hooked:
+                continue
+            self._hooked.add(id(dtls))
+            dtls._handle_rtp_data = functools.partial(self._rtp_arrived, dtls)
+            dtls._handle_rtcp_data = functools.partial(self._rtcp_arrived, dtls)
+        transceivers = self.pc.getTransceivers()
+        if transceivers:
+            self._dtls = transceivers[0].receiver.transport
+
+    async def _rtp_arrived(self, dtls: Any, data: bytes, arrival_time_ms: int = 0) -> None:
+        if dtls is self._dtls:
+            self._handler.rtp_received(self, data)
+
+    async def _rtcp_arrived(self, dtls: Any, data: bytes) -> None:
+        if dtls is self._dtls:
+            self._handler.rtcp_received(self, data)
+
+    async def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and self._ready_task is None:
+            self._ready_task = asyncio.ensure_future(self._wait_ready())
+        elif state in ("failed", "closed"):
+            await self.close()
+
+    async def _wait_ready(self) -> None:
+        # SRTP keys are installed a little after the connection state turns "connected".
+        for _ in range(500):
+            dtls = self._dtls
+            if dtls is not None and dtls._tx_srtp is not None and \
+                    dtls.transport._connection._nominated.get(1) is not None:
+                self._ready = True
+                self._handler.transport_ready(self)
+                return
+            await asyncio.sleep(0.01)
+        logger.warning("%s: connected but SRTP never became ready", self.name)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._ready = False
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+        await self.pc.close()
+        self._handler.transport_closed(self)
