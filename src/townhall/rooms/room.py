@@ -1,0 +1,373 @@
+"""A live room: its current meeting, the participants in it, and their media through the router.
+
+Everything participants do to each other goes through here: joining and leaving, publishing and
+receiving tracks, chat, raised hands and the host's controls. Permission checks happen here, on the
+server, whatever the page shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from townhall.errors import BadRequest, Forbidden, NotFound, Removed, RoomLocked
+from townhall.rooms.media import MediaRouter
+from townhall.rooms.participant import SOURCES, Outbox, Participant
+
+if TYPE_CHECKING:
+    from townhall.auth.tokens import Grant
+    from townhall.store import MeetingRecord, RoomRecord, Store
+
+logger = logging.getLogger(__name__)
+
+
+class LiveRoom:
+    def __init__(
+        self,
+        record: RoomRecord,
+        meeting: MeetingRecord,
+        store: Store,
+        router: MediaRouter,
+        reconnect_grace: float,
+        on_empty: Callable[[LiveRoom], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.id = record.id
+        self.name = record.name
+        self.locked = record.locked
+        self.meeting = meeting
+        self.store = store
+        self.router = router
+        self.participants: dict[str, Participant] = {}
+        self.queue: list[str] = []
+        self.speaking: frozenset[str] = frozenset()
+        self._banned: set[str] = set()
+        self._grace = reconnect_grace
+        self._on_empty = on_empty
+        self._clock = clock
+        self._closed = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "locked": self.locked}
+
+    # -- arriving and leaving ------------------------------------------------------------------
+
+    async def join(
+        self, grant: Grant, name: str, resume: str | None, outbox: Outbox
+    ) -> tuple[Participant, bool]:
+        """Admit someone; returns the participant and whether they took back an earlier place."""
+        if grant.room_id != self.id:
+            raise Forbidden("token is for another room")
+        permissions = grant.permissions
+        if "join" not in permissions:
+            raise Forbidden(f"role {grant.role!r} cannot join a meeting")
+        if grant.token_id in self._banned:
+            raise Removed("removed by host")
+        if resume:
+            for participant in self.participants.values():
+                if secrets.compare_digest(participant.resume, resume) and \
+                        participant.token_id == grant.token_id:
+                    await self._reattach(participant, outbox)
+                    return participant, True
+        if self.locked and "moderate" not in permissions:
+            raise RoomLocked("room locked")
+        participant = Participant(
+            id=secrets.token_hex(6),
+            name=name,
+            role=grant.role,
+            permissions=permissions,
+            token_id=grant.token_id,
+            outbox=outbox,
+        )
+        self.participants[participant.id] = participant
+        await self.store.record_join(self.meeting.id, participant.id, name, grant.role,
+                                     self._clock())
+        await self._broadcast({"type": "participant-joined",
+                               "participant": participant.describe(self.speaking)},
+                              skip=participant)
+        logger.info("room %s: participant %s joined as %s", self.id, participant.id, grant.role)
+        return participant, False
+
+    async def _reattach(self, participant: Participant, outbox: Outbox) -> None:
+        if participant.grace is not None:
+            participant.grace.cancel()
+            participant.grace = None
+        old = participant.outbox
+        participant.outbox = outbox
+        if participant.connected and old is not None and old is not outbox:
+            await old.close(4409, "replaced by a new connection")
+        await self._drop_media(participant)
+        participant.connected = True
+        await self._updated(participant)
+        logger.info("room %s: participant %s resumed", self.id, participant.id)
+
+    async def welcome(self, participant: Participant, resumed: bool) -> None:
+        """Send ``joined``, then start sending everyone's media to the newcomer."""
+        chat = await self.store.chat(self.meeting.id)
+        await participant.send({
+            "type": "joined",
+            "participant": participant.describe(self.speaking),
+            "resume": participant.resume,
+            "resumed": resumed,
+            "room": self.describe(),
+            "meeting": {"id": self.meeting.id, "started_at": self.meeting.started_at},
+            "participants": [p.describe(self.speaking) for p in self.participants.values()
+                             if p is not participant],
+            "chat": [_chat_message(c) for c in chat],
+            "queue": list(self.queue),
+            "ice_servers": [],
+        })
+        await self._consume_all(participant)
+
+    async def disconnected(self, participant: Participant) -> None:
+        """The page's connection dropped: keep the place for a while, stop its media now."""
+        if participant.id not in self.participants or not participant.connected:
+            return
+        participant.connected = False
+        participant.outbox = None
+        await self._drop_media(participant)
+        await self._updated(participant)
+        loop = asyncio.get_running_loop()
+        participant.grace = loop.call_later(
+            self._grace, lambda: self._spawn(self.leave(participant)))
+
+    async def leave(self, participant: Participant) -> None:
+        if self.participants.pop(participant.id, None) is None:
+            return
+        if participant.grace is not None:
+            participant.grace.cancel()
+        await self._drop_media(participant)
+        if participant.id in self.queue:
+            self.queue.remove(participant.id)
+            await self._send_queue()
+        await self.store.record_leave(self.meeting.id, participant.id, self._clock())
+        await self._broadcast({"type": "participant-left", "participant": participant.id})
+        logger.info("room %s: participant %s left", self.id, participant.id)
+        if not self.participants:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for participant in list(self.participants.values()):
+            if participant.grace is not None:
+                participant.grace.cancel()
+            if participant.outbox is not None:
+                await participant.outbox.close(1001, "meeting closed")
+        self.participants.clear()
+        await self.router.close()
+        await self.store.end_meeting(self.meeting.id, self._clock())
+        self._on_empty(self)
+
+    # -- media ---------------------------------------------------------------------------------
+
+    async def publish(self, participant: Participant, offer: str, tracks: dict[str, str]) -> str:
+        if not participant.can("publish"):
+            raise Forbidden("this role cannot publish")
+        for source in tracks.values():
+            if source not in SOURCES:
+                raise BadRequest(f"unknown source: {source!r}")
+        if len(set(tracks.values())) != len(tracks):
+            raise BadRequest("each source may be published once")
+        if participant.publish_transport is None:
+            participant.publish_transport = self.router.create_transport(
+                participant.id, f"{self.id}/{participant.id}/publish")
+        answer, added, removed = await self.router.publish(
+            participant.publish_transport, offer, tracks)
+        for producer in removed:
+            participant.producers.pop(producer.source, None)
+            await self._producer_closed(producer)
+        for producer in added:
+            participant.producers[producer.source] = producer
+            if (producer.source == "microphone" and participant.muted_by_host) or participant.enabled.get(producer.source) is False:
+                producer.set_paused(True)
+        if added:
+            for other in self.participants.values():
+                if other is not participant and other.connected:
+                    for producer in added:
+                        self._consume(other, producer)
+                    await self._renegotiate(other)
+        if added or removed:
+            await self._updated(participant)
+        return answer
+
+    def _consume(self, participant: Participant, producer: Any) -> None:
+        if participant.subscribe_transport is None:
+            participant.subscribe_transport = self.router.create_transport(
+                participant.id, f"{self.id}/{participant.id}/subscribe")
+        participant.consumers[producer.id] = self.router.consume(
+            participant.subscribe_transport, producer)
+
+    async def _consume_all(self, participant: Participant) -> None:
+        added = False
+        for other in self.participants.values():
+            if other is participant:
+                continue
+            for producer in other.producers.values():
+                if producer.id not in participant.consumers:
+                    self._consume(participant, producer)
+                    added = True
+        if added:
+            await self._renegotiate(participant)
+
+    async def _producer_closed(self, producer: Any) -> None:
+        for other in self.participants.values():
+            consumer = other.consumers.pop(producer.id, None)
+            if consumer is not None:
+                self.router.close_consumer(consumer)
+                if other.connected:
+                    await self._renegotiate(other)
+
+    async def _renegotiate(self, participant: Participant) -> None:
+        if participant.offer_pending:
+            participant.offer_wanted = True
+            return
+        transport = participant.subscribe_transport
+        if transport is None or not participant.connected:
+            return
+        participant.offer_pending = True
+        participant.offer_wanted = False
+        sdp = await self.router.subscribe_offer(transport)
+        consumers = [
+            {"mid": c.mid, "participant": c.producer.owner, "source": c.producer.source,
+             "kind": c.producer.kind, "producer": c.producer.id}
+            for c in participant.consumers.values() if c.mid is not None
+        ]
+        await participant.send({"type": "subscribe-offer", "sdp": sdp, "consumers": consumers})
+
+    async def subscribe_answer(self, participant: Participant, answer: str) -> None:
+        if not participant.offer_pending or participant.subscribe_transport is None:
+            raise BadRequest("no subscribe offer is waiting for an answer")
+        try:
+            await self.router.subscribe_answer(participant.subscribe_transport, answer)
+        finally:
+            participant.offer_pending = False
+        if participant.offer_wanted:
+            await self._renegotiate(participant)
+
+    async def set_media(self, participant: Participant, source: str, enabled: bool) -> None:
+        if source not in SOURCES:
+            raise BadRequest(f"unknown source: {source!r}")
+        participant.enabled[source] = enabled
+        if source == "microphone" and enabled:
+            participant.muted_by_host = False
+        producer = participant.producers.get(source)
+        if producer is not None:
+            producer.set_paused(not enabled)
+        await self._updated(participant)
+
+    async def _drop_media(self, participant: Participant) -> None:
+        for consumer in participant.consumers.values():
+            self.router.close_consumer(consumer)
+        participant.consumers.clear()
+        producers = list(participant.producers.values())
+        participant.producers.clear()
+        participant.offer_pending = participant.offer_wanted = False
+        for attribute in ("publish_transport", "subscribe_transport"):
+            transport = getattr(participant, attribute)
+            setattr(participant, attribute, None)
+            if transport is not None:
+                await self.router.close_transport(transport)
+        for producer in producers:
+            await self._producer_closed(producer)
+
+    def transport_lost(self, owner: str, transport: Any) -> None:
+        """The router saw a transport fail (ICE gave up): treat it as gone."""
+        participant = self.participants.get(owner)
+        if participant is None:
+            return
+        if transport is participant.publish_transport:
+            participant.publish_transport = None
+        elif transport is participant.subscribe_transport:
+            participant.subscribe_transport = None
+
+    def speaking_changed(self, owners: frozenset[str]) -> None:
+        self.speaking = owners
+        self._spawn(self._broadcast({"type": "speaking", "participants": sorted(owners)}))
+
+    # -- meeting -------------------------------------------------------------------------------
+
+    async def chat(self, participant: Participant, text: str) -> None:
+        if not participant.can("chat"):
+            raise Forbidden("this role cannot chat")
+        record = await self.store.add_chat(self.meeting.id, participant.id, participant.name,
+                                           text, self._clock())
+        await self._broadcast(_chat_message(record))
+
+    async def hand(self, participant: Participant, raised: bool) -> None:
+        if not participant.can("raise-hand"):
+            raise Forbidden("this role cannot raise a hand")
+        participant.hand = raised
+        if raised and participant.id not in self.queue:
+            self.queue.append(participant.id)
+        elif not raised and participant.id in self.queue:
+            self.queue.remove(participant.id)
+        await self._send_queue()
+        await self._updated(participant)
+
+    async def mute(self, host: Participant, target_id: str) -> None:
+        target = self._moderated(host, target_id)
+        target.muted_by_host = True
+        target.enabled["microphone"] = False
+        producer = target.producers.get("microphone")
+        if producer is not None:
+            producer.set_paused(True)
+        await target.send({"type": "muted", "by": host.id})
+        await self._updated(target)
+
+    async def remove(self, host: Participant, target_id: str) -> None:
+        target = self._moderated(host, target_id)
+        self._banned.add(target.token_id)
+        outbox = target.outbox
+        target.outbox = None
+        await self.leave(target)
+        if outbox is not None:
+            await outbox.close(4403, "removed by host")
+
+    async def lock(self, host: Participant, locked: bool) -> None:
+        if not host.can("moderate"):
+            raise Forbidden("only a host can lock the room")
+        self.locked = locked
+        await self.store.set_locked(self.id, locked)
+        await self._broadcast({"type": "room", **self.describe()})
+
+    def _moderated(self, host: Participant, target_id: str) -> Participant:
+        if not host.can("moderate"):
+            raise Forbidden("only a host can do that")
+        target = self.participants.get(target_id)
+        if target is None:
+            raise NotFound("unknown participant")
+        return target
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def _updated(self, participant: Participant) -> None:
+        await self._broadcast({"type": "participant-updated",
+                               "participant": participant.describe(self.speaking)})
+
+    async def _send_queue(self) -> None:
+        await self._broadcast({"type": "queue", "participants": list(self.queue)})
+
+    async def _broadcast(self, message: dict[str, Any], skip: Participant | None = None) -> None:
+        targets = [p for p in self.participants.values() if p is not skip and p.connected]
+        results = await asyncio.gather(*(p.send(message) for p in targets),
+                                       return_exceptions=True)
+        for participant, result in zip(targets, results, strict=True):
+            if isinstance(result, Exception):
+                logger.debug("room %s: cannot send to %s: %s", self.id, participant.id, result)
+
+
+def _chat_message(record: Any) -> dict[str, Any]:
+    return {"type": "chat", "id": record.id, "participant": record.participant_id,
+            "name": record.name, "text": record.text, "at": record.at}

@@ -1,0 +1,188 @@
+"""The ``townhall serve`` process: one aiohttp application, one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from townhall.auth import tokens
+from townhall.auth.secret import secret_for
+from townhall.config import Config
+from townhall.rooms.registry import RoomRegistry
+from townhall.server import api, metrics, session
+from townhall.server.keys import SERVICES
+from townhall.sfu.router import Counters, Router
+from townhall.sfu.transport import Transport
+from townhall.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+@dataclass
+class Services:
+    config: Config
+    secret: bytes
+    store: Store
+    registry: RoomRegistry
+    counters: Counters
+    ice: Any = None
+
+
+class _RouterEvents:
+    """Passes a router's events on to its live room."""
+
+    def __init__(self, services_ref: list[Services], room_id: str) -> None:
+        self._services = services_ref
+        self._room_id = room_id
+
+    def speaking_changed(self, router: Router, owners: frozenset[str]) -> None:
+        room = self._services[0].registry.find(self._room_id)
+        if room is not None:
+            room.speaking_changed(owners)
+
+    def transport_closed(self, router: Router, owner: str, transport: Transport) -> None:
+        room = self._services[0].registry.find(self._room_id)
+        if room is not None:
+            room.transport_lost(owner, transport)
+
+
+async def _page(request: web.Request) -> web.FileResponse:
+    name = "room.html" if "room" in request.match_info else "index.html"
+    return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+
+def build(services: Services) -> web.Application:
+    app = web.Application(middlewares=[api.errors_middleware],
+                          client_max_size=services.config.max_message_size)
+    app[SERVICES] = services
+    app.router.add_get("/", _page)
+    app.router.add_get("/r/{room}", _page)
+    app.router.add_get("/ws", session.handle)
+    app.router.add_static("/static/", STATIC)
+    app.add_routes(api.routes)
+    app.add_routes(metrics.routes)
+    with contextlib.suppress(ImportError):
+        from townhall.server import whip
+
+        app.add_routes(whip.routes)
+    return app
+
+
+async def open_services(config: Config) -> Services:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(config.database)
+    await store.close_open_attendance(time.time())
+    counters = Counters()
+    ice = await _start_ice(config)
+    services_ref: list[Services] = []
+
+    def router_factory(room_id: str) -> Router:
+        attach = ice.attach if ice is not None else None
+        return Router(room_id, events=_RouterEvents(services_ref, room_id), attach=attach,
+                      counters=counters)
+
+    registry = RoomRegistry(store, router_factory, config.reconnect_grace)
+    services = Services(config, secret_for(config), store, registry, counters, ice)
+    services_ref.append(services)
+    return services
+
+
+async def _start_ice(config: Config) -> Any:
+    try:
+        from townhall.sfu.ice import IceMux
+    except ImportError:
+        return None
+    mux = IceMux(config.media_addresses, config.media_udp_port, config.media_tcp_port)
+    await mux.start()
+    return mux
+
+
+async def close_services(services: Services) -> None:
+    await services.registry.close()
+    if services.ice is not None:
+        await services.ice.close()
+    services.store.close()
+
+
+def admin_link(services: Services) -> str:
+    token = tokens.sign(services.secret, "*", "admin", services.config.invite_ttl, time.time())
+    return f"{services.config.base_url}/?admin={token}"
+
+
+@dataclass
+class Running:
+    services: Services
+    runner: web.AppRunner
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        await close_services(self.services)
+        await self.runner.cleanup()
+
+
+async def start(config: Config) -> Running:
+    """Start the server in the running loop (``http_port`` 0 picks a free port)."""
+    services = await open_services(config)
+    app = build(services)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+    await runner.setup()
+    context = None
+    if config.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(config.tls_cert, config.tls_key or None)
+    site = web.TCPSite(runner, config.http_host, config.http_port, ssl_context=context)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else config.http_port
+    return Running(services, runner, port)
+
+
+def serve(config: Config) -> None:
+    """Run until interrupted (``townhall serve``)."""
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(config))
+
+
+async def _serve(config: Config) -> None:
+    running = await start(config)
+    services = running.services
+    port_config = config.replace(http_port=running.port)
+    services.config = port_config
+    print(f"townhall is running at {port_config.base_url}", flush=True)
+    print(f"Administrator link (valid {config.invite_ttl // 3600} h): {admin_link(services)}",
+          flush=True)
+    if services.ice is not None:
+        print(f"Media: UDP port {services.ice.udp_port}, TCP port {services.ice.tcp_port}",
+              flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("shutting down")
+    await running.stop()

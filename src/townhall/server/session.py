@@ -1,0 +1,222 @@
+"""One participant's WebSocket: join, then one handler per message type (``docs/protocol.md``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from townhall import errors
+from townhall.auth import tokens
+from townhall.rooms.participant import Participant
+from townhall.rooms.room import LiveRoom
+from townhall.server.wire import close_for, error_message
+
+if TYPE_CHECKING:
+    from townhall.server.app import Services
+
+from townhall.server.keys import SERVICES
+
+logger = logging.getLogger(__name__)
+
+JOIN_TIMEOUT = 10.0
+MAX_NAME = 64
+
+
+class WebSocketOutbox:
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(json.dumps(message))
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            await self.ws.close(code=code, message=reason.encode()[:120])
+
+
+def _text(message: dict[str, Any], name: str, limit: int, *, strip: bool = True) -> str:
+    value = message.get(name)
+    if not isinstance(value, str):
+        raise errors.BadRequest(f"{name} must be a string")
+    if strip:
+        value = value.strip()
+    if not value or len(value) > limit:
+        raise errors.BadRequest(f"{name} must be 1 to {limit} characters")
+    return value
+
+
+def _flag(message: dict[str, Any], name: str) -> bool:
+    value = message.get(name)
+    if not isinstance(value, bool):
+        raise errors.BadRequest(f"{name} must be true or false")
+    return value
+
+
+class Session:
+    def __init__(self, services: Services, ws: web.WebSocketResponse) -> None:
+        self.services = services
+        self.ws = ws
+        self.outbox = WebSocketOutbox(ws)
+        self.room: LiveRoom | None = None
+        self.participant: Participant | None = None
+        self.left = False
+        self._handlers: dict[str, Callable[[LiveRoom, Participant, dict[str, Any]],
+                                           Awaitable[None]]] = {
+            "publish": self._publish,
+            "subscribe-answer": self._subscribe_answer,
+            "media": self._media,
+            "chat": self._chat,
+            "hand": self._hand,
+            "mute": self._mute,
+            "remove": self._remove,
+            "lock": self._lock,
+            "leave": self._leave,
+            "ping": self._ping,
+        }
+
+    async def run(self) -> None:
+        try:
+            first = await asyncio.wait_for(self._receive(), JOIN_TIMEOUT)
+        except TimeoutError:
+            await self.outbox.close(4408, "join timeout")
+            return
+        except errors.TownhallError as exc:
+            await self.outbox.close(*close_for(exc))
+            return
+        if first is None:
+            return
+        try:
+            await self._join(first)
+        except errors.TownhallError as exc:
+            logger.info("join refused: %s", exc)
+            await self.outbox.close(*close_for(exc))
+            return
+        while not self.ws.closed:
+            try:
+                message = await self._receive()
+            except errors.TownhallError as exc:
+                await self.outbox.close(*close_for(exc))
+                return
+            if message is None:
+                return
+            await self._dispatch(message)
+
+    async def _receive(self) -> dict[str, Any] | None:
+        """The next message, or None when the socket closed; malformed input raises."""
+        msg = await self.ws.receive()
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return None
+        if msg.type == WSMsgType.ERROR:
+            # aiohttp has already closed the socket (1009 for an oversized message).
+            logger.info("websocket error: %s", msg.data)
+            return None
+        if msg.type != WSMsgType.TEXT:
+            raise errors.BadRequest("messages must be JSON text")
+        try:
+            message = json.loads(msg.data)
+        except ValueError:
+            raise errors.BadRequest("message is not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise errors.BadRequest("message has no type")
+        return message
+
+    async def _join(self, message: dict[str, Any]) -> None:
+        if message["type"] != "join":
+            raise errors.BadRequest("the first message must be join")
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise errors.Unauthorized("token missing")
+        grant = tokens.verify(self.services.secret, token, time.time())
+        name = _text(message, "name", MAX_NAME)
+        resume = message.get("resume")
+        if resume is not None and not isinstance(resume, str):
+            raise errors.BadRequest("resume must be a string")
+        room = await self.services.registry.get(grant.room_id)
+        participant, resumed = await room.join(grant, name, resume, self.outbox)
+        self.room, self.participant = room, participant
+        await room.welcome(participant, resumed)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        room, participant = self.room, self.participant
+        assert room is not None and participant is not None
+        handler = self._handlers.get(kind)
+        try:
+            if handler is None:
+                raise errors.UnknownMessage(f"unknown message type: {kind[:40]!r}")
+            await handler(room, participant, message)
+        except errors.TownhallError as exc:
+            logger.debug("request %s failed: %s", kind[:40], exc)
+            await self.outbox.send(error_message(exc, kind[:40]))
+
+    async def close(self) -> None:
+        """Always runs when the socket ends, however it ended."""
+        if self.room is not None and self.participant is not None and not self.left \
+                and self.participant.outbox is self.outbox:
+            await self.room.disconnected(self.participant)
+
+    # -- handlers, one per message type ----------------------------------------------------------
+
+    async def _publish(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        sdp = _text(message, "sdp", self.services.config.max_message_size, strip=False)
+        tracks = message.get("tracks")
+        if not isinstance(tracks, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("mid"), str)
+            and isinstance(t.get("source"), str) for t in tracks
+        ):
+            raise errors.BadRequest("tracks must be a list of {mid, source}")
+        answer = await room.publish(p, sdp, {t["mid"]: t["source"] for t in tracks})
+        await self.outbox.send({"type": "publish-answer", "sdp": answer})
+
+    async def _subscribe_answer(self, room: LiveRoom, p: Participant,
+                                message: dict[str, Any]) -> None:
+        sdp = _text(message, "sdp", self.services.config.max_message_size, strip=False)
+        await room.subscribe_answer(p, sdp)
+
+    async def _media(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        await room.set_media(p, _text(message, "source", 20), _flag(message, "enabled"))
+
+    async def _chat(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        await room.chat(p, _text(message, "text", self.services.config.max_chat_length))
+
+    async def _hand(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        await room.hand(p, _flag(message, "raised"))
+
+    async def _mute(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        await room.mute(p, _text(message, "participant", 64))
+
+    async def _remove(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        await room.remove(p, _text(message, "participant", 64))
+
+    async def _lock(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        await room.lock(p, _flag(message, "locked"))
+
+    async def _leave(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        self.left = True
+        await room.leave(p)
+        await self.outbox.close(1000, "left")
+
+    async def _ping(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        await self.outbox.send({"type": "pong"})
+
+
+async def handle(request: web.Request) -> web.WebSocketResponse:
+    services: Services = request.app[SERVICES]
+    ws = web.WebSocketResponse(max_msg_size=services.config.max_message_size, heartbeat=20)
+    await ws.prepare(request)
+    session = Session(services, ws)
+    try:
+        await session.run()
+    except Exception:
+        logger.exception("session failed")
+        await session.outbox.close(1011, "internal error")
+    finally:
+        await session.close()
+    return ws
