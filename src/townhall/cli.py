@@ -1,0 +1,178 @@
+"""The ``townhall`` command: run the server, manage rooms, make invite and admin links.
+
+Every command but ``serve`` opens the store directly (the same database the server uses), so it
+works whether the server is running or not. A command that fails prints one line on stderr and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from townhall.auth.permissions import MEETING_ROLES
+from townhall.auth.secret import secret_for
+from townhall.auth.tokens import ANY_ROOM, sign
+from townhall.config import Config
+from townhall.errors import BadRequest, TownhallError
+from townhall.store import RoomRecord, Store
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    command: Callable[[argparse.Namespace, Config], int] = args.command
+    try:
+        config = _config(args)
+        return command(args, config)
+    except TownhallError as exc:
+        return _fail(str(exc))
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="townhall", description="Self-hosted video meetings.")
+    parser.add_argument("--config", type=Path, metavar="PATH", help="TOML configuration file")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where data is kept")
+    commands = parser.add_subparsers(metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to listen on")
+    serve.add_argument("--port", type=int, help="HTTP port")
+    serve.set_defaults(command=_serve)
+
+    room = commands.add_parser("room", help="create, list and delete rooms")
+    room_commands = room.add_subparsers(metavar="ACTION", required=True)
+    create = room_commands.add_parser("create", help="create a room; prints its id and name")
+    create.add_argument("name")
+    create.set_defaults(command=_room_create)
+    listing = room_commands.add_parser("list", help="list rooms")
+    listing.set_defaults(command=_room_list)
+    remove = room_commands.add_parser(
+        "delete", help="delete a room with its meetings, attendance and chat"
+    )
+    remove.add_argument("room", metavar="NAME_OR_ID")
+    remove.set_defaults(command=_room_delete)
+
+    invite = commands.add_parser("invite", help="print an invite link to a room")
+    invite.add_argument("room", metavar="ROOM", help="room name or id")
+    invite.add_argument("--role", required=True, help="|".join(MEETING_ROLES))
+    invite.add_argument("--ttl", type=int, metavar="SECONDS", help="how long the link is valid")
+    invite.set_defaults(command=_invite)
+
+    admin = commands.add_parser("admin-link", help="print a link to the room administration")
+    admin.add_argument("--ttl", type=int, metavar="SECONDS", help="how long the link is valid")
+    admin.set_defaults(command=_admin_link)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = Config.load(args.config)
+    if args.data_dir is not None:
+        config = config.replace(data_dir=args.data_dir)
+    return config
+
+
+def _fail(message: str) -> int:
+    print(f"townhall: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    if args.host is not None:
+        config = config.replace(http_host=args.host)
+    if args.port is not None:
+        config = config.replace(http_port=args.port)
+    secret = secret_for(config)
+    if not config.secret_key:
+        config = config.replace(secret_key=secret.decode("utf-8"))
+    # Imported here so that the other commands never load the server and its media stack.
+    serve: Callable[[Config], None] = importlib.import_module("townhall.server.app").serve
+    serve(config)
+    return EXIT_OK
+
+
+def _room_create(args: argparse.Namespace, config: Config) -> int:
+    room = _with_store(config, lambda store: store.create_room(args.name))
+    print(_room_line(room))
+    return EXIT_OK
+
+
+def _room_list(args: argparse.Namespace, config: Config) -> int:
+    for room in _with_store(config, lambda store: store.list_rooms()):
+        print(_room_line(room))
+    return EXIT_OK
+
+
+def _room_delete(args: argparse.Namespace, config: Config) -> int:
+    async def delete(store: Store) -> RoomRecord:
+        room = await store.find_room(args.room)
+        await store.delete_room(room.id)
+        return room
+
+    room = _with_store(config, delete)
+    print(f"deleted {_room_line(room)}")
+    return EXIT_OK
+
+
+def _invite(args: argparse.Namespace, config: Config) -> int:
+    if args.role not in MEETING_ROLES:
+        raise BadRequest(f"unknown role: {args.role!r} (choose from {', '.join(MEETING_ROLES)})")
+    ttl = _ttl(args, config)
+    room = _with_store(config, lambda store: store.find_room(args.room))
+    token = sign(secret_for(config), room.id, args.role, ttl, time.time())
+    print(f"{config.base_url}/r/{room.id}?t={token}")
+    return EXIT_OK
+
+
+def _admin_link(args: argparse.Namespace, config: Config) -> int:
+    token = sign(secret_for(config), ANY_ROOM, "admin", _ttl(args, config), time.time())
+    print(f"{config.base_url}/?admin={token}")
+    return EXIT_OK
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _ttl(args: argparse.Namespace, config: Config) -> int:
+    ttl: int = config.invite_ttl if args.ttl is None else args.ttl
+    if ttl <= 0:
+        raise BadRequest(f"--ttl must be a positive number of seconds, not {ttl}")
+    return ttl
+
+
+def _with_store(config: Config, fn: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
+    store = Store.open(config.database)
+    try:
+        return asyncio.run(fn(store))
+    finally:
+        store.close()
+
+
+def _room_line(room: RoomRecord) -> str:
+    line = f"{room.id}\t{room.name}"
+    return f"{line}\tlocked" if room.locked else line

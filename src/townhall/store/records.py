@@ -1,0 +1,42 @@
+"""Frozen records the store hands out; never ORM objects. Times are float unix seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RoomRecord:
+    id: str
+    name: str
+    created_at: float
+    locked: bool
+
+
+@dataclass(frozen=True)
+class MeetingRecord:
+    id: str
+    room_id: str
+    started_at: float
+    ended_at: float | None
+
+
+@dataclass(frozen=True)
+class AttendanceRecord:
+    id: int
+    meeting_id: str
+    participant_id: str
+    name: str
+    role: str
+    joined_at: float
+    left_at: float | None
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    id: int
+    meeting_id: str
+    participant_id: str
+    name: str
+    text: str
+    at: float
