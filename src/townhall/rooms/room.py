@@ -190,7 +190,8 @@ class LiveRoom:
             await self._producer_closed(producer)
         for producer in added:
             participant.producers[producer.source] = producer
-            if (producer.source == "microphone" and participant.muted_by_host) or participant.enabled.get(producer.source) is False:
+            muted = producer.source == "microphone" and participant.muted_by_host
+            if muted or participant.enabled.get(producer.source) is False:
                 producer.set_paused(True)
         if added:
             for other in self.participants.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import ssl
@@ -74,8 +75,7 @@ def build(services: Services) -> web.Application:
     app.add_routes(api.routes)
     app.add_routes(metrics.routes)
     with contextlib.suppress(ImportError):
-        from townhall.server import whip
-
+        whip = importlib.import_module("townhall.server.whip")
         app.add_routes(whip.routes)
     return app
 

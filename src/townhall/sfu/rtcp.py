@@ -90,7 +90,7 @@ def remb(sender_ssrc: int, bitrate: int, media_ssrcs: list[int]) -> bytes:
 
 
 def receiver_report(sender_ssrc: int, media_ssrc: int, stats: ReceptionStats) -> bytes:
-    fraction, lost = stats.interval_loss()
+    fraction, _lost = stats.interval_loss()
     info = RtcpReceiverInfo(
         ssrc=media_ssrc,
         fraction_lost=fraction,

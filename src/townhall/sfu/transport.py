@@ -232,7 +232,8 @@ class Transport:
                 continue
             mid = remote.rtp.muxId
             extensions = {e.uri: e.id for e in local.rtp.headerExtensions}
-            rtx = {g.items[1] for g in remote.ssrc_group if g.semantic == "FID" and len(g.items) > 1}
+            rtx = {g.items[1] for g in remote.ssrc_group
+                   if g.semantic == "FID" and len(g.items) > 1}
             tracks.append(
                 IncomingTrack(
                     mid=mid,
@@ -260,7 +261,9 @@ class Transport:
         transceiver.setCodecPreferences(
             [c for c in _forwardable(codec.kind) if codec.matches(_codec_of_capability(c))]
         )
-        transceiver.sender._run_rtcp = functools.partial(_quiet_rtcp, transceiver.sender)
+        # aiortc's own sender reports would describe packets it never sent.
+        setattr(transceiver.sender, "_run_rtcp",  # noqa: B010
+                functools.partial(_quiet_rtcp, transceiver.sender))
         slot = Slot(transceiver, codec)
         self._slots.append(slot)
         return slot
@@ -290,7 +293,8 @@ class Transport:
             accepted = (media is not None and media.port != 0 and bool(media.rtp.codecs)
                         and media.direction in ("recvonly", "sendrecv")
                         and slot.transceiver.direction == "sendonly")
-            slot.payload_type = media.rtp.codecs[0].payloadType if accepted else None
+            slot.payload_type = (media.rtp.codecs[0].payloadType
+                                 if accepted and media is not None else None)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -343,8 +347,10 @@ class Transport:
             if dtls is None or id(dtls) in self._hooked:
                 continue
             self._hooked.add(id(dtls))
-            dtls._handle_rtp_data = functools.partial(self._rtp_arrived, dtls)
-            dtls._handle_rtcp_data = functools.partial(self._rtcp_arrived, dtls)
+            setattr(dtls, "_handle_rtp_data",  # noqa: B010
+                    functools.partial(self._rtp_arrived, dtls))
+            setattr(dtls, "_handle_rtcp_data",  # noqa: B010
+                    functools.partial(self._rtcp_arrived, dtls))
         transceivers = self.pc.getTransceivers()
         if transceivers:
             self._dtls = transceivers[0].receiver.transport
