@@ -15,7 +15,7 @@ from townhall.server import app as server_app
 from townhall.server.api import invite_url
 
 
-def test_config(data_dir: Path) -> Config:
+def make_config(data_dir: Path) -> Config:
     return Config(
         data_dir=data_dir,
         http_host="127.0.0.1",
@@ -60,7 +60,7 @@ class RunningServer:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    running = await server_app.start(test_config(tmp_path / "data"))
+    running = await server_app.start(make_config(tmp_path / "data"))
     running.services.config = running.services.config.replace(http_port=running.port)
     try:
         yield RunningServer(running)

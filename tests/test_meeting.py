@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
+from pathlib import Path
 
-from conftest import RunningServer
+import pytest
+
+from conftest import RunningServer, make_config
 from support import Attendee
+from townhall.auth import tokens
+from townhall.server import app as server_app
 
 
 async def _attendees(server: RunningServer, room: str, roles: list[str]) -> list[Attendee]:
@@ -34,3 +41,154 @@ async def test_three_participants_each_decode_the_others_audio_and_video(
     finally:
         for p in people:
             await p.close()
+
+
+def _lossy(every: int) -> object:
+    """A subscribe-side hook that loses every ``every``-th incoming RTP datagram on the wire,
+    before SRTP (as a network would, so retransmissions are not taken for replays)."""
+
+    def install(pc: object) -> None:
+        ice = pc.getTransceivers()[0].receiver.transport.transport  # type: ignore[attr-defined]
+        if getattr(ice, "_test_lossy", False):
+            return
+        original = ice._recv
+        seen = itertools.count(1)
+
+        async def lossy() -> bytes:
+            while True:
+                data: bytes = await original()
+                is_rtp = 127 < data[0] < 192 and not 192 <= data[1] <= 223
+                if not (is_rtp and next(seen) % every == 0):
+                    return data
+
+        ice._recv = lossy
+        ice._test_lossy = True
+
+    return install
+
+
+async def test_with_five_percent_loss_nacks_keep_the_video_decoding(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("lossy")
+    sender, receiver = await _attendees(server, room, ["speaker", "listener"])
+    receiver.rtp_filter = _lossy(20)
+    try:
+        await sender.publish(audio=False)
+        key = (sender.id, "camera")
+        await receiver.wait_frames(key, 15)
+        start = receiver.frames[key]
+        await asyncio.sleep(4)
+        decoded = receiver.frames[key] - start
+        assert decoded >= 0.8 * 4 * 30, f"only {decoded} frames in 4 s at 30 fps"
+        assert server.running.services.counters.retransmissions > 0
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+async def test_chat_hands_and_host_mute_reach_everyone(server: RunningServer) -> None:
+    room = await server.create_room("procedure")
+    host, speaker = await _attendees(server, room, ["host", "speaker"])
+    try:
+        await speaker.publish(video=False)
+        await speaker.send({"type": "chat", "text": "привіт, hello"})
+        message = await host.wait_for("chat")
+        assert (message["name"], message["text"]) == ("person 1", "привіт, hello")
+        await speaker.send({"type": "hand", "raised": True})
+        await host.send({"type": "hand", "raised": True})
+        queue = await host.wait_for("queue", where=lambda m: len(m["participants"]) == 2)
+        assert queue["participants"] == [speaker.id, host.id]
+        await host.send({"type": "mute", "participant": speaker.id})
+        muted = await speaker.wait_for("muted")
+        assert muted["by"] == host.id
+        update = await host.wait_for(
+            "participant-updated",
+            where=lambda m: m["participant"]["id"] == speaker.id
+            and m["participant"]["muted_by_host"])
+        assert update["participant"]["audio"] is False
+    finally:
+        await host.close()
+        await speaker.close()
+
+
+async def test_a_removed_participant_cannot_come_back_and_a_locked_room_admits_no_one(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("strict")
+    host, guest = await _attendees(server, room, ["host", "speaker"])
+    try:
+        await host.send({"type": "remove", "participant": guest.id})
+        await host.wait_for("participant-left")
+        for _ in range(50):
+            if guest.closed:
+                break
+            await asyncio.sleep(0.1)
+        assert guest.closed is not None and guest.closed[0] == 4403
+        again = Attendee(server.ws_url, guest.token, "again")
+        with pytest.raises(ConnectionError, match="4403"):
+            await again.join()
+        await again.close()
+        await host.send({"type": "lock", "locked": True})
+        await host.wait_for("room", where=lambda m: m["locked"])
+        late = Attendee(server.ws_url, server.token(room, "speaker"), "late")
+        with pytest.raises(ConnectionError, match="4403"):
+            await late.join()
+        await late.close()
+    finally:
+        await host.close()
+        await guest.close()
+
+
+async def test_a_dropped_connection_resumes_the_same_place_and_media(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("flaky")
+    watcher, mover = await _attendees(server, room, ["speaker", "speaker"])
+    try:
+        await mover.publish(audio=False)
+        await watcher.wait_frames((mover.id, "camera"), 10)
+        resume = mover.joined["resume"]
+        await mover.close()
+        await watcher.wait_for("participant-updated",
+                               where=lambda m: not m["participant"]["connected"])
+        back = Attendee(server.ws_url, mover.token, "mover")
+        joined = await back.join(resume=resume)
+        assert joined["resumed"] is True
+        assert joined["participant"]["id"] == mover.id
+        before = watcher.frames[(mover.id, "camera")]
+        await back.publish(audio=False)
+        await watcher.wait_frames((mover.id, "camera"), before + 15)
+        assert not any(m["type"] == "participant-left" for m in watcher.messages)
+        await back.close()
+    finally:
+        await watcher.close()
+
+
+async def test_chat_and_attendance_survive_a_server_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data")
+    running = await server_app.start(config)
+    try:
+        room = (await running.services.store.create_room("durable")).id
+        token = tokens.sign(running.services.secret, room, "speaker", 600, time.time())
+        ws_url = running.base_url.replace("http", "ws", 1) + "/ws"
+        first = Attendee(ws_url, token, "first")
+        await first.join()
+        meeting = first.joined["meeting"]["id"]
+        await first.send({"type": "chat", "text": "before the restart"})
+        await first.wait_for("chat")
+    finally:
+        await running.stop()
+    await first.close()
+    running = await server_app.start(config)
+    try:
+        ws_url = running.base_url.replace("http", "ws", 1) + "/ws"
+        second = Attendee(ws_url, token, "first")
+        joined = await second.join()
+        assert joined["meeting"]["id"] == meeting
+        assert [c["text"] for c in joined["chat"]] == ["before the restart"]
+        rows = await running.services.store.attendance(meeting)
+        assert len(rows) == 2 and rows[0].left_at is not None
+        await second.close()
+    finally:
+        await running.stop()

@@ -60,5 +60,6 @@ class RoomRegistry:
         return list(self._rooms.values())
 
     async def close(self) -> None:
+        """Server shutdown: rooms stop, their meetings continue after a restart."""
         for room in list(self._rooms.values()):
-            await room.close()
+            await room.shutdown()

@@ -156,7 +156,27 @@ class LiveRoom:
         if not self.participants:
             await self.close()
 
+    async def shutdown(self) -> None:
+        """The server is stopping: pages are told to reconnect, the meeting stays open.
+
+        After a restart the same meeting continues; attendance records this session's end.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        now = self._clock()
+        for participant in list(self.participants.values()):
+            if participant.grace is not None:
+                participant.grace.cancel()
+            await self.store.record_leave(self.meeting.id, participant.id, now)
+            if participant.outbox is not None:
+                await participant.outbox.close(1012, "server restarting")
+        self.participants.clear()
+        await self.router.close()
+        self._on_empty(self)
+
     async def close(self) -> None:
+        """End the meeting: everyone is sent away and the meeting is recorded as ended."""
         if self._closed:
             return
         self._closed = True

@@ -134,6 +134,8 @@ class Session:
         if not isinstance(token, str) or not token:
             raise errors.Unauthorized("token missing")
         grant = tokens.verify(self.services.secret, token, time.time())
+        if "join" not in grant.permissions:
+            raise errors.Forbidden(f"role {grant.role!r} cannot join a meeting")
         name = _text(message, "name", MAX_NAME)
         resume = message.get("resume")
         if resume is not None and not isinstance(resume, str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -198,7 +198,6 @@ class Transport:
         self._closed = False
         self._ready_task: asyncio.Task[None] | None = None
         self._slots: list[Slot] = []
-        self._idle: list[Slot] = []
         self.pc.on("connectionstatechange", self._state_changed)
 
     # -- negotiation -----------------------------------------------------------------------
@@ -248,15 +247,12 @@ class Transport:
         return tracks
 
     def add_outgoing(self, codec: Codec) -> Slot:
-        """A send-only transceiver for ``codec`` (an idle one of the same codec is reused).
+        """A new send-only transceiver for ``codec``.
 
-        Its mid and negotiated payload type are known after the next offer/answer.
+        Its mid and negotiated payload type are known after the next offer/answer. Inactive
+        transceivers are not reused: a receiver that saw its track end may not announce a new
+        one on the same transceiver.
         """
-        for slot in self._idle:
-            if slot.codec.matches(codec):
-                self._idle.remove(slot)
-                slot.transceiver.direction = "sendonly"
-                return slot
         transceiver = self.pc.addTransceiver(_SilentTrack(codec.kind), direction="sendonly")
         transceiver.setCodecPreferences(
             [c for c in _forwardable(codec.kind) if codec.matches(_codec_of_capability(c))]
@@ -269,10 +265,9 @@ class Transport:
         return slot
 
     def remove_outgoing(self, slot: Slot) -> None:
-        """Stop offering ``slot`` (it turns inactive at the next offer and can be reused)."""
+        """Stop offering ``slot``: it turns inactive at the next offer."""
         slot.transceiver.direction = "inactive"
         slot.payload_type = None
-        self._idle.append(slot)
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -295,6 +290,56 @@ class Transport:
                         and slot.transceiver.direction == "sendonly")
             slot.payload_type = (media.rtp.codecs[0].payloadType
                                  if accepted and media is not None else None)
+
+    async def answer_sending(
+        self, offer: str, codecs: Mapping[str, Codec]
+    ) -> tuple[str, dict[str, Slot]]:
+        """Answer an offer to receive (a WHEP viewer's): the far end offers, the server sends.
+
+        The first audio and the first video section become send-only slots for ``codecs[kind]``,
+        negotiated at once (each slot's payload type is set); other sections are refused. Returns
+        the answer and the slots by kind.
+        """
+        description = parse_sdp(offer)
+        kinds = [m.kind for m in description.media
+                 if m.kind in codecs and m.direction in ("recvonly", "sendrecv")]
+        if not kinds:
+            raise BadRequest("the offer asks for no audio or video the server can send")
+        slots: dict[str, Slot] = {}
+        for kind in dict.fromkeys(kinds):
+            codec = codecs[kind]
+            transceiver = self.pc.addTransceiver(_SilentTrack(kind), direction="sendonly")
+            transceiver.setCodecPreferences(
+                [c for c in _forwardable(kind) if codec.matches(_codec_of_capability(c))]
+            )
+            setattr(transceiver.sender, "_run_rtcp",  # noqa: B010
+                    functools.partial(_quiet_rtcp, transceiver.sender))
+            slots[kind] = Slot(transceiver, codec)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as exc:
+            raise BadRequest(f"cannot negotiate: {exc}") from None
+        self._hook()
+        answer = str(self.pc.localDescription.sdp)
+        by_mid = {m.rtp.muxId: m for m in parse_sdp(answer).media}
+        for kind, slot in list(slots.items()):
+            media = by_mid.get(slot.mid)
+            if media is None or media.port == 0 or not media.rtp.codecs \
+                    or media.direction != "sendonly":
+                del slots[kind]
+                continue
+            slot.payload_type = media.rtp.codecs[0].payloadType
+            self._slots.append(slot)
+        if not slots:
+            raise BadRequest("the offer asks for no audio or video the server can send")
+        return answer, slots
+
+    def resume_outgoing(self, slot: Slot, payload_type: int) -> None:
+        """Send on ``slot`` again, after ``remove_outgoing``, with the payload type negotiated
+        before: for transports whose far end never renegotiates (WHEP)."""
+        slot.transceiver.direction = "sendonly"
+        slot.payload_type = payload_type
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""Packet cache, sequence rewriting and reception statistics: the SFU's per-packet state."""
+
+from __future__ import annotations
+
+import pytest
+
+from townhall.sfu import rtcp
+from townhall.sfu.packet_cache import PacketCache
+from townhall.sfu.sequence import SequenceRewriter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_packet_cache_returns_what_it_stored_until_overwritten() -> None:
+    cache = PacketCache(8)
+    for seq in range(65530, 65536):
+        cache.store(seq, bytes([seq & 0xFF]))
+    cache.store(0, b"wrapped")
+    assert cache.get(65535) == b"\xff"
+    assert cache.get(0) == b"wrapped"
+    cache.store(8, b"later")  # same slot as 0
+    assert cache.get(0) is None
+    assert cache.get(1234) is None
+
+
+def test_packet_cache_size_must_be_a_power_of_two() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        PacketCache(100)
+
+
+def test_rewriter_passes_a_first_run_through_unchanged() -> None:
+    rewriter = SequenceRewriter(90000, Clock())
+    assert rewriter.rewrite(1000, 5000) == (1000, 5000)
+    assert rewriter.rewrite(1001, 8000) == (1001, 8000)
+
+
+def test_rewriter_continues_after_a_restart_with_the_elapsed_time() -> None:
+    clock = Clock()
+    rewriter = SequenceRewriter(90000, clock)
+    rewriter.rewrite(65535, 4294967000)
+    clock.now += 0.5
+    rewriter.restart()
+    assert rewriter.rewrite(20, 77) == (0, (4294967000 + 45000) & 0xFFFFFFFF)
+    assert rewriter.rewrite(21, 3077) == (1, (4294967000 + 48000) & 0xFFFFFFFF)
+
+
+def test_rewriter_maps_output_sequence_numbers_back_for_nacks() -> None:
+    clock = Clock()
+    rewriter = SequenceRewriter(48000, clock)
+    rewriter.rewrite(10, 0)
+    rewriter.restart()
+    out, _ = rewriter.rewrite(500, 0)
+    rewriter.rewrite(501, 960)
+    assert rewriter.input_sequence(out) == 500
+    assert rewriter.input_sequence((out + 1) & 0xFFFF) == 501
+    assert rewriter.input_sequence((out + 50) & 0xFFFF) is None  # not sent yet
+
+
+def test_late_packets_do_not_move_the_rewriter_backwards() -> None:
+    rewriter = SequenceRewriter(90000, Clock())
+    rewriter.rewrite(10, 0)
+    rewriter.rewrite(12, 6000)
+    rewriter.rewrite(11, 3000)  # reordered
+    assert rewriter.last_output == (12, 6000)
+
+
+def test_reception_stats_count_loss_per_interval_and_in_total() -> None:
+    stats = rtcp.ReceptionStats()
+    for seq in [65530, 65531, 65533, 65534, 0, 1, 3]:
+        stats.add(seq)
+    assert stats.extended_highest == 0x10000 + 3
+    assert stats.cumulative_lost == 3
+    fraction, lost = stats.interval_loss()
+    assert lost == 3 and fraction == (3 << 8) // 10
+    assert stats.interval_loss() == (0, 0)
+
+
+def test_feedback_is_read_from_the_packets_the_sfu_builds() -> None:
+    stats = rtcp.ReceptionStats()
+    stats.add(1)
+    compound = (rtcp.nack(1, 2, [9, 5, 5]) + rtcp.pli(1, 3) + rtcp.sender_report(4, 1 << 40, 99, 3, 300)
+                + rtcp.receiver_report(1, 2, stats))
+    kinds = [(f.kind, f.media_ssrc) for f in rtcp.parse(compound)]
+    assert kinds == [("nack", 2), ("keyframe", 3), ("sender-report", 4), ("report", 2)]
+    assert rtcp.parse(rtcp.nack(1, 2, [9, 5, 5]))[0].lost == (5, 9)
+
+
+def test_malformed_rtcp_raises_value_error() -> None:
+    with pytest.raises(ValueError):
+        rtcp.parse(b"\x80\xc9\x00\x07\x00")
