@@ -100,7 +100,7 @@ async def test_a_token_for_an_unknown_room_is_refused(server: RunningServer) -> 
 async def test_an_admin_token_cannot_join_a_meeting(server: RunningServer) -> None:
     code, reason = await _closed_with(
         server, {"type": "join", "token": server.admin_token, "name": "x"})
-    assert code == 4403
+    assert (code, reason) == (4403, "forbidden: role 'admin' cannot join a meeting")
 
 
 async def test_a_missing_join_times_out(server: RunningServer,

@@ -84,8 +84,8 @@ def test_reception_stats_count_loss_per_interval_and_in_total() -> None:
 def test_feedback_is_read_from_the_packets_the_sfu_builds() -> None:
     stats = rtcp.ReceptionStats()
     stats.add(1)
-    compound = (rtcp.nack(1, 2, [9, 5, 5]) + rtcp.pli(1, 3) + rtcp.sender_report(4, 1 << 40, 99, 3, 300)
-                + rtcp.receiver_report(1, 2, stats))
+    compound = (rtcp.nack(1, 2, [9, 5, 5]) + rtcp.pli(1, 3)
+                + rtcp.sender_report(4, 1 << 40, 99, 3, 300) + rtcp.receiver_report(1, 2, stats))
     kinds = [(f.kind, f.media_ssrc) for f in rtcp.parse(compound)]
     assert kinds == [("nack", 2), ("keyframe", 3), ("sender-report", 4), ("report", 2)]
     assert rtcp.parse(rtcp.nack(1, 2, [9, 5, 5]))[0].lost == (5, 9)
