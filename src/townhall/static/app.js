@@ -1,0 +1,727 @@
+// @ts-check
+// townhall meeting page: the user interface over protocol.js.
+
+import {ServerConnection, socketUrl} from './protocol.js';
+
+/**
+ * @typedef {import('./protocol.js').Participant} Participant
+ * @typedef {import('./protocol.js').ChatMessage} ChatMessage
+ * @typedef {import('./protocol.js').ConsumerInfo} ConsumerInfo
+ * @typedef {import('./protocol.js').Source} Source
+ * @typedef {import('./protocol.js').Joined} Joined
+ */
+
+/**
+ * @template {HTMLElement} T
+ * @param {string} id
+ * @param {{new(): T}} type
+ * @returns {T}
+ */
+function byId(id, type) {
+    const element = document.getElementById(id);
+    if (!(element instanceof type))
+        throw new Error(`#${id} is missing or not a ${type.name}`);
+    return element;
+}
+
+/**
+ * @param {string} tag
+ * @param {Record<string, string>} [attributes]
+ * @param {string} [text]
+ * @returns {HTMLElement}
+ */
+function make(tag, attributes = {}, text = '') {
+    const element = document.createElement(tag);
+    for (const [key, value] of Object.entries(attributes))
+        element.setAttribute(key, value);
+    if (text)
+        element.textContent = text;
+    return element;
+}
+
+const NAME_KEY = 'townhall.name';
+const DEVICE_KEY = 'townhall.devices';
+
+const ui = {
+    roomName: byId('room-name', HTMLElement),
+    connection: byId('connection-status', HTMLElement),
+    lobby: byId('lobby', HTMLElement),
+    joinForm: byId('join-form', HTMLFormElement),
+    name: byId('name', HTMLInputElement),
+    join: byId('join', HTMLButtonElement),
+    lobbyError: byId('lobby-error', HTMLElement),
+    meeting: byId('meeting', HTMLElement),
+    side: byId('side', HTMLElement),
+    tiles: byId('tiles', HTMLElement),
+    audioSink: byId('audio-sink', HTMLElement),
+    mic: byId('mic-toggle', HTMLButtonElement),
+    camera: byId('camera-toggle', HTMLButtonElement),
+    screen: byId('screen-toggle', HTMLButtonElement),
+    hand: byId('hand-toggle', HTMLButtonElement),
+    lock: byId('lock-toggle', HTMLButtonElement),
+    settings: byId('settings-toggle', HTMLButtonElement),
+    leave: byId('leave', HTMLButtonElement),
+    devices: byId('devices', HTMLFormElement),
+    micSelect: byId('mic-select', HTMLSelectElement),
+    cameraSelect: byId('camera-select', HTMLSelectElement),
+    participants: byId('participants', HTMLElement),
+    queue: byId('queue', HTMLElement),
+    chatLog: byId('chat-log', HTMLElement),
+    chatForm: byId('chat-form', HTMLFormElement),
+    chatInput: byId('chat-input', HTMLInputElement),
+    notices: byId('notices', HTMLElement),
+    ended: byId('ended', HTMLElement),
+};
+
+/** @type {ServerConnection|null} */
+let connection = null;
+/** @type {boolean} media was asked for once; later joins republish the kept tracks */
+let mediaRequested = false;
+/** @type {Set<string>} chat ids already shown */
+const shownChat = new Set();
+
+/** @returns {{token: string|null, roomId: string}} */
+function fromLocation() {
+    const params = new URLSearchParams(location.search);
+    const parts = location.pathname.split('/').filter(Boolean);
+    return {token: params.get('t'), roomId: parts[0] === 'r' && parts[1] ? decodeURIComponent(parts[1]) : ''};
+}
+
+// ---- notices and status ----------------------------------------------------
+
+/**
+ * A short message in the polite live region.
+ *
+ * @param {string} text
+ * @param {string} [kind]
+ * @param {number} [ms]
+ */
+function notify(text, kind = 'info', ms = 15000) {
+    const p = make('p', {class: `notice notice-${kind}`, 'data-kind': kind}, text);
+    ui.notices.append(p);
+    setTimeout(() => p.remove(), ms);
+}
+
+/** @type {Record<string, string>} */
+const STATUS_TEXT = {
+    idle: '',
+    connecting: 'Connecting…',
+    connected: 'Connected',
+    reconnecting: 'Reconnecting…',
+    closed: 'Disconnected',
+};
+
+/**
+ * @param {import('./protocol.js').Status} status
+ * @param {string} detail
+ */
+function showStatus(status, detail) {
+    const previous = ui.connection.dataset.status;
+    ui.connection.dataset.status = status;
+    ui.connection.textContent = STATUS_TEXT[status] || status;
+    if (status === 'reconnecting' && previous !== 'reconnecting')
+        notify('Connection lost. Reconnecting…', 'warning', 5000);
+    if (status === 'connected' && previous === 'reconnecting')
+        notify('Reconnected.', 'info', 5000);
+    if (detail)
+        ui.connection.title = detail;
+}
+
+// ---- tiles -----------------------------------------------------------------
+
+/**
+ * @param {string} participant
+ * @param {string} source
+ */
+function tileKey(participant, source) {
+    return `${participant}:${source}`;
+}
+
+/** @type {Map<string, {figure: HTMLElement, video: HTMLVideoElement, caption: HTMLElement}>} */
+const tiles = new Map();
+
+/**
+ * The tile of one participant's camera or screen, made on first use.
+ *
+ * @param {string} participant
+ * @param {'camera'|'screen'} source
+ * @param {boolean} local
+ */
+function tile(participant, source, local) {
+    const key = tileKey(participant, source);
+    let t = tiles.get(key);
+    if (t)
+        return t;
+    const figure = make('figure', {class: `tile tile-${source}`, 'data-participant': participant, 'data-source': source});
+    const video = document.createElement('video');
+    video.autoplay = true;
+    video.playsInline = true;
+    video.muted = true;
+    video.dataset.participant = participant;
+    video.dataset.source = source;
+    video.dataset.testid = local ? 'local-video' : 'remote-video';
+    if (local)
+        video.dataset.local = 'true';
+    else
+        video.dataset.remote = 'true';
+    const caption = make('figcaption', {});
+    figure.append(video, caption);
+    ui.tiles.append(figure);
+    t = {figure, video, caption};
+    tiles.set(key, t);
+    nameTile(participant, source);
+    return t;
+}
+
+/**
+ * @param {string} participant
+ * @param {string} source
+ */
+function nameTile(participant, source) {
+    const t = tiles.get(tileKey(participant, source));
+    if (!t || !connection)
+        return;
+    const p = connection.participants.get(participant);
+    const name = p ? p.name : 'Someone';
+    const you = connection.self && connection.self.id === participant ? ' (you)' : '';
+    t.caption.textContent = source === 'screen' ? `${name}${you}: screen` : `${name}${you}`;
+    t.figure.setAttribute('aria-label', t.caption.textContent);
+    t.figure.dataset.speaking = p && p.speaking ? 'true' : 'false';
+}
+
+/**
+ * @param {string} participant
+ * @param {string} source
+ */
+function dropTile(participant, source) {
+    const key = tileKey(participant, source);
+    const t = tiles.get(key);
+    if (!t)
+        return;
+    t.video.srcObject = null;
+    t.figure.remove();
+    tiles.delete(key);
+}
+
+/**
+ * @param {HTMLVideoElement} video
+ * @param {MediaStreamTrack|null} track
+ */
+function showTrack(video, track) {
+    video.srcObject = track ? new MediaStream([track]) : null;
+    video.hidden = !track;
+    if (track)
+        video.play().catch(() => {});
+}
+
+function showLocalPreview() {
+    if (!connection || !connection.self)
+        return;
+    const self = connection.self.id;
+    const camera = connection.local.get('camera');
+    const t = tile(self, 'camera', true);
+    showTrack(t.video, camera && camera.enabled && camera.track ? camera.track : null);
+    const screen = connection.local.get('screen');
+    if (screen && screen.track)
+        showTrack(tile(self, 'screen', true).video, screen.track);
+    else
+        dropTile(self, 'screen');
+}
+
+/**
+ * @param {MediaStreamTrack} track
+ * @param {ConsumerInfo} info
+ */
+function onConsumer(track, info) {
+    if (info.kind === 'audio') {
+        const audio = document.createElement('audio');
+        audio.autoplay = true;
+        audio.dataset.participant = info.participant;
+        audio.dataset.source = info.source;
+        audio.dataset.mid = info.mid;
+        audio.srcObject = new MediaStream([track]);
+        ui.audioSink.append(audio);
+        audio.play().catch(() => {});
+        return;
+    }
+    const source = info.source === 'screen' ? 'screen' : 'camera';
+    const t = tile(info.participant, source, false);
+    t.video.dataset.mid = info.mid;
+    showTrack(t.video, track);
+}
+
+/** @param {ConsumerInfo} info */
+function onConsumerClose(info) {
+    if (info.kind === 'audio') {
+        for (const audio of ui.audioSink.querySelectorAll('audio')) {
+            if (audio instanceof HTMLAudioElement && audio.dataset.mid === info.mid) {
+                audio.srcObject = null;
+                audio.remove();
+            }
+        }
+        return;
+    }
+    const source = info.source === 'screen' ? 'screen' : 'camera';
+    const t = tiles.get(tileKey(info.participant, source));
+    if (!t || t.video.dataset.mid !== info.mid)
+        return;
+    if (source === 'screen')
+        dropTile(info.participant, source);
+    else
+        showTrack(t.video, null);
+}
+
+// ---- participants, queue, chat ---------------------------------------------
+
+/**
+ * @param {Participant} p
+ * @returns {HTMLElement}
+ */
+function participantItem(p) {
+    const self = !!connection && !!connection.self && connection.self.id === p.id;
+    const li = make('li', {'data-participant': p.id, class: 'participant'});
+    li.dataset.speaking = p.speaking ? 'true' : 'false';
+    li.dataset.hand = p.hand ? 'true' : 'false';
+    const name = make('span', {class: 'participant-name'}, p.name + (self ? ' (you)' : ''));
+    const state = make('span', {class: 'participant-state'});
+    /** @type {string[]} */
+    const words = [];
+    words.push(p.audio ? 'mic on' : 'mic off');
+    words.push(p.video ? 'camera on' : 'camera off');
+    if (p.screen)
+        words.push('sharing screen');
+    if (p.hand)
+        words.push('hand raised');
+    if (p.muted_by_host)
+        words.push('muted by host');
+    if (p.speaking)
+        words.push('speaking');
+    state.textContent = words.join(', ');
+    const role = make('span', {class: 'participant-role'}, p.role);
+    li.append(name, ' ', role, ' ', state);
+    if (connection && connection.can('moderate') && !self) {
+        const mute = make('button', {type: 'button', 'data-action': 'mute', 'aria-label': `Mute ${p.name}`}, 'Mute');
+        mute.addEventListener('click', () => connection && connection.mute(p.id));
+        const remove = make('button', {type: 'button', 'data-action': 'remove', class: 'danger', 'aria-label': `Remove ${p.name}`}, 'Remove');
+        remove.addEventListener('click', () => {
+            if (connection && confirm(`Remove ${p.name} from the meeting?`))
+                connection.remove(p.id);
+        });
+        li.append(' ', mute, ' ', remove);
+    }
+    return li;
+}
+
+function renderParticipants() {
+    if (!connection)
+        return;
+    const items = [];
+    for (const p of connection.participants.values())
+        items.push(participantItem(p));
+    ui.participants.replaceChildren(...items);
+    for (const key of tiles.keys()) {
+        const [participant, source] = key.split(':');
+        nameTile(participant, source);
+    }
+}
+
+function renderQueue() {
+    if (!connection)
+        return;
+    const items = connection.queue.map((id) => {
+        const p = connection && connection.participants.get(id);
+        return make('li', {'data-participant': id}, p ? p.name : 'Someone');
+    });
+    ui.queue.replaceChildren(...items);
+    const raised = !!connection.self && connection.queue.includes(connection.self.id);
+    setPressed(ui.hand, raised, 'Lower hand', 'Raise hand');
+}
+
+/** @param {ChatMessage} m */
+function showChat(m) {
+    if (m.id && shownChat.has(m.id))
+        return;
+    if (m.id)
+        shownChat.add(m.id);
+    const entry = make('p', {class: 'chat-message', 'data-participant': m.participant});
+    const when = typeof m.at === 'number' ? new Date(m.at * (m.at < 1e12 ? 1000 : 1)) : new Date(m.at);
+    const time = make('time', {datetime: isNaN(when.getTime()) ? '' : when.toISOString()},
+        isNaN(when.getTime()) ? '' : when.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'}));
+    const name = make('strong', {class: 'chat-name'}, m.name);
+    const text = make('span', {class: 'chat-text'}, m.text);
+    entry.append(time, ' ', name, ': ', text);
+    const atBottom = ui.chatLog.scrollHeight - ui.chatLog.scrollTop - ui.chatLog.clientHeight < 40;
+    ui.chatLog.append(entry);
+    if (atBottom)
+        ui.chatLog.scrollTop = ui.chatLog.scrollHeight;
+}
+
+/**
+ * @param {HTMLButtonElement} button
+ * @param {boolean} pressed
+ * @param {string} onText
+ * @param {string} offText
+ */
+function setPressed(button, pressed, onText, offText) {
+    button.setAttribute('aria-pressed', pressed ? 'true' : 'false');
+    button.textContent = pressed ? onText : offText;
+}
+
+function renderControls() {
+    if (!connection)
+        return;
+    const canPublish = connection.can('publish');
+    for (const element of document.querySelectorAll('[data-publish]'))
+        if (element instanceof HTMLElement)
+            element.hidden = !canPublish;
+    if (!canPublish)
+        ui.devices.hidden = true;
+    const moderate = connection.can('moderate');
+    ui.lock.hidden = !moderate;
+    const locked = !!connection.room && connection.room.locked;
+    setPressed(ui.lock, locked, 'Unlock room', 'Lock room');
+    setPressed(ui.mic, connection.isEnabled('microphone'), 'Mute microphone', 'Unmute microphone');
+    ui.mic.setAttribute('aria-label', 'Microphone');
+    setPressed(ui.camera, connection.isEnabled('camera'), 'Stop camera', 'Start camera');
+    ui.camera.setAttribute('aria-label', 'Camera');
+    setPressed(ui.screen, connection.isEnabled('screen'), 'Stop sharing', 'Share screen');
+    ui.screen.setAttribute('aria-label', 'Share screen');
+}
+
+// ---- local media -----------------------------------------------------------
+
+/** @returns {{microphone?: string, camera?: string}} */
+function savedDevices() {
+    try {
+        return JSON.parse(localStorage.getItem(DEVICE_KEY) || '{}');
+    } catch (e) {
+        return {};
+    }
+}
+
+/**
+ * @param {'microphone'|'camera'} source
+ * @param {string} deviceId
+ */
+function saveDevice(source, deviceId) {
+    const devices = savedDevices();
+    devices[source] = deviceId;
+    localStorage.setItem(DEVICE_KEY, JSON.stringify(devices));
+}
+
+/**
+ * @param {'microphone'|'camera'} source
+ * @returns {MediaTrackConstraints}
+ */
+function constraints(source) {
+    const deviceId = savedDevices()[source];
+    /** @type {MediaTrackConstraints} */
+    const c = source === 'camera' ? {width: {ideal: 640}, height: {ideal: 360}, frameRate: {ideal: 24}} : {};
+    if (deviceId)
+        c.deviceId = {ideal: deviceId};
+    return c;
+}
+
+/**
+ * @param {'microphone'|'camera'} source
+ * @returns {Promise<MediaStreamTrack|null>}
+ */
+async function capture(source) {
+    try {
+        const stream = await navigator.mediaDevices.getUserMedia(
+            source === 'microphone' ? {audio: constraints(source)} : {video: constraints(source)});
+        return stream.getTracks()[0] || null;
+    } catch (e) {
+        notify(`Could not use the ${source}: ${e instanceof Error ? e.message : e}`, 'warning');
+        return null;
+    }
+}
+
+/** First join: ask for microphone and camera, publish both. */
+async function startMedia() {
+    if (!connection || mediaRequested || !connection.can('publish'))
+        return;
+    mediaRequested = true;
+    /** @type {MediaStreamTrack[]} */
+    let tracks = [];
+    try {
+        const stream = await navigator.mediaDevices.getUserMedia({
+            audio: constraints('microphone'), video: constraints('camera'),
+        });
+        tracks = stream.getTracks();
+    } catch (e) {
+        const mic = await capture('microphone');
+        const cam = await capture('camera');
+        tracks = /** @type {MediaStreamTrack[]} */ ([mic, cam].filter(Boolean));
+    }
+    for (const track of tracks)
+        await connection.setTrack(track.kind === 'audio' ? 'microphone' : 'camera', track);
+    showLocalPreview();
+    renderControls();
+    await listDevices();
+}
+
+async function listDevices() {
+    let devices;
+    try {
+        devices = await navigator.mediaDevices.enumerateDevices();
+    } catch (e) {
+        return;
+    }
+    /**
+     * @param {HTMLSelectElement} select
+     * @param {MediaDeviceKind} kind
+     * @param {Source} source
+     */
+    const fill = (select, kind, source) => {
+        const current = connection && connection.local.get(source);
+        const currentId = current && current.track ? current.track.getSettings().deviceId : '';
+        const options = devices.filter((d) => d.kind === kind).map((d, i) => {
+            const option = document.createElement('option');
+            option.value = d.deviceId;
+            option.textContent = d.label || `${kind === 'audioinput' ? 'Microphone' : 'Camera'} ${i + 1}`;
+            option.selected = d.deviceId === currentId;
+            return option;
+        });
+        select.replaceChildren(...options);
+    };
+    fill(ui.micSelect, 'audioinput', 'microphone');
+    fill(ui.cameraSelect, 'videoinput', 'camera');
+}
+
+/**
+ * @param {'microphone'|'camera'} source
+ * @param {string} deviceId
+ */
+async function switchDevice(source, deviceId) {
+    if (!connection)
+        return;
+    saveDevice(source, deviceId);
+    const local = connection.local.get(source);
+    if (!local || !local.enabled)
+        return;        // used next time the source is switched on
+    const kind = source === 'microphone' ? 'audio' : 'video';
+    /** @type {MediaStreamConstraints} */
+    const wanted = {[kind]: {...constraints(source), deviceId: {exact: deviceId}}};
+    try {
+        const stream = await navigator.mediaDevices.getUserMedia(wanted);
+        const track = stream.getTracks()[0];
+        const old = local.track;
+        await connection.setTrack(source, track);
+        if (old)
+            old.stop();
+        showLocalPreview();
+    } catch (e) {
+        notify(`Could not switch the ${source}: ${e instanceof Error ? e.message : e}`, 'warning');
+    }
+}
+
+async function toggleMic() {
+    if (!connection)
+        return;
+    const local = connection.local.get('microphone');
+    if (!local || !local.track || local.track.readyState === 'ended') {
+        const track = await capture('microphone');
+        if (track)
+            await connection.setTrack('microphone', track);
+        await connection.setEnabled('microphone', true);
+    } else {
+        await connection.setEnabled('microphone', !local.enabled);
+    }
+    renderControls();
+}
+
+async function toggleCamera() {
+    if (!connection)
+        return;
+    const local = connection.local.get('camera');
+    if (local && local.enabled && local.track) {
+        // Off: release the device so that its light goes out.
+        await connection.setEnabled('camera', false);
+        local.track.stop();
+    } else {
+        const track = await capture('camera');
+        if (!track)
+            return;
+        await connection.setTrack('camera', track);
+        await connection.setEnabled('camera', true);
+    }
+    showLocalPreview();
+    renderControls();
+}
+
+async function toggleScreen() {
+    if (!connection)
+        return;
+    const local = connection.local.get('screen');
+    if (local && local.track) {
+        const track = local.track;
+        await connection.setTrack('screen', null);
+        track.stop();
+    } else {
+        let stream;
+        try {
+            stream = await navigator.mediaDevices.getDisplayMedia({video: true, audio: false});
+        } catch (e) {
+            notify('Screen sharing was not started.', 'info', 5000);
+            return;
+        }
+        const track = stream.getVideoTracks()[0];
+        track.addEventListener('ended', () => {
+            if (connection && connection.local.get('screen')?.track === track) {
+                connection.setTrack('screen', null).then(() => {
+                    showLocalPreview();
+                    renderControls();
+                });
+            }
+        });
+        await connection.setTrack('screen', track);
+    }
+    showLocalPreview();
+    renderControls();
+}
+
+// ---- the connection --------------------------------------------------------
+
+/** @param {Joined} joined */
+function onJoined(joined) {
+    ui.roomName.textContent = joined.room.name;
+    document.title = `${joined.room.name} — townhall`;
+    // Start over: the connection has announced the end of every old consumer.
+    for (const key of [...tiles.keys()]) {
+        const [participant, source] = key.split(':');
+        dropTile(participant, source);
+    }
+    ui.audioSink.replaceChildren();
+    ui.chatLog.replaceChildren();
+    shownChat.clear();
+    for (const m of joined.chat || [])
+        showChat(m);
+    if (connection)
+        for (const p of connection.participants.values())
+            tile(p.id, 'camera', !!connection.self && p.id === connection.self.id);
+    showLocalPreview();
+    renderParticipants();
+    renderQueue();
+    renderControls();
+    startMedia().catch((e) => notify(`Media failed: ${e}`, 'warning'));
+}
+
+/**
+ * @param {string} token
+ * @param {string} name
+ */
+function start(token, name) {
+    connection = new ServerConnection({url: socketUrl(location), token, name});
+    // Test hook and console handle: the connection object itself.
+    /** @type {any} */ (window).townhall = connection;
+    connection.onstatus = showStatus;
+    connection.onjoined = onJoined;
+    connection.onparticipant = (kind, p) => {
+        if (kind === 'joined') {
+            tile(p.id, 'camera', false);
+            notify(`${p.name} joined.`, 'info', 5000);
+        } else if (kind === 'left') {
+            dropTile(p.id, 'camera');
+            dropTile(p.id, 'screen');
+            notify(`${p.name} left.`, 'info', 5000);
+        }
+        renderParticipants();
+        renderQueue();
+        renderControls();
+    };
+    connection.onspeaking = () => renderParticipants();
+    connection.onqueue = () => renderQueue();
+    connection.onchat = showChat;
+    connection.onroom = (room) => {
+        notify(room.locked ? 'The room is now locked.' : 'The room is now unlocked.', 'info', 5000);
+        renderControls();
+    };
+    connection.onconsumer = onConsumer;
+    connection.onconsumerclose = onConsumerClose;
+    connection.onmuted = () => {
+        notify('You were muted by the host', 'muted', 30000);
+        renderControls();
+    };
+    connection.onerror = (error) => {
+        notify(error.message || error.code, 'error', 10000);
+    };
+    connection.onclose = (code, reason, message) => {
+        ui.meeting.hidden = true;
+        ui.side.hidden = true;
+        ui.ended.hidden = false;
+        ui.ended.dataset.code = String(code);
+        ui.ended.textContent = message;
+        if (code === 1000) {
+            const again = make('a', {href: location.href, class: 'button'}, 'Join again');
+            ui.ended.append(' ', again);
+        }
+    };
+    ui.lobby.hidden = true;
+    ui.meeting.hidden = false;
+    ui.side.hidden = false;
+    connection.connect();
+}
+
+function main() {
+    const {token} = fromLocation();
+    ui.name.value = localStorage.getItem(NAME_KEY) || '';
+    if (!token) {
+        ui.lobbyError.hidden = false;
+        ui.lobbyError.textContent = 'This link has no invite token. Ask the host for an invite link.';
+        ui.join.disabled = true;
+        return;
+    }
+    ui.joinForm.addEventListener('submit', (e) => {
+        e.preventDefault();
+        const name = ui.name.value.trim().slice(0, 64);
+        if (!name) {
+            ui.name.focus();
+            return;
+        }
+        localStorage.setItem(NAME_KEY, name);
+        start(token, name);
+    });
+    ui.mic.addEventListener('click', () => { toggleMic(); });
+    ui.camera.addEventListener('click', () => { toggleCamera(); });
+    ui.screen.addEventListener('click', () => { toggleScreen(); });
+    ui.hand.addEventListener('click', () => {
+        if (!connection || !connection.self)
+            return;
+        connection.raiseHand(!connection.queue.includes(connection.self.id));
+    });
+    ui.lock.addEventListener('click', () => {
+        if (connection)
+            connection.lock(!(connection.room && connection.room.locked));
+    });
+    ui.settings.addEventListener('click', () => {
+        ui.devices.hidden = !ui.devices.hidden;
+        ui.settings.setAttribute('aria-expanded', ui.devices.hidden ? 'false' : 'true');
+        if (!ui.devices.hidden)
+            listDevices();
+    });
+    ui.micSelect.addEventListener('change', () => { switchDevice('microphone', ui.micSelect.value); });
+    ui.cameraSelect.addEventListener('change', () => { switchDevice('camera', ui.cameraSelect.value); });
+    ui.leave.addEventListener('click', () => {
+        if (connection)
+            connection.leave();
+    });
+    ui.chatForm.addEventListener('submit', (e) => {
+        e.preventDefault();
+        const text = ui.chatInput.value.trim();
+        if (!text || !connection)
+            return;
+        if (connection.sendChat(text))
+            ui.chatInput.value = '';
+        else
+            notify('Not connected: the message was not sent.', 'warning', 5000);
+    });
+    window.addEventListener('pagehide', () => {
+        if (connection && connection.status === 'connected')
+            connection.leave();
+    });
+    if (navigator.mediaDevices && navigator.mediaDevices.addEventListener)
+        navigator.mediaDevices.addEventListener('devicechange', () => { listDevices(); });
+}
+
+main();

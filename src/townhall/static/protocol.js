@@ -1,0 +1,814 @@
+// @ts-check
+// townhall signalling client: one WebSocket, two RTCPeerConnections, no DOM.
+//
+// The contract is docs/protocol.md.  This module owns the socket, the
+// publishing transport (the page offers) and the receiving transport (the
+// server offers), the join/resume/reconnect logic, and turns server messages
+// into callbacks that a user interface (app.js) or a test assigns.
+
+/**
+ * @typedef {'microphone'|'camera'|'screen'} Source
+ *
+ * @typedef {Object} Participant
+ * @property {string} id
+ * @property {string} name
+ * @property {string} role
+ * @property {string[]} permissions
+ * @property {boolean} audio
+ * @property {boolean} video
+ * @property {boolean} screen
+ * @property {boolean} hand
+ * @property {boolean} muted_by_host
+ * @property {boolean} speaking
+ *
+ * @typedef {Object} Room
+ * @property {string} id
+ * @property {string} name
+ * @property {boolean} locked
+ *
+ * @typedef {Object} ChatMessage
+ * @property {string} id
+ * @property {string} participant
+ * @property {string} name
+ * @property {string} text
+ * @property {string|number} at
+ *
+ * @typedef {Object} ConsumerInfo
+ * @property {string} mid
+ * @property {string} participant
+ * @property {Source} source
+ * @property {'audio'|'video'} kind
+ * @property {string} producer
+ *
+ * @typedef {Object} Joined
+ * @property {Participant} participant
+ * @property {string} resume
+ * @property {boolean} resumed
+ * @property {Room} room
+ * @property {{id: string, started_at: string|number}} meeting
+ * @property {Participant[]} participants
+ * @property {ChatMessage[]} chat
+ * @property {string[]} queue
+ * @property {RTCIceServer[]} ice_servers
+ *
+ * @typedef {'idle'|'connecting'|'connected'|'reconnecting'|'closed'} Status
+ *
+ * @typedef {Object} ProtocolError
+ * @property {string} code
+ * @property {string} message
+ * @property {string} [request]
+ *
+ * @typedef {Object} LocalSource
+ * @property {MediaStreamTrack|null} track
+ * @property {boolean} enabled
+ * @property {RTCRtpTransceiver|null} transceiver
+ * @property {boolean} announced   the server has seen this source in a `publish`
+ */
+
+/** Close codes after which the page must not reconnect. */
+export const FINAL_CLOSE_CODES = Object.freeze([1000, 4401, 4403, 4404]);
+
+/** @type {Readonly<Record<number, string>>} */
+const CLOSE_MESSAGES = Object.freeze({
+    4401: 'This invite link is not valid or has expired. Ask the host for a new one.',
+    4403: 'You cannot take part in this meeting.',
+    4404: 'This room no longer exists.',
+});
+
+/**
+ * A user-facing explanation of a close code and reason.
+ *
+ * @param {number} code
+ * @param {string} reason
+ * @returns {string}
+ */
+export function closeMessage(code, reason) {
+    if (code === 4403 && reason === 'removed by host')
+        return 'You were removed from the meeting by the host.';
+    if (code === 4403 && reason === 'room locked')
+        return 'The room is locked: nobody new can join right now.';
+    if (code === 1000)
+        return 'You left the meeting.';
+    return CLOSE_MESSAGES[code] || `Disconnected (${code}${reason ? ': ' + reason : ''}).`;
+}
+
+/**
+ * Reconnection delay in milliseconds for the given attempt (0-based):
+ * 0.5 s doubling to a cap of 5 s, with ±20 % jitter so that a room full of
+ * pages dropped by the same network failure does not return in lockstep.
+ *
+ * @param {number} attempt
+ * @param {() => number} [random]
+ * @returns {number}
+ */
+export function backoffDelay(attempt, random = Math.random) {
+    const base = Math.min(5000, 500 * Math.pow(2, attempt));
+    return Math.round(base * (0.8 + 0.4 * random()));
+}
+
+/**
+ * The WebSocket URL of a page location: same host, `wss:` under https.
+ *
+ * @param {{protocol: string, host: string}} location
+ * @returns {string}
+ */
+export function socketUrl(location) {
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    return `${scheme}//${location.host}/ws`;
+}
+
+/** @type {Source[]} */
+const SOURCES = ['microphone', 'camera', 'screen'];
+
+/** How often to send `ping`, and how long a silent socket is trusted. */
+const PING_INTERVAL_MS = 10000;
+const SILENCE_LIMIT_MS = 25000;
+
+/**
+ * One participant's connection to a townhall server.
+ *
+ * Assign the `on…` callbacks, call `connect()`, then publish tracks with
+ * `setTrack()`.  Local tracks survive reconnection: after a dropped socket
+ * the connection joins again with its `resume` secret and publishes them
+ * again on fresh transports.
+ */
+export class ServerConnection {
+    /**
+     * @param {Object} options
+     * @param {string} options.url    WebSocket URL (see socketUrl)
+     * @param {string} options.token  invite token
+     * @param {string} options.name   display name
+     */
+    constructor({url, token, name}) {
+        /** @type {string} */
+        this.url = url;
+        /** @type {string} */
+        this.token = token;
+        /** @type {string} */
+        this.name = name;
+
+        /** @type {WebSocket|null} */
+        this.socket = null;
+        /** @type {Status} */
+        this.status = 'idle';
+        /** @type {string|null} the secret from the last `joined` */
+        this.resumeSecret = null;
+        /** @type {Participant|null} */
+        this.self = null;
+        /** @type {Room|null} */
+        this.room = null;
+        /** @type {Map<string, Participant>} everyone, this participant included */
+        this.participants = new Map();
+        /** @type {string[]} */
+        this.queue = [];
+        /** @type {RTCIceServer[]} */
+        this.iceServers = [];
+
+        /** @type {RTCPeerConnection|null} the transport this page publishes on */
+        this.publishTransport = null;
+        /** @type {RTCPeerConnection|null} the transport this page receives on */
+        this.subscribeTransport = null;
+        /** @type {Map<string, ConsumerInfo>} by mid, as last announced to the UI */
+        this.consumers = new Map();
+        /** @type {Map<Source, LocalSource>} */
+        this.local = new Map();
+
+        /** @type {number} */
+        this._attempt = 0;
+        /** @type {ReturnType<typeof setTimeout>|null} */
+        this._reconnectTimer = null;
+        /** @type {ReturnType<typeof setInterval>|null} */
+        this._pingTimer = null;
+        /** @type {number} */
+        this._lastHeard = 0;
+        /** @type {boolean} */
+        this._leaving = false;
+        /** @type {Promise<void>} negotiations of the publishing transport run one at a time */
+        this._publishChain = Promise.resolve();
+        /** @type {boolean} */
+        this._publishWanted = false;
+        /** @type {{resolve: (sdp: string) => void, reject: (e: Error) => void}|null} */
+        this._publishPending = null;
+        /** @type {Promise<void>} subscribe offers are answered in order */
+        this._subscribeChain = Promise.resolve();
+        /** @type {number} increments for every socket, so stale work can notice */
+        this._generation = 0;
+
+        // Callbacks.  Every one is optional.
+        /** @type {((joined: Joined) => void)|null} */
+        this.onjoined = null;
+        /** @type {((kind: 'joined'|'updated'|'left', p: Participant) => void)|null} */
+        this.onparticipant = null;
+        /** @type {((message: ChatMessage) => void)|null} */
+        this.onchat = null;
+        /** @type {((queue: string[]) => void)|null} */
+        this.onqueue = null;
+        /** @type {((speaking: string[]) => void)|null} */
+        this.onspeaking = null;
+        /** @type {((room: Room) => void)|null} */
+        this.onroom = null;
+        /** @type {((track: MediaStreamTrack, info: ConsumerInfo) => void)|null} */
+        this.onconsumer = null;
+        /** @type {((info: ConsumerInfo) => void)|null} */
+        this.onconsumerclose = null;
+        /** @type {((by: string) => void)|null} */
+        this.onmuted = null;
+        /** @type {((status: Status, detail: string) => void)|null} */
+        this.onstatus = null;
+        /** @type {((error: ProtocolError) => void)|null} */
+        this.onerror = null;
+        /** @type {((code: number, reason: string, message: string) => void)|null} */
+        this.onclose = null;
+    }
+
+    // ---- socket and session -------------------------------------------------
+
+    /** Open the socket and join.  Later drops reconnect by themselves. */
+    connect() {
+        if (this.socket || this.status === 'closed')
+            return;
+        this._leaving = false;
+        this._open();
+    }
+
+    /** Leave the meeting for good: tell the server, close everything. */
+    leave() {
+        this._leaving = true;
+        this._cancelReconnect();
+        if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+            this.send({type: 'leave'});
+            // The server closes with 1000; close ourselves if it does not.
+            const socket = this.socket;
+            setTimeout(() => {
+                if (socket.readyState !== WebSocket.CLOSED)
+                    socket.close(1000, 'left');
+            }, 2000);
+        } else {
+            this._finish(1000, 'left');
+        }
+    }
+
+    /**
+     * Drop the socket as a failing network would and reconnect.  The
+     * silence watchdog uses this; so can a test.
+     *
+     * @param {string} [why]
+     */
+    drop(why = 'connection lost') {
+        if (!this.socket)
+            return;
+        const socket = this.socket;
+        this._detach(socket);
+        try {
+            socket.close(4000, why);
+        } catch (e) {
+            // already closing
+        }
+        this._lost(1006, why);
+    }
+
+    _open() {
+        const generation = ++this._generation;
+        this._setStatus(this._attempt === 0 && !this.resumeSecret ?
+            'connecting' : 'reconnecting', '');
+        let socket;
+        try {
+            socket = new WebSocket(this.url);
+        } catch (e) {
+            this._lost(1006, String(e));
+            return;
+        }
+        this.socket = socket;
+        socket.onopen = () => {
+            if (generation !== this._generation)
+                return;
+            this._lastHeard = Date.now();
+            /** @type {Record<string, unknown>} */
+            const join = {type: 'join', token: this.token, name: this.name};
+            if (this.resumeSecret)
+                join.resume = this.resumeSecret;
+            this.send(join);
+            this._startPing();
+        };
+        socket.onmessage = (e) => {
+            if (generation !== this._generation)
+                return;
+            this._lastHeard = Date.now();
+            let message;
+            try {
+                message = JSON.parse(String(e.data));
+            } catch (err) {
+                console.warn('townhall: ignoring a message that is not JSON');
+                return;
+            }
+            this._dispatch(message);
+        };
+        socket.onclose = (e) => {
+            if (generation !== this._generation)
+                return;
+            this._detach(socket);
+            if (this._leaving || FINAL_CLOSE_CODES.includes(e.code))
+                this._finish(e.code, e.reason);
+            else
+                this._lost(e.code, e.reason);
+        };
+        socket.onerror = () => {
+            // a close event always follows
+        };
+    }
+
+    /** @param {WebSocket} socket */
+    _detach(socket) {
+        socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+        if (this.socket === socket)
+            this.socket = null;
+        this._generation++;
+        this._stopPing();
+    }
+
+    /**
+     * The socket went away without a final code: keep local tracks, close the
+     * transports, try again after a backoff delay.
+     *
+     * @param {number} code
+     * @param {string} reason
+     */
+    _lost(code, reason) {
+        this._closeTransports();
+        if (this.status === 'closed')
+            return;
+        const delay = backoffDelay(this._attempt);
+        this._attempt++;
+        this._setStatus('reconnecting', `closed ${code}${reason ? ' ' + reason : ''}; retrying in ${delay} ms`);
+        this._cancelReconnect();
+        this._reconnectTimer = setTimeout(() => {
+            this._reconnectTimer = null;
+            this._open();
+        }, delay);
+    }
+
+    /**
+     * @param {number} code
+     * @param {string} reason
+     */
+    _finish(code, reason) {
+        this._cancelReconnect();
+        this._closeTransports();
+        if (this.socket) {
+            const socket = this.socket;
+            this._detach(socket);
+            socket.close(1000);
+        }
+        for (const source of this.local.values())
+            if (source.track)
+                source.track.stop();
+        this.local.clear();
+        if (this.status === 'closed')
+            return;
+        this._setStatus('closed', closeMessage(code, reason));
+        if (this.onclose)
+            this.onclose(code, reason, closeMessage(code, reason));
+    }
+
+    _cancelReconnect() {
+        if (this._reconnectTimer !== null) {
+            clearTimeout(this._reconnectTimer);
+            this._reconnectTimer = null;
+        }
+    }
+
+    _startPing() {
+        this._stopPing();
+        this._pingTimer = setInterval(() => {
+            if (Date.now() - this._lastHeard > SILENCE_LIMIT_MS) {
+                this.drop('no answer from the server');
+                return;
+            }
+            this.send({type: 'ping'});
+        }, PING_INTERVAL_MS);
+    }
+
+    _stopPing() {
+        if (this._pingTimer !== null) {
+            clearInterval(this._pingTimer);
+            this._pingTimer = null;
+        }
+    }
+
+    /**
+     * @param {Status} status
+     * @param {string} detail
+     */
+    _setStatus(status, detail) {
+        this.status = status;
+        if (this.onstatus)
+            this.onstatus(status, detail);
+    }
+
+    /**
+     * Send one message.  Returns false when the socket is not open.
+     *
+     * @param {Record<string, unknown>} message
+     * @returns {boolean}
+     */
+    send(message) {
+        if (!this.socket || this.socket.readyState !== WebSocket.OPEN)
+            return false;
+        this.socket.send(JSON.stringify(message));
+        return true;
+    }
+
+    // ---- incoming messages ---------------------------------------------------
+
+    /** @param {any} m */
+    _dispatch(m) {
+        switch (m.type) {
+        case 'joined': this._gotJoined(m); break;
+        case 'publish-answer': this._gotPublishAnswer(m); break;
+        case 'subscribe-offer': this._gotSubscribeOffer(m); break;
+        case 'participant-joined': this._upsert('joined', m.participant); break;
+        case 'participant-updated': this._upsert('updated', m.participant); break;
+        case 'participant-left': this._gotLeft(m.participant); break;
+        case 'speaking': this._gotSpeaking(m.participants || []); break;
+        case 'chat':
+            if (this.onchat)
+                this.onchat(m);
+            break;
+        case 'queue':
+            this.queue = m.participants || [];
+            if (this.onqueue)
+                this.onqueue(this.queue);
+            break;
+        case 'room':
+            this.room = {id: m.id, name: m.name, locked: !!m.locked};
+            if (this.onroom)
+                this.onroom(this.room);
+            break;
+        case 'muted': this._gotMuted(m.by); break;
+        case 'error': this._gotError(m); break;
+        case 'pong': break;
+        default:
+            console.warn('townhall: unknown message type', m.type);
+        }
+    }
+
+    /** @param {Joined} m */
+    _gotJoined(m) {
+        this._attempt = 0;
+        this.resumeSecret = m.resume;
+        this.self = m.participant;
+        this.room = m.room;
+        this.iceServers = m.ice_servers || [];
+        this.queue = m.queue || [];
+        this.participants.clear();
+        this.participants.set(m.participant.id, m.participant);
+        for (const p of m.participants || [])
+            this.participants.set(p.id, p);
+        this._setStatus('connected', m.resumed ? 'resumed' : 'joined');
+        if (this.onjoined)
+            this.onjoined(m);
+        this._startPublishing();
+    }
+
+    /**
+     * @param {'joined'|'updated'} kind
+     * @param {Participant} p
+     */
+    _upsert(kind, p) {
+        if (!p || !p.id)
+            return;
+        const known = this.participants.has(p.id);
+        this.participants.set(p.id, p);
+        if (this.self && p.id === this.self.id)
+            this.self = p;
+        if (this.onparticipant)
+            this.onparticipant(known && kind === 'joined' ? 'updated' : kind, p);
+    }
+
+    /** @param {string|Participant} participant */
+    _gotLeft(participant) {
+        const id = typeof participant === 'string' ? participant : participant && participant.id;
+        const p = this.participants.get(id);
+        if (!p)
+            return;
+        this.participants.delete(id);
+        if (this.onparticipant)
+            this.onparticipant('left', p);
+    }
+
+    /** @param {string[]} ids */
+    _gotSpeaking(ids) {
+        for (const p of this.participants.values())
+            p.speaking = ids.includes(p.id);
+        if (this.onspeaking)
+            this.onspeaking(ids);
+    }
+
+    /** @param {string} by */
+    _gotMuted(by) {
+        const mic = this.local.get('microphone');
+        if (mic) {
+            mic.enabled = false;
+            if (mic.track)
+                mic.track.enabled = false;
+            if (mic.transceiver)
+                mic.transceiver.sender.replaceTrack(null).catch(() => {});
+        }
+        if (this.onmuted)
+            this.onmuted(by);
+    }
+
+    /** @param {ProtocolError} m */
+    _gotError(m) {
+        if (m.request === 'publish' && this._publishPending) {
+            const pending = this._publishPending;
+            this._publishPending = null;
+            pending.reject(new Error(`${m.code}: ${m.message}`));
+        }
+        if (this.onerror)
+            this.onerror({code: m.code, message: m.message, request: m.request});
+    }
+
+    // ---- meeting requests ----------------------------------------------------
+
+    /** @param {string} text */
+    sendChat(text) {
+        return this.send({type: 'chat', text});
+    }
+
+    /** @param {boolean} raised */
+    raiseHand(raised) {
+        return this.send({type: 'hand', raised});
+    }
+
+    /** @param {string} participant */
+    mute(participant) {
+        return this.send({type: 'mute', participant});
+    }
+
+    /** @param {string} participant */
+    remove(participant) {
+        return this.send({type: 'remove', participant});
+    }
+
+    /** @param {boolean} locked */
+    lock(locked) {
+        return this.send({type: 'lock', locked});
+    }
+
+    /**
+     * @param {string} permission
+     * @returns {boolean}
+     */
+    can(permission) {
+        return !!this.self && (this.self.permissions || []).includes(permission);
+    }
+
+    // ---- publishing ------------------------------------------------------------
+
+    /**
+     * Publish `track` as `source`, replace the track already published there
+     * (a device switch, no renegotiation), or stop publishing the source
+     * (`null`).  Before joining, and while reconnecting, the track is kept
+     * and published once the server has answered `joined`.
+     *
+     * @param {Source} source
+     * @param {MediaStreamTrack|null} track
+     * @returns {Promise<void>}
+     */
+    async setTrack(source, track) {
+        let local = this.local.get(source);
+        if (!track) {
+            if (!local)
+                return;
+            this.local.delete(source);
+            if (local.transceiver && this.publishTransport) {
+                try {
+                    local.transceiver.stop();
+                } catch (e) {
+                    // transport already closed
+                }
+                return this._negotiatePublish();
+            }
+            return;
+        }
+        if (!local) {
+            local = {track: null, enabled: true, transceiver: null, announced: false};
+            this.local.set(source, local);
+        }
+        local.track = track;
+        track.enabled = local.enabled;
+        if (local.transceiver && this.publishTransport) {
+            await local.transceiver.sender.replaceTrack(local.enabled ? track : null);
+            return;
+        }
+        if (this.publishTransport && this.can('publish')) {
+            this._addTransceiver(this.publishTransport, source, local);
+            return this._negotiatePublish();
+        }
+    }
+
+    /**
+     * Pause or resume a published source; the transceiver is kept and the
+     * server is told with `media`.
+     *
+     * @param {Source} source
+     * @param {boolean} enabled
+     */
+    async setEnabled(source, enabled) {
+        const local = this.local.get(source);
+        if (!local)
+            return;
+        local.enabled = enabled;
+        if (local.track)
+            local.track.enabled = enabled;
+        if (local.transceiver)
+            await local.transceiver.sender.replaceTrack(enabled ? local.track : null);
+        if (local.announced)
+            this.send({type: 'media', source, enabled});
+    }
+
+    /**
+     * @param {Source} source
+     * @returns {boolean}
+     */
+    isEnabled(source) {
+        const local = this.local.get(source);
+        return !!local && local.enabled && !!local.track;
+    }
+
+    /**
+     * @param {RTCPeerConnection} pc
+     * @param {Source} source
+     * @param {LocalSource} local
+     */
+    _addTransceiver(pc, source, local) {
+        const kind = source === 'microphone' ? 'audio' : 'video';
+        local.transceiver = pc.addTransceiver(
+            local.enabled && local.track ? local.track : kind,
+            {direction: 'sendonly'});
+        local.announced = false;
+    }
+
+    /** After `joined`: a fresh publishing transport carrying every kept track. */
+    _startPublishing() {
+        if (!this.can('publish'))
+            return;
+        const pc = new RTCPeerConnection({iceServers: this.iceServers});
+        this.publishTransport = pc;
+        let any = false;
+        for (const source of SOURCES) {
+            const local = this.local.get(source);
+            if (local && local.track) {
+                this._addTransceiver(pc, source, local);
+                any = true;
+            }
+        }
+        if (any)
+            this._negotiatePublish().catch(() => {});
+    }
+
+    /**
+     * Offer on the publishing transport and wait for `publish-answer`.
+     * Calls made while a negotiation runs are folded into one more round.
+     *
+     * @returns {Promise<void>}
+     */
+    _negotiatePublish() {
+        this._publishWanted = true;
+        const run = async () => {
+            while (this._publishWanted) {
+                this._publishWanted = false;
+                const pc = this.publishTransport;
+                if (!pc || pc.signalingState === 'closed')
+                    return;
+                await this._publishOnce(pc);
+            }
+        };
+        const next = this._publishChain.then(run, run);
+        this._publishChain = next.catch((e) => {
+            console.warn('townhall: publishing failed:', e);
+        });
+        return next;
+    }
+
+    /** @param {RTCPeerConnection} pc */
+    async _publishOnce(pc) {
+        const offer = await pc.createOffer();
+        await pc.setLocalDescription(offer);
+        /** @type {{mid: string, source: Source}[]} */
+        const tracks = [];
+        /** @type {Source[]} */
+        const listed = [];
+        for (const [source, local] of this.local) {
+            const t = local.transceiver;
+            if (t && t.mid !== null && t.currentDirection !== 'stopped' && t.direction !== 'stopped') {
+                tracks.push({mid: t.mid, source});
+                listed.push(source);
+            }
+        }
+        const answer = new Promise((resolve, reject) => {
+            this._publishPending = {resolve, reject};
+        });
+        if (!this.send({type: 'publish', sdp: pc.localDescription ? pc.localDescription.sdp : offer.sdp, tracks})) {
+            this._publishPending = null;
+            throw new Error('not connected');
+        }
+        const sdp = /** @type {string} */ (await answer);
+        if (pc !== this.publishTransport || pc.signalingState === 'closed')
+            return;
+        await pc.setRemoteDescription({type: 'answer', sdp});
+        for (const source of listed) {
+            const local = this.local.get(source);
+            if (!local)
+                continue;
+            const first = !local.announced;
+            local.announced = true;
+            if (first && !local.enabled)
+                this.send({type: 'media', source, enabled: false});
+        }
+    }
+
+    /** @param {{sdp: string}} m */
+    _gotPublishAnswer(m) {
+        const pending = this._publishPending;
+        this._publishPending = null;
+        if (pending)
+            pending.resolve(m.sdp);
+    }
+
+    // ---- receiving -------------------------------------------------------------
+
+    /** @param {{sdp: string, consumers: ConsumerInfo[]}} m */
+    _gotSubscribeOffer(m) {
+        const generation = this._generation;
+        this._subscribeChain = this._subscribeChain.then(async () => {
+            if (generation !== this._generation)
+                return;
+            await this._answerSubscribe(m);
+        }).catch((e) => {
+            console.warn('townhall: answering subscribe-offer failed:', e);
+        });
+    }
+
+    /** @param {{sdp: string, consumers: ConsumerInfo[]}} m */
+    async _answerSubscribe(m) {
+        let pc = this.subscribeTransport;
+        if (!pc) {
+            pc = new RTCPeerConnection({iceServers: this.iceServers});
+            this.subscribeTransport = pc;
+        }
+        await pc.setRemoteDescription({type: 'offer', sdp: m.sdp});
+        const answer = await pc.createAnswer();
+        await pc.setLocalDescription(answer);
+        this.send({
+            type: 'subscribe-answer',
+            sdp: pc.localDescription ? pc.localDescription.sdp : answer.sdp,
+        });
+
+        /** @type {Map<string, ConsumerInfo>} */
+        const wanted = new Map();
+        for (const c of m.consumers || [])
+            wanted.set(c.mid, c);
+        for (const [mid, old] of this.consumers) {
+            const now = wanted.get(mid);
+            if (!now || now.producer !== old.producer) {
+                this.consumers.delete(mid);
+                if (this.onconsumerclose)
+                    this.onconsumerclose(old);
+            }
+        }
+        for (const t of pc.getTransceivers()) {
+            if (t.mid === null)
+                continue;
+            const info = wanted.get(t.mid);
+            if (!info || this.consumers.has(t.mid))
+                continue;
+            this.consumers.set(t.mid, info);
+            if (this.onconsumer)
+                this.onconsumer(t.receiver.track, info);
+        }
+    }
+
+    _closeTransports() {
+        for (const info of this.consumers.values())
+            if (this.onconsumerclose)
+                this.onconsumerclose(info);
+        this.consumers.clear();
+        if (this._publishPending) {
+            const pending = this._publishPending;
+            this._publishPending = null;
+            pending.reject(new Error('connection lost'));
+        }
+        for (const pc of [this.publishTransport, this.subscribeTransport])
+            if (pc)
+                pc.close();
+        this.publishTransport = null;
+        this.subscribeTransport = null;
+        this._subscribeChain = Promise.resolve();
+        for (const local of this.local.values()) {
+            local.transceiver = null;
+            local.announced = false;
+        }
+    }
+}
