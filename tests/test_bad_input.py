@@ -11,8 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import RunningServer
-from support import Attendee
+from support import Attendee, RunningServer
 from townhall.auth import tokens
 from townhall.server import session
 

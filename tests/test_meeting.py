@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunningServer, make_config
-from support import Attendee
+from support import Attendee, RunningServer, make_config
 from townhall.auth import tokens
 from townhall.server import app as server_app
 
