@@ -206,3 +206,27 @@ async def test_a_page_reconnects_by_itself_after_its_socket_closes_abnormally(
     )
     await assert_video_playing(alice, bob_id_after)
     await assert_video_playing(bob, await alice.evaluate("window.townhall.self.id"))
+
+
+async def test_a_shared_screen_appears_as_its_own_tile_on_the_other_page(
+    server: Any, new_page: Any
+) -> None:
+    room = await server.create_room("screen")
+    alice, bob = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    await join(bob, await server.invite(room, "speaker"), "Bob")
+    await assert_video_playing(bob, alice_id)
+
+    await alice.click("#screen-toggle")
+    await alice.locator('#screen-toggle[aria-pressed="true"]').wait_for()
+    assert await alice.evaluate("window.townhall.isEnabled('screen')")
+
+    await assert_video_playing(bob, alice_id, "screen")
+    await assert_video_playing(bob, alice_id, "camera")
+    caption = bob.locator(f'figure[data-participant="{alice_id}"][data-source="screen"] figcaption')
+    assert await caption.text_content() == "Alice: screen"
+
+    await alice.click("#screen-toggle")
+    await bob.locator(f'video[data-participant="{alice_id}"][data-source="screen"]').wait_for(
+        state="detached"
+    )

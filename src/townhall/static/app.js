@@ -296,6 +296,9 @@ function participantItem(p) {
         words.push('muted by host');
     if (p.speaking)
         words.push('speaking');
+    if (p.connected === false)
+        words.push('reconnecting');
+    li.dataset.connected = p.connected === false ? 'false' : 'true';
     state.textContent = words.join(', ');
     const role = make('span', {class: 'participant-role'}, p.role);
     li.append(name, ' ', role, ' ', state);
@@ -575,7 +578,10 @@ async function toggleScreen() {
                 });
             }
         });
-        await connection.setTrack('screen', track);
+        const published = connection.setTrack('screen', track);
+        showLocalPreview();
+        renderControls();
+        await published;
     }
     showLocalPreview();
     renderControls();

@@ -20,6 +20,7 @@
  * @property {boolean} hand
  * @property {boolean} muted_by_host
  * @property {boolean} speaking
+ * @property {boolean} [connected]  false while the server keeps a dropped participant's place
  *
  * @typedef {Object} Room
  * @property {string} id
