@@ -1,0 +1,149 @@
+"""ICE-TCP with a real browser: Debian's Chromium reaches a TCP-only IceMux on loopback.
+
+aioice cannot be the active TCP side, so Chromium is. It signals no TCP candidates of its own
+(its active candidates are not put in the SDP); it opens a TCP connection to the server's
+passive candidate on 127.0.0.1 and the server learns it as a peer-reflexive candidate. mDNS host
+candidates are turned off so that Chromium sends nothing to a multicast address.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+
+from townhall.sfu.ice import IceMux
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed"),
+]
+
+SETUP = """() => {
+  window.log = [];
+  window.pc = new RTCPeerConnection({iceServers: []});
+  pc.oniceconnectionstatechange = () => log.push('ice ' + pc.iceConnectionState);
+  window.gathered = () => new Promise(resolve => {
+    if (pc.iceGatheringState === 'complete') resolve();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && resolve();
+  });
+  window.timeout = ms => new Promise((_, reject) =>
+    setTimeout(() => reject(new Error('timed out: ' + JSON.stringify(log))), ms));
+}"""
+
+BROWSER_OFFERS = """async () => {
+  window.channel = Promise.resolve(pc.createDataChannel('chat'));
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered();
+  return pc.localDescription.sdp;
+}"""
+
+BROWSER_ANSWERS = """async sdp => {
+  window.channel = new Promise(resolve => pc.ondatachannel = e => resolve(e.channel));
+  await pc.setRemoteDescription({type: 'offer', sdp});
+  await pc.setLocalDescription(await pc.createAnswer());
+  await gathered();
+  return pc.localDescription.sdp;
+}"""
+
+ROUND_TRIP = """async answer => {
+  if (answer) await pc.setRemoteDescription({type: 'answer', sdp: answer});
+  const deadline = timeout(15000);
+  const ch = await Promise.race([channel, deadline]);
+  if (ch.readyState !== 'open') {
+    await Promise.race([new Promise(resolve => ch.onopen = resolve), deadline]);
+  }
+  const reply = new Promise(resolve => ch.onmessage = e => resolve(e.data));
+  ch.send('ping from chromium');
+  const out = {reply: await Promise.race([reply, deadline])};
+  const stats = await pc.getStats();
+  stats.forEach(s => { if (s.type === 'transport') out.pairId = s.selectedCandidatePairId; });
+  const pair = stats.get(out.pairId);
+  out.local = stats.get(pair.localCandidateId);
+  out.remote = stats.get(pair.remoteCandidateId);
+  return out;
+}"""
+
+
+@pytest.fixture
+async def mux() -> AsyncIterator[IceMux]:
+    ice_mux = IceMux(["127.0.0.1"], udp_port=-1, tcp_port=0)
+    await ice_mux.start()
+    try:
+        yield ice_mux
+    finally:
+        await ice_mux.close()
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.evaluate(SETUP)
+            yield page
+        finally:
+            await browser.close()
+
+
+def echo(channel: RTCDataChannel) -> None:
+    channel.on("message", lambda message: channel.send(f"echo: {message}"))
+
+
+@pytest.mark.parametrize("offerer", ["browser", "server"])
+async def test_chromium_reaches_a_tcp_only_server_and_data_round_trips(
+    mux: IceMux, page: Any, offerer: str
+) -> None:
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    mux.attach(server)
+    try:
+        if offerer == "browser":
+            server.on("datachannel", echo)
+            offer = await page.evaluate(BROWSER_OFFERS)
+            await server.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            await server.setLocalDescription(await server.createAnswer())
+            result = await page.evaluate(ROUND_TRIP, server.localDescription.sdp)
+        else:
+            echo(server.createDataChannel("chat"))
+            await server.setLocalDescription(await server.createOffer())
+            answer = await page.evaluate(BROWSER_ANSWERS, server.localDescription.sdp)
+            await server.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            result = await page.evaluate(ROUND_TRIP, None)
+
+        candidates = re.findall(r"a=candidate:.*", server.localDescription.sdp)
+        assert candidates and all(
+            f" tcp 2124414975 127.0.0.1 {mux.tcp_port} typ host tcptype passive" in c
+            for c in candidates
+        ), candidates
+        assert result["reply"] == "echo: ping from chromium"
+        assert result["local"]["protocol"] == "tcp"
+        assert result["local"]["tcpType"] == "active"
+        assert result["remote"]["protocol"] == "tcp"
+        assert result["remote"]["tcpType"] == "passive"
+        assert (result["remote"]["address"], result["remote"]["port"]) == (
+            "127.0.0.1",
+            mux.tcp_port,
+        )
+        assert mux.tcp_stream_count >= 1
+    finally:
+        await server.close()
