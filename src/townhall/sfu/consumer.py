@@ -37,6 +37,10 @@ class Consumer:
         self.packets = 0
         self.octets = 0
 
+    @property
+    def mid(self) -> str | None:
+        return self.slot.mid
+
     def send(self, data: bytes, header: rtp.RtpHeader) -> bool:
         payload_type = self.slot.payload_type
         if self.paused or payload_type is None or header.payload_type != \

@@ -21,7 +21,7 @@ from aiortc import RTCPeerConnection
 from townhall.sfu import rtcp, rtp
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
-from townhall.sfu.transport import IncomingTrack, Transport
+from townhall.sfu.transport import IncomingTrack, Slot, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,25 @@ class Router:
         self._transports[transport].consumers_by_ssrc[slot.ssrc] = consumer
         return consumer
 
+    def consume_on(
+        self, transport: Transport, slot: Slot, producer: Producer,
+        follows: Consumer | None = None,
+    ) -> Consumer:
+        """A consumer of ``producer`` on a slot that is already negotiated (WHEP).
+
+        With ``follows`` (an earlier consumer on the same slot), the output continues that
+        consumer's sequence numbers and timestamps, so the far end sees one stream.
+        """
+        consumer = Consumer(producer, transport, slot, self._clock)
+        if follows is not None:
+            consumer.rewriter = follows.rewriter
+            consumer.rewriter.restart()
+        producer.consumers.append(consumer)
+        self.consumers[consumer.id] = consumer
+        self._transports[transport].consumers_by_ssrc[slot.ssrc] = consumer
+        producer.request_keyframe()
+        return consumer
+
     def close_consumer(self, consumer: Consumer) -> None:
         if consumer.closed:
             return
@@ -157,6 +176,9 @@ class Router:
         if state is not None:
             state.consumers_by_ssrc.pop(consumer.slot.ssrc, None)
             consumer.transport.remove_outgoing(consumer.slot)
+
+    async def subscribe_offer(self, transport: Transport) -> str:
+        return await transport.offer()
 
     async def subscribe_answer(self, transport: Transport, answer: str) -> None:
         await transport.accept_answer(answer)

@@ -291,6 +291,22 @@ class Transport:
             slot.payload_type = (media.rtp.codecs[0].payloadType
                                  if accepted and media is not None else None)
 
+    def answer_as_dtls_server(self) -> None:
+        """Answer offers with ``a=setup:passive``, so that the far end starts the DTLS handshake.
+
+        As DTLS client aiortc offers only ECDSA cipher suites, and a peer whose certificate is
+        RSA (GStreamer's webrtcbin) fails with "no shared cipher"; as DTLS server aiortc uses
+        its own ECDSA certificate, which every WebRTC client accepts.
+        """
+        create = self.pc.createAnswer
+
+        async def create_answer() -> RTCSessionDescription:
+            answer = await create()
+            return RTCSessionDescription(
+                sdp=answer.sdp.replace("a=setup:active", "a=setup:passive"), type="answer")
+
+        setattr(self.pc, "createAnswer", create_answer)  # noqa: B010
+
     async def answer_sending(
         self, offer: str, codecs: Mapping[str, Codec]
     ) -> tuple[str, dict[str, Slot]]:
