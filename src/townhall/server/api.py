@@ -128,7 +128,7 @@ async def create_invite(request: web.Request) -> web.Response:
     now = time.time()
     token = tokens.sign(services.secret, record.id, role, ttl, now)
     return web.json_response({
-        "url": invite_url(services.config.base_url, record.id, token),
+        "url": invite_url(_base_url(request), record.id, token),
         "token": token, "role": role, "expires_at": int(now) + ttl,
     }, status=201)
 
@@ -168,6 +168,14 @@ async def chat(request: web.Request) -> web.Response:
         {"id": r.id, "participant": r.participant_id, "name": r.name, "text": r.text, "at": r.at}
         for r in rows
     ])
+
+
+def _base_url(request: web.Request) -> str:
+    """The configured public address, or else the one this request came in on."""
+    config = _services(request).config
+    if config.public_url:
+        return config.base_url
+    return f"{request.scheme}://{request.host}"
 
 
 def invite_url(base_url: str, room_id: str, token: str) -> str:
