@@ -23,6 +23,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from av import AudioFrame, VideoFrame
@@ -198,13 +199,19 @@ class Attendee:
             if not future.done():
                 future.set_exception(ConnectionError(f"closed with {self.ws.close_code}"))
 
-    async def publish(self, video: bool = True, audio: bool = True) -> dict[str, Any]:
+    async def publish(self, video: bool = True, audio: bool = True,
+                      video_codec: str | None = None) -> dict[str, Any]:
         self.publish_pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         sources = []
         if audio:
             sources.append((pc.addTransceiver(ToneTrack(), direction="sendonly"), "microphone"))
         if video:
-            sources.append((pc.addTransceiver(PatternTrack(), direction="sendonly"), "camera"))
+            transceiver = pc.addTransceiver(PatternTrack(), direction="sendonly")
+            if video_codec is not None:
+                transceiver.setCodecPreferences([
+                    c for c in RTCRtpSender.getCapabilities("video").codecs
+                    if c.mimeType == video_codec])
+            sources.append((transceiver, "camera"))
         await pc.setLocalDescription(await pc.createOffer())
         await self.send({"type": "publish", "sdp": pc.localDescription.sdp,
                          "tracks": [{"mid": t.mid, "source": s} for t, s in sources]})

@@ -7,6 +7,7 @@ import itertools
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from support import Attendee, RunningServer, make_config
@@ -191,3 +192,43 @@ async def test_chat_and_attendance_survive_a_server_restart(tmp_path: Path) -> N
         await second.close()
     finally:
         await running.stop()
+
+
+async def test_h264_is_forwarded_when_the_publisher_offers_only_h264(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("h264")
+    sender, receiver = await _attendees(server, room, ["speaker", "listener"])
+    try:
+        answer = await sender.publish(audio=False, video_codec="video/H264")
+        assert "H264/90000" in answer["sdp"] and "VP8/90000" not in answer["sdp"]
+        await receiver.wait_frames((sender.id, "camera"), 20)
+        assert receiver.frame_sizes[(sender.id, "camera")] == (320, 240)
+        offer = next(m for m in receiver.messages if m["type"] == "subscribe-offer")
+        assert "H264/90000" in offer["sdp"]
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+async def test_metrics_count_participants_and_forwarded_packets(server: RunningServer) -> None:
+    room = await server.create_room("metrics")
+    sender, receiver = await _attendees(server, room, ["speaker", "listener"])
+    try:
+        await sender.publish()
+        await receiver.wait_frames((sender.id, "camera"), 10)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.base_url}/healthz") as response:
+                assert await response.json() == {"status": "ok"}
+            async with http.get(f"{server.base_url}/metrics") as response:
+                text = await response.text()
+        values = {line.split()[0]: float(line.split()[1])
+                  for line in text.splitlines() if not line.startswith("#")}
+        assert values["townhall_participants"] == 2
+        assert values["townhall_producers"] == 2
+        assert values["townhall_consumers"] == 2
+        assert values["townhall_packets_forwarded_total"] >= 10
+        assert values["townhall_bytes_forwarded_total"] > values["townhall_packets_forwarded_total"]
+    finally:
+        await sender.close()
+        await receiver.close()
