@@ -361,39 +361,26 @@ class Transport:
 
     def send_rtp(self, data: bytes) -> bool:
         """Protect and send one RTP packet now; False if the transport cannot send yet."""
+        return self._send(data, rtcp=False)
+
+    def send_rtcp(self, data: bytes) -> bool:
+        """Protect and send one (compound) RTCP packet now; False if it cannot send yet."""
+        return self._send(data, rtcp=True)
+
+    def _send(self, data: bytes, rtcp: bool) -> bool:
         dtls = self._dtls
         if not self._ready or dtls is None:
             return False
+        srtp = dtls._tx_srtp
         try:
-            protected = dtls._tx_srtp.protect(data)
+            protected = srtp.protect_rtcp(data) if rtcp else srtp.protect(data)
         except pylibsrtp.Error as exc:
             logger.debug("%s: SRTP protect failed: %s", self.name, exc)
             return False
-        return self._send(protected)
-
-    def send_rtcp(self, data: bytes) -> bool:
-        dtls = self._dtls
-        if not self._ready or dtls is None:
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
             return False
-        try:
-            protected = dtls._tx_srtp.protect_rtcp(data)
-        except pylibsrtp.Error as exc:
-            logger.debug("%s: SRTCP protect failed: %s", self.name, exc)
-            return False
-        return self._send(protected)
-
-    def _send(self, data: bytes) -> bool:
-        pair = self._dtls.transport._connection._nominated.get(1)
-        if pair is None:
-            return False
-        send_now = getattr(pair.protocol, "send_now", None)
-        if send_now is not None:
-            send_now(data, pair.remote_addr)
-        else:
-            transport = pair.protocol.transport
-            if transport is None:
-                return False
-            transport.sendto(data, pair.remote_addr)
+        pair.protocol.transport.sendto(protected, pair.remote_addr)
         return True
 
     @property
