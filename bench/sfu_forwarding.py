@@ -1,0 +1,367 @@
+"""SFU forwarding cost: forwarded packets per server CPU-second, one producer to N consumers.
+
+    python bench/sfu_forwarding.py --consumers 1,5,10,20 --seconds 20 --targets janus,janus-1loop
+
+For each target and consumer count: start the server, connect one producer (VP8 640x360 ~600 kbit/s
+30 fps + Opus 20 ms, replayed from a pre-encoded clip) and N consumers, warm up, then measure for
+``--seconds``: the server process's CPU time (utime + stime of all its threads, /proc/PID/stat) and
+the RTP packets all consumers received. Reported: delivered packets per server CPU-second, server
+and client CPU %, delivered/expected (expected = packets the producer sent x N), and the median
+time from a consumer's first signalling message to its first RTP packet.
+
+Everything runs in a network namespace of the benchmark's own: the script re-executes itself under
+``unshare --net`` (needs root or user namespaces), brings up ``lo``, adds 127.0.0.2/8 to it (aioice
+never offers 127.0.0.1 as a host candidate) and adds a veth pair, both ends inside the namespace,
+with 10.99.99.1/24 on one end (Janus never gathers on a loopback interface). No packet leaves the
+namespace; packets between its local addresses take the kernel's local path.
+
+Prints a Markdown table and writes JSON to bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import logging
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from janus import BENCH_ADDRESS, JanusTarget  # noqa: E402
+from participants import OUT_DIR, Clip, SyntheticConsumer, SyntheticProducer, load_clip  # noqa: E402
+from target import Target  # noqa: E402
+
+logger = logging.getLogger("sfu_forwarding")
+
+NAMESPACE_ENV = "TOWNHALL_BENCH_NETNS"
+CLIENT_ADDRESS = "127.0.0.2/8"
+BENCH_INTERFACE = "thbench0"
+PEER_INTERFACE = "thbench1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class RunResult:
+    target: str
+    consumers: int
+    seconds: float
+    sent_packets: int
+    expected_packets: int
+    delivered_packets: int
+    delivered_ratio: float
+    server_cpu_seconds: float
+    server_cpu_percent: float
+    packets_per_cpu_second: float
+    client_cpu_percent: float
+    join_to_first_packet_ms_median: float | None
+    server_threads: int
+    keyframe_requests: int
+    load_average_1min: float = 0.0
+    sent_by_kind: dict[str, int] | None = None
+    delivered_by_kind: dict[str, int] | None = None
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Namespace and process accounting
+# --------------------------------------------------------------------------------------------
+
+
+def enter_own_network_namespace() -> None:
+    """Re-execute this script in a fresh network namespace, once; then set up loopback."""
+    if os.environ.get(NAMESPACE_ENV) != "1":
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            sys.exit("unshare (util-linux) is needed to run the benchmark in its own namespace")
+        args = [unshare, "--net"]
+        if os.geteuid() != 0:
+            args += ["--map-root-user"]
+        env = dict(os.environ, **{NAMESPACE_ENV: "1"})
+        os.execvpe(unshare, [*args, "--", sys.executable, *sys.argv], env)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for command in (
+        ["ip", "addr", "add", CLIENT_ADDRESS, "dev", "lo"],
+        # a veth pair kept entirely inside the namespace: the kernel here has no dummy driver
+        ["ip", "link", "add", BENCH_INTERFACE, "type", "veth", "peer", "name", PEER_INTERFACE],
+        ["ip", "addr", "add", f"{BENCH_ADDRESS}/24", "dev", BENCH_INTERFACE],
+        ["ip", "link", "set", BENCH_INTERFACE, "up"],
+        ["ip", "link", "set", PEER_INTERFACE, "up"],
+    ):
+        subprocess.run(command, check=True)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all threads included (the process line of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------
+
+
+def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
+    log_file = Path(args.out) / "logs" / f"{name}-{consumers}.log"
+    if name == "janus":
+        return JanusTarget(name, log_file=log_file)
+    if name == "janus-1loop":
+        return JanusTarget(name, event_loops=1, log_file=log_file)
+    if name == "townhall":
+        from townhall_target import DEFAULT_COMMAND, TownhallTarget
+
+        return TownhallTarget(command=args.townhall_command or DEFAULT_COMMAND, log_file=log_file)
+    raise SystemExit(f"unknown target {name!r} (janus, janus-1loop, townhall)")
+
+
+async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespace) -> RunResult:
+    target = make_target(name, consumers, args)
+    producer = SyntheticProducer(clip)
+    subscribed: list[SyntheticConsumer] = []
+    try:
+        t_start = time.monotonic()
+        await target.start()
+        t_started = time.monotonic()
+        await target.connect_producer(producer)
+        t_producer = time.monotonic()
+        for _ in range(consumers):
+            consumer = SyntheticConsumer()
+            subscribed.append(consumer)
+            await target.connect_consumer(consumer)
+        logger.info(
+            "%s: started in %.1f s, producer connected in %.1f s, %d consumers in %.1f s",
+            name,
+            t_started - t_start,
+            t_producer - t_started,
+            consumers,
+            time.monotonic() - t_producer,
+        )
+        await asyncio.sleep(args.warmup)
+
+        sent0 = producer.packets_sent
+        sent_kinds0 = producer.packets_sent_by_kind()
+        got0 = sum(c.total_packets for c in subscribed)
+        got_kinds0 = _sum_kinds(c.packets_by_kind() for c in subscribed)
+        server0 = process_cpu_seconds(target.pid)
+        client0 = self_cpu_seconds()
+        t0 = time.monotonic()
+        await asyncio.sleep(args.seconds)
+        elapsed = time.monotonic() - t0
+        server1 = process_cpu_seconds(target.pid)
+        client1 = self_cpu_seconds()
+        sent = producer.packets_sent - sent0
+        delivered = sum(c.total_packets for c in subscribed) - got0
+        sent_kinds = _diff(producer.packets_sent_by_kind(), sent_kinds0)
+        got_kinds = _diff(_sum_kinds(c.packets_by_kind() for c in subscribed), got_kinds0)
+        threads = process_threads(target.pid)
+
+        server_cpu = server1 - server0
+        expected = sent * consumers
+        latencies = [
+            (c.first_packet_at - c.created_at) * 1000
+            for c in subscribed
+            if c.first_packet_at is not None
+        ]
+        return RunResult(
+            target=name,
+            consumers=consumers,
+            seconds=round(elapsed, 2),
+            sent_packets=sent,
+            expected_packets=expected,
+            delivered_packets=delivered,
+            delivered_ratio=round(delivered / expected, 4) if expected else 0.0,
+            server_cpu_seconds=round(server_cpu, 2),
+            server_cpu_percent=round(100 * server_cpu / elapsed, 1),
+            packets_per_cpu_second=round(delivered / server_cpu) if server_cpu > 0 else 0,
+            client_cpu_percent=round(100 * (client1 - client0) / elapsed, 1),
+            join_to_first_packet_ms_median=(
+                round(statistics.median(latencies), 1) if latencies else None
+            ),
+            server_threads=threads,
+            keyframe_requests=producer.keyframe_requests,
+            load_average_1min=round(os.getloadavg()[0], 2),
+            sent_by_kind=sent_kinds,
+            delivered_by_kind=got_kinds,
+        )
+    finally:
+        for consumer in subscribed:
+            await consumer.close()
+        await producer.close()
+        await target.stop()
+
+
+def _sum_kinds(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for count in counts:
+        for kind, n in count.items():
+            total[kind] = total.get(kind, 0) + n
+    return total
+
+
+def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {kind: n - before.get(kind, 0) for kind, n in after.items()}
+
+
+def failed(name: str, consumers: int, error: BaseException) -> RunResult:
+    return RunResult(
+        target=name,
+        consumers=consumers,
+        seconds=0.0,
+        sent_packets=0,
+        expected_packets=0,
+        delivered_packets=0,
+        delivered_ratio=0.0,
+        server_cpu_seconds=0.0,
+        server_cpu_percent=0.0,
+        packets_per_cpu_second=0,
+        client_cpu_percent=0.0,
+        join_to_first_packet_ms_median=None,
+        server_threads=0,
+        keyframe_requests=0,
+        error=f"{type(error).__name__}: {error}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def markdown(results: list[RunResult]) -> str:
+    head = (
+        "| target | consumers | delivered pkts | delivered/expected | server CPU % "
+        "| **pkts per CPU-s** | server threads | client CPU % | join→first pkt (median ms) "
+        "| load avg |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append(f"| {r.target} | {r.consumers} | failed: {r.error} | | | | | | | |")
+            continue
+        latency = (
+            "" if r.join_to_first_packet_ms_median is None else r.join_to_first_packet_ms_median
+        )
+        rows.append(
+            f"| {r.target} | {r.consumers} | {r.delivered_packets} | {r.delivered_ratio:.4f} "
+            f"| {r.server_cpu_percent} | **{r.packets_per_cpu_second}** | {r.server_threads} "
+            f"| {r.client_cpu_percent} | {latency} | {r.load_average_1min} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def machine() -> dict[str, Any]:
+    janus_version = ""
+    if shutil.which("janus"):
+        out = subprocess.run(["janus", "--version"], capture_output=True, text=True, check=False)
+        janus_version = out.stdout.splitlines()[0] if out.stdout else ""
+    import aiortc
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "aiortc": aiortc.__version__,
+        "janus": janus_version,
+        "kernel": os.uname().release,
+    }
+
+
+def write_json(path: Path, args: argparse.Namespace, results: list[RunResult]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "command": " ".join(["python", "bench/sfu_forwarding.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "results": [asdict(r) for r in results],
+    }
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+async def main_async(args: argparse.Namespace, path: Path) -> list[RunResult]:
+    clip = load_clip()
+    logger.info(
+        "clip: %d frames, video %.0f kbit/s, %.1f video pkt/s + %d audio pkt/s",
+        len(clip.video),
+        clip.video_bitrate / 1000,
+        clip.video_packets_per_second,
+        50,
+    )
+    results: list[RunResult] = []
+    for name in args.targets.split(","):
+        for consumers in (int(n) for n in args.consumers.split(",")):
+            logger.info("run: %s with %d consumers", name, consumers)
+            try:
+                result = await run_one(name, consumers, clip, args)
+            except Exception as exc:
+                logger.exception("run %s/%d failed", name, consumers)
+                result = failed(name, consumers, exc)
+            logger.info("result: %s", result)
+            results.append(result)
+            write_json(path, args, results)  # after every run: an interrupted sweep keeps its data
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--consumers", default="1,5,10,20", help="comma-separated counts")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured time per run")
+    parser.add_argument("--warmup", type=float, default=4.0, help="seconds before measuring")
+    parser.add_argument("--targets", default="janus,janus-1loop", help="janus,janus-1loop,townhall")
+    parser.add_argument("--out", default=str(OUT_DIR), help="directory for JSON and logs")
+    parser.add_argument(
+        "--townhall-command",
+        default="",
+        help="how to run the townhall CLI (default: this Python with townhall.cli.main)",
+    )
+    parser.add_argument("--no-uvloop", action="store_true", help="client on plain asyncio")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aioice", "aiortc", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    enter_own_network_namespace()
+    path = Path(args.out) / f"sfu_forwarding-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    if importlib.util.find_spec("uvloop") is not None and not args.no_uvloop:
+        import uvloop
+
+        results = uvloop.run(main_async(args, path))
+    else:
+        results = asyncio.run(main_async(args, path))
+    print(markdown(results))
+    print(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
