@@ -28,10 +28,20 @@ from typing import Any
 from playwright.async_api import async_playwright
 
 CHROMIUM = os.environ.get("TOWNHALL_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required", "--disable-dev-shm-usage"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-dev-shm-usage",
+]
 
 MEASURE = """async (publisher) => {
     const start = performance.now();
@@ -62,20 +72,36 @@ def free_port() -> int:
 
 def townhall(data: Path, *args: str) -> str:
     env = {**os.environ, "TOWNHALL_DATA_DIR": str(data)}
-    out = subprocess.run([sys.executable, "-m", "townhall", *args], env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "townhall", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip()
 
 
 async def run(joins: int) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="townhall-bench-"))
     port, media = free_port(), free_port()
-    env = {**os.environ, "TOWNHALL_DATA_DIR": str(data), "TOWNHALL_HTTP_PORT": str(port),
-           "TOWNHALL_MEDIA_UDP_PORT": str(media), "TOWNHALL_MEDIA_TCP_PORT": str(media),
-           "TOWNHALL_MEDIA_ADDRESSES": "127.0.0.1", "TOWNHALL_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "TOWNHALL_DATA_DIR": str(data),
+        "TOWNHALL_HTTP_PORT": str(port),
+        "TOWNHALL_MEDIA_UDP_PORT": str(media),
+        "TOWNHALL_MEDIA_TCP_PORT": str(media),
+        "TOWNHALL_MEDIA_ADDRESSES": "127.0.0.1",
+        "TOWNHALL_LOG_LEVEL": "WARNING",
+    }
     room = townhall(data, "room", "create", "bench").split()[0]
-    server = subprocess.Popen([sys.executable, "-m", "townhall", "serve"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "townhall", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert server.stdout is not None
         server.stdout.readline()  # "townhall is running at ..."
@@ -83,7 +109,7 @@ async def run(joins: int) -> dict[str, Any]:
 
         def link(role: str) -> str:
             url = townhall(data, "invite", room, "--role", role)
-            return base + url[url.index("/r/"):]
+            return base + url[url.index("/r/") :]
 
         samples: list[float] = []
         async with async_playwright() as playwright:
@@ -94,7 +120,8 @@ async def run(joins: int) -> dict[str, Any]:
             await publisher.fill("#name", "publisher")
             await publisher.click("#join")
             await publisher.wait_for_function(
-                "window.townhall && window.townhall.self && window.townhall.status === 'connected'")
+                "window.townhall && window.townhall.self && window.townhall.status === 'connected'"
+            )
             publisher_id = await publisher.evaluate("window.townhall.self.id")
             await asyncio.sleep(2)
             for n in range(joins):
@@ -129,8 +156,10 @@ def main() -> None:
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     (out / "join_time.json").write_text(json.dumps(result, indent=2))
-    print(f"join to first remote video frame over {result['joins']} joins: "
-          f"p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, max {result['max_ms']} ms")
+    print(
+        f"join to first remote video frame over {result['joins']} joins: "
+        f"p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, max {result['max_ms']} ms"
+    )
 
 
 if __name__ == "__main__":
