@@ -1,38 +1,12 @@
 // @ts-check
 // townhall administration page: create rooms and invite links.
 
+import {byId, make} from './dom.js';
+
 /**
  * @typedef {{id: string, name: string, locked: boolean}} Room
  * @typedef {{url: string, token: string, role: string, expires_at: string|number|null}} Invite
  */
-
-/**
- * @template {HTMLElement} T
- * @param {string} id
- * @param {{new(): T}} type
- * @returns {T}
- */
-function byId(id, type) {
-    const element = document.getElementById(id);
-    if (!(element instanceof type))
-        throw new Error(`#${id} is missing or not a ${type.name}`);
-    return element;
-}
-
-/**
- * @param {string} tag
- * @param {Record<string, string>} [attributes]
- * @param {string} [text]
- * @returns {HTMLElement}
- */
-function make(tag, attributes = {}, text = '') {
-    const element = document.createElement(tag);
-    for (const [key, value] of Object.entries(attributes))
-        element.setAttribute(key, value);
-    if (text)
-        element.textContent = text;
-    return element;
-}
 
 /** An HTTP answer with an `{error: {code, message}}` body. */
 class ApiError extends Error {

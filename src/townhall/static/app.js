@@ -1,6 +1,7 @@
 // @ts-check
 // townhall meeting page: the user interface over protocol.js.
 
+import {byId, make} from './dom.js';
 import {ServerConnection, socketUrl} from './protocol.js';
 
 /**
@@ -11,33 +12,6 @@ import {ServerConnection, socketUrl} from './protocol.js';
  * @typedef {import('./protocol.js').Joined} Joined
  */
 
-/**
- * @template {HTMLElement} T
- * @param {string} id
- * @param {{new(): T}} type
- * @returns {T}
- */
-function byId(id, type) {
-    const element = document.getElementById(id);
-    if (!(element instanceof type))
-        throw new Error(`#${id} is missing or not a ${type.name}`);
-    return element;
-}
-
-/**
- * @param {string} tag
- * @param {Record<string, string>} [attributes]
- * @param {string} [text]
- * @returns {HTMLElement}
- */
-function make(tag, attributes = {}, text = '') {
-    const element = document.createElement(tag);
-    for (const [key, value] of Object.entries(attributes))
-        element.setAttribute(key, value);
-    if (text)
-        element.textContent = text;
-    return element;
-}
 
 const NAME_KEY = 'townhall.name';
 const DEVICE_KEY = 'townhall.devices';
