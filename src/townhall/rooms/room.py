@@ -161,6 +161,13 @@ class LiveRoom:
 
         After a restart the same meeting continues; attendance records this session's end.
         """
+        await self._stop(1012, "server restarting", end_meeting=False)
+
+    async def close(self) -> None:
+        """End the meeting: everyone is sent away and the meeting is recorded as ended."""
+        await self._stop(1001, "meeting closed", end_meeting=True)
+
+    async def _stop(self, code: int, reason: str, end_meeting: bool) -> None:
         if self._closed:
             return
         self._closed = True
@@ -168,26 +175,14 @@ class LiveRoom:
         for participant in list(self.participants.values()):
             if participant.grace is not None:
                 participant.grace.cancel()
-            await self.store.record_leave(self.meeting.id, participant.id, now)
+            if not end_meeting:  # ending the meeting closes open attendance itself
+                await self.store.record_leave(self.meeting.id, participant.id, now)
             if participant.outbox is not None:
-                await participant.outbox.close(1012, "server restarting")
+                await participant.outbox.close(code, reason)
         self.participants.clear()
         await self.router.close()
-        self._on_empty(self)
-
-    async def close(self) -> None:
-        """End the meeting: everyone is sent away and the meeting is recorded as ended."""
-        if self._closed:
-            return
-        self._closed = True
-        for participant in list(self.participants.values()):
-            if participant.grace is not None:
-                participant.grace.cancel()
-            if participant.outbox is not None:
-                await participant.outbox.close(1001, "meeting closed")
-        self.participants.clear()
-        await self.router.close()
-        await self.store.end_meeting(self.meeting.id, self._clock())
+        if end_meeting:
+            await self.store.end_meeting(self.meeting.id, now)
         self._on_empty(self)
 
     # -- media ---------------------------------------------------------------------------------

@@ -212,24 +212,27 @@ class Router:
     def _learn_ssrc(
         self, state: _TransportState, data: bytes, header: rtp.RtpHeader
     ) -> Producer | None:
-        """Map an SSRC the SDP did not list to a producer, by the MID header extension."""
-        for producer in state.producers_by_mid.values():
-            mid_id = producer.track.mid_extension
-            if mid_id is None:
-                continue
-            try:
-                mid = rtp.extensions(data, header).get(mid_id)
-            except ValueError:
-                return None
-            if mid is not None:
-                found = state.producers_by_mid.get(mid.decode("ascii", "replace"))
-                if found is not None and (found.ssrc is None or not found.track.ssrcs):
-                    found.ssrc = header.ssrc
-                    state.producers_by_ssrc[header.ssrc] = found
-                    found.request_keyframe()
-                return found
-            break
-        return None
+        """Map an SSRC the SDP did not list to its producer, by the MID header extension.
+
+        Only producers whose SDP listed no SSRC learn one: a producer with listed SSRCs takes
+        packets of those alone, so a second stream never mixes into its consumers.
+        """
+        mid_id = next((p.track.mid_extension for p in state.producers_by_mid.values()
+                       if p.track.mid_extension is not None), None)
+        if mid_id is None:
+            return None
+        try:
+            mid = rtp.extensions(data, header).get(mid_id)
+        except ValueError:
+            return None
+        producer = None if mid is None else \
+            state.producers_by_mid.get(mid.decode("ascii", "replace"))
+        if producer is None or producer.track.ssrcs:
+            return None
+        producer.ssrc = header.ssrc
+        state.producers_by_ssrc[header.ssrc] = producer
+        producer.request_keyframe()
+        return producer
 
     def rtcp_received(self, transport: Transport, data: bytes) -> None:
         try:

@@ -136,7 +136,3 @@ def is_rtcp(data: bytes) -> bool:
     """RFC 5761 demultiplexing: RTCP packet types 192–223 in the second byte."""
     return len(data) >= 2 and 192 <= data[1] <= 223
 
-
-def seq_newer(a: int, b: int) -> bool:
-    """Whether 16-bit sequence number ``a`` comes after ``b`` (with wraparound)."""
-    return a != b and ((a - b) & 0xFFFF) < 0x8000
