@@ -24,6 +24,7 @@ from sqlalchemy import create_engine
 from townhall.errors import BadRequest, Conflict, NotFound
 from townhall.store import ChatRecord, MeetingRecord, RoomRecord, Store
 from townhall.store.models import Base
+from townhall.store.store import MIGRATIONS
 
 T0 = 1_700_000_000.0
 
@@ -407,7 +408,8 @@ def test_opening_twice_migrates_once_and_keeps_the_version(url: str) -> None:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0001"
+            newest = max(p.stem.split("_")[0] for p in (MIGRATIONS / "versions").glob("0*.py"))
+            assert MigrationContext.configure(conn).get_current_revision() == newest
     finally:
         engine.dispose()
 
@@ -422,3 +424,20 @@ def test_sqlite_store_is_created_with_its_directory_in_wal_mode(tmp_path: Path) 
 def test_in_memory_sqlite_is_refused_because_nothing_would_survive() -> None:
     with pytest.raises(BadRequest, match="in-memory"):
         Store.open("sqlite://")
+
+
+async def test_room_settings_default_to_six_speakers_and_captions_off_and_survive_reopening(
+    url: str,
+) -> None:
+    store = Store.open(url)
+    room = await store.create_room("settings")
+    assert (room.last_n, room.captions) == (6, False)
+    await store.set_last_n(room.id, 9)
+    await store.set_captions(room.id, True)
+    with pytest.raises(BadRequest, match="last_n must be between 1 and 40"):
+        await store.set_last_n(room.id, 0)
+    store.close()
+    reopened = Store.open(url)
+    room = await reopened.get_room(room.id)
+    assert (room.last_n, room.captions) == (9, True)
+    reopened.close()

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -53,6 +54,10 @@ class Room(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[float] = mapped_column(UnixTime())
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: How many recent speakers' video each participant receives (besides what they pin).
+    last_n: Mapped[int] = mapped_column(Integer, default=6, server_default="6")
+    #: Whether the room's speech is captioned.
+    captions: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Meeting(Base):

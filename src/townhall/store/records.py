@@ -11,6 +11,8 @@ class RoomRecord:
     name: str
     created_at: float
     locked: bool
+    last_n: int = 6
+    captions: bool = False
 
 
 @dataclass(frozen=True)

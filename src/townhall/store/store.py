@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_ROOM_NAME = 100
+#: Most speakers whose video a participant can receive at once.
+MAX_LAST_N = 40
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: Key of the PostgreSQL advisory lock held while migrating, so two processes never both migrate.
 _MIGRATION_LOCK = int.from_bytes(b"townhall", "big")
@@ -162,6 +164,27 @@ class Store:
         def fn(session: Session) -> RoomRecord:
             room = _get_room(session, room_id)
             room.locked = locked
+            session.flush()
+            return _room(room)
+
+        return await self._run(fn, write=True)
+
+    async def set_last_n(self, room_id: str, last_n: int) -> RoomRecord:
+        if not 1 <= last_n <= MAX_LAST_N:
+            raise BadRequest(f"last_n must be between 1 and {MAX_LAST_N}")
+
+        def fn(session: Session) -> RoomRecord:
+            room = _get_room(session, room_id)
+            room.last_n = last_n
+            session.flush()
+            return _room(room)
+
+        return await self._run(fn, write=True)
+
+    async def set_captions(self, room_id: str, enabled: bool) -> RoomRecord:
+        def fn(session: Session) -> RoomRecord:
+            room = _get_room(session, room_id)
+            room.captions = enabled
             session.flush()
             return _room(room)
 
@@ -401,7 +424,8 @@ def _maybe_time(value: float | None) -> float | None:
 
 def _room(row: Room) -> RoomRecord:
     return RoomRecord(
-        id=row.id, name=row.name, created_at=_time(row.created_at), locked=bool(row.locked)
+        id=row.id, name=row.name, created_at=_time(row.created_at), locked=bool(row.locked),
+        last_n=int(row.last_n), captions=bool(row.captions),
     )
 
 
