@@ -58,6 +58,16 @@ class _RouterEvents:
         if room is not None:
             room.transport_lost(owner, transport)
 
+    def active_speaker_changed(self, router: Router, owner: str | None) -> None:
+        room = self._services[0].registry.find(self._room_id)
+        if room is not None:
+            room.active_speaker_changed(owner)
+
+    def forwarding_changed(self, router: Router, owner: str) -> None:
+        room = self._services[0].registry.find(self._room_id)
+        if room is not None:
+            room.forwarding_changed(owner)
+
 
 async def _page(request: web.Request) -> web.FileResponse:
     name = "room.html" if "room" in request.match_info else "index.html"

@@ -79,6 +79,9 @@ class Session:
             "lock": self._lock,
             "leave": self._leave,
             "ping": self._ping,
+            "receive": self._receive_preferences,
+            "pin": self._pin,
+            "last-n": self._last_n,
         }
 
     async def run(self) -> None:
@@ -207,6 +210,25 @@ class Session:
 
     async def _ping(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
         await self.outbox.send({"type": "pong"})
+
+    # -- receiving preferences: audio-only, pins, last-N ------------------------------------------
+
+    async def _receive_preferences(self, room: LiveRoom, p: Participant,
+                                   message: dict[str, Any]) -> None:
+        await room.set_receive(p, _flag(message, "video"))
+
+    async def _pin(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        pinned = message.get("participants")
+        if not isinstance(pinned, list) or not all(
+                isinstance(i, str) and 0 < len(i) <= 64 for i in pinned):
+            raise errors.BadRequest("participants must be a list of participant ids")
+        await room.pin(p, pinned)
+
+    async def _last_n(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        n = message.get("n")
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise errors.BadRequest("n must be a whole number")
+        await room.set_last_n(p, n)
 
 
 async def handle(request: web.Request) -> web.WebSocketResponse:
