@@ -479,7 +479,7 @@ async def test_a_resent_final_caption_is_stored_once_and_the_first_one_is_kept(
     )
     assert (created, created_again) == (True, False)
     assert again == first
-    other_speaker, created_other = await store.add_caption(
+    _, created_other = await store.add_caption(
         meeting.id, "p2", "Boris", "u-7", T0, T0 + 1, "en", "same id, other speaker", {}
     )
     assert created_other

@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     admin = commands.add_parser("admin-link", help="print a link to the room administration")
     admin.add_argument("--ttl", type=int, metavar="SECONDS", help="how long the link is valid")
     admin.set_defaults(command=_admin_link)
+
+    worker = commands.add_parser(
+        "captions-token", help="print a token for a captions worker (townhall captions --token)"
+    )
+    worker.add_argument("--ttl", type=int, metavar="SECONDS", help="how long the token is valid")
+    worker.set_defaults(command=_captions_token)
     return parser
 
 
@@ -152,6 +158,11 @@ def _invite(args: argparse.Namespace, config: Config) -> int:
 def _admin_link(args: argparse.Namespace, config: Config) -> int:
     token = sign(secret_for(config), ANY_ROOM, "admin", _ttl(args, config), time.time())
     print(f"{config.base_url}/?admin={token}")
+    return EXIT_OK
+
+
+def _captions_token(args: argparse.Namespace, config: Config) -> int:
+    print(sign(secret_for(config), ANY_ROOM, "caption", _ttl(args, config), time.time()))
     return EXIT_OK
 
 
