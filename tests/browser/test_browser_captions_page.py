@@ -149,3 +149,19 @@ async def test_chromium_reads_the_webvtt_transcript_with_its_speakers_times_and_
     ]
     english = await page.evaluate(READ_VTT, [f"{url}&language=en", server.admin_token])
     assert english[1]["text"] == "Good afternoon, friends"
+
+
+async def test_the_admin_page_switches_a_rooms_captions(server: Any, new_page: Any) -> None:
+    room = await server.create_room("switched")
+    page = await new_page()
+    await page.goto(server.admin_url)
+    switch = page.locator(f'#rooms li.room[data-room="{room}"] button[data-action="captions"]')
+    await switch.wait_for()
+    assert (await switch.text_content(), await switch.get_attribute("aria-pressed")) == (
+        "Captions off", "false")
+    await switch.click()
+    await page.wait_for_function(
+        "(s) => document.querySelector(s).getAttribute('aria-pressed') === 'true'",
+        arg=f'li.room[data-room="{room}"] button[data-action="captions"]')
+    assert await switch.text_content() == "Captions on"
+    assert (await server.running.services.store.get_room(room)).captions is True
