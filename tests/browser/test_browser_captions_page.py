@@ -81,6 +81,14 @@ async def test_a_host_turns_captions_on_and_another_page_reads_them_in_its_langu
 
         assert await listener.locator(f'figure[data-participant="{worker.id}"]').count() == 0, \
             "the captions worker gets no video tile"
+        # Old lines go as new ones come: the newest six stay.
+        for n in range(2, 10):
+            message = caption(host_id, True, f"фраза {n}", f"фраза {n}")
+            await worker.send({**message, "utterance": f"w-{n}"})
+        await listener.locator('.caption-line[data-utterance="w-9"]').wait_for()
+        shown = await listener.eval_on_selector_all(
+            "#caption-log .caption-line", "lines => lines.map(l => l.dataset.utterance)")
+        assert shown == [f"w-{n}" for n in range(4, 10)]
         await listener.click("#captions-notice-dismiss")
         assert await listener.is_hidden("#captions-notice")
         assert await listener.is_visible("#captions-indicator")
