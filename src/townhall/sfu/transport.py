@@ -29,6 +29,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest
+from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
 
 logger = logging.getLogger(__name__)
@@ -241,6 +242,7 @@ class Transport:
         self._protect: Callable[[bytes], bytes] | None = None
         self._sendto: Callable[[bytes, Any], None] | None = None
         self._remote: Any = None
+        self._delay: ForwardingDelay | None = None
         self.pc.on("connectionstatechange", self._state_changed)
 
     # -- negotiation -----------------------------------------------------------------------
@@ -412,6 +414,9 @@ class Transport:
         except pylibsrtp.Error as exc:
             logger.debug("%s: SRTP protect failed: %s", self.name, exc)
             return False
+        delay = self._delay
+        if delay is not None:
+            delay.sent()
         return True
 
     def send_rtcp(self, data: bytes) -> bool:
@@ -470,6 +475,7 @@ class Transport:
         self._protect = _srtp_call(dtls._tx_srtp, _srtp_lib.srtp_protect, _SRTP_MAX_TRAILER)
         self._remote = path.address
         self._sendto = path.sendto
+        self._delay = path.delay
         rx = dtls._rx_srtp
         unprotect = _srtp_call(rx, _srtp_lib.srtp_unprotect, 0)
         unprotect_rtcp = _srtp_call(rx, _srtp_lib.srtp_unprotect_rtcp, 0)
