@@ -197,7 +197,7 @@ class TownhallTarget:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_file.open("ab")
         self._process = subprocess.Popen(
-            [*self.command, "serve"],
+            [*self.command, "serve", "--no-captions"],
             env=self._env(),
             stdin=subprocess.DEVNULL,
             stdout=self._log or subprocess.DEVNULL,
