@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -84,6 +85,23 @@ def _parser() -> argparse.ArgumentParser:
     admin = commands.add_parser("admin-link", help="print a link to the room administration")
     admin.add_argument("--ttl", type=int, metavar="SECONDS", help="how long the link is valid")
     admin.set_defaults(command=_admin_link)
+
+    captions = commands.add_parser(
+        "captions", help="run the captions worker: caption every room with captions on")
+    captions.add_argument("--server", required=True, metavar="URL",
+                          help="the townhall server's address, e.g. http://127.0.0.1:8080")
+    captions.add_argument("--token", metavar="TOKEN",
+                          default=os.environ.get("TOWNHALL_CAPTIONS_TOKEN", ""),
+                          help="worker token (default: $TOWNHALL_CAPTIONS_TOKEN)")
+    captions.add_argument("--asr-model", metavar="PATH|NAME",
+                          default=os.environ.get("TOWNHALL_ASR_MODEL", "base"),
+                          help="Whisper model directory or name (default: $TOWNHALL_ASR_MODEL "
+                               "or base)")
+    captions.add_argument("--translation-models", type=Path, metavar="DIR",
+                          help="directory of CTranslate2 translation models")
+    captions.add_argument("--threads", type=int, default=0, metavar="N",
+                          help="recognition threads (default: 0, the library's choice)")
+    captions.set_defaults(command=_captions)
     return parser
 
 
@@ -113,6 +131,16 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     # Imported here so that the other commands never load the server and its media stack.
     serve: Callable[[Config], None] = importlib.import_module("townhall.server.app").serve
     serve(config)
+    return EXIT_OK
+
+
+def _captions(args: argparse.Namespace, config: Config) -> int:
+    if args.threads < 0:
+        raise BadRequest(f"--threads must not be negative, not {args.threads}")
+    # Imported here so that the other commands never load the recognition stack.
+    worker = importlib.import_module("townhall.captions.worker")
+    worker.run(args.server, args.token, args.asr_model, args.translation_models, args.threads,
+               config.log_level)
     return EXIT_OK
 
 
