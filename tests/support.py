@@ -12,6 +12,7 @@ import contextlib
 import fractions
 import json
 import math
+import re
 import time
 import wave
 from collections import defaultdict
@@ -221,6 +222,22 @@ class SpeechTrack(MediaStreamTrack):  # type: ignore[misc]
         return frame
 
 
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation (letters, digits and apostrophes kept)."""
+    return re.findall(r"[\w']+", text.lower().replace("ё", "е"))
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level edit distance over the reference's length."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        previous, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
+    return row[len(hyp)] / max(1, len(ref))
+
+
 class Attendee:
     """One participant in a meeting, driven from a test."""
 
@@ -230,6 +247,8 @@ class Attendee:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.joined: dict[str, Any] = {}
         self.messages: list[dict[str, Any]] = []
+        #: unix time each of ``messages`` arrived
+        self.received_at: list[float] = []
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc: RTCPeerConnection | None = None
         self.consumers: dict[str, dict[str, Any]] = {}
@@ -276,6 +295,7 @@ class Attendee:
                 break
             message = json.loads(msg.data)
             self.messages.append(message)
+            self.received_at.append(time.time())
             if message["type"] == "subscribe-offer":
                 await self._answer(message)
             for (kind, where), future in list(self._waiters):

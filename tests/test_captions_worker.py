@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,15 @@ import numpy.typing as npt
 import pytest
 from av import AudioFrame
 
-from support import Attendee, RunningServer
+from support import Attendee, RunningServer, make_config
+from townhall.auth import tokens
 from townhall.captions.outbox import CaptionOutbox
 from townhall.captions.pipeline import Caption
 from townhall.captions.scheduler import Scheduler, Speaker
 from townhall.captions.session import FrameClock, RoomSession, backoff
-from townhall.captions.worker import socket_urls
-from townhall.errors import BadRequest
+from townhall.captions.worker import Worker, socket_urls
+from townhall.errors import BadRequest, Unauthorized
+from townhall.server import app as server_app
 
 
 class CountingPipeline:
@@ -386,3 +389,140 @@ async def test_a_room_session_hears_each_speaker_under_their_own_id_and_refuses_
             await speaker.close()
             await session.close()
             await scheduler.close()
+
+
+# -- the worker over the real server ---------------------------------------------------------
+
+
+class Pipelines:
+    """Makes a :class:`CountingPipeline` per speaker and keeps them."""
+
+    def __init__(self) -> None:
+        self.made: list[CountingPipeline] = []
+
+    def __call__(self) -> CountingPipeline:
+        self.made.append(CountingPipeline())
+        return self.made[-1]
+
+
+async def _running(worker: Worker) -> asyncio.Task[None]:
+    return asyncio.ensure_future(worker.run())
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _captions(attendee: Attendee, **where: Any) -> list[dict[str, Any]]:
+    return [m for m in attendee.messages if m["type"] == "caption"
+            and all(m.get(k) == v for k, v in where.items())]
+
+
+async def test_the_worker_captions_a_room_while_its_captions_are_on_in_the_languages_wanted(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("switched")
+    host = Attendee(server.ws_url, server.token(room, "host"), "Ганна")
+    listener = Attendee(server.ws_url, server.token(room, "listener"), "Taras")
+    worker = Worker(server.base_url, server.token("*", "caption"), Pipelines())
+    task = await _running(worker)
+    try:
+        await host.join()
+        await listener.join()
+        await host.publish(video=False)
+        await asyncio.sleep(1.0)
+        assert worker.sessions == {}  # captions are off: the worker stays away
+        await host.send({"type": "captions", "enabled": True})
+        joined = await listener.wait_for(
+            "participant-joined", where=lambda m: m["participant"]["role"] == "caption")
+        caption = await listener.wait_for("caption", timeout=15)
+        assert caption["participant"] == host.id and caption["name"] == "Ганна"
+        assert caption["text"].endswith(" samples") and caption["translated"] is None
+
+        await listener.send({"type": "caption-language", "language": "uk"})
+        translated = await listener.wait_for("caption", timeout=15,
+                                             where=lambda m: m["translated"] == "uk")
+        assert translated["text"] == f"[uk] {translated['original']}"
+        assert worker.sessions[room].languages == frozenset({"uk"})
+
+        await host.send({"type": "captions", "enabled": False})
+        await listener.wait_for("participant-left", timeout=15,
+                                where=lambda m: m["participant"] == joined["participant"]["id"])
+        assert worker.sessions == {}
+        heard = len(_captions(listener))
+        await asyncio.sleep(1.0)
+        assert len(_captions(listener)) == heard
+    finally:
+        await _stop(task)
+        await host.close()
+        await listener.close()
+
+
+@pytest.mark.parametrize(("token", "reason"), [
+    (lambda s, room: tokens.sign(b"another server", "*", "caption", 600, time.time()),
+     "4401 unauthorized: token signature invalid"),
+    (lambda s, room: tokens.sign(s, "*", "caption", 10, time.time() - 60),
+     "4401 unauthorized: token expired"),
+    (lambda s, room: tokens.sign(s, room, "caption", 600, time.time()),
+     "4403 forbidden: a captions worker token is needed"),
+])
+async def test_a_refused_worker_token_stops_the_worker_with_the_servers_reason(
+    server: RunningServer, token: Callable[[bytes, str], str], reason: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    room = await server.create_room("any")
+    secret = server.running.services.secret
+    value = token(secret, room)
+    worker = Worker(server.base_url, value, Pipelines())
+    started = time.monotonic()
+    with pytest.raises(Unauthorized) as refused:
+        await asyncio.wait_for(worker.run(), 10)
+    assert time.monotonic() - started < 5  # no retrying with a token the server refused
+    assert str(refused.value) == f"the server refused the captions worker token ({reason})"
+    assert value not in caplog.text
+
+
+async def test_a_final_cut_off_by_a_server_restart_is_stored_after_it_and_captions_go_on(
+    tmp_path: Path, unused_tcp_port: int,
+) -> None:
+    config = make_config(tmp_path / "data").replace(http_port=unused_tcp_port)
+    running = await server_app.start(config)
+    server = RunningServer(running)
+    room = await server.create_room("durable")
+    await running.services.store.set_captions(room, True)
+    token = server.token(room, "host")
+    pipelines = Pipelines()
+    worker = Worker(server.base_url, server.token("*", "caption"), pipelines)
+    task = await _running(worker)
+    host = Attendee(server.ws_url, token, "Ганна")
+    try:
+        await host.join()
+        meeting = host.joined["meeting"]["id"]
+        await host.publish(video=False)
+        partial = await host.wait_for("caption", timeout=15, where=lambda m: not m["final"])
+        before = host.id
+        await running.stop()  # mid-utterance: its final cannot be sent now
+        await host.close()
+        await _until(lambda: bool(pipelines.made) and pipelines.made[0].finishes > 0, 10,
+                     "the cut utterance closed")
+        session = worker.sessions.get(room)
+        assert session is not None and session.outbox.finals >= 1
+
+        running = await server_app.start(config)
+        server = RunningServer(running)
+        host = Attendee(server.ws_url, token, "Ганна")
+        await host.join()
+        assert host.joined["meeting"]["id"] == meeting
+        late = await host.wait_for("caption", timeout=20,
+                                   where=lambda m: m["utterance"] == partial["utterance"])
+        assert late["final"] and late["participant"] == before and late["name"] == "Ганна"
+        await host.publish(video=False)
+        await host.wait_for("caption", timeout=20, where=lambda m: m["participant"] == host.id)
+        stored = await running.services.store.captions(meeting)
+        assert [(c.utterance, c.participant_id) for c in stored][:1] == [
+            (partial["utterance"], before)]
+    finally:
+        await _stop(task)
+        await host.close()
+        await running.stop()

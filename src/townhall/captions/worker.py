@@ -199,30 +199,25 @@ class Worker:
 # -- the process -----------------------------------------------------------------------------
 
 
-def load_pipelines(asr_model: str, translation_models: Path | None,
-                   threads: int) -> Callable[[], Pipeline]:
-    """Load the models once; each call of the result makes one speaker's pipeline.
-
-    Raises :class:`~townhall.errors.CaptionsError` (a clear message) when a model is missing.
-    """
-    from townhall.captions.pipeline import Engine, SpeakerPipeline
-
-    started = time.monotonic()
-    engine = Engine.load(asr_model, translation_models, threads)
-    logger.info("models loaded in %.1f s", time.monotonic() - started)
-    return lambda: SpeakerPipeline(engine)
-
-
 def run(server: str, token: str, asr_model: str, translation_models: Path | None = None,
         threads: int = 0, log_level: str = "INFO") -> None:
-    """``townhall captions``: load the models, then caption until SIGINT or SIGTERM."""
+    """``townhall captions``: load the models, then caption until SIGINT or SIGTERM.
+
+    A missing or broken model raises :class:`~townhall.errors.CaptionsError` here, before the
+    server is contacted.
+    """
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     socket_urls(server)  # a bad URL fails before the models load
     if not token:
         raise Unauthorized("no worker token: pass --token (townhall captions-token prints one)")
-    pipelines = load_pipelines(asr_model, translation_models, threads)
-    asyncio.run(_main(Worker(server, token, pipelines)))
+    from townhall.captions.pipeline import Engine, SpeakerPipeline
+
+    engine = Engine.load(asr_model, translation_models, threads)
+    try:
+        asyncio.run(_main(Worker(server, token, lambda: SpeakerPipeline(engine))))
+    finally:
+        engine.close()
 
 
 async def _main(worker: Worker) -> None:
