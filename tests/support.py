@@ -49,6 +49,7 @@ def make_config(data_dir: Path) -> Config:
         media_udp_port=0,
         media_tcp_port=0,
         reconnect_grace=3.0,
+        captions_worker=False,
     )
 
 

@@ -234,3 +234,14 @@ def test_installed_console_script_creates_and_lists_rooms(tmp_path: Path) -> Non
     )  # fmt: skip
     assert listed.stdout == created.stdout
     assert created.stdout.endswith("\tAssembly\n")
+
+
+def test_captions_token_prints_a_worker_token_for_every_room(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    code, out, err = run(capsys, data_dir, "captions-token", "--ttl", "120")
+    assert (code, err) == (0, "")
+    grant = verify(load_or_create_secret(data_dir), out.strip(), time.time())
+    assert (grant.room_id, grant.role) == ("*", "caption")
+    assert time.time() + 100 < grant.expires_at <= time.time() + 121
+    assert run(capsys, data_dir, "captions-token", "--ttl", "0")[0] == 2

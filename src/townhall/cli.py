@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_argument("--ttl", type=int, metavar="SECONDS", help="how long the link is valid")
     admin.set_defaults(command=_admin_link)
 
+    worker = commands.add_parser(
+        "captions-token", help="print a token for a captions worker (townhall captions --token)"
+    )
+    worker.add_argument("--ttl", type=int, metavar="SECONDS", help="how long the token is valid")
+    worker.set_defaults(command=_captions_token)
+
     captions = commands.add_parser(
         "captions", help="run the captions worker: caption every room with captions on")
     captions.add_argument("--server", required=True, metavar="URL",
@@ -94,11 +100,11 @@ def _parser() -> argparse.ArgumentParser:
                           default=os.environ.get("TOWNHALL_CAPTIONS_TOKEN", ""),
                           help="worker token (default: $TOWNHALL_CAPTIONS_TOKEN)")
     captions.add_argument("--asr-model", metavar="PATH|NAME",
-                          default=os.environ.get("TOWNHALL_ASR_MODEL", "base"),
-                          help="Whisper model directory or name (default: $TOWNHALL_ASR_MODEL "
-                               "or base)")
+                          help="Whisper model directory or name (default: the asr_model "
+                               "setting, base)")
     captions.add_argument("--translation-models", type=Path, metavar="DIR",
-                          help="directory of CTranslate2 translation models")
+                          help="directory of CTranslate2 translation models (default: the "
+                               "translation_models setting)")
     captions.add_argument("--threads", type=int, default=0, metavar="N",
                           help="recognition threads (default: 0, the library's choice)")
     captions.set_defaults(command=_captions)
@@ -139,8 +145,9 @@ def _captions(args: argparse.Namespace, config: Config) -> int:
         raise BadRequest(f"--threads must not be negative, not {args.threads}")
     # Imported here so that the other commands never load the recognition stack.
     worker = importlib.import_module("townhall.captions.worker")
-    worker.run(args.server, args.token, args.asr_model, args.translation_models, args.threads,
-               config.log_level)
+    models = args.translation_models or config.translation_models
+    worker.run(args.server, args.token, args.asr_model or config.asr_model,
+               Path(models) if models else None, args.threads, config.log_level)
     return EXIT_OK
 
 
@@ -180,6 +187,11 @@ def _invite(args: argparse.Namespace, config: Config) -> int:
 def _admin_link(args: argparse.Namespace, config: Config) -> int:
     token = sign(secret_for(config), ANY_ROOM, "admin", _ttl(args, config), time.time())
     print(f"{config.base_url}/?admin={token}")
+    return EXIT_OK
+
+
+def _captions_token(args: argparse.Namespace, config: Config) -> int:
+    print(sign(secret_for(config), ANY_ROOM, "caption", _ttl(args, config), time.time()))
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from townhall.errors import BadRequest, Forbidden, NotFound, Removed, RoomLocked
+from townhall.rooms.captions import RoomCaptions, is_worker
 from townhall.rooms.media import MediaRouter
 from townhall.rooms.participant import SOURCES, Outbox, Participant
 
@@ -51,6 +52,7 @@ class LiveRoom:
         self._clock = clock
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        self.captions = RoomCaptions(self, record.captions)
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -58,7 +60,8 @@ class LiveRoom:
         task.add_done_callback(self._background.discard)
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "locked": self.locked}
+        return {"id": self.id, "name": self.name, "locked": self.locked,
+                "captions": self.captions.enabled}
 
     # -- arriving and leaving ------------------------------------------------------------------
 
@@ -127,6 +130,7 @@ class LiveRoom:
             "queue": list(self.queue),
             "ice_servers": [],
         })
+        await self.captions.welcomed(participant)
         await self._consume_all(participant)
 
     async def disconnected(self, participant: Participant) -> None:
@@ -153,7 +157,9 @@ class LiveRoom:
         await self.store.record_leave(self.meeting.id, participant.id, self._clock())
         await self._broadcast({"type": "participant-left", "participant": participant.id})
         logger.info("room %s: participant %s left", self.id, participant.id)
-        if not self.participants:
+        await self.captions.left(participant)
+        # The captions worker alone does not keep a meeting going.
+        if all(is_worker(p) for p in self.participants.values()):
             await self.close()
 
     async def shutdown(self) -> None:

@@ -19,7 +19,7 @@ from townhall.auth import tokens
 from townhall.auth.secret import secret_for
 from townhall.config import Config
 from townhall.rooms.registry import RoomRegistry
-from townhall.server import api, metrics, session
+from townhall.server import api, captions, metrics, session
 from townhall.server.keys import SERVICES
 from townhall.sfu.router import Counters, Router
 from townhall.sfu.transport import Transport
@@ -71,6 +71,7 @@ def build(services: Services) -> web.Application:
     app.router.add_get("/", _page)
     app.router.add_get("/r/{room}", _page)
     app.router.add_get("/ws", session.handle)
+    app.router.add_get("/ws/captions", captions.handle)
     app.router.add_static("/static/", STATIC)
     app.add_routes(api.routes)
     app.add_routes(metrics.routes)
