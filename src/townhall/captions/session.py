@@ -254,7 +254,8 @@ class RoomSession:
                 break
         code = ws.close_code or 1006
         reason = msg.extra if msg.type == aiohttp.WSMsgType.CLOSE and msg.extra else ""
-        logger.info("room %s: socket closed (%d %s)", self.room_id, code, reason)
+        logger.info("room %s: socket closed (%d%s)", self.room_id, code,
+                    f" {reason}" if reason else "")
         if code in REFUSED:
             raise Refused(code, str(reason))
         return joined

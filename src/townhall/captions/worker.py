@@ -81,6 +81,12 @@ class Worker:
         self._orphans: dict[str, tuple[CaptionOutbox, float]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
+    @property
+    def undelivered(self) -> int:
+        """Final captions waiting for a server to take them."""
+        return sum(s.outbox.finals for s in self.sessions.values()) + sum(
+            outbox.finals for outbox, _ in self._orphans.values())
+
     async def run(self) -> None:
         """Until cancelled; :class:`~townhall.errors.Unauthorized` if the token is refused."""
         self._http = aiohttp.ClientSession()
@@ -139,7 +145,7 @@ class Worker:
                                    str(message.get("message"))[:200])
             code = ws.close_code or 1006
             reason = str(msg.extra or "") if msg.type == aiohttp.WSMsgType.CLOSE else ""
-        logger.info("control socket closed (%d %s)", code, reason)
+        logger.info("control socket closed (%d%s)", code, f" {reason}" if reason else "")
         if code in TOKEN_REFUSED:
             raise Unauthorized(f"the server refused the captions worker token ({code} {reason})")
         if code == 4400:
