@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import os
+import sys
 import threading
 import time
 import uuid
@@ -525,3 +527,33 @@ async def test_a_final_cut_off_by_a_server_restart_is_stored_after_it_and_captio
         await _stop(task)
         await host.close()
         await running.stop()
+
+
+async def test_a_missing_model_stops_townhall_captions_at_start_before_it_contacts_the_server(
+    tmp_path: Path,
+) -> None:
+    connections = 0
+
+    def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    listener = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    missing = tmp_path / "no-such-model"
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "townhall", "captions", "--server", f"http://127.0.0.1:{port}",
+            "--token", "a-token", "--asr-model", str(missing),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert process.returncode == 2
+    message = err.decode()
+    assert message.startswith("townhall: no Whisper model directory at ")
+    assert str(missing) in message and "a-token" not in message
+    assert connections == 0
