@@ -24,6 +24,7 @@ import aiohttp
 import numpy as np
 from aiortc import (
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
@@ -38,6 +39,16 @@ from townhall.server.api import invite_url
 
 VIDEO_RATE = 90000
 AUDIO_RATE = 48000
+
+
+def pc_config() -> RTCConfiguration:
+    """aiortc's configuration for a participant: no ICE servers, and max-bundle.
+
+    With aiortc's default "balanced" policy, an answer to a first offer holding two sections of
+    one kind (audio, video, audio, video) leaves the second video section on a transport that
+    the BUNDLE step stops (its answer shows port 9) and its receiver never gets packets.
+    """
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 
 def make_config(data_dir: Path) -> Config:
@@ -313,7 +324,7 @@ class Attendee:
                       video_codec: str | None = None,
                       audio_track: MediaStreamTrack | None = None) -> dict[str, Any]:
         """Publish a tone (or ``audio_track``) and a test pattern."""
-        self.publish_pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.publish_pc = pc = RTCPeerConnection(pc_config())
         sources = []
         if audio:
             track = audio_track if audio_track is not None else ToneTrack()
@@ -334,7 +345,7 @@ class Attendee:
 
     async def _answer(self, offer: dict[str, Any]) -> None:
         if self.subscribe_pc is None:
-            self.subscribe_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            self.subscribe_pc = RTCPeerConnection(pc_config())
             self.subscribe_pc.on("track", self._track)
         for consumer in offer["consumers"]:
             self.consumers[consumer["mid"]] = consumer

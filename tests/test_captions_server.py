@@ -553,3 +553,43 @@ async def test_forged_expired_and_wrong_kinds_of_token_are_refused_by_the_contro
             assert await socket.closed_with() == closed
         finally:
             await socket.close()
+
+
+# -- the setting through the HTTP API --------------------------------------------------------
+
+
+async def test_the_api_switches_a_rooms_captions_and_a_live_meeting_is_told(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("api")
+    listener = await join(server, room, "listener", "listener")
+    url = f"{server.base_url}/api/rooms/{room}"
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    host = {"Authorization": f"Bearer {server.token(room, 'host')}"}
+    speaker = {"Authorization": f"Bearer {server.token(room, 'speaker')}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.patch(url, json={"captions": True}, headers=admin) as response:
+                assert response.status == 200
+                body = await response.json()
+                assert (body["id"], body["captions"]) == (room, True)
+            assert (await listener.wait_for("captions"))["enabled"] is True
+            async with http.get(url, headers=speaker) as response:
+                assert (await response.json())["captions"] is True
+            async with http.patch(url, json={"captions": False}, headers=host) as response:
+                assert (await response.json())["captions"] is False
+            await listener.wait_for("captions", where=lambda m: m["enabled"] is False)
+            for headers, body, status in [
+                (speaker, {"captions": True}, 403),
+                ({}, {"captions": True}, 401),
+                (admin, {"captions": "on"}, 400),
+                (admin, {"name": "renamed"}, 400),
+            ]:
+                async with http.patch(url, json=body, headers=headers) as response:
+                    assert response.status == status, (headers, body)
+            async with http.patch(f"{server.base_url}/api/rooms/{'f' * 32}",
+                                  json={"captions": True}, headers=admin) as response:
+                assert response.status == 404
+        assert (await server.running.services.store.get_room(room)).captions is False
+    finally:
+        await listener.close()

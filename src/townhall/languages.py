@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 #: Every ISO 639-1 code (ISO 639-1:2002 with its later additions).
 _CODES = """
 aa ab ae af ak am an ar as av ay az ba be bg bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de
@@ -14,6 +16,6 @@ tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu
 ISO_639_1: frozenset[str] = frozenset(_CODES.split())
 
 
-def is_language(code: object) -> bool:
+def is_language(code: object) -> TypeGuard[str]:
     """Whether ``code`` is an ISO 639-1 code, in lower case."""
     return isinstance(code, str) and code in ISO_639_1

@@ -81,6 +81,14 @@ async def test_a_host_turns_captions_on_and_another_page_reads_them_in_its_langu
 
         assert await listener.locator(f'figure[data-participant="{worker.id}"]').count() == 0, \
             "the captions worker gets no video tile"
+        # Old lines go as new ones come: the newest six stay.
+        for n in range(2, 10):
+            message = caption(host_id, True, f"фраза {n}", f"фраза {n}")
+            await worker.send({**message, "utterance": f"w-{n}"})
+        await listener.locator('.caption-line[data-utterance="w-9"]').wait_for()
+        shown = await listener.eval_on_selector_all(
+            "#caption-log .caption-line", "lines => lines.map(l => l.dataset.utterance)")
+        assert shown == [f"w-{n}" for n in range(4, 10)]
         await listener.click("#captions-notice-dismiss")
         assert await listener.is_hidden("#captions-notice")
         assert await listener.is_visible("#captions-indicator")
@@ -103,3 +111,65 @@ async def test_a_page_joining_a_room_with_captions_on_is_told_before_it_speaks(
     options = await page.eval_on_selector_all(
         "#caption-language option", "options => options.map(o => o.value)")
     assert options[:4] == ["", "en", "ru", "uk"]
+
+
+READ_VTT = """async ([url, token]) => {
+    const response = await fetch(url, {headers: {Authorization: `Bearer ${token}`}});
+    const blob = await response.blob();
+    const video = document.createElement('video');
+    const track = document.createElement('track');
+    track.kind = 'captions';
+    track.src = URL.createObjectURL(blob);
+    track.default = true;
+    video.append(track);
+    document.body.append(video);
+    track.track.mode = 'hidden';
+    await new Promise((resolve, reject) => {
+        track.addEventListener('load', resolve);
+        track.addEventListener('error', () => reject(new Error('the track did not load')));
+    });
+    return [...track.track.cues].map((cue) => {
+        const html = cue.getCueAsHTML();
+        const voice = html.firstChild;
+        return {start: cue.startTime, end: cue.endTime, text: html.textContent,
+                voice: voice && voice.title !== undefined ? voice.title : null};
+    });
+}"""
+
+
+async def test_chromium_reads_the_webvtt_transcript_with_its_speakers_times_and_text(
+    server: Any, new_page: Any
+) -> None:
+    store = server.running.services.store
+    room = await store.create_room("transcript")
+    meeting = await store.start_meeting(room.id, T)
+    await store.add_caption(meeting.id, "p1", "<Bob> & Co", "u-1", T + 1.5, T + 3.25,
+                            "en", "a < b && c --> d", {})
+    await store.add_caption(meeting.id, "p2", "Ганна", "u-2", T + 3725, T + 3727.5,
+                            "ru", "Добрый день\n\nдрузья", {"en": "Good afternoon, friends"})
+    page = await new_page()
+    await page.goto(f"{server.base_url}/static/room.html")
+    url = f"/api/meetings/{meeting.id}/transcript?format=vtt"
+    cues = await page.evaluate(READ_VTT, [url, server.admin_token])
+    assert cues == [
+        {"start": 1.5, "end": 3.25, "text": "a < b && c --> d", "voice": "<Bob> & Co"},
+        {"start": 3725, "end": 3727.5, "text": "Добрый день\nдрузья", "voice": "Ганна"},
+    ]
+    english = await page.evaluate(READ_VTT, [f"{url}&language=en", server.admin_token])
+    assert english[1]["text"] == "Good afternoon, friends"
+
+
+async def test_the_admin_page_switches_a_rooms_captions(server: Any, new_page: Any) -> None:
+    room = await server.create_room("switched")
+    page = await new_page()
+    await page.goto(server.admin_url)
+    switch = page.locator(f'#rooms li.room[data-room="{room}"] button[data-action="captions"]')
+    await switch.wait_for()
+    assert (await switch.text_content(), await switch.get_attribute("aria-pressed")) == (
+        "Captions off", "false")
+    await switch.click()
+    await page.wait_for_function(
+        "(s) => document.querySelector(s).getAttribute('aria-pressed') === 'true'",
+        arg=f'li.room[data-room="{room}"] button[data-action="captions"]')
+    assert await switch.text_content() == "Captions on"
+    assert (await server.running.services.store.get_room(room)).captions is True

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
@@ -43,8 +43,9 @@ STALL = 1.0
 RELIST_WAIT = 10.0
 #: Close codes that refuse this token; another try needs a fresh one from the room list.
 REFUSED = frozenset({4401, 4403, 4404})
-#: How long ``close`` waits for open utterances to be captioned and sent.
-CLOSE_TIMEOUT = 10.0
+#: How long ``close`` waits for open utterances to be captioned and sent (``townhall serve``
+#: gives its worker 5 s after SIGTERM).
+CLOSE_TIMEOUT = 3.0
 
 
 def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
@@ -354,7 +355,10 @@ class RoomSession:
             self._pulls.pop(mid).cancel()
         self._consumers = consumers
         if self._pc is None:
-            self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            # max-bundle: with aiortc's default policy, the answer to a first offer holding two
+            # audio sections leaves the second on a transport that bundling stops.
+            self._pc = RTCPeerConnection(RTCConfiguration(
+                iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
             self._pc.on("track", self._track)
         pc = self._pc
         await pc.setRemoteDescription(RTCSessionDescription(str(offer.get("sdp")), "offer"))

@@ -112,7 +112,7 @@ class Worker:
         self.sessions.clear()
         await asyncio.gather(*(s.close() for s in sessions), *self._closing,
                              return_exceptions=True)
-        await self.scheduler.close()
+        await self.scheduler.close(timeout=1.0)
         if self._http is not None:
             await self._http.close()
             self._http = None

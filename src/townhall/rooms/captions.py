@@ -74,8 +74,6 @@ class Caption:
             if not is_language(key):
                 raise BadRequest("translations must be keyed by ISO 639-1 codes")
             _caption_text(value, f"translations.{key}")
-        assert isinstance(participant, str) and isinstance(utterance, str)
-        assert isinstance(language, str)
         return cls(participant, utterance, final, language, text, start, end, dict(translations))
 
 
@@ -88,7 +86,6 @@ def parse_language(message: dict[str, Any]) -> str | None:
         return None
     if not is_language(language):
         raise BadRequest("language must be an ISO 639-1 code or null")
-    assert isinstance(language, str)
     return language
 
 

@@ -102,6 +102,7 @@ class Session:
             "leave": self._leave,
             "ping": self._ping,
             **self._caption_handlers(),
+            **self._receiving_handlers(),
         }
 
     async def run(self) -> None:
@@ -238,6 +239,33 @@ class Session:
         if not p.can(CAPTION):
             raise errors.Forbidden("only the captions worker can send captions")
         await room.captions.publish(p, Caption.parse(message))
+
+    # -- receiving preferences: audio-only, pins, last-N ------------------------------------------
+
+    def _receiving_handlers(self) -> dict[str, Callable[[LiveRoom, Participant, dict[str, Any]],
+                                                        Awaitable[None]]]:
+        return {
+            "receive": self._receive_preferences,
+            "pin": self._pin,
+            "last-n": self._last_n,
+        }
+
+    async def _receive_preferences(self, room: LiveRoom, p: Participant,
+                                   message: dict[str, Any]) -> None:
+        await room.set_receive(p, _flag(message, "video"))
+
+    async def _pin(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        pinned = message.get("participants")
+        if not isinstance(pinned, list) or not all(
+                isinstance(i, str) and 0 < len(i) <= 64 for i in pinned):
+            raise errors.BadRequest("participants must be a list of participant ids")
+        await room.pin(p, pinned)
+
+    async def _last_n(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        n = message.get("n")
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise errors.BadRequest("n must be a whole number")
+        await room.set_last_n(p, n)
 
 
 async def handle(request: web.Request) -> web.WebSocketResponse:

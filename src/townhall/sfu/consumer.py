@@ -17,8 +17,8 @@ _ids = itertools.count(1)
 
 
 class Consumer:
-    __slots__ = ("closed", "id", "octets", "packets", "paused", "producer", "rewriter",
-                 "slot", "transport")
+    __slots__ = ("_pauses", "_reported_packets", "closed", "id", "octets", "packets", "paused",
+                 "producer", "rewriter", "slot", "transport")
 
     def __init__(
         self,
@@ -32,10 +32,13 @@ class Consumer:
         self.transport = transport
         self.slot = slot
         self.rewriter = SequenceRewriter(producer.codec.clock_rate, clock)
+        #: True while any reason holds the consumer paused: the one test per packet.
         self.paused = False
+        self._pauses: set[str] = set()
         self.closed = False
         self.packets = 0
         self.octets = 0
+        self._reported_packets = 0
 
     @property
     def mid(self) -> str | None:
@@ -57,12 +60,29 @@ class Consumer:
     def restart(self) -> None:
         self.rewriter.restart()
 
-    def set_paused(self, paused: bool) -> None:
-        if paused != self.paused:
-            self.paused = paused
-            if not paused:
+    def set_paused(self, paused: bool, reason: str) -> None:
+        """Pause or resume sending for ``reason``; the consumer sends while no reason holds it.
+
+        Each part of the SFU pauses for its own reason and never undoes another's: the router's
+        per-transport reasons (``Router.set_video_paused``: "audio-only", "bandwidth") and the
+        room's forwarding policy ("last-n"). Nothing is renegotiated; resuming continues the
+        output sequence and asks the producer for a keyframe, so a picture appears at once.
+        """
+        if paused:
+            self._pauses.add(reason)
+        else:
+            self._pauses.discard(reason)
+        now = bool(self._pauses)
+        if now != self.paused:
+            self.paused = now
+            if not now:
                 self.rewriter.restart()
                 self.producer.request_keyframe()
+
+    @property
+    def pauses(self) -> frozenset[str]:
+        """The reasons holding this consumer paused."""
+        return frozenset(self._pauses)
 
     def retransmit(self, sequences: tuple[int, ...]) -> list[int]:
         """Resend what the cache holds; returns the producer's sequence numbers it lacks."""
@@ -86,8 +106,11 @@ class Consumer:
 
     def send_sender_report(self) -> None:
         report = self.producer.sender_report
-        if report is None or not self.packets:
+        # A consumer that sent nothing since its last report is not a sender (RFC 3550 6.4):
+        # paused consumers cost a receiver no reports.
+        if report is None or self.packets == self._reported_packets:
             return
+        self._reported_packets = self.packets
         ntp, rtp_timestamp = report
         self.transport.send_rtcp(rtcp.sender_report(
             self.slot.ssrc, ntp, self.rewriter.output_timestamp(rtp_timestamp),

@@ -35,6 +35,7 @@ class Producer:
         "codec",
         "consumers",
         "id",
+        "keyframe_pending",
         "kind",
         "loud_until",
         "mid",
@@ -75,6 +76,9 @@ class Producer:
         self.loud_until = 0.0
         self._clock = clock
         self._keyframe_requested_at = -1.0
+        #: A keyframe request arrived too soon after the last one: the router's periodic work
+        #: sends it once the interval has passed (``flush_keyframe_request``).
+        self.keyframe_pending = False
 
     def forward(self, data: bytes, header: rtp.RtpHeader) -> int:
         """Hand one packet to every consumer; returns how many sent it."""
@@ -105,9 +109,18 @@ class Producer:
             return
         now = self._clock()
         if now - self._keyframe_requested_at < KEYFRAME_INTERVAL:
+            # Never dropped: a consumer that resumed after the last keyframe needs one too.
+            self.keyframe_pending = True
             return
         self._keyframe_requested_at = now
+        self.keyframe_pending = False
         self.transport.send_rtcp(rtcp.pli(self.track.rtcp_ssrc, self.ssrc))
+
+    def flush_keyframe_request(self) -> None:
+        """Send a keyframe request held back by the interval, if it is due now."""
+        if self.keyframe_pending and \
+                self._clock() - self._keyframe_requested_at >= KEYFRAME_INTERVAL:
+            self.request_keyframe()
 
     def request_retransmission(self, sequences: list[int]) -> None:
         if sequences and self.ssrc is not None:

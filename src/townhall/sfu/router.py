@@ -29,10 +29,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_BITRATE = 2_500_000
 REPORT_INTERVAL = 1.0
 SPEAKING_INTERVAL = 0.25
+#: Period of the router's short periodic work: held-back keyframe requests.
+TICK_INTERVAL = 0.1
 
 
 class RouterEvents(Protocol):
     def speaking_changed(self, router: Router, owners: frozenset[str]) -> None: ...
+
+    def active_speaker_changed(self, router: Router, owner: str | None) -> None: ...
+
+    def forwarding_changed(self, router: Router, owner: str) -> None:
+        """Video to ``owner``'s transport was paused or resumed as a whole."""
 
     def transport_closed(self, router: Router, owner: str, transport: Transport) -> None: ...
 
@@ -55,6 +62,8 @@ class _TransportState:
     producers_by_ssrc: dict[int, Producer] = field(default_factory=dict)
     producers_by_mid: dict[str, Producer] = field(default_factory=dict)
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
+    #: Reasons every video consumer on this transport is paused for (``set_video_paused``).
+    video_pauses: set[str] = field(default_factory=set)
 
 
 class Router:
@@ -79,6 +88,7 @@ class Router:
         self._tasks = [
             asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
             asyncio.ensure_future(self._every(SPEAKING_INTERVAL, self._update_speaking)),
+            asyncio.ensure_future(self._every(TICK_INTERVAL, self._tick)),
         ]
 
     # -- transports --------------------------------------------------------------------------
@@ -143,7 +153,11 @@ class Router:
         consumer = Consumer(producer, transport, slot, self._clock)
         producer.consumers.append(consumer)
         self.consumers[consumer.id] = consumer
-        self._transports[transport].consumers_by_ssrc[slot.ssrc] = consumer
+        state = self._transports[transport]
+        state.consumers_by_ssrc[slot.ssrc] = consumer
+        if producer.kind == "video":
+            for reason in state.video_pauses:
+                consumer.set_paused(True, reason)
         return consumer
 
     def consume_on(
@@ -176,6 +190,34 @@ class Router:
         if state is not None:
             state.consumers_by_ssrc.pop(consumer.slot.ssrc, None)
             consumer.transport.remove_outgoing(consumer.slot)
+
+    # -- pausing all video to one transport ---------------------------------------------------
+
+    def set_video_paused(self, transport: Transport, reason: str, paused: bool) -> None:
+        """Pause (or resume) every video consumer on ``transport``, now and later, for ``reason``.
+
+        Audio keeps flowing. Used for audio-only mode: "audio-only" when the participant asks
+        for it, "bandwidth" when the transport's estimate is too low for any video. Video
+        resumes once no reason is left, without renegotiation.
+        """
+        state = self._transports.get(transport)
+        if state is None:
+            return
+        before = bool(state.video_pauses)
+        if paused:
+            state.video_pauses.add(reason)
+        else:
+            state.video_pauses.discard(reason)
+        for consumer in state.consumers_by_ssrc.values():
+            if consumer.producer.kind == "video":
+                consumer.set_paused(paused, reason)
+        if before != bool(state.video_pauses) and self._events is not None:
+            self._events.forwarding_changed(self, state.owner)
+
+    def video_paused(self, transport: Transport) -> bool:
+        """Whether all video to ``transport`` is paused, for whatever reason."""
+        state = self._transports.get(transport)
+        return state is not None and bool(state.video_pauses)
 
     async def subscribe_offer(self, transport: Transport) -> str:
         return await transport.offer()
@@ -301,6 +343,11 @@ class Router:
             producer.send_reports(DEFAULT_BITRATE)
         for consumer in self.consumers.values():
             consumer.send_sender_report()
+
+    def _tick(self) -> None:
+        for producer in self.producers.values():
+            if producer.keyframe_pending:
+                producer.flush_keyframe_request()
 
     def _update_speaking(self) -> None:
         speaking = frozenset(p.owner for p in self.producers.values()
