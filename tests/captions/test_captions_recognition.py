@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from captions_support import FakeClock, play, silence, speech, texts, word_error_rate
+from captions_support import RATE, FakeClock, play, silence, speech, texts, word_error_rate
 
 from townhall.captions.pipeline import Engine, SpeakerPipeline
 
@@ -59,3 +59,12 @@ def test_language_detection_can_be_restricted_to_the_languages_a_meeting_expects
     for name in ("ru-08.wav", "en-05.wav"):
         captions = play(pipeline, clock, np.concatenate([speech(name), silence(1.0)]), frozenset())
         assert {c.language for c in captions} == {texts()[name]["language"]}, captions
+
+
+def test_a_short_tail_after_a_long_committed_prompt_still_decodes(engine: Engine) -> None:
+    recognizer = engine.recognizer
+    prompt = " ".join(texts()[n]["text"] for n in texts() if n.startswith("en-"))
+    encoded = recognizer.encode(speech("en-05.wav")[: RATE // 2])  # "Can everyone hear me ..."
+    decoded = recognizer.decode(encoded, "en", engine.options.partial, prompt=prompt)
+    assert decoded.text.lower().startswith("can")
+    assert len(decoded.text.split()) <= 4

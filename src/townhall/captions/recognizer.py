@@ -181,7 +181,9 @@ class Recognizer:
         if prompt:
             previous = tokenizer.encode(" " + prompt.strip())[-self.config.prompt_tokens :]
             sequence = [tokenizer.sot_prev, *previous, *sequence]
-        limit = int(options.extra_tokens + options.tokens_per_second * encoded.seconds)
+        # The limit counts the prompt too; Whisper's text context is 448 tokens.
+        new = int(options.extra_tokens + options.tokens_per_second * encoded.seconds)
+        limit = min(len(sequence) + new, 448)
         result = self._model.model.generate(
             encoded.output,
             [sequence],
