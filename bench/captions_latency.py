@@ -268,6 +268,7 @@ def table(results: list[dict[str, Any]]) -> str:
 async def main(args: argparse.Namespace) -> None:
     bench = Bench(args)
     results: list[dict[str, Any]] = []
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     try:
         await bench.start()
         for speakers in args.speakers:
@@ -280,6 +281,7 @@ async def main(args: argparse.Namespace) -> None:
     report = {
         "command": " ".join(sys.argv),
         "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
+        "load_before": load_before,
         "load_after": load,
         "asr_model": args.asr_model,
         "threads": args.threads,
@@ -289,7 +291,8 @@ async def main(args: argparse.Namespace) -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "captions_latency.json").write_text(json.dumps(report, indent=2))
     print(table(results))
-    print(f"load average after: {' '.join(load)}; logs in {bench.data}")
+    print(f"load average before: {' '.join(load_before)}, after: {' '.join(load)}; "
+          f"logs in {bench.data}")
 
 
 def _parse() -> argparse.Namespace:

@@ -393,6 +393,42 @@ async def test_a_room_session_hears_each_speaker_under_their_own_id_and_refuses_
             await scheduler.close()
 
 
+async def test_a_speaker_who_mutes_has_their_utterance_closed_and_is_heard_again_after(
+    server: RunningServer,
+) -> None:
+    import aiohttp
+
+    room = await server.create_room("muting")
+    speaker = Attendee(server.ws_url, server.token(room, "speaker"), "Olena")
+    await speaker.join()
+    await speaker.publish(video=False)
+    pipelines: list[CountingPipeline] = []
+
+    def pipeline() -> CountingPipeline:
+        pipelines.append(CountingPipeline())
+        return pipelines[-1]
+
+    scheduler = Scheduler()
+    async with aiohttp.ClientSession() as http:
+        session = RoomSession(server.ws_url, room, server.token(room, "caption", 60),
+                              http=http, scheduler=scheduler, pipelines=pipeline)
+        session.start()
+        try:
+            await _until(lambda: bool(pipelines) and pipelines[0].samples > 8000, 15,
+                         "the speaker is heard")
+            await speaker.send({"type": "media", "source": "microphone", "enabled": False})
+            await _until(lambda: pipelines[0].finishes >= 1, 5, "the utterance closed")
+            assert len(session.speakers) == 1  # still in the meeting, still a speaker
+            heard = pipelines[0].samples
+            await speaker.send({"type": "media", "source": "microphone", "enabled": True})
+            await _until(lambda: pipelines[0].samples > heard + 8000, 10, "heard again")
+            assert len(pipelines) == 1
+        finally:
+            await speaker.close()
+            await session.close()
+            await scheduler.close()
+
+
 # -- the worker over the real server ---------------------------------------------------------
 
 
