@@ -189,8 +189,12 @@ class Worker:
         async def leave() -> None:
             await session.close()
             if session.outbox.finals:
-                # Could not be delivered (the server is restarting?): keep them for a while.
-                self._orphans[session.room_id] = (session.outbox, self._clock())
+                successor = self.sessions.get(session.room_id)
+                if successor is not None:  # the room came back while this one was leaving
+                    successor.outbox.take_over(session.outbox)
+                else:
+                    # Could not be delivered (the server is restarting?): keep them a while.
+                    self._orphans[session.room_id] = (session.outbox, self._clock())
             now = self._clock()
             for room_id, (_, since) in list(self._orphans.items()):
                 if now - since > ORPHAN_KEEP:
