@@ -7,11 +7,14 @@ and a tone, answers the server's offers, and decodes what it receives.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fractions
 import json
 import math
+import re
 import time
+import wave
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from townhall.server import app as server_app
 from townhall.server.api import invite_url
 
 VIDEO_RATE = 90000
+AUDIO_RATE = 48000
 
 
 def pc_config() -> RTCConfiguration:
@@ -163,6 +167,108 @@ def vp8_keyframe_start(payload: bytes) -> bool:
     return start and len(payload) > offset and not payload[offset] & 0x01
 
 
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """The samples (int16, mono) and rate of a 16-bit PCM WAV file."""
+    with wave.open(str(path), "rb") as f:
+        if f.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM is read")
+        samples = np.frombuffer(f.readframes(f.getnframes()), np.int16)
+        channels, rate = f.getnchannels(), f.getframerate()
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    return samples, rate
+
+
+@dataclass
+class Spoken:
+    """One clip a :class:`SpeechTrack` plays: when its first and last samples went out."""
+
+    samples: np.ndarray
+    started: float | None = None
+    ended: float | None = None
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / AUDIO_RATE
+
+
+class SpeechTrack(MediaStreamTrack):  # type: ignore[misc]
+    """A microphone that plays queued speech in real time, and silence in between.
+
+    ``say`` queues a clip and returns its :class:`Spoken`, whose ``started``/``ended`` (unix
+    seconds) are set as the clip's first and last 20 ms frames are handed to the encoder.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self._start: float | None = None
+        self._queue: collections.deque[Spoken] = collections.deque()
+        self._position = 0
+        self.finished = asyncio.Event()
+
+    def say(self, path: Path, pause: float = 0.0) -> Spoken:
+        """Queue ``path`` (after ``pause`` seconds more of silence)."""
+        samples, rate = read_wav(path)
+        if rate != AUDIO_RATE:
+            positions = np.arange(0, len(samples) * AUDIO_RATE // rate) * rate / AUDIO_RATE
+            samples = np.interp(positions, np.arange(len(samples)), samples).astype(np.int16)
+        if pause > 0:
+            self._queue.append(Spoken(np.zeros(int(pause * AUDIO_RATE), np.int16)))
+        spoken = Spoken(samples)
+        self._queue.append(spoken)
+        self.finished.clear()
+        return spoken
+
+    async def recv(self) -> AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self.count * 0.02 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.time()
+        out = np.zeros(960, np.int16)
+        filled = 0
+        while filled < 960 and self._queue:
+            spoken = self._queue[0]
+            if self._position == 0:
+                spoken.started = now + filled / AUDIO_RATE
+            chunk = spoken.samples[self._position:self._position + 960 - filled]
+            out[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+            self._position += len(chunk)
+            if self._position >= len(spoken.samples):
+                spoken.ended = now + filled / AUDIO_RATE
+                self._queue.popleft()
+                self._position = 0
+                if not self._queue:
+                    self.finished.set()
+        frame = AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = self.count * 960
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        self.count += 1
+        return frame
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation (letters, digits and apostrophes kept)."""
+    return re.findall(r"[\w']+", text.lower().replace("ё", "е"))
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level edit distance over the reference's length."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        previous, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
+    return row[len(hyp)] / max(1, len(ref))
+
+
 class PacketCounts:
     """What a counting attendee received, per (participant id, source), without decoding."""
 
@@ -190,6 +296,8 @@ class Attendee:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.joined: dict[str, Any] = {}
         self.messages: list[dict[str, Any]] = []
+        #: unix time each of ``messages`` arrived
+        self.received_at: list[float] = []
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc: RTCPeerConnection | None = None
         self.consumers: dict[str, dict[str, Any]] = {}
@@ -236,6 +344,7 @@ class Attendee:
                 break
             message = json.loads(msg.data)
             self.messages.append(message)
+            self.received_at.append(time.time())
             if message["type"] == "subscribe-offer":
                 await self._answer(message)
             for (kind, where), future in list(self._waiters):
@@ -249,13 +358,15 @@ class Attendee:
                 future.set_exception(ConnectionError(f"closed with {self.ws.close_code}"))
 
     async def publish(self, video: bool = True, audio: bool = True,
-                      video_codec: str | None = None, tone: ToneTrack | None = None,
+                      video_codec: str | None = None,
+                      audio_track: MediaStreamTrack | None = None,
                       pattern: PatternTrack | None = None) -> dict[str, Any]:
+        """Publish a tone (or ``audio_track``) and a test pattern (or ``pattern``)."""
         self.publish_pc = pc = RTCPeerConnection(pc_config())
         sources = []
         if audio:
-            sources.append((pc.addTransceiver(tone or ToneTrack(), direction="sendonly"),
-                            "microphone"))
+            track = audio_track if audio_track is not None else ToneTrack()
+            sources.append((pc.addTransceiver(track, direction="sendonly"), "microphone"))
         if video:
             transceiver = pc.addTransceiver(pattern or PatternTrack(), direction="sendonly")
             if video_codec is not None:

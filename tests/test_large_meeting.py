@@ -57,7 +57,7 @@ async def test_twelve_participants_receive_the_last_n_cameras_and_a_new_speaker_
     try:
         for person in people:
             await person.join()
-        await asyncio.gather(*(person.publish(audio=on, tone=tone,
+        await asyncio.gather(*(person.publish(audio=on, audio_track=tone,
                                               pattern=PatternTrack(160, 120, 10))
                                for person, tone, on in zip(people, tones, microphones,
                                                            strict=True)))

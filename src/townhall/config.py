@@ -36,6 +36,9 @@ class Config:
     media_udp_port: int = 10000
     #: The ICE-TCP port for networks that block UDP (0: any free port, -1: off).
     media_tcp_port: int = 10000
+    #: Measure how long each forwarded packet stays in the SFU (``/metrics`` histogram
+    #: ``townhall_forwarding_delay_seconds``); costs a system call per received packet.
+    measure_forwarding_delay: bool = False
     #: How long an invite link stays valid, in seconds.
     invite_ttl: int = 7 * 24 * 3600
     #: How long a participant whose connection dropped keeps their place, in seconds.

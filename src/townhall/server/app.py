@@ -113,10 +113,13 @@ async def open_services(config: Config) -> Services:
 
 async def _start_ice(config: Config) -> Any:
     try:
+        from townhall.sfu.delay import ForwardingDelay
         from townhall.sfu.ice import IceMux
     except ImportError:
         return None
-    mux = IceMux(config.media_addresses, config.media_udp_port, config.media_tcp_port)
+    delay = ForwardingDelay() if config.measure_forwarding_delay else None
+    mux = IceMux(config.media_addresses, config.media_udp_port, config.media_tcp_port,
+                 delay=delay)
     await mux.start()
     return mux
 

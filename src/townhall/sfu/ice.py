@@ -57,6 +57,7 @@ from aioice.ice import StunProtocol, get_host_addresses
 from aiortc import RTCIceGatherer, RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
+from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.icetcp import TcpFrameListener
 
 logger = logging.getLogger(__name__)
@@ -273,6 +274,8 @@ class _MuxProtocol(StunProtocol):
         self.closed = False
         self.local_candidate = sock.candidate(component)
         self.transport = _SharedTransport(self)
+        #: Takes SRTP/SRTCP datagrams past aioice's queue once a transport sets it (MediaPath).
+        self.media_receiver: Callable[[bytes], None] | None = None
 
     # DemuxTarget
 
@@ -344,6 +347,7 @@ class _MuxProtocol(StunProtocol):
 
     def detach(self) -> None:
         """Stop using the shared socket (idempotent)."""
+        self.media_receiver = None
         if not self.closed:
             self.closed = True
             self.socket.unregister(self)
@@ -351,6 +355,47 @@ class _MuxProtocol(StunProtocol):
 
     def __repr__(self) -> str:
         return f"mux-protocol({self.id} {self.socket.transport_name} {self.socket.local_address})"
+
+
+# --- the media shortcut ----------------------------------------------------------------------
+
+
+class MediaPath:
+    """SRTP in and out of one ICE connection's nominated pair, past aioice and aiortc.
+
+    ``sendto(data, address)`` writes a protected datagram (or ICE-TCP frame) to the remote side;
+    :meth:`receive` makes every RTP/RTCP datagram (first byte 128-191, RFC 7983) from the remote
+    go to ``receiver`` at once, from the socket's callback: no STUN parsing, no queue, no task
+    switch. DTLS and STUN keep going through aioice. :meth:`close` (idempotent) stops receiving.
+    """
+
+    __slots__ = ("_protocol", "address", "delay", "sendto")
+
+    def __init__(self, protocol: _MuxProtocol, address: Address) -> None:
+        self._protocol = protocol
+        self.address = address
+        self.sendto = protocol.socket.sender()
+        #: Where to count each forwarded packet's delay (``None``: not measured).
+        self.delay: ForwardingDelay | None = protocol.mux.delay
+
+    def receive(self, receiver: Callable[[bytes], None]) -> None:
+        if not self._protocol.closed:
+            self._protocol.media_receiver = receiver
+
+    def close(self) -> None:
+        self._protocol.media_receiver = None
+
+    @property
+    def closed(self) -> bool:
+        return self._protocol.closed
+
+
+def media_path(protocol: object, address: tuple[Any, ...]) -> MediaPath | None:
+    """The shortcut for a nominated pair whose local side is an :class:`IceMux` socket (``None``
+    for aioice's own sockets, which keep the ordinary path)."""
+    if not isinstance(protocol, _MuxProtocol) or protocol.closed:
+        return None
+    return MediaPath(protocol, (address[0], address[1]))
 
 
 # --- shared sockets ---------------------------------------------------------------------------
@@ -374,6 +419,10 @@ class _SharedSocket:
     def send(self, data: bytes, addr: Address) -> None:
         raise NotImplementedError
 
+    def sender(self) -> Callable[[bytes, Address], None]:
+        """The quickest way to send on this socket: ``sender()(data, addr)``."""
+        return self.send
+
     async def bind(self, port: int) -> None:
         raise NotImplementedError
 
@@ -385,6 +434,23 @@ class _SharedSocket:
 
     def unregister(self, protocol: _MuxProtocol) -> None:
         self.table.remove(protocol)
+
+    def deliver_media(self, data: bytes, addr: Any) -> bool:
+        """Hand an SRTP or SRTCP datagram from a bound address straight to the receiver its
+        transport set (no STUN parsing, no aioice queue, no task switch). False if there is no
+        such receiver: the datagram then takes the ordinary way (:meth:`deliver`)."""
+        target = self.table._by_address.get(addr)
+        if target is None:
+            return False
+        receiver = target.media_receiver
+        if receiver is None:
+            return False
+        try:
+            receiver(data)
+        except Exception:
+            logger.warning("%s: media from %s dropped, it failed", self.table.name, addr)
+            logger.debug("media error", exc_info=True)
+        return True
 
     def deliver(self, data: bytes, addr: Address) -> bool:
         """Route one datagram or frame to its ICE connection; False if it was dropped."""
@@ -410,9 +476,11 @@ _SocketT = TypeVar("_SocketT", bound=_SharedSocket)
 class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
     transport_name = "udp"
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, delay: ForwardingDelay | None = None) -> None:
         super().__init__(host)
         self._transport: asyncio.DatagramTransport | None = None
+        self._delay = delay
+        self._fd = -1
 
     async def bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -424,6 +492,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         self.table.name = f"ICE udp {self.host}:{self.port}"
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            self._fd = sock.fileno()
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_SIZE)
         if hasattr(transport, "max_size"):  # asyncio reads into a 256 KiB buffer by default
@@ -441,7 +510,23 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         )
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        # RFC 7983: 128-191 is RTP/RTCP. An IPv4 address is already a (host, port) tuple.
+        if data and 127 < data[0] < 192:
+            delay = self._delay
+            if delay is None:
+                if self.deliver_media(data, addr):
+                    return
+            elif self._measured(delay, data, addr):
+                return
         self.deliver(data, (addr[0], addr[1]))
+
+    def _measured(self, delay: ForwardingDelay, data: bytes, addr: tuple[Any, ...]) -> bool:
+        if len(data) > 1 and not 191 < data[1] < 224:  # RTP, not RTCP
+            delay.arrived(self._fd)
+        try:
+            return self.deliver_media(data, addr)
+        finally:
+            delay.done()
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("%s: %s", self.table.name, exc)
@@ -450,6 +535,12 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.sendto(data, addr)
+
+    def sender(self) -> Callable[[bytes, Address], None]:
+        # The event loop's own sendto: one call per packet, no checks in Python. A transport
+        # that closes drops its MediaPath first; the mux closes this socket only after that.
+        transport = self._transport
+        return self.send if transport is None else transport.sendto
 
     async def close(self) -> None:
         transport, self._transport = self._transport, None
@@ -483,6 +574,8 @@ class _TcpSocket(_SharedSocket):
         )
 
     def _on_frame(self, frame: bytes, addr: Address) -> bool:
+        if frame and 127 < frame[0] < 192 and self.deliver_media(frame, addr):
+            return True
         self.deliver(frame, addr)
         # A stream is kept only once it belongs to an ICE connection.
         return self.table.bound(addr) is not None
@@ -530,6 +623,7 @@ class IceMux:
         *,
         tcp_first_frame_timeout: float = 10.0,
         tcp_end_of_candidates_delay: float = 10.0,
+        delay: ForwardingDelay | None = None,
     ) -> None:
         for name, port in (("udp_port", udp_port), ("tcp_port", tcp_port)):
             if not -1 <= port <= 65535:
@@ -547,6 +641,8 @@ class IceMux:
         self._registered: dict[Connection, list[_MuxProtocol]] = {}
         self._attached: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
         self._state = "new"
+        #: Forwarding delays of media received on UDP, when measured.
+        self.delay = delay
 
     @property
     def udp_port(self) -> int:
@@ -588,7 +684,10 @@ class IceMux:
             raise ValueError("IceMux found no local address to announce")
         try:
             if self._wanted_udp_port != -1:
-                self._udp = await self._bind_all(addresses, self._wanted_udp_port, _UdpSocket)
+                delay = self.delay
+                self._udp = await self._bind_all(
+                    addresses, self._wanted_udp_port, lambda a: _UdpSocket(a, delay)
+                )
             if self._wanted_tcp_port != -1:
                 timeout = self._tcp_first_frame_timeout
                 self._tcp = await self._bind_all(

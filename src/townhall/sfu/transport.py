@@ -25,8 +25,12 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest
+from townhall.sfu.delay import ForwardingDelay
+from townhall.sfu.ice import MediaPath, media_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +39,19 @@ PRIVATE_ATTRIBUTES = (
     ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_handle_rtp_data"),
     ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_handle_rtcp_data"),
     ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_tx_srtp"),
+    ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_rx_srtp"),
     ("aiortc.rtcicetransport.RTCIceTransport", "_connection"),
     ("aioice.ice.Connection", "_nominated"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_ssrc"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_run_rtcp"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_started"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_exited"),
+    ("pylibsrtp.Session", "_srtp"),
 )
+
+#: libsrtp's own buffer size for one packet in pylibsrtp, and the most protection may add.
+_SRTP_BUFFER = 1500
+_SRTP_MAX_TRAILER = 4 + 16 + 128
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -171,6 +181,34 @@ def _forwardable(kind: str) -> list[Any]:
             if c.mimeType.lower() in ("audio/opus", "video/vp8", "video/h264")]
 
 
+def _srtp_call(session: Any, function: Any, trailer: int) -> Callable[[bytes], bytes]:
+    """``session.protect`` (or another of its four calls) as one lean closure.
+
+    pylibsrtp's methods allocate and check on every call; the packet path calls libsrtp through
+    the same cffi binding with a buffer and a length cell of its own, made once. ``session``
+    stays referenced, so libsrtp's state lives as long as the closure.
+    """
+    srtp = session._srtp[0]
+    buffer = _srtp_ffi.new("char[]", _SRTP_BUFFER)
+    view = _srtp_ffi.buffer(buffer)
+    size = _srtp_ffi.new("int *")
+    limit = _SRTP_BUFFER - trailer
+    errors: Mapping[int, str] = getattr(pylibsrtp, "ERRORS", {})
+
+    def call(data: bytes, _session: Any = session) -> bytes:
+        length = len(data)
+        if length > limit:
+            raise pylibsrtp.Error("packet is too long")
+        view[0:length] = data
+        size[0] = length
+        status = function(srtp, buffer, size)
+        if status:
+            raise pylibsrtp.Error(errors.get(status, f"libsrtp error {status}"))
+        return view[0:size[0]]  # type: ignore[no-any-return]
+
+    return call
+
+
 def parse_sdp(text: str) -> Any:
     try:
         return aiortc_sdp.SessionDescription.parse(text)
@@ -198,6 +236,13 @@ class Transport:
         self._closed = False
         self._ready_task: asyncio.Task[None] | None = None
         self._slots: list[Slot] = []
+        #: Set once SRTP is ready and the nominated pair is on an IceMux socket: the packet path
+        #: then goes straight between the socket and the handler (see ``_link``).
+        self._path: MediaPath | None = None
+        self._protect: Callable[[bytes], bytes] | None = None
+        self._sendto: Callable[[bytes, Any], None] | None = None
+        self._remote: Any = None
+        self._delay: ForwardingDelay | None = None
         self.pc.on("connectionstatechange", self._state_changed)
 
     # -- negotiation -----------------------------------------------------------------------
@@ -361,7 +406,18 @@ class Transport:
 
     def send_rtp(self, data: bytes) -> bool:
         """Protect and send one RTP packet now; False if the transport cannot send yet."""
-        return self._send(data, rtcp=False)
+        sendto = self._sendto
+        if sendto is None:
+            return self._send(data, rtcp=False)
+        try:
+            sendto(self._protect(data), self._remote)  # type: ignore[misc]
+        except pylibsrtp.Error as exc:
+            logger.debug("%s: SRTP protect failed: %s", self.name, exc)
+            return False
+        delay = self._delay
+        if delay is not None:
+            delay.sent()
+        return True
 
     def send_rtcp(self, data: bytes) -> bool:
         """Protect and send one (compound) RTCP packet now; False if it cannot send yet."""
@@ -403,6 +459,48 @@ class Transport:
         if transceivers:
             self._dtls = transceivers[0].receiver.transport
 
+    def _link(self) -> None:
+        """Take the packet path over from aiortc once SRTP is ready, if the pair allows it.
+
+        Received SRTP then goes socket → unprotect → handler in one call, and ``send_rtp``
+        protects and writes to the socket in one call (no ``await`` either way). Transports on
+        aioice's own sockets (no IceMux) keep aiortc's path.
+        """
+        dtls = self._dtls
+        pair = dtls.transport._connection._nominated.get(1)
+        path = None if pair is None else media_path(pair.protocol, pair.remote_addr)
+        if path is None:
+            return
+        self._path = path
+        self._protect = _srtp_call(dtls._tx_srtp, _srtp_lib.srtp_protect, _SRTP_MAX_TRAILER)
+        self._remote = path.address
+        self._sendto = path.sendto
+        self._delay = path.delay
+        rx = dtls._rx_srtp
+        unprotect = _srtp_call(rx, _srtp_lib.srtp_unprotect, 0)
+        unprotect_rtcp = _srtp_call(rx, _srtp_lib.srtp_unprotect_rtcp, 0)
+        handler = self._handler
+        srtp_error = pylibsrtp.Error
+        name = self.name
+
+        def srtp_received(data: bytes) -> None:
+            try:
+                if 191 < data[1] < 224:  # RTCP packet types 192-223 (RFC 5761)
+                    handler.rtcp_received(self, unprotect_rtcp(data))
+                else:
+                    handler.rtp_received(self, unprotect(data))
+            except srtp_error as exc:
+                logger.debug("%s: SRTP unprotect failed: %s", name, exc)
+
+        path.receive(srtp_received)
+
+    def _unlink(self) -> None:
+        if self._path is not None:
+            self._path.close()
+        self._path = None
+        self._sendto = None
+        self._protect = None
+
     async def _rtp_arrived(self, dtls: Any, data: bytes, arrival_time_ms: int = 0) -> None:
         if dtls is self._dtls:
             self._handler.rtp_received(self, data)
@@ -425,6 +523,7 @@ class Transport:
             if dtls is not None and dtls._tx_srtp is not None and \
                     dtls.transport._connection._nominated.get(1) is not None:
                 self._ready = True
+                self._link()
                 self._handler.transport_ready(self)
                 return
             await asyncio.sleep(0.01)
@@ -435,6 +534,7 @@ class Transport:
             return
         self._closed = True
         self._ready = False
+        self._unlink()
         if self._ready_task is not None:
             self._ready_task.cancel()
         await self.pc.close()
