@@ -367,7 +367,9 @@ class JanusTarget:
         configured = await self.session.message(
             handle,
             {"request": "publish", "audio": True, "video": True},
-            jsep={"type": "offer", "sdp": offer},
+            # rids are offered lowest first (q;h;f), as the browser client does; Janus assumes
+            # highest first unless told
+            jsep={"type": "offer", "sdp": offer, "rid_order": "lmh"},
         )
         await self.session.trickle_completed(handle)
         jsep = configured.get("jsep")

@@ -170,7 +170,7 @@ def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
 
 async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespace) -> RunResult:
     target = make_target(name, consumers, args)
-    producer = SyntheticProducer(clip)
+    producer = SyntheticProducer(clip, simulcast=args.simulcast)
     subscribed: list[SyntheticConsumer] = []
     try:
         t_start = time.monotonic()
@@ -179,7 +179,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         await target.connect_producer(producer)
         t_producer = time.monotonic()
         for _ in range(consumers):
-            consumer = SyntheticConsumer()
+            consumer = SyntheticConsumer(raw=args.raw_consumers, remb=args.remb or None)
             subscribed.append(consumer)
             await target.connect_consumer(consumer)
         logger.info(
@@ -214,7 +214,10 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
 
         server_cpu = sum(server1) - sum(server0)
         server_system = server1[1] - server0[1]
-        expected = sent * consumers
+        # with simulcast each consumer is expected to get one layer (--expect-layer)
+        per_consumer = sum(n for kind, n in sent_kinds.items()
+                           if kind in ("audio", "video", f"video-{args.expect_layer}"))
+        expected = per_consumer * consumers
         latencies = [
             (c.first_packet_at - c.created_at) * 1000
             for c in subscribed
@@ -376,6 +379,14 @@ def main() -> None:
         default="",
         help="how to run the townhall CLI (default: this Python with townhall.cli.main)",
     )
+    parser.add_argument("--simulcast", action="store_true",
+                        help="the producer sends three VP8 layers (rids q, h, f) as a browser does")
+    parser.add_argument("--expect-layer", default="f",
+                        help="with --simulcast: the layer each consumer should receive")
+    parser.add_argument("--raw-consumers", action="store_true",
+                        help="consumers count SRTP datagrams by their clear header, undecrypted")
+    parser.add_argument("--remb", type=int, default=0, metavar="BIT/S",
+                        help="consumers send a REMB with this bitrate every second")
     parser.add_argument("--profile", choices=("python", "native"), default=None,
                         help="record the server with py-spy during the window (townhall only)")
     parser.add_argument(

@@ -25,8 +25,11 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest
+from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
 
 logger = logging.getLogger(__name__)
@@ -43,7 +46,12 @@ PRIVATE_ATTRIBUTES = (
     ("aiortc.rtcrtpsender.RTCRtpSender", "_run_rtcp"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_started"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_exited"),
+    ("pylibsrtp.Session", "_srtp"),
 )
+
+#: libsrtp's own buffer size for one packet in pylibsrtp, and the most protection may add.
+_SRTP_BUFFER = 1500
+_SRTP_MAX_TRAILER = 4 + 16 + 128
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -173,6 +181,34 @@ def _forwardable(kind: str) -> list[Any]:
             if c.mimeType.lower() in ("audio/opus", "video/vp8", "video/h264")]
 
 
+def _srtp_call(session: Any, function: Any, trailer: int) -> Callable[[bytes], bytes]:
+    """``session.protect`` (or another of its four calls) as one lean closure.
+
+    pylibsrtp's methods allocate and check on every call; the packet path calls libsrtp through
+    the same cffi binding with a buffer and a length cell of its own, made once. ``session``
+    stays referenced, so libsrtp's state lives as long as the closure.
+    """
+    srtp = session._srtp[0]
+    buffer = _srtp_ffi.new("char[]", _SRTP_BUFFER)
+    view = _srtp_ffi.buffer(buffer)
+    size = _srtp_ffi.new("int *")
+    limit = _SRTP_BUFFER - trailer
+    errors: Mapping[int, str] = getattr(pylibsrtp, "ERRORS", {})
+
+    def call(data: bytes, _session: Any = session) -> bytes:
+        length = len(data)
+        if length > limit:
+            raise pylibsrtp.Error("packet is too long")
+        view[0:length] = data
+        size[0] = length
+        status = function(srtp, buffer, size)
+        if status:
+            raise pylibsrtp.Error(errors.get(status, f"libsrtp error {status}"))
+        return view[0:size[0]]  # type: ignore[no-any-return]
+
+    return call
+
+
 def parse_sdp(text: str) -> Any:
     try:
         return aiortc_sdp.SessionDescription.parse(text)
@@ -206,6 +242,7 @@ class Transport:
         self._protect: Callable[[bytes], bytes] | None = None
         self._sendto: Callable[[bytes, Any], None] | None = None
         self._remote: Any = None
+        self._delay: ForwardingDelay | None = None
         self.pc.on("connectionstatechange", self._state_changed)
 
     # -- negotiation -----------------------------------------------------------------------
@@ -377,6 +414,9 @@ class Transport:
         except pylibsrtp.Error as exc:
             logger.debug("%s: SRTP protect failed: %s", self.name, exc)
             return False
+        delay = self._delay
+        if delay is not None:
+            delay.sent()
         return True
 
     def send_rtcp(self, data: bytes) -> bool:
@@ -432,11 +472,13 @@ class Transport:
         if path is None:
             return
         self._path = path
-        self._protect = dtls._tx_srtp.protect
+        self._protect = _srtp_call(dtls._tx_srtp, _srtp_lib.srtp_protect, _SRTP_MAX_TRAILER)
         self._remote = path.address
         self._sendto = path.sendto
+        self._delay = path.delay
         rx = dtls._rx_srtp
-        unprotect, unprotect_rtcp = rx.unprotect, rx.unprotect_rtcp
+        unprotect = _srtp_call(rx, _srtp_lib.srtp_unprotect, 0)
+        unprotect_rtcp = _srtp_call(rx, _srtp_lib.srtp_unprotect_rtcp, 0)
         handler = self._handler
         srtp_error = pylibsrtp.Error
         name = self.name
