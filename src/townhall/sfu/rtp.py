@@ -161,6 +161,46 @@ def extensions(data: bytes, header: RtpHeader) -> dict[int, bytes]:
     return found
 
 
+def audio_level_at(data: bytes, header: RtpHeader, ext_id: int) -> int:
+    """The RFC 6464 level (0 loudest .. 127 silence, in -dBov) in extension ``ext_id``, or -1
+    when the packet has none or its extension block is malformed.
+
+    For the packet path: scans the block in place, one-byte or two-byte form, without building
+    anything.
+    """
+    offset = header.extension_offset
+    if offset < 0:
+        return -1
+    end = header.payload_offset
+    pos = offset + 4
+    if data[offset] == 0xBE and data[offset + 1] == 0xDE:
+        while pos < end:
+            byte = data[pos]
+            if byte == 0:
+                pos += 1
+                continue
+            found = byte >> 4
+            if found == 15 or pos + 2 + (byte & 0x0F) > end:
+                return -1
+            if found == ext_id:
+                return data[pos + 1] & 0x7F
+            pos += 2 + (byte & 0x0F)
+        return -1
+    if data[offset] == 0x10 and data[offset + 1] & 0xF0 == 0:
+        while pos + 1 < end:
+            found = data[pos]
+            if found == 0:
+                pos += 1
+                continue
+            length = data[pos + 1]
+            if pos + 2 + length > end:
+                return -1
+            if found == ext_id:
+                return data[pos + 2] & 0x7F if length else -1
+            pos += 2 + length
+    return -1
+
+
 def audio_level(value: bytes) -> tuple[bool, int]:
     """Decode the RFC 6464 audio level: (voice activity, level in -dBov, 0 loudest..127)."""
     if not value:
