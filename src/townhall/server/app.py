@@ -117,9 +117,12 @@ async def _start_ice(config: Config) -> Any:
         from townhall.sfu.ice import IceMux
     except ImportError:
         return None
+    from townhall.sfu import native
+
     delay = ForwardingDelay() if config.measure_forwarding_delay else None
+    fast = native.load() if config.media_native_send else None
     mux = IceMux(config.media_addresses, config.media_udp_port, config.media_tcp_port,
-                 delay=delay)
+                 delay=delay, native=fast)
     await mux.start()
     return mux
 
