@@ -209,6 +209,38 @@ def _srtp_call(session: Any, function: Any, trailer: int) -> Callable[[bytes], b
     return call
 
 
+def _srtp_sender(
+    session: Any, sendto: Callable[[bytes, Any], None], remote: Any,
+    delay: ForwardingDelay | None, name: str,
+) -> Callable[[bytes], bool]:
+    """``Transport.send_rtp`` once the transport is linked: protect with libsrtp and write to
+    the socket in one call of its own (see ``_srtp_call``)."""
+    srtp = session._srtp[0]
+    buffer = _srtp_ffi.new("char[]", _SRTP_BUFFER)
+    view = _srtp_ffi.buffer(buffer)
+    size = _srtp_ffi.new("int *")
+    limit = _SRTP_BUFFER - _SRTP_MAX_TRAILER
+    protect = _srtp_lib.srtp_protect
+
+    def send_rtp(data: bytes, _session: Any = session) -> bool:
+        length = len(data)
+        if length > limit:
+            logger.debug("%s: RTP packet too long to protect (%d bytes)", name, length)
+            return False
+        view[0:length] = data
+        size[0] = length
+        status = protect(srtp, buffer, size)
+        if status:
+            logger.debug("%s: SRTP protect failed: libsrtp error %d", name, status)
+            return False
+        sendto(view[0:size[0]], remote)
+        if delay is not None:
+            delay.sent()
+        return True
+
+    return send_rtp
+
+
 def parse_sdp(text: str) -> Any:
     try:
         return aiortc_sdp.SessionDescription.parse(text)
@@ -239,10 +271,6 @@ class Transport:
         #: Set once SRTP is ready and the nominated pair is on an IceMux socket: the packet path
         #: then goes straight between the socket and the handler (see ``_link``).
         self._path: MediaPath | None = None
-        self._protect: Callable[[bytes], bytes] | None = None
-        self._sendto: Callable[[bytes, Any], None] | None = None
-        self._remote: Any = None
-        self._delay: ForwardingDelay | None = None
         self.pc.on("connectionstatechange", self._state_changed)
 
     # -- negotiation -----------------------------------------------------------------------
@@ -405,19 +433,12 @@ class Transport:
     # -- sending ---------------------------------------------------------------------------
 
     def send_rtp(self, data: bytes) -> bool:
-        """Protect and send one RTP packet now; False if the transport cannot send yet."""
-        sendto = self._sendto
-        if sendto is None:
-            return self._send(data, rtcp=False)
-        try:
-            sendto(self._protect(data), self._remote)  # type: ignore[misc]
-        except pylibsrtp.Error as exc:
-            logger.debug("%s: SRTP protect failed: %s", self.name, exc)
-            return False
-        delay = self._delay
-        if delay is not None:
-            delay.sent()
-        return True
+        """Protect and send one RTP packet now; False if the transport cannot send yet.
+
+        Once the transport is linked to its socket (``_link``) an instance attribute of the
+        same name, one closure doing the whole work, stands in for this method.
+        """
+        return self._send(data, rtcp=False)
 
     def send_rtcp(self, data: bytes) -> bool:
         """Protect and send one (compound) RTCP packet now; False if it cannot send yet."""
@@ -472,10 +493,9 @@ class Transport:
         if path is None:
             return
         self._path = path
-        self._protect = _srtp_call(dtls._tx_srtp, _srtp_lib.srtp_protect, _SRTP_MAX_TRAILER)
-        self._remote = path.address
-        self._sendto = path.sendto
-        self._delay = path.delay
+        # the packet path's one call per forwarded packet (the method stays for the others)
+        self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
+            dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
         rx = dtls._rx_srtp
         unprotect = _srtp_call(rx, _srtp_lib.srtp_unprotect, 0)
         unprotect_rtcp = _srtp_call(rx, _srtp_lib.srtp_unprotect_rtcp, 0)
@@ -497,9 +517,8 @@ class Transport:
     def _unlink(self) -> None:
         if self._path is not None:
             self._path.close()
+            vars(self).pop("send_rtp", None)
         self._path = None
-        self._sendto = None
-        self._protect = None
 
     async def _rtp_arrived(self, dtls: Any, data: bytes, arrival_time_ms: int = 0) -> None:
         if dtls is self._dtls:
