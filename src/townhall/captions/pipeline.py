@@ -187,7 +187,11 @@ class SpeakerPipeline:
 
     def feed(self, samples: npt.NDArray[np.float32], at: float) -> None:
         """Queue float32 mono 16 kHz PCM whose first sample was heard at unix time ``at``."""
-        chunk = np.asarray(samples, dtype=np.float32).reshape(-1).copy()
+        chunk = np.clip(
+            np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), posinf=1.0,
+                          neginf=-1.0),
+            -1.0, 1.0,
+        )
         now = self._clock()
         with self._lock:
             if self._anchor_times:
