@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import secrets
 import threading
 import time
@@ -107,8 +108,13 @@ class Engine:
         *,
         options: EngineOptions | None = None,
     ) -> Engine:
-        """Load everything, or raise CaptionsError with a message that says what to fix."""
+        """Load everything, or raise CaptionsError with a message that says what to fix.
+
+        ``threads``: CPU threads for Whisper and each translation model; 0 means one per core,
+        at most 4.
+        """
         started = time.monotonic()
+        threads = threads or min(4, os.cpu_count() or 1)
         recognizer = Recognizer.load(asr_model, threads)
         try:
             vad = SileroModel()
