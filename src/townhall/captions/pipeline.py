@@ -8,7 +8,8 @@ engines); ``SpeakerPipeline`` follows one speaking participant:
   ended (a final caption each), and while speech goes on emits a partial caption for the open
   utterance: the first after ``first_partial`` seconds of speech, then every ``partial_interval``
   seconds of new audio (none while the speaker pauses). A poll that falls behind does one partial
-  for the latest audio, never one per missed second;
+  for the latest audio, never one per missed second; when recognition keeps the machine more
+  than 60 % busy, partials are spaced out so finals stay on time (``busy.py``);
 - ``finish`` closes the open utterance when the speaker leaves or mutes.
 
 Cost is kept bounded: an utterance is cut into finals at ``max_utterance`` seconds (segmenter), and
@@ -40,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from townhall.captions.apertium import Apertium
+from townhall.captions.busy import BusyMeter
 from townhall.captions.recognizer import DecodeOptions, Encoded, Recognizer
 from townhall.captions.segmenter import (
     RATE,
@@ -95,6 +97,7 @@ class Engine:
         self.vad = vad
         self.translations = translations
         self.options = options or EngineOptions()
+        self.busy = BusyMeter()
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._counter_lock = threading.Lock()
@@ -212,6 +215,23 @@ class SpeakerPipeline:
 
     def poll(self, languages: frozenset[str]) -> list[Caption]:
         """Do the recognition and translation that is due; blocking."""
+        busy = self._engine.busy
+        started = busy.now()
+        try:
+            return self._poll(languages)
+        finally:
+            busy.add(started, busy.now())
+
+    def finish(self, languages: frozenset[str]) -> list[Caption]:
+        """The speaker left or muted: close the current utterance (a final) if any."""
+        busy = self._engine.busy
+        started = busy.now()
+        try:
+            return self._finish(languages)
+        finally:
+            busy.add(started, busy.now())
+
+    def _poll(self, languages: frozenset[str]) -> list[Caption]:
         captions: list[Caption] = []
         for utterance in self._segmenter.push(self._take()):
             captions.extend(self._close(utterance, languages))
@@ -225,8 +245,7 @@ class SpeakerPipeline:
             captions.extend(self._progress(current, languages))
         return captions
 
-    def finish(self, languages: frozenset[str]) -> list[Caption]:
-        """The speaker left or muted: close the current utterance (a final) if any."""
+    def _finish(self, languages: frozenset[str]) -> list[Caption]:
         captions: list[Caption] = []
         for utterance in self._segmenter.push(self._take()):
             captions.extend(self._close(utterance, languages))
@@ -288,7 +307,8 @@ class SpeakerPipeline:
             due = utterance.end - utterance.speech_start >= o.first_partial * RATE
         else:
             # a pause or the silence before the end adds nothing to transcribe
-            due = (utterance.end - state.last_partial >= o.partial_interval * RATE
+            interval = o.partial_interval * self._engine.busy.partial_stretch()
+            due = (utterance.end - state.last_partial >= interval * RATE
                    and utterance.speech_end > state.last_speech)
         if not due:
             return []
@@ -405,9 +425,11 @@ class SpeakerPipeline:
     ) -> dict[str, str]:
         out: dict[str, str] = {}
         english: list[str] = []  # Whisper's English, made at most once per caption
+        # Under load, a partial's English waits for the final (it costs a Whisper decode).
+        speech = final or self._engine.busy.partial_stretch() == 1.0
         for target in sorted(languages):
             route = self._engine.translations.route(language, target)
-            if route is None:
+            if route is None or (route[0].engine is None and not speech):
                 continue
             try:
                 value = self._run(route, state, text, encoded, tail, final, english)
