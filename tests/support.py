@@ -123,13 +123,15 @@ class PatternTrack(MediaStreamTrack):  # type: ignore[misc]
 
 
 class ToneTrack(MediaStreamTrack):  # type: ignore[misc]
-    """A loud 440 Hz tone in 20 ms frames."""
+    """A loud 440 Hz tone in 20 ms frames, or digital silence while ``loud`` is false (its
+    audio level extension then says 127, silence)."""
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, loud: bool = True) -> None:
         super().__init__()
         self.count = 0
+        self.loud = loud
         self._start: float | None = None
 
     async def recv(self) -> AudioFrame:
@@ -139,13 +141,30 @@ class ToneTrack(MediaStreamTrack):  # type: ignore[misc]
         if delay > 0:
             await asyncio.sleep(delay)
         t = (np.arange(960) + self.count * 960) / 48000
-        samples = (np.sin(2 * math.pi * 440 * t) * 12000).astype(np.int16)
+        samples = (np.sin(2 * math.pi * 440 * t) * (12000 if self.loud else 0)).astype(np.int16)
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = 48000
         frame.pts = self.count * 960
         frame.time_base = fractions.Fraction(1, 48000)
         self.count += 1
         return frame
+
+
+def vp8_keyframe_start(payload: bytes) -> bool:
+    """Whether an RTP payload of VP8 (RFC 7741) starts a keyframe."""
+    if not payload:
+        return False
+    descriptor, offset = payload[0], 1
+    if descriptor & 0x80 and len(payload) > 1:
+        extended, offset = payload[1], 2
+        if extended & 0x80 and len(payload) > offset:
+            offset += 2 if payload[offset] & 0x80 else 1
+        if extended & 0x40:
+            offset += 1
+        if extended & 0x30:
+            offset += 1
+    start = bool(descriptor & 0x10) and descriptor & 0x0F == 0
+    return start and len(payload) > offset and not payload[offset] & 0x01
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -250,11 +269,29 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return row[len(hyp)] / max(1, len(ref))
 
 
-class Attendee:
-    """One participant in a meeting, driven from a test."""
+class PacketCounts:
+    """What a counting attendee received, per (participant id, source), without decoding."""
 
-    def __init__(self, ws_url: str, token: str, name: str) -> None:
+    def __init__(self) -> None:
+        self.packets: dict[tuple[str, str], int] = defaultdict(int)
+        #: arrival times (time.monotonic) of the packets that start a VP8 keyframe
+        self.keyframes: dict[tuple[str, str], list[float]] = defaultdict(list)
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        return dict(self.packets)
+
+
+class Attendee:
+    """One participant in a meeting, driven from a test.
+
+    With ``count_only`` nothing is decoded: RTP packets are counted per sender and source as
+    they reach the receivers (``counts``), which keeps large test meetings light.
+    """
+
+    def __init__(self, ws_url: str, token: str, name: str, count_only: bool = False) -> None:
         self.ws_url, self.token, self.name = ws_url, token, name
+        self.count_only = count_only
+        self.counts = PacketCounts()
         self.session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.joined: dict[str, Any] = {}
@@ -322,15 +359,16 @@ class Attendee:
 
     async def publish(self, video: bool = True, audio: bool = True,
                       video_codec: str | None = None,
-                      audio_track: MediaStreamTrack | None = None) -> dict[str, Any]:
-        """Publish a tone (or ``audio_track``) and a test pattern."""
+                      audio_track: MediaStreamTrack | None = None,
+                      pattern: PatternTrack | None = None) -> dict[str, Any]:
+        """Publish a tone (or ``audio_track``) and a test pattern (or ``pattern``)."""
         self.publish_pc = pc = RTCPeerConnection(pc_config())
         sources = []
         if audio:
             track = audio_track if audio_track is not None else ToneTrack()
             sources.append((pc.addTransceiver(track, direction="sendonly"), "microphone"))
         if video:
-            transceiver = pc.addTransceiver(PatternTrack(), direction="sendonly")
+            transceiver = pc.addTransceiver(pattern or PatternTrack(), direction="sendonly")
             if video_codec is not None:
                 transceiver.setCodecPreferences([
                     c for c in RTCRtpSender.getCapabilities("video").codecs
@@ -352,11 +390,33 @@ class Attendee:
         pc = self.subscribe_pc
         await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
+        if self.count_only:
+            self._count(pc)
         if self.rtp_filter is not None:
             self.rtp_filter(pc)
         await self.send({"type": "subscribe-answer", "sdp": pc.localDescription.sdp})
 
+    def _count(self, pc: RTCPeerConnection) -> None:
+        """Count what reaches each receiver instead of decoding it."""
+        for transceiver in pc.getTransceivers():
+            receiver = transceiver.receiver
+            if getattr(receiver, "_test_counting", False):
+                continue
+            receiver._test_counting = True
+            mid = transceiver.mid
+
+            async def count(packet: Any, arrival_time_ms: int, mid: str | None = mid) -> None:
+                consumer = self.consumers.get(mid or "", {})
+                key = (consumer.get("participant", "?"), consumer.get("source", "?"))
+                self.counts.packets[key] += 1
+                if consumer.get("kind") == "video" and vp8_keyframe_start(packet.payload):
+                    self.counts.keyframes[key].append(time.monotonic())
+
+            receiver._handle_rtp_packet = count
+
     def _track(self, track: Any) -> None:
+        if self.count_only:
+            return
         mid = next((t.mid for t in self.subscribe_pc.getTransceivers()  # type: ignore[union-attr]
                     if t.receiver.track is track), None)
         self._tasks.append(asyncio.ensure_future(self._pull(track, mid)))

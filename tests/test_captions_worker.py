@@ -29,7 +29,7 @@ from townhall.captions.outbox import CaptionOutbox
 from townhall.captions.pipeline import Caption
 from townhall.captions.scheduler import Scheduler, Speaker
 from townhall.captions.session import FrameClock, RoomSession, backoff
-from townhall.captions.worker import Worker, socket_urls
+from townhall.captions.worker import Worker, parse_languages, socket_urls
 from townhall.errors import BadRequest, Unauthorized
 from townhall.server import app as server_app
 
@@ -336,6 +336,13 @@ def test_socket_urls_follow_the_servers_scheme_and_path() -> None:
         "wss://meet.example.org/townhall/ws/captions", "wss://meet.example.org/townhall/ws")
     with pytest.raises(BadRequest, match="--server must be an http"):
         socket_urls("meet.example.org")
+
+
+def test_speech_languages_are_iso_codes() -> None:
+    assert parse_languages(" en, RU,uk ") == frozenset({"en", "ru", "uk"})
+    for bad in ("", "english", "en,xx"):
+        with pytest.raises(BadRequest, match="--speech-languages takes ISO 639-1 codes"):
+            parse_languages(bad)
 
 
 # -- one room over the real server -----------------------------------------------------------

@@ -121,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
                                "translation_models setting)")
     captions.add_argument("--threads", type=int, default=0, metavar="N",
                           help="recognition threads (default: 0, the library's choice)")
+    captions.add_argument("--speech-languages", metavar="CODES",
+                          help="the languages spoken, e.g. en,ru,uk (default: detect any)")
     captions.set_defaults(command=_captions)
     return parser
 
@@ -162,8 +164,9 @@ def _captions(args: argparse.Namespace, config: Config) -> int:
     # Imported here so that the other commands never load the recognition stack.
     worker = importlib.import_module("townhall.captions.worker")
     models = args.translation_models or config.translation_models
+    spoken = worker.parse_languages(args.speech_languages) if args.speech_languages else None
     worker.run(args.server, args.token, args.asr_model or config.asr_model,
-               Path(models) if models else None, args.threads, config.log_level)
+               Path(models) if models else None, args.threads, config.log_level, spoken)
     return EXIT_OK
 
 

@@ -1,7 +1,7 @@
 """The captions worker: a separate process that captions every room with captions on.
 
     townhall captions --server URL --token T [--asr-model PATH|NAME]
-                      [--translation-models DIR] [--threads N]
+                      [--translation-models DIR] [--threads N] [--speech-languages en,ru,uk]
 
 It loads the models first (a missing model fails here, before anything is joined), then opens the
 control socket ``GET /ws/captions``, says ``hello`` with its worker token, and follows the ``rooms``
@@ -35,6 +35,7 @@ from townhall.captions.outbox import CaptionOutbox
 from townhall.captions.scheduler import Pipeline, Scheduler
 from townhall.captions.session import RoomSession, backoff
 from townhall.errors import BadRequest, Unauthorized
+from townhall.languages import is_language
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +190,12 @@ class Worker:
         async def leave() -> None:
             await session.close()
             if session.outbox.finals:
-                # Could not be delivered (the server is restarting?): keep them for a while.
-                self._orphans[session.room_id] = (session.outbox, self._clock())
+                successor = self.sessions.get(session.room_id)
+                if successor is not None:  # the room came back while this one was leaving
+                    successor.outbox.take_over(session.outbox)
+                else:
+                    # Could not be delivered (the server is restarting?): keep them a while.
+                    self._orphans[session.room_id] = (session.outbox, self._clock())
             now = self._clock()
             for room_id, (_, since) in list(self._orphans.items()):
                 if now - since > ORPHAN_KEEP:
@@ -206,24 +211,35 @@ class Worker:
 
 
 def run(server: str, token: str, asr_model: str, translation_models: Path | None = None,
-        threads: int = 0, log_level: str = "INFO") -> None:
+        threads: int = 0, log_level: str = "INFO",
+        speech_languages: frozenset[str] | None = None) -> None:
     """``townhall captions``: load the models, then caption until SIGINT or SIGTERM.
 
     A missing or broken model raises :class:`~townhall.errors.CaptionsError` here, before the
-    server is contacted.
+    server is contacted. ``speech_languages`` limits language detection to those languages.
     """
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     socket_urls(server)  # a bad URL fails before the models load
     if not token:
         raise Unauthorized("no worker token: pass --token (townhall captions-token prints one)")
-    from townhall.captions.pipeline import Engine, SpeakerPipeline
+    from townhall.captions.pipeline import Engine, EngineOptions, SpeakerPipeline
 
-    engine = Engine.load(asr_model, translation_models, threads)
+    options = EngineOptions(speech_languages=speech_languages) if speech_languages else None
+    engine = Engine.load(asr_model, translation_models, threads, options=options)
     try:
         asyncio.run(_main(Worker(server, token, lambda: SpeakerPipeline(engine))))
     finally:
         engine.close()
+
+
+def parse_languages(text: str) -> frozenset[str]:
+    """``"en,ru,uk"`` → the set of codes; :class:`~townhall.errors.BadRequest` for a bad one."""
+    codes = frozenset(c.strip().lower() for c in text.split(",") if c.strip())
+    unknown = sorted(c for c in codes if not is_language(c))
+    if unknown or not codes:
+        raise BadRequest(f"--speech-languages takes ISO 639-1 codes like en,ru,uk, not {text!r}")
+    return codes
 
 
 async def _main(worker: Worker) -> None:

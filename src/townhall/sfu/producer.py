@@ -37,11 +37,15 @@ class Producer:
         "id",
         "keyframe_pending",
         "kind",
+        "level_extension",
+        "level_packets",
         "loud_until",
+        "loudness",
         "mid",
         "owner",
         "paused",
         "reception",
+        "selected",
         "sender_report",
         "source",
         "ssrc",
@@ -74,6 +78,13 @@ class Producer:
         #: (NTP timestamp, RTP timestamp) of the producer's last sender report.
         self.sender_report: tuple[int, int] | None = None
         self.loud_until = 0.0
+        #: Audio levels since the router last took them (``take_levels``): packets that carried
+        #: a level, and the sum of how far the loud ones were above ``SPEAKING_LEVEL``.
+        self.level_extension = track.audio_level_extension
+        self.level_packets = 0
+        self.loudness = 0
+        #: False while loudest-N audio selection leaves this producer out (audio only).
+        self.selected = True
         self._clock = clock
         self._keyframe_requested_at = -1.0
         #: A keyframe request arrived too soon after the last one: the router's periodic work
@@ -84,15 +95,13 @@ class Producer:
         """Hand one packet to every consumer; returns how many sent it."""
         self.reception.add(header.sequence)
         self.cache.store(header.sequence, data)
-        level_id = self.track.audio_level_extension
-        if level_id is not None and header.extension_offset >= 0:
-            try:
-                value = rtp.extensions(data, header).get(level_id)
-                if value is not None and rtp.audio_level(value)[1] <= SPEAKING_LEVEL:
-                    self.loud_until = self._clock() + SPEAKING_HOLD
-            except ValueError:
-                pass
-        if self.paused:
+        if self.level_extension is not None and header.extension_offset >= 0:
+            level = rtp.audio_level_at(data, header, self.level_extension)
+            if level >= 0:
+                self.level_packets += 1
+                if level <= SPEAKING_LEVEL:
+                    self.loudness += SPEAKING_LEVEL + 1 - level
+        if self.paused or not self.selected:
             return 0
         sent = 0
         for consumer in self.consumers:
@@ -103,6 +112,27 @@ class Producer:
     @property
     def speaking(self) -> bool:
         return not self.paused and self._clock() < self.loud_until
+
+    def take_levels(self) -> float:
+        """The score of the audio levels since the last call (see ``sfu/speaker.py``): the mean
+        loudness above ``SPEAKING_LEVEL`` per packet, 0 for silence. Periodic work, not per
+        packet; a loud score also keeps ``speaking`` true for ``SPEAKING_HOLD``."""
+        packets, loudness = self.level_packets, self.loudness
+        self.level_packets = self.loudness = 0
+        if not loudness:
+            return 0.0
+        self.loud_until = self._clock() + SPEAKING_HOLD
+        return loudness / packets
+
+    def set_selected(self, selected: bool) -> None:
+        """Audio selection takes this producer in or leaves it out; the consumers' output
+        continues without a gap in sequence numbers when it comes back."""
+        if selected == self.selected:
+            return
+        self.selected = selected
+        if selected:
+            for consumer in self.consumers:
+                consumer.restart()
 
     def request_keyframe(self) -> None:
         if self.kind != "video" or self.ssrc is None:
