@@ -18,7 +18,7 @@ _ids = itertools.count(1)
 
 class Consumer:
     __slots__ = ("_pauses", "_reported_packets", "closed", "id", "octets", "packets", "paused",
-                 "producer", "rewriter", "slot", "transport")
+                 "producer", "redundancy", "rewriter", "slot", "transport")
 
     def __init__(
         self,
@@ -39,6 +39,9 @@ class Consumer:
         self.packets = 0
         self.octets = 0
         self._reported_packets = 0
+        #: Send RED (RFC 2198) as it comes when the far end negotiated it; False sends the
+        #: primary Opus frames alone (the router's choice while the transport is audio-only).
+        self.redundancy = True
 
     @property
     def mid(self) -> str | None:
@@ -46,16 +49,29 @@ class Consumer:
 
     def send(self, data: bytes, header: rtp.RtpHeader) -> bool:
         payload_type = self.slot.payload_type
-        if self.paused or payload_type is None or header.payload_type != \
-                self.producer.codec.payload_type:
+        if self.paused or payload_type is None:
             return False
+        if header.payload_type != self.producer.codec.payload_type:
+            variant = self._red(data, header, payload_type)
+            if variant is None:
+                return False
+            data, header, payload_type = variant
         sequence, timestamp = self.rewriter.rewrite(header.sequence, header.timestamp)
         packet = rtp.rewrite(data, header, payload_type, sequence, timestamp, self.slot.ssrc)
         if not self.transport.send_rtp(packet):
             return False
         self.packets += 1
-        self.octets += len(packet) - header.payload_offset
+        self.octets += len(packet) - header.csrc_end  # payload octets (RFC 3550 6.4.1)
         return True
+
+    def _red(self, data: bytes, header: rtp.RtpHeader,
+             payload_type: int) -> tuple[bytes, rtp.RtpHeader, int] | None:
+        """What to send for a RED packet of the producer (None for anything else)."""
+        producer = self.producer
+        if header.payload_type != producer.red_payload_type:
+            return None
+        red_payload_type = self.slot.red_payload_type if self.redundancy else None
+        return producer.red_variant(data, header, red_payload_type, payload_type)
 
     def restart(self) -> None:
         self.rewriter.restart()
@@ -99,7 +115,13 @@ class Consumer:
                 missing.append(sequence)
                 continue
             header = rtp.parse_header(data)
-            packet = rtp.rewrite(data, header, payload_type, out_sequence,
+            sent_type = payload_type
+            if header.payload_type != self.producer.codec.payload_type:
+                variant = self._red(data, header, payload_type)
+                if variant is None:
+                    continue
+                data, header, sent_type = variant
+            packet = rtp.rewrite(data, header, sent_type, out_sequence,
                                  self.rewriter.output_timestamp(header.timestamp), self.slot.ssrc)
             self.transport.send_rtp(packet)
         return missing

@@ -77,6 +77,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         counters: Counters | None = None,
         loudest_audio: int = LOUDEST_AUDIO,
+        red: bool = True,
     ) -> None:
         self.name = name
         self.counters = counters if counters is not None else Counters()
@@ -88,6 +89,7 @@ class Router:
         self.consumers: dict[str, Consumer] = {}
         self._speaking: frozenset[str] = frozenset()
         self._audio = AudioActivity(clock, loudest_audio)
+        self._red = red
         self._active_speaker: str | None = None
         self._closed = False
         self._tasks = [
@@ -99,6 +101,7 @@ class Router:
 
     def create_transport(self, owner: str, name: str = "") -> Transport:
         transport = Transport(self, attach=self._attach, name=name or f"{self.name}/{owner}")
+        transport.red = self._red
         self._transports[transport] = _TransportState(owner)
         return transport
 
@@ -162,6 +165,8 @@ class Router:
         if producer.kind == "video":
             for reason in state.video_pauses:
                 consumer.set_paused(True, reason)
+        else:
+            consumer.redundancy = not state.video_pauses
         return consumer
 
     def consume_on(
@@ -200,7 +205,8 @@ class Router:
     def set_video_paused(self, transport: Transport, reason: str, paused: bool) -> None:
         """Pause (or resume) every video consumer on ``transport``, now and later, for ``reason``.
 
-        Audio keeps flowing. Used for audio-only mode: "audio-only" when the participant asks
+        Audio keeps flowing, as plain Opus even where RED was negotiated (audio-only mode is
+        for saving bandwidth). Used for audio-only mode: "audio-only" when the participant asks
         for it, "bandwidth" when the transport's estimate is too low for any video. Video
         resumes once no reason is left, without renegotiation.
         """
@@ -215,6 +221,8 @@ class Router:
         for consumer in state.consumers_by_ssrc.values():
             if consumer.producer.kind == "video":
                 consumer.set_paused(paused, reason)
+            else:
+                consumer.redundancy = not state.video_pauses
         if before != bool(state.video_pauses) and self._events is not None:
             self._events.forwarding_changed(self, state.owner)
 

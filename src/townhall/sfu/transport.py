@@ -29,6 +29,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest
+from townhall.sfu import audio_sdp
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
 
@@ -107,18 +108,22 @@ class IncomingTrack:
     audio_level_extension: int | None
     #: SSRC the server uses as sender of RTCP about this track.
     rtcp_ssrc: int
+    #: Payload type of RED (RFC 2198) over ``codec``, when the answer accepted it.
+    red_payload_type: int | None = None
 
 
 class Slot:
     """One send-only transceiver of a transport, carrying one consumer at a time."""
 
-    __slots__ = ("codec", "payload_type", "transceiver")
+    __slots__ = ("codec", "payload_type", "red_payload_type", "transceiver")
 
     def __init__(self, transceiver: Any, codec: Codec) -> None:
         self.transceiver = transceiver
         self.codec = codec
         #: The payload type the far end accepted; None until negotiated (or if refused).
         self.payload_type: int | None = None
+        #: The far end's payload type for RED over ``payload_type``, if it accepted RED.
+        self.red_payload_type: int | None = None
 
     @property
     def mid(self) -> str | None:
@@ -241,6 +246,12 @@ def _srtp_sender(
     return send_rtp
 
 
+def _primary(media: Any) -> Any:
+    """A media section's first codec that is not RED (RED carries it)."""
+    return next((c for c in media.rtp.codecs if c.mimeType.lower() != "audio/red"),
+                media.rtp.codecs[0])
+
+
 def parse_sdp(text: str) -> Any:
     try:
         return aiortc_sdp.SessionDescription.parse(text)
@@ -268,6 +279,8 @@ class Transport:
         self._closed = False
         self._ready_task: asyncio.Task[None] | None = None
         self._slots: list[Slot] = []
+        #: Whether this transport's descriptions offer and accept RED for Opus.
+        self.red = True
         #: Set once SRTP is ready and the nominated pair is on an IceMux socket: the packet path
         #: then goes straight between the socket and the handler (see ``_link``).
         self._path: MediaPath | None = None
@@ -285,7 +298,9 @@ class Transport:
             for transceiver in self.pc.getTransceivers():
                 transceiver.direction = "recvonly"
                 transceiver.setCodecPreferences(_forwardable(transceiver.kind))
-            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            created = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(RTCSessionDescription(
+                sdp=audio_sdp.complete_answer(offer, created.sdp, self.red), type="answer"))
         except BadRequest:
             raise
         except Exception as exc:
@@ -310,11 +325,13 @@ class Transport:
                 IncomingTrack(
                     mid=mid,
                     kind=remote.kind,
-                    codec=_codec_of(local.rtp.codecs[0]),
+                    codec=_codec_of(_primary(local)),
                     ssrcs=tuple(s.ssrc for s in remote.ssrc if s.ssrc not in rtx),
                     mid_extension=extensions.get(MID_URI),
                     audio_level_extension=extensions.get(AUDIO_LEVEL_URI),
                     rtcp_ssrc=senders[mid]._ssrc if mid in senders else 1,
+                    red_payload_type=audio_sdp.red_payload_type(
+                        local, _primary(local).payloadType),
                 )
             )
         return tracks
@@ -343,7 +360,9 @@ class Transport:
         slot.payload_type = None
 
     async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        created = await self.pc.createOffer()
+        await self.pc.setLocalDescription(RTCSessionDescription(
+            sdp=audio_sdp.complete_offer(created.sdp, self.red), type="offer"))
         self._hook()
         return str(self.pc.localDescription.sdp)
 
@@ -361,8 +380,11 @@ class Transport:
             accepted = (media is not None and media.port != 0 and bool(media.rtp.codecs)
                         and media.direction in ("recvonly", "sendrecv")
                         and slot.transceiver.direction == "sendonly")
-            slot.payload_type = (media.rtp.codecs[0].payloadType
-                                 if accepted and media is not None else None)
+            if not accepted or media is None:
+                slot.payload_type = slot.red_payload_type = None
+                continue
+            slot.payload_type = _primary(media).payloadType
+            slot.red_payload_type = audio_sdp.red_payload_type(media, slot.payload_type)
 
     def answer_as_dtls_server(self) -> None:
         """Answer offers with ``a=setup:passive``, so that the far end starts the DTLS handshake.

@@ -27,6 +27,7 @@
  * @property {string} name
  * @property {boolean} locked
  * @property {boolean} [captions]  speech in this room is captioned
+ * @property {number} [last_n]  how many recent speakers' cameras each participant receives
  *
  * @typedef {Object} Caption
  * @property {string} participant     the speaker
@@ -61,6 +62,7 @@
  * @property {Participant[]} participants
  * @property {ChatMessage[]} chat
  * @property {string[]} queue
+ * @property {string|null} [active_speaker]
  * @property {RTCIceServer[]} ice_servers
  *
  * @typedef {'idle'|'connecting'|'connected'|'reconnecting'|'closed'} Status
@@ -207,6 +209,14 @@ export class ServerConnection {
         this._generation = 0;
         /** @type {string|null} the caption language asked for (null: the original) */
         this.captionLanguage = null;
+        /** @type {boolean} false: audio-only mode (sent again after every join) */
+        this.receiveVideo = true;
+        /** @type {string[]} participants whose camera is always received */
+        this.pins = [];
+        /** @type {Set<string>|null} whose video the server sends now (null: not told yet) */
+        this.forwarded = null;
+        /** @type {string|null} the dominant speaker */
+        this.activeSpeaker = null;
 
         // Callbacks.  Every one is optional.
         /** @type {((joined: Joined) => void)|null} */
@@ -237,6 +247,10 @@ export class ServerConnection {
         this.oncaptions = null;
         /** @type {((caption: Caption) => void)|null} */
         this.oncaption = null;
+        /** @type {((video: Set<string>) => void)|null} whose video is sent to this page */
+        this.onforwarding = null;
+        /** @type {((participant: string|null) => void)|null} the dominant speaker changed */
+        this.onactivespeaker = null;
     }
 
     // ---- socket and session -------------------------------------------------
@@ -458,7 +472,8 @@ export class ServerConnection {
                 this.onqueue(this.queue);
             break;
         case 'room':
-            this.room = {id: m.id, name: m.name, locked: !!m.locked, captions: !!m.captions};
+            this.room = {id: m.id, name: m.name, locked: !!m.locked, captions: !!m.captions,
+                last_n: m.last_n};
             if (this.onroom)
                 this.onroom(this.room);
             break;
@@ -469,6 +484,8 @@ export class ServerConnection {
                 this.oncaption(m);
             break;
         case 'caption-languages': break;
+        case 'forwarding': this._gotForwarding(m.video || []); break;
+        case 'active-speaker': this._gotActiveSpeaker(m.participant || null); break;
         case 'error': this._gotError(m); break;
         case 'pong': break;
         default:
@@ -491,6 +508,9 @@ export class ServerConnection {
         this._setStatus('connected', m.resumed ? 'resumed' : 'joined');
         if (this.captionLanguage)
             this._sendCaptionLanguage();
+        this.activeSpeaker = m.active_speaker || null;
+        this.forwarded = null;
+        this._sendReceivingPreferences();
         if (this.onjoined)
             this.onjoined(m);
         this._startPublishing();
@@ -622,6 +642,69 @@ export class ServerConnection {
             this.room = {...this.room, captions: enabled};
         if (this.oncaptions)
             this.oncaptions(enabled);
+    }
+
+    // ---- receiving preferences: audio-only, pins, last-N ------------------------
+
+    /**
+     * Audio-only mode (`false`) or back to receiving video (`true`).  The
+     * server pauses video at its end, so nothing is renegotiated.
+     *
+     * @param {boolean} video
+     */
+    setReceiveVideo(video) {
+        this.receiveVideo = video;
+        return this.send({type: 'receive', video});
+    }
+
+    /**
+     * Always receive these participants' cameras (replaces earlier pins).
+     *
+     * @param {string[]} participants
+     */
+    pin(participants) {
+        this.pins = [...participants];
+        return this.send({type: 'pin', participants: this.pins});
+    }
+
+    /**
+     * How many recent speakers' cameras everyone receives (a host only).
+     *
+     * @param {number} n
+     */
+    setLastN(n) {
+        return this.send({type: 'last-n', n});
+    }
+
+    /**
+     * Whether the server sends `participant`'s video to this page now.
+     *
+     * @param {string} participant
+     * @returns {boolean}
+     */
+    isForwarded(participant) {
+        return this.forwarded === null || this.forwarded.has(participant);
+    }
+
+    _sendReceivingPreferences() {
+        if (!this.receiveVideo)
+            this.send({type: 'receive', video: false});
+        if (this.pins.length)
+            this.send({type: 'pin', participants: this.pins});
+    }
+
+    /** @param {string[]} ids */
+    _gotForwarding(ids) {
+        this.forwarded = new Set(ids);
+        if (this.onforwarding)
+            this.onforwarding(this.forwarded);
+    }
+
+    /** @param {string|null} participant */
+    _gotActiveSpeaker(participant) {
+        this.activeSpeaker = participant;
+        if (this.onactivespeaker)
+            this.onactivespeaker(participant);
     }
 
     // ---- publishing ------------------------------------------------------------
