@@ -51,6 +51,8 @@ class LiveRoom:
         self._clock = clock
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        #: The last ``forwarding`` message sent to each participant.
+        self._forwarding_sent: dict[str, dict[str, Any]] = {}
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -307,6 +309,27 @@ class LiveRoom:
             participant.publish_transport = None
         elif transport is participant.subscribe_transport:
             participant.subscribe_transport = None
+
+    def layout(self, participant: Participant, sizes: dict[str, tuple[int, int]]) -> None:
+        """The page shows the video of each consumer (by mid) at this size (0×0: hidden)."""
+        by_mid = {c.mid: c for c in participant.consumers.values() if c.mid is not None}
+        for mid, (width, height) in sizes.items():
+            consumer = by_mid.get(mid)
+            if consumer is not None:
+                self.router.set_layout(consumer, width, height)
+
+    def forwarding_changed(self, owner: str, consumers: frozenset[str],
+                           low_bandwidth: bool) -> None:
+        """The router changed which video reaches ``owner``: tell their page whose."""
+        participant = self.participants.get(owner)
+        if participant is None or not participant.connected:
+            return
+        video = sorted({c.producer.owner for c in participant.consumers.values()
+                        if c.id in consumers})
+        message = {"type": "forwarding", "video": video, "low_bandwidth": low_bandwidth}
+        if self._forwarding_sent.get(owner) != message:
+            self._forwarding_sent[owner] = message
+            self._spawn(participant.send(message))
 
     def speaking_changed(self, owners: frozenset[str]) -> None:
         self.speaking = owners

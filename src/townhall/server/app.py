@@ -58,6 +58,12 @@ class _RouterEvents:
         if room is not None:
             room.transport_lost(owner, transport)
 
+    def forwarding_changed(self, router: Router, owner: str, transport: Transport) -> None:
+        room = self._services[0].registry.find(self._room_id)
+        if room is not None:
+            consumers, low_bandwidth = router.forwarding(transport)
+            room.forwarding_changed(owner, consumers, low_bandwidth)
+
 
 async def _page(request: web.Request) -> web.FileResponse:
     name = "room.html" if "room" in request.match_info else "index.html"

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
 MAX_NAME = 64
+MAX_LAYOUT_ENTRIES = 256
+MAX_VIDEO_SIZE = 16384
 
 
 class WebSocketOutbox:
@@ -72,6 +74,7 @@ class Session:
             "publish": self._publish,
             "subscribe-answer": self._subscribe_answer,
             "media": self._media,
+            "layout": self._layout,
             "chat": self._chat,
             "hand": self._hand,
             "mute": self._mute,
@@ -184,6 +187,23 @@ class Session:
 
     async def _media(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
         await room.set_media(p, _text(message, "source", 20), _flag(message, "enabled"))
+
+    async def _layout(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        consumers = message.get("consumers")
+        if not isinstance(consumers, dict) or len(consumers) > MAX_LAYOUT_ENTRIES:
+            raise errors.BadRequest(
+                f"consumers must be an object of at most {MAX_LAYOUT_ENTRIES} entries")
+        sizes: dict[str, tuple[int, int]] = {}
+        for mid, size in consumers.items():
+            if not isinstance(size, dict):
+                raise errors.BadRequest("each consumer needs {width, height}")
+            width, height = size.get("width"), size.get("height")
+            if not all(isinstance(v, int) and not isinstance(v, bool)
+                       and 0 <= v <= MAX_VIDEO_SIZE for v in (width, height)):
+                raise errors.BadRequest(
+                    f"width and height must be whole numbers from 0 to {MAX_VIDEO_SIZE}")
+            sizes[str(mid)[:16]] = (int(width), int(height))  # type: ignore[arg-type]
+        room.layout(p, sizes)
 
     async def _chat(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
         await room.chat(p, _text(message, "text", self.services.config.max_chat_length))

@@ -1,9 +1,12 @@
 """A router: one room's fan-out of producers to consumers.
 
-The router is the ``MediaHandler`` of every transport in the room: it finds the producer of each
-arriving packet and hands the packet on, answers consumer feedback (NACKs from the packet cache,
-keyframe requests relayed to the producer), and sends the periodic reports aiortc no longer sends
-once the SFU takes media over. It knows participants only as opaque owner strings.
+The router is the ``MediaHandler`` of every transport in the room: it finds the producer (and
+simulcast layer) of each arriving packet and hands the packet on, answers consumer feedback (NACKs
+from the packet cache, keyframe requests relayed to the producer, bandwidth estimates), and sends
+the periodic reports aiortc no longer sends once the SFU takes media over. Every
+``ALLOCATE_INTERVAL`` (and at once when a transport's estimate drops, or a layout hint or
+consumer changes) it chooses, per transport, which video consumers forward and on which layer
+(``bandwidth.py``). It knows participants only as opaque owner strings.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from typing import Protocol
 
 from aiortc import RTCPeerConnection
 
-from townhall.sfu import rtcp, rtp
+from townhall.sfu import bandwidth, rtcp, rtp
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
+from townhall.sfu.simulcast import Layer, layer_for_size
 from townhall.sfu.transport import IncomingTrack, Slot, Transport
 
 logger = logging.getLogger(__name__)
@@ -29,12 +33,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_BITRATE = 2_500_000
 REPORT_INTERVAL = 1.0
 SPEAKING_INTERVAL = 0.25
+ALLOCATE_INTERVAL = 0.5
 
 
 class RouterEvents(Protocol):
     def speaking_changed(self, router: Router, owners: frozenset[str]) -> None: ...
 
     def transport_closed(self, router: Router, owner: str, transport: Transport) -> None: ...
+
+    def forwarding_changed(self, router: Router, owner: str, transport: Transport) -> None:
+        """The set of video consumers forwarding on ``transport`` changed (bandwidth, layout,
+        pauses), or whether its video is cut for lack of bandwidth."""
 
 
 @dataclass
@@ -52,9 +61,13 @@ class Counters:
 @dataclass
 class _TransportState:
     owner: str
-    producers_by_ssrc: dict[int, Producer] = field(default_factory=dict)
+    estimate: bandwidth.Estimate
+    layers_by_ssrc: dict[int, Layer] = field(default_factory=dict)
     producers_by_mid: dict[str, Producer] = field(default_factory=dict)
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
+    #: Video consumers forwarding after the last allocation, and whether video was cut.
+    forwarding: frozenset[str] = frozenset()
+    low_bandwidth: bool = False
 
 
 class Router:
@@ -79,13 +92,14 @@ class Router:
         self._tasks = [
             asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
             asyncio.ensure_future(self._every(SPEAKING_INTERVAL, self._update_speaking)),
+            asyncio.ensure_future(self._every(ALLOCATE_INTERVAL, self.allocate)),
         ]
 
     # -- transports --------------------------------------------------------------------------
 
     def create_transport(self, owner: str, name: str = "") -> Transport:
         transport = Transport(self, attach=self._attach, name=name or f"{self.name}/{owner}")
-        self._transports[transport] = _TransportState(owner)
+        self._transports[transport] = _TransportState(owner, bandwidth.Estimate(self._clock))
         return transport
 
     def owner_of(self, transport: Transport) -> str | None:
@@ -116,7 +130,7 @@ class Router:
             producer = Producer(state.owner, sources[mid], track, transport, self._clock)
             state.producers_by_mid[mid] = producer
             for ssrc in track.ssrcs:
-                state.producers_by_ssrc[ssrc] = producer
+                state.layers_by_ssrc[ssrc] = producer.layers[0]
             self.producers[producer.id] = producer
             added.append(producer)
         return answer, added, removed
@@ -131,9 +145,9 @@ class Router:
         state = self._transports.get(producer.transport)
         if state is not None:
             state.producers_by_mid.pop(producer.mid, None)
-            for ssrc, p in list(state.producers_by_ssrc.items()):
-                if p is producer:
-                    del state.producers_by_ssrc[ssrc]
+            for ssrc, layer in list(state.layers_by_ssrc.items()):
+                if layer.producer is producer:
+                    del state.layers_by_ssrc[ssrc]
 
     # -- consumers -----------------------------------------------------------------------------
 
@@ -144,6 +158,7 @@ class Router:
         producer.consumers.append(consumer)
         self.consumers[consumer.id] = consumer
         self._transports[transport].consumers_by_ssrc[slot.ssrc] = consumer
+        self._allocate_on(transport)
         return consumer
 
     def consume_on(
@@ -159,10 +174,14 @@ class Router:
         if follows is not None:
             consumer.rewriter = follows.rewriter
             consumer.rewriter.restart()
+            if follows.pictures is not None and consumer.pictures is not None:
+                consumer.pictures = follows.pictures
+                consumer.pictures.restart()
         producer.consumers.append(consumer)
         self.consumers[consumer.id] = consumer
         self._transports[transport].consumers_by_ssrc[slot.ssrc] = consumer
         producer.request_keyframe()
+        self._allocate_on(transport)
         return consumer
 
     def close_consumer(self, consumer: Consumer) -> None:
@@ -199,40 +218,55 @@ class Router:
         state = self._transports.get(transport)
         if state is None:
             return
-        producer = state.producers_by_ssrc.get(header.ssrc)
-        if producer is None:
-            producer = self._learn_ssrc(state, data, header)
-            if producer is None:
+        layer = state.layers_by_ssrc.get(header.ssrc)
+        if layer is None:
+            layer = self._learn_ssrc(state, data, header)
+            if layer is None:
                 counters.packets_dropped += 1
                 return
-        sent = producer.forward(data, header)
+        sent = layer.producer.forward(data, header, layer)
         counters.packets_forwarded += sent
         counters.bytes_forwarded += sent * len(data)
 
     def _learn_ssrc(
         self, state: _TransportState, data: bytes, header: rtp.RtpHeader
-    ) -> Producer | None:
-        """Map an SSRC the SDP did not list to its producer, by the MID header extension.
+    ) -> Layer | None:
+        """Map an SSRC the SDP did not list to its producer's layer, by the MID header
+        extension and, with simulcast, the RID one.
 
         Only producers whose SDP listed no SSRC learn one: a producer with listed SSRCs takes
-        packets of those alone, so a second stream never mixes into its consumers.
+        packets of those alone, so a second stream never mixes into its consumers. A layer's
+        SSRC is learnt once.
         """
         mid_id = next((p.track.mid_extension for p in state.producers_by_mid.values()
                        if p.track.mid_extension is not None), None)
         if mid_id is None:
             return None
         try:
-            mid = rtp.extensions(data, header).get(mid_id)
+            found = rtp.extensions(data, header)
         except ValueError:
             return None
+        mid = found.get(mid_id)
         producer = None if mid is None else \
             state.producers_by_mid.get(mid.decode("ascii", "replace"))
         if producer is None or producer.track.ssrcs:
             return None
-        producer.ssrc = header.ssrc
-        state.producers_by_ssrc[header.ssrc] = producer
-        producer.request_keyframe()
-        return producer
+        if producer.simulcast:
+            rid_id = producer.track.rid_extension
+            rid = None if rid_id is None else found.get(rid_id)
+            layer = None if rid is None else next(
+                (x for x in producer.layers if x.rid == rid.decode("ascii", "replace")), None)
+        else:
+            layer = producer.layers[0]
+        if layer is None or layer.ssrc is not None:
+            return None
+        layer.ssrc = header.ssrc
+        state.layers_by_ssrc[header.ssrc] = layer
+        logger.debug("%s: learnt SSRC %d for %s layer %d", self.name, header.ssrc, producer.id,
+                     layer.index)
+        producer.request_keyframe(layer.index)
+        producer.send_reports(DEFAULT_BITRATE)
+        return layer
 
     def rtcp_received(self, transport: Transport, data: bytes) -> None:
         try:
@@ -246,10 +280,14 @@ class Router:
             return
         for item in feedback:
             if item.kind == "sender-report":
-                producer = state.producers_by_ssrc.get(item.media_ssrc)
-                if producer is not None:
-                    producer.sender_report = (item.ntp_timestamp, item.rtp_timestamp)
-                    producer.reception.last_sr = (item.ntp_timestamp >> 16) & 0xFFFFFFFF
+                layer = state.layers_by_ssrc.get(item.media_ssrc)
+                if layer is not None:
+                    layer.sender_report = (item.ntp_timestamp, item.rtp_timestamp)
+                    layer.reception.last_sr = (item.ntp_timestamp >> 16) & 0xFFFFFFFF
+                continue
+            if item.kind == "remb":
+                if state.consumers_by_ssrc and state.estimate.update(item.bitrate):
+                    self._allocate_on(transport)
                 continue
             consumer = state.consumers_by_ssrc.get(item.media_ssrc)
             if consumer is None:
@@ -257,17 +295,19 @@ class Router:
             if item.kind == "nack":
                 missing = consumer.retransmit(item.lost)
                 self.counters.retransmissions += len(item.lost) - len(missing)
-                consumer.producer.request_retransmission(missing)
+                if consumer.layer >= 0:
+                    consumer.producer.request_retransmission(consumer.layer, missing)
             elif item.kind == "keyframe":
                 self.counters.keyframe_requests += 1
-                consumer.producer.request_keyframe()
+                consumer.producer.request_keyframe(
+                    consumer.layer if consumer.layer >= 0 else max(0, consumer.target))
 
     def transport_ready(self, transport: Transport) -> None:
         state = self._transports.get(transport)
         if state is None:
             return
         for consumer in state.consumers_by_ssrc.values():
-            consumer.producer.request_keyframe()
+            consumer.producer.request_keyframe(max(0, consumer.target))
         for producer in state.producers_by_mid.values():
             producer.request_keyframe()
 
@@ -301,6 +341,72 @@ class Router:
             producer.send_reports(DEFAULT_BITRATE)
         for consumer in self.consumers.values():
             consumer.send_sender_report()
+
+    # -- allocation ----------------------------------------------------------------------------
+
+    def set_layout(self, consumer: Consumer, width: int, height: int) -> None:
+        """The far end shows ``consumer``'s video at ``width`` × ``height`` pixels (0×0:
+        hidden); no larger layer than that size needs is forwarded."""
+        if consumer.closed or consumer.producer.kind != "video":
+            return
+        layer = layer_for_size(consumer.producer.layers, width, height)
+        if layer != consumer.max_layer:
+            consumer.max_layer = layer
+            self._allocate_on(consumer.transport)
+
+    def forwarding(self, transport: Transport) -> tuple[frozenset[str], bool]:
+        """Ids of the video consumers forwarding on ``transport``, and whether video is cut
+        there for lack of bandwidth (audio-only)."""
+        state = self._transports.get(transport)
+        if state is None:
+            return frozenset(), False
+        return state.forwarding, state.low_bandwidth
+
+    def allocate(self) -> None:
+        """Periodic work: measure every layer, then choose every transport's video layers."""
+        now = self._clock()
+        for producer in self.producers.values():
+            producer.measure(now)
+        for transport, state in list(self._transports.items()):
+            if state.consumers_by_ssrc:
+                self._allocate(transport, state, now)
+
+    def _allocate_on(self, transport: Transport) -> None:
+        state = self._transports.get(transport)
+        if state is not None:
+            self._allocate(transport, state, self._clock())
+
+    def _allocate(self, transport: Transport, state: _TransportState, now: float) -> None:
+        audio: list[int] = []
+        video: list[Consumer] = []
+        for consumer in state.consumers_by_ssrc.values():
+            if consumer.paused or consumer.producer.paused or consumer.slot.payload_type is None:
+                continue
+            if consumer.producer.kind == "video":
+                video.append(consumer)
+            else:
+                audio.append(consumer.producer.layers[0].bitrate)
+        demands = [
+            bandwidth.VideoDemand(
+                [layer.bitrate if layer.active(now) else 0 for layer in c.producer.layers],
+                c.max_layer, c.layer, c.priority)
+            for c in video
+        ]
+        budget = bandwidth.video_budget(state.estimate.value(), audio)
+        targets = bandwidth.allocate(budget, demands, state.estimate.may_raise())
+        for consumer, target in zip(video, targets, strict=True):
+            consumer.set_target(target)
+            if target >= 0 and consumer.layer != target:
+                consumer.producer.request_keyframe(target)
+        forwarding = frozenset(c.id for c in video if c.target >= 0)
+        low = any(d.max_layer >= 0 for d in demands) and not forwarding
+        if forwarding != state.forwarding or low != state.low_bandwidth:
+            state.forwarding, state.low_bandwidth = forwarding, low
+            if low:
+                logger.info("%s: video cut for lack of bandwidth (estimate %s bit/s)",
+                            transport.name, state.estimate.value())
+            if self._events is not None:
+                self._events.forwarding_changed(self, state.owner, transport)
 
     def _update_speaking(self) -> None:
         speaking = frozenset(p.owner for p in self.producers.values()

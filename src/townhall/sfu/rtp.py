@@ -84,6 +84,41 @@ def rewrite(
     )
 
 
+def rewrite_extended(
+    data: bytes,
+    header: RtpHeader,
+    payload_type: int,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+    extension: bytes,
+    head: bytes = b"",
+    skip: int = 0,
+) -> bytes:
+    """Like ``rewrite``, with the consumer's own extension block (``extension``, built by
+    ``extension_block``; may be empty) and the first ``skip`` payload bytes replaced by ``head``
+    (a rewritten VP8 descriptor)."""
+    first = (data[0] & 0x2F) | (0x90 if extension else 0x80)
+    second = (0x80 if header.marker else 0) | payload_type
+    return (
+        _FIXED.pack(first, second, sequence, timestamp, ssrc)
+        + data[RTP_MIN_SIZE:header.csrc_end]
+        + extension
+        + head
+        + data[header.payload_offset + skip:]
+    )
+
+
+_ABS_SEND_TIME_BLOCK = struct.Struct("!HHBBH")
+
+
+def abs_send_time_block(extension_id: int, now: float) -> bytes:
+    """A one-byte-header extension block carrying abs-send-time (6.18 fixed-point seconds)."""
+    value = int(now * 262144.0) & 0xFFFFFF
+    return _ABS_SEND_TIME_BLOCK.pack(0xBEDE, 1, (extension_id << 4) | 2, value >> 16,
+                                     value & 0xFFFF)
+
+
 def extensions(data: bytes, header: RtpHeader) -> dict[int, bytes]:
     """The header extensions of a packet by ID (one-byte and two-byte forms, RFC 8285).
 

@@ -27,6 +27,7 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 
 from townhall.errors import BadRequest
+from townhall.sfu import simulcast_sdp
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ PRIVATE_ATTRIBUTES = (
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
 class MediaHandler(Protocol):
@@ -97,18 +99,23 @@ class IncomingTrack:
     audio_level_extension: int | None
     #: SSRC the server uses as sender of RTCP about this track.
     rtcp_ssrc: int
+    #: Simulcast: the rids of the layers, lowest first (empty without simulcast).
+    rids: tuple[str, ...] = ()
+    rid_extension: int | None = None
 
 
 class Slot:
     """One send-only transceiver of a transport, carrying one consumer at a time."""
 
-    __slots__ = ("codec", "payload_type", "transceiver")
+    __slots__ = ("abs_send_time", "codec", "payload_type", "transceiver")
 
     def __init__(self, transceiver: Any, codec: Codec) -> None:
         self.transceiver = transceiver
         self.codec = codec
         #: The payload type the far end accepted; None until negotiated (or if refused).
         self.payload_type: int | None = None
+        #: The abs-send-time extension id the far end accepted (for its bandwidth estimate).
+        self.abs_send_time: int | None = None
 
     @property
     def mid(self) -> str | None:
@@ -171,6 +178,16 @@ def _forwardable(kind: str) -> list[Any]:
             if c.mimeType.lower() in ("audio/opus", "video/vp8", "video/h264")]
 
 
+def _extension_id(media: Any, uri: str) -> int | None:
+    """The id a parsed media section gives the header extension ``uri`` (one-byte ids only)."""
+    if media is None:
+        return None
+    for extension in media.rtp.headerExtensions:
+        if extension.uri == uri and 0 < extension.id < 15:
+            return int(extension.id)
+    return None
+
+
 def parse_sdp(text: str) -> Any:
     try:
         return aiortc_sdp.SessionDescription.parse(text)
@@ -219,16 +236,27 @@ class Transport:
             raise BadRequest(f"cannot negotiate: {exc}") from None
         self._hook()
         answer = self.pc.localDescription.sdp
-        return answer, self._incoming(description, parse_sdp(answer))
+        parsed = parse_sdp(answer)
+        # Simulcast is accepted for VP8 only: layer switches wait for VP8 keyframes.
+        layers = [
+            offered if offered is not None and local.port != 0 and local.rtp.codecs
+            and local.rtp.codecs[0].mimeType.lower() == "video/vp8" else None
+            for offered, local in zip(simulcast_sdp.offered(offer), parsed.media, strict=False)
+        ]
+        if any(layers):
+            answer = simulcast_sdp.complete_answer(answer, layers)
+        return answer, self._incoming(description, parsed, layers)
 
-    def _incoming(self, offer: Any, answer: Any) -> list[IncomingTrack]:
+    def _incoming(self, offer: Any, answer: Any,
+                  layers: list[simulcast_sdp.OfferedSimulcast | None]) -> list[IncomingTrack]:
         senders = {t.mid: t.sender for t in self.pc.getTransceivers()}
         tracks = []
-        for remote, local in zip(offer.media, answer.media, strict=False):
+        for index, (remote, local) in enumerate(zip(offer.media, answer.media, strict=False)):
             if remote.kind not in ("audio", "video") or local.port == 0:
                 continue
             if remote.direction not in ("sendrecv", "sendonly") or not local.rtp.codecs:
                 continue
+            simulcast = layers[index] if index < len(layers) else None
             mid = remote.rtp.muxId
             extensions = {e.uri: e.id for e in local.rtp.headerExtensions}
             rtx = {g.items[1] for g in remote.ssrc_group
@@ -238,10 +266,14 @@ class Transport:
                     mid=mid,
                     kind=remote.kind,
                     codec=_codec_of(local.rtp.codecs[0]),
-                    ssrcs=tuple(s.ssrc for s in remote.ssrc if s.ssrc not in rtx),
+                    # With simulcast each layer's SSRC is learnt from its rid.
+                    ssrcs=() if simulcast is not None else
+                    tuple(s.ssrc for s in remote.ssrc if s.ssrc not in rtx),
                     mid_extension=extensions.get(MID_URI),
                     audio_level_extension=extensions.get(AUDIO_LEVEL_URI),
                     rtcp_ssrc=senders[mid]._ssrc if mid in senders else 1,
+                    rids=simulcast.rids if simulcast is not None else (),
+                    rid_extension=simulcast.rid_extension if simulcast is not None else None,
                 )
             )
         return tracks
@@ -290,6 +322,7 @@ class Transport:
                         and slot.transceiver.direction == "sendonly")
             slot.payload_type = (media.rtp.codecs[0].payloadType
                                  if accepted and media is not None else None)
+            slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI) if accepted else None
 
     def answer_as_dtls_server(self) -> None:
         """Answer offers with ``a=setup:passive``, so that the far end starts the DTLS handshake.
@@ -346,6 +379,7 @@ class Transport:
                 del slots[kind]
                 continue
             slot.payload_type = media.rtp.codecs[0].payloadType
+            slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI)
             self._slots.append(slot)
         if not slots:
             raise BadRequest("the offer asks for no audio or video the server can send")
