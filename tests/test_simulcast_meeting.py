@@ -131,8 +131,9 @@ async def start(meeting: Meeting, names: list[str]) -> tuple[Attendee, list[Atte
 def remb_for(producer: Any, layer: int) -> int:
     """A REMB under which ``layer`` is the highest that fits, with margins both ways."""
     rates = [x.bitrate for x in producer.layers]
-    budget = rates[layer] * 1.5 if layer == 2 else math.sqrt(rates[layer] * rates[layer + 1])
-    return int(budget / bandwidth.HEADROOM)
+    if layer == 2:
+        return int(rates[2] * 1.5 * bandwidth.UPGRADE_MARGIN)
+    return int(math.sqrt(rates[layer] * rates[layer + 1]))
 
 
 async def test_consumers_with_different_bandwidths_get_different_layers_and_follow_a_drop(

@@ -198,11 +198,12 @@ class Session:
             if not isinstance(size, dict):
                 raise errors.BadRequest("each consumer needs {width, height}")
             width, height = size.get("width"), size.get("height")
-            if not all(isinstance(v, int) and not isinstance(v, bool)
-                       and 0 <= v <= MAX_VIDEO_SIZE for v in (width, height)):
+            if not (isinstance(width, int) and isinstance(height, int)) or \
+                    isinstance(width, bool) or isinstance(height, bool) or \
+                    not (0 <= width <= MAX_VIDEO_SIZE and 0 <= height <= MAX_VIDEO_SIZE):
                 raise errors.BadRequest(
                     f"width and height must be whole numbers from 0 to {MAX_VIDEO_SIZE}")
-            sizes[str(mid)[:16]] = (int(width), int(height))  # type: ignore[arg-type]
+            sizes[str(mid)[:16]] = (width, height)
         room.layout(p, sizes)
 
     async def _chat(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:

@@ -1,20 +1,31 @@
-"""How much a consumer transport may carry, and which video fits in it.
+"""How much a consumer transport may carry, which video fits in it, and how to find out more.
 
 **Estimate.** Each transport the SFU sends on has an :class:`Estimate`, fed by its receiver's
-REMB (RTCP ``goog-remb``): aiortc and Chromium receivers estimate the available bandwidth from
-the arrival times of packets carrying ``abs-send-time`` (the SFU writes that extension on every
-forwarded video packet) and report it about once a second while video reaches them, at once when
-it drops. Until the first report the transport is assumed to carry ``INITIAL_BITRATE``; a receiver
-that never reports is not limited; when reports stop (video was cut, so the receiver has nothing
-to measure) the estimate is raised step by step until video flows and is measured again. The
-clock is injected, so tests never sleep.
+REMB (RTCP ``goog-remb``): Chromium (and aiortc) receivers estimate the bandwidth available from
+the arrival times of video packets carrying ``abs-send-time`` (the SFU writes that extension on
+every forwarded video packet) and report it about once a second while video reaches them, at once
+when it drops. Until the first report the transport is assumed to carry ``INITIAL_BITRATE``; a
+receiver that never reports is not limited; when reports stop (video was cut, so the receiver has
+nothing to measure) the estimate is raised step by step until video flows and is measured again.
+The clock is injected, so tests never sleep.
 
-**Allocation** (:func:`allocate`, pure). Audio is never dropped for video: its measured bitrate
-is taken off the estimate first. Then, most important video first, each video gets its lowest
-layer while the budget lasts (a video whose lowest layer does not fit is not forwarded); then
-the videos are raised one layer at a time, in the same order, while the next layer fits, never
-above the layer their layout allows. Raising needs a margin over the measured cost and is held
-off for a while after the estimate dropped, so the layers do not flap.
+Such a receiver-side estimate starts at the throughput it measured and never grows beyond about
+1.5 times the throughput it sees, and it drops to 0.85 times the throughput when it sees the
+queues grow. So: what is forwarded now is kept while it stays within ``KEEP_TOLERANCE`` of the
+estimate (an estimate equal to the current rate is not a reason to go down); going up needs
+``UPGRADE_MARGIN`` over the new total; and to let the estimate grow past what is being sent the
+SFU **probes**: it sends duplicates of recent packets (which receivers discard after measuring
+them) at the rate the next layer needs (:func:`probe_rate`). After a drop no layer is raised and
+nothing is probed for ``UPGRADE_HOLD`` seconds, doubled for each further drop within a minute, so
+a link that is really full is not pushed every few seconds.
+
+The receiver-side estimate measures video only (audio is cross traffic to it), so it is the video
+budget: audio is never dropped for video and is not counted against it.
+
+**Allocation** (:func:`allocate`, pure). Most important video first, each video gets its lowest
+layer while the budget lasts (a video whose lowest layer does not fit is not forwarded: with
+none left the transport is audio-only); then the videos are raised one layer at a time, in the
+same order, while the next layer fits, never above the layer their layout allows.
 """
 
 from __future__ import annotations
@@ -24,35 +35,41 @@ from dataclasses import dataclass
 
 #: What a transport is assumed to carry before its receiver reports, in bit/s.
 INITIAL_BITRATE = 1_500_000
-#: A transport whose receiver sent no estimate this long after it started is not limited.
-FEEDBACK_WAIT = 6.0
+#: A transport whose receiver sent no estimate this long after it started is not limited
+#: (Chromium's first report comes about 5 s after video started).
+FEEDBACK_WAIT = 10.0
 #: A receiver reports while video reaches it; once its last report is this old (usually
 #: because video was cut), the estimate is raised by ``RETRY_FACTOR`` to try video again.
 FEEDBACK_EXPIRY = 4.0
 RETRY_FACTOR = 1.5
-#: Share of the estimate that allocation hands out (the rest absorbs bitrate peaks).
-HEADROOM = 0.9
-#: A layer is raised only if its extra cost times this fits.
+#: What is forwarded now is kept while its cost is within this factor of the estimate.
+KEEP_TOLERANCE = 1.12
+#: Going up a layer needs the new total times this to fit the estimate.
 UPGRADE_MARGIN = 1.15
-#: After the estimate dropped, no layer is raised for this long, in seconds.
+#: After the estimate dropped, no layer is raised (nor probed for) for this long, in seconds;
+#: doubled for each further drop within ``DROP_MEMORY`` seconds, up to ``MAX_UPGRADE_HOLD``.
 UPGRADE_HOLD = 3.0
+MAX_UPGRADE_HOLD = 60.0
+DROP_MEMORY = 60.0
 #: A drop of the estimate by more than this share makes the allocation run at once.
 DROP_RATIO = 0.1
-#: What one audio consumer is assumed to need before its bitrate is measured, in bit/s.
-AUDIO_BITRATE = 48_000
+#: How far past what it sees a receiver's estimate can grow (REMB: 1.5 times; a little less).
+ESTIMATE_GROWTH = 1.4
+#: Most a probe adds to a transport, in bit/s.
+MAX_PROBE_RATE = 1_500_000
 
 
 class Estimate:
     """The available bandwidth of one transport the SFU sends on."""
 
-    __slots__ = ("_clock", "_created", "_updated_at", "bitrate", "dropped_at", "reports")
+    __slots__ = ("_clock", "_created", "_drops", "_updated_at", "bitrate", "reports")
 
     def __init__(self, clock: Callable[[], float], initial: int = INITIAL_BITRATE) -> None:
         self._clock = clock
         self._created = clock()
         self._updated_at = -1.0
+        self._drops: list[float] = []
         self.bitrate = initial
-        self.dropped_at = -1e9
         self.reports = 0
 
     def update(self, bitrate: int) -> bool:
@@ -60,8 +77,8 @@ class Estimate:
         now = self._clock()
         bitrate = max(0, bitrate)
         dropped = bitrate < self.bitrate * (1 - DROP_RATIO)
-        if bitrate < self.bitrate:
-            self.dropped_at = now
+        if dropped:
+            self._drops = [*(t for t in self._drops if now - t < DROP_MEMORY), now][-8:]
         self.bitrate = bitrate
         self._updated_at = now
         self.reports += 1
@@ -78,7 +95,13 @@ class Estimate:
         return self.bitrate
 
     def may_raise(self) -> bool:
-        return self._clock() - self.dropped_at >= UPGRADE_HOLD
+        """Whether layers may go up (and probes be sent): no recent drop."""
+        if not self._drops:
+            return True
+        now = self._clock()
+        recent = sum(1 for t in self._drops if now - t < DROP_MEMORY)
+        hold = min(MAX_UPGRADE_HOLD, UPGRADE_HOLD * (1 << max(0, recent - 1)))
+        return now - self._drops[-1] >= hold
 
 
 @dataclass(slots=True)
@@ -89,36 +112,58 @@ class VideoDemand:
     bitrates: list[int]
     #: The highest layer the layout allows (-1: hidden).
     max_layer: int
-    #: The layer forwarded now (-1: none), for the upgrade margin.
+    #: The layer forwarded now (-1: none): keeping it is easier than going up.
     current: int = -1
     #: Higher goes first.
     priority: int = 0
 
 
-def allocate(budget: int | None, demands: list[VideoDemand], may_raise: bool = True) -> list[int]:
-    """The layer to forward for each demand (-1: none), for a video budget in bit/s.
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    #: The layer to forward for each demand (-1: none).
+    targets: list[int]
+    #: What those layers cost, in bit/s.
+    total: int
+    #: The total the next step up would need (0 when nothing more is wanted).
+    wanted: int
 
-    ``budget`` None means unlimited: every video gets its highest allowed layer.
-    """
-    targets = [-1] * len(demands)
-    choices: list[list[int]] = []
-    for demand in demands:
-        allowed = min(demand.max_layer, len(demand.bitrates) - 1)
-        active = [i for i in range(allowed + 1) if demand.bitrates[i] > 0]
-        if not active and allowed >= 0:
-            # Nothing measured yet (a new producer): start on the lowest layer, for free.
-            active = [0]
-        choices.append(active)
+
+def _choices(demand: VideoDemand) -> list[int]:
+    allowed = min(demand.max_layer, len(demand.bitrates) - 1)
+    active = [i for i in range(allowed + 1) if demand.bitrates[i] > 0]
+    if not active and allowed >= 0:
+        # Nothing measured yet (a new producer): start on the lowest layer, for free.
+        active = [0]
+    return active
+
+
+def allocate(budget: int | None, demands: list[VideoDemand],
+             may_raise: bool = True) -> Allocation:
+    """Which layer each demand gets in a video budget of ``budget`` bit/s (None: unlimited)."""
+    choices = [_choices(d) for d in demands]
     if budget is None:
-        return [c[-1] if c else -1 for c in choices]
+        targets = [c[-1] if c else -1 for c in choices]
+        return Allocation(targets, sum(d.bitrates[t] for d, t in zip(demands, targets,
+                                                                    strict=True) if t >= 0), 0)
+    targets = [-1] * len(demands)
     order = sorted(range(len(demands)), key=lambda i: -demands[i].priority)
-    remaining = budget
+    total = 0
+    blocked = 0  # the extra cost of the first step that did not fit
+
+    def fits(i: int, layer: int, extra: int) -> bool:
+        if layer <= demands[i].current:
+            return total + extra <= budget * KEEP_TOLERANCE
+        return may_raise and (total + extra) * UPGRADE_MARGIN <= budget
+
     for i in order:
         if choices[i]:
-            cost = demands[i].bitrates[choices[i][0]]
-            if cost <= remaining:
-                targets[i] = choices[i][0]
-                remaining -= cost
+            lowest = choices[i][0]
+            cost = demands[i].bitrates[lowest]
+            if fits(i, lowest, cost):
+                targets[i] = lowest
+                total += cost
+            elif not blocked:
+                blocked = cost
     raised = True
     while raised:
         raised = False
@@ -130,22 +175,21 @@ def allocate(budget: int | None, demands: list[VideoDemand], may_raise: bool = T
                 continue
             higher = choices[i][position + 1]
             extra = demands[i].bitrates[higher] - demands[i].bitrates[targets[i]]
-            if higher > demands[i].current:
-                if not may_raise:
-                    continue
-                extra_needed = extra * UPGRADE_MARGIN
-            else:
-                extra_needed = extra
-            if extra_needed <= remaining:
+            if fits(i, higher, extra):
                 targets[i] = higher
-                remaining -= extra
+                total += extra
                 raised = True
-    return targets
+            elif not blocked:
+                blocked = extra
+    return Allocation(targets, total, total + blocked if blocked else 0)
 
 
-def video_budget(estimate: int | None, audio_bitrates: list[int]) -> int | None:
-    """What is left for video of ``estimate`` once audio is served."""
-    if estimate is None:
-        return None
-    audio = sum(bitrate or AUDIO_BITRATE for bitrate in audio_bitrates)
-    return max(0, int(estimate * HEADROOM) - audio)
+def probe_rate(estimate: int | None, allocation: Allocation, may_raise: bool) -> int:
+    """Bit/s of probe packets to add, so the receiver's estimate can grow to what the next step
+    up needs (0: no probing)."""
+    if estimate is None or not allocation.wanted or not may_raise:
+        return 0
+    needed = allocation.wanted * UPGRADE_MARGIN
+    if estimate >= needed:
+        return 0
+    return max(0, min(MAX_PROBE_RATE, int(needed / ESTIMATE_GROWTH) - allocation.total))

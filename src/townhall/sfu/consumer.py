@@ -22,10 +22,14 @@ logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 
+#: How many of the most recent packets a probe may send again.
+PROBE_DEPTH = 8
+
 
 class Consumer:
-    __slots__ = ("_clock", "closed", "id", "layer", "max_layer", "octets", "packets", "paused",
-                 "pictures", "priority", "producer", "rewriter", "slot", "target", "transport")
+    __slots__ = ("_clock", "closed", "id", "last_layer", "layer", "max_layer", "octets",
+                 "packets", "paused", "pictures", "priority", "producer", "rewriter", "slot",
+                 "target", "transport")
 
     def __init__(
         self,
@@ -47,6 +51,8 @@ class Consumer:
         #: The layer forwarded now, -1 for none. A simulcast consumer starts with none and
         #: takes its first layer at a keyframe.
         self.layer = -1 if producer.simulcast else 0
+        #: The layer of the last packets sent (kept while nothing is forwarded, for probes).
+        self.last_layer = self.layer
         #: The layer the allocation wants, -1 for none (not enough bandwidth, or hidden).
         self.target = 0
         #: The highest layer the layout hint allows, -1 for a hidden video (0×0).
@@ -104,7 +110,7 @@ class Consumer:
             if descriptor is None or not descriptor.keyframe:
                 return False
             self.pictures.restart()
-        self.layer = layer
+        self.layer = self.last_layer = layer
         self.rewriter.restart()
         return True
 
@@ -135,33 +141,61 @@ class Consumer:
 
     def retransmit(self, sequences: tuple[int, ...]) -> list[int]:
         """Resend what the cache holds; returns the producer's sequence numbers it lacks."""
-        payload_type = self.slot.payload_type
-        if payload_type is None or self.layer < 0:
+        if self.layer < 0:
             return []
-        cache = self.producer.layers[self.layer].cache
         missing = []
         for out_sequence in sequences:
             sequence = self.rewriter.input_sequence(out_sequence)
-            if sequence is None:
-                continue
-            data = cache.get(sequence)
-            if data is None:
+            if sequence is not None and self._resend(self.layer, out_sequence, sequence) < 0:
                 missing.append(sequence)
-                continue
-            header = rtp.parse_header(data)
-            timestamp = self.rewriter.output_timestamp(header.timestamp)
-            head = b""
-            if self.pictures is not None and self.pictures.active:
-                try:
-                    descriptor = vp8.parse(data, header.payload_offset)
-                except ValueError:
-                    continue
-                picture_id, tl0 = self.pictures.output(descriptor)
-                head = vp8.write(descriptor, data, header.payload_offset, picture_id, tl0)
-            packet = rtp.rewrite_extended(data, header, payload_type, out_sequence, timestamp,
-                                          self.slot.ssrc, b"", head, len(head))
-            self.transport.send_rtp(packet)
         return missing
+
+    def probe(self, octets: int) -> int:
+        """Send again the most recent packets sent, up to about ``octets`` bytes: duplicates
+        the receiver measures for its bandwidth estimate and then discards. Returns the bytes
+        sent."""
+        layer = self.last_layer
+        if layer < 0 or not self.packets:
+            return 0
+        last, _ = self.rewriter.last_output
+        sent = 0
+        for back in range(PROBE_DEPTH):
+            out_sequence = (last - back) & 0xFFFF
+            sequence = self.rewriter.input_sequence(out_sequence)
+            if sequence is None:
+                break
+            size = self._resend(layer, out_sequence, sequence)
+            if size > 0:
+                sent += size
+                if sent >= octets:
+                    break
+        return sent
+
+    def _resend(self, layer: int, out_sequence: int, sequence: int) -> int:
+        """Send the producer's packet ``sequence`` of ``layer`` again as ``out_sequence``;
+        returns its size, 0 if it cannot be sent, -1 if the cache no longer has it."""
+        payload_type = self.slot.payload_type
+        if payload_type is None:
+            return 0
+        data = self.producer.layers[layer].cache.get(sequence)
+        if data is None:
+            return -1
+        header = rtp.parse_header(data)
+        timestamp = self.rewriter.output_timestamp(header.timestamp)
+        head = b""
+        if self.pictures is not None and self.pictures.active:
+            try:
+                descriptor = vp8.parse(data, header.payload_offset)
+            except ValueError:
+                return 0
+            picture_id, tl0 = self.pictures.output(descriptor)
+            head = vp8.write(descriptor, data, header.payload_offset, picture_id, tl0)
+        abs_send_time = self.slot.abs_send_time
+        extension = b"" if abs_send_time is None else \
+            rtp.abs_send_time_block(abs_send_time, self._clock())
+        packet = rtp.rewrite_extended(data, header, payload_type, out_sequence, timestamp,
+                                      self.slot.ssrc, extension, head, len(head))
+        return len(packet) if self.transport.send_rtp(packet) else 0
 
     def send_sender_report(self) -> None:
         if self.layer < 0 or not self.packets:

@@ -89,7 +89,7 @@ class Producer:
         """Hand one packet of ``layer`` to every consumer; returns how many sent it."""
         layer.reception.add(header.sequence)
         layer.cache.store(header.sequence, data)
-        layer.octets += len(data)
+        layer.octets += len(data) - header.payload_offset
         if self.simulcast:
             try:
                 descriptor = vp8.parse(data, header.payload_offset)

@@ -34,6 +34,7 @@ DEFAULT_BITRATE = 2_500_000
 REPORT_INTERVAL = 1.0
 SPEAKING_INTERVAL = 0.25
 ALLOCATE_INTERVAL = 0.5
+PROBE_INTERVAL = 0.05
 
 
 class RouterEvents(Protocol):
@@ -68,6 +69,8 @@ class _TransportState:
     #: Video consumers forwarding after the last allocation, and whether video was cut.
     forwarding: frozenset[str] = frozenset()
     low_bandwidth: bool = False
+    #: Bit/s of probe packets to send, so the receiver's estimate can grow (0: none).
+    probe_rate: int = 0
 
 
 class Router:
@@ -93,6 +96,7 @@ class Router:
             asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
             asyncio.ensure_future(self._every(SPEAKING_INTERVAL, self._update_speaking)),
             asyncio.ensure_future(self._every(ALLOCATE_INTERVAL, self.allocate)),
+            asyncio.ensure_future(self._every(PROBE_INTERVAL, self._probe)),
         ]
 
     # -- transports --------------------------------------------------------------------------
@@ -201,6 +205,7 @@ class Router:
 
     async def subscribe_answer(self, transport: Transport, answer: str) -> None:
         await transport.accept_answer(answer)
+        self._allocate_on(transport)  # consumers just negotiated get their first layer
         if transport.ready:
             self.transport_ready(transport)
 
@@ -350,6 +355,8 @@ class Router:
         if consumer.closed or consumer.producer.kind != "video":
             return
         layer = layer_for_size(consumer.producer.layers, width, height)
+        logger.debug("%s: %s shown at %dx%d: layers up to %d", consumer.transport.name,
+                     consumer.id, width, height, layer)
         if layer != consumer.max_layer:
             consumer.max_layer = layer
             self._allocate_on(consumer.transport)
@@ -361,6 +368,11 @@ class Router:
         if state is None:
             return frozenset(), False
         return state.forwarding, state.low_bandwidth
+
+    def estimate(self, transport: Transport) -> bandwidth.Estimate | None:
+        """The bandwidth estimate of a transport the router sends on."""
+        state = self._transports.get(transport)
+        return None if state is None else state.estimate
 
     def allocate(self) -> None:
         """Periodic work: measure every layer, then choose every transport's video layers."""
@@ -377,24 +389,24 @@ class Router:
             self._allocate(transport, state, self._clock())
 
     def _allocate(self, transport: Transport, state: _TransportState, now: float) -> None:
-        audio: list[int] = []
-        video: list[Consumer] = []
-        for consumer in state.consumers_by_ssrc.values():
-            if consumer.paused or consumer.producer.paused or consumer.slot.payload_type is None:
-                continue
-            if consumer.producer.kind == "video":
-                video.append(consumer)
-            else:
-                audio.append(consumer.producer.layers[0].bitrate)
+        video = [c for c in state.consumers_by_ssrc.values()
+                 if c.producer.kind == "video" and not c.paused and not c.producer.paused
+                 and c.slot.payload_type is not None]
         demands = [
             bandwidth.VideoDemand(
                 [layer.bitrate if layer.active(now) else 0 for layer in c.producer.layers],
                 c.max_layer, c.layer, c.priority)
             for c in video
         ]
-        budget = bandwidth.video_budget(state.estimate.value(), audio)
-        targets = bandwidth.allocate(budget, demands, state.estimate.may_raise())
-        for consumer, target in zip(video, targets, strict=True):
+        budget = state.estimate.value()
+        may_raise = state.estimate.may_raise()
+        allocation = bandwidth.allocate(budget, demands, may_raise)
+        state.probe_rate = bandwidth.probe_rate(budget, allocation, may_raise)
+        for consumer, target in zip(video, allocation.targets, strict=True):
+            if target != consumer.target:
+                logger.debug("%s: %s of %s to layer %d (estimate %s, layers %s)",
+                             transport.name, consumer.id, consumer.producer.id, target, budget,
+                             [layer.bitrate for layer in consumer.producer.layers])
             consumer.set_target(target)
             if target >= 0 and consumer.layer != target:
                 consumer.producer.request_keyframe(target)
@@ -404,9 +416,21 @@ class Router:
             state.forwarding, state.low_bandwidth = forwarding, low
             if low:
                 logger.info("%s: video cut for lack of bandwidth (estimate %s bit/s)",
-                            transport.name, state.estimate.value())
+                            transport.name, budget)
             if self._events is not None:
                 self._events.forwarding_changed(self, state.owner, transport)
+
+    def _probe(self) -> None:
+        """Periodic work: send each probing transport its share of probe packets."""
+        for state in self._transports.values():
+            if not state.probe_rate:
+                continue
+            octets = state.probe_rate * PROBE_INTERVAL / 8
+            for consumer in state.consumers_by_ssrc.values():
+                if octets <= 0:
+                    break
+                if consumer.producer.kind == "video":
+                    octets -= consumer.probe(int(octets))
 
     def _update_speaking(self) -> None:
         speaking = frozenset(p.owner for p in self.producers.values()

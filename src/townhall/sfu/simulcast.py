@@ -61,7 +61,8 @@ class Layer:
         self.reception = rtcp.ReceptionStats()
         #: (NTP timestamp, RTP timestamp) of the last sender report for this SSRC.
         self.sender_report: tuple[int, int] | None = None
-        #: Bytes received (updated per packet); ``bitrate`` is computed from it periodically.
+        #: Payload bytes received (updated per packet; headers are left out, as receivers leave
+        #: them out of their estimates); ``bitrate`` is computed from it periodically.
         self.octets = 0
         self.bitrate = 0
         self.width = 0

@@ -222,6 +222,54 @@ function onConsumer(track, info) {
     const t = tile(info.participant, source, false);
     t.video.dataset.mid = info.mid;
     showTrack(t.video, track);
+    layoutObserver.observe(t.video);
+    scheduleLayout();
+}
+
+// ---- layout hints ----------------------------------------------------------
+
+/** How long the size of the tiles must settle before the server is told. */
+const LAYOUT_DELAY_MS = 300;
+/** @type {ReturnType<typeof setTimeout>|null} */
+let layoutTimer = null;
+const layoutObserver = new ResizeObserver(() => scheduleLayout());
+
+function scheduleLayout() {
+    if (layoutTimer)
+        clearTimeout(layoutTimer);
+    layoutTimer = setTimeout(() => {
+        layoutTimer = null;
+        sendLayout();
+    }, LAYOUT_DELAY_MS);
+}
+
+/** Tell the server the size each received video is shown at, so it sends no larger layer. */
+function sendLayout() {
+    if (!connection)
+        return;
+    const ratio = window.devicePixelRatio || 1;
+    /** @type {import('./protocol.js').Layout} */
+    const sizes = {};
+    for (const t of tiles.values()) {
+        const video = t.video;
+        if (video.dataset.local || !video.dataset.mid)
+            continue;
+        const shown = video.isConnected && !video.hidden && video.clientWidth > 0;
+        sizes[video.dataset.mid] = shown
+            ? {width: Math.round(video.clientWidth * ratio), height: Math.round(video.clientHeight * ratio)}
+            : {width: 0, height: 0};
+    }
+    connection.setLayout(sizes);
+}
+
+/** @param {import('./protocol.js').Forwarding} forwarding */
+function onForwarding(forwarding) {
+    const before = document.body.dataset.lowBandwidth === 'true';
+    document.body.dataset.lowBandwidth = forwarding.low_bandwidth ? 'true' : 'false';
+    if (forwarding.low_bandwidth && !before)
+        notify('Your connection is too slow for video: you receive audio only until it improves.', 'warning');
+    else if (!forwarding.low_bandwidth && before)
+        notify('Video is back.', 'info', 5000);
 }
 
 /** @param {ConsumerInfo} info */
@@ -239,6 +287,8 @@ function onConsumerClose(info) {
     const t = tiles.get(tileKey(info.participant, source));
     if (!t || t.video.dataset.mid !== info.mid)
         return;
+    layoutObserver.unobserve(t.video);
+    delete t.video.dataset.mid;
     if (source === 'screen')
         dropTile(info.participant, source);
     else
@@ -393,7 +443,8 @@ function saveDevice(source, deviceId) {
 function constraints(source) {
     const deviceId = savedDevices()[source];
     /** @type {MediaTrackConstraints} */
-    const c = source === 'camera' ? {width: {ideal: 640}, height: {ideal: 360}, frameRate: {ideal: 24}} : {};
+    // Published in three simulcast layers: 320×180, 640×360 and 1280×720.
+    const c = source === 'camera' ? {width: {ideal: 1280}, height: {ideal: 720}, frameRate: {ideal: 24}} : {};
     if (deviceId)
         c.deviceId = {ideal: deviceId};
     return c;
@@ -619,6 +670,7 @@ function start(token, name) {
     };
     connection.onconsumer = onConsumer;
     connection.onconsumerclose = onConsumerClose;
+    connection.onforwarding = onForwarding;
     connection.onmuted = () => {
         notify('You were muted by the host', 'muted', 30000);
         renderControls();

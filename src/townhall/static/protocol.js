@@ -59,6 +59,12 @@
  * @property {string} message
  * @property {string} [request]
  *
+ * @typedef {Object} Forwarding
+ * @property {string[]} video          participants whose video the server forwards to this page
+ * @property {boolean} low_bandwidth   video is cut because this page's connection is too slow
+ *
+ * @typedef {Record<string, {width: number, height: number}>} Layout  video size by consumer mid
+ *
  * @typedef {Object} LocalSource
  * @property {MediaStreamTrack|null} track
  * @property {boolean} enabled
@@ -121,6 +127,18 @@ export function socketUrl(location) {
 /** @type {Source[]} */
 const SOURCES = ['microphone', 'camera', 'screen'];
 
+/**
+ * The camera is published in three simulcast encodings; the server forwards
+ * each receiver the one that fits its bandwidth and the size it shows.
+ *
+ * @type {RTCRtpEncodingParameters[]}
+ */
+export const CAMERA_ENCODINGS = Object.freeze([
+    {rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000},
+    {rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000},
+    {rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000},
+]).map((e) => Object.freeze(e));
+
 /** How often to send `ping`, and how long a silent socket is trusted. */
 const PING_INTERVAL_MS = 10000;
 const SILENCE_LIMIT_MS = 25000;
@@ -173,6 +191,10 @@ export class ServerConnection {
         this.consumers = new Map();
         /** @type {Map<Source, LocalSource>} */
         this.local = new Map();
+        /** @type {Forwarding} as last told by the server */
+        this.forwarding = {video: [], low_bandwidth: false};
+        /** @type {string} the last layout sent, as JSON */
+        this._layoutSent = '';
 
         /** @type {number} */
         this._attempt = 0;
@@ -204,6 +226,8 @@ export class ServerConnection {
         this.onchat = null;
         /** @type {((queue: string[]) => void)|null} */
         this.onqueue = null;
+        /** @type {((forwarding: Forwarding) => void)|null} */
+        this.onforwarding = null;
         /** @type {((speaking: string[]) => void)|null} */
         this.onspeaking = null;
         /** @type {((room: Room) => void)|null} */
@@ -446,6 +470,11 @@ export class ServerConnection {
                 this.onroom(this.room);
             break;
         case 'muted': this._gotMuted(m.by); break;
+        case 'forwarding':
+            this.forwarding = {video: m.video || [], low_bandwidth: !!m.low_bandwidth};
+            if (this.onforwarding)
+                this.onforwarding(this.forwarding);
+            break;
         case 'error': this._gotError(m); break;
         case 'pong': break;
         default:
@@ -456,6 +485,7 @@ export class ServerConnection {
     /** @param {Joined} m */
     _gotJoined(m) {
         this._attempt = 0;
+        this._layoutSent = '';
         this.resumeSecret = m.resume;
         this.self = m.participant;
         this.room = m.room;
@@ -645,10 +675,28 @@ export class ServerConnection {
      */
     _addTransceiver(pc, source, local) {
         const kind = source === 'microphone' ? 'audio' : 'video';
+        /** @type {RTCRtpTransceiverInit} */
+        const init = {direction: 'sendonly'};
+        if (source === 'camera')
+            init.sendEncodings = CAMERA_ENCODINGS.map((e) => ({...e}));
         local.transceiver = pc.addTransceiver(
-            local.enabled && local.track ? local.track : kind,
-            {direction: 'sendonly'});
+            local.enabled && local.track ? local.track : kind, init);
         local.announced = false;
+    }
+
+    /**
+     * Tell the server the size each received video is shown at (CSS pixels
+     * times devicePixelRatio; 0×0 when hidden), so it sends no larger layer.
+     * Sends nothing when the layout did not change.
+     *
+     * @param {Layout} consumers
+     */
+    setLayout(consumers) {
+        const json = JSON.stringify(consumers);
+        if (json === this._layoutSent)
+            return;
+        if (this.send({type: 'layout', consumers}))
+            this._layoutSent = json;
     }
 
     /** After `joined`: a fresh publishing transport carrying every kept track. */
