@@ -96,7 +96,7 @@ async def run(joins: int) -> dict[str, Any]:
     }
     room = townhall(data, "room", "create", "bench").split()[0]
     server = subprocess.Popen(
-        [sys.executable, "-m", "townhall", "serve"],
+        [sys.executable, "-m", "townhall", "serve", "--no-captions"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -65,6 +65,7 @@ class RunResult:
     delivered_ratio: float
     server_cpu_seconds: float
     server_cpu_percent: float
+    server_system_percent: float
     packets_per_cpu_second: float
     client_cpu_percent: float
     join_to_first_packet_ms_median: float | None
@@ -104,12 +105,17 @@ def enter_own_network_namespace() -> None:
         subprocess.run(command, check=True)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all threads included (the process line of /proc/PID/stat)."""
+def process_cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process in seconds, all threads included (/proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all threads included."""
+    return sum(process_cpu_times(pid))
 
 
 def process_threads(pid: int) -> int:
@@ -126,17 +132,40 @@ def self_cpu_seconds() -> float:
 # --------------------------------------------------------------------------------------------
 
 
+def start_profile(
+    target: Target, consumers: int, args: argparse.Namespace
+) -> subprocess.Popen[bytes]:
+    """py-spy on the server for the measured window (raw collapsed stacks, see profile.py)."""
+    path = Path(args.out) / f"profile-{target.name}-{consumers}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = ["py-spy", "record", "--pid", str(target.pid), "--duration", str(int(args.seconds)),
+               "--rate", "200", "--format", "raw", "--output", str(path)]
+    # native frames need the process paused while sampling; pure Python ones do not
+    command.append("--native" if args.profile == "native" else "--nonblocking")
+    logger.info("profiling the server into %s", path)
+    log = path.with_suffix(".log").open("wb")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
 def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
     log_file = Path(args.out) / "logs" / f"{name}-{consumers}.log"
     if name == "janus":
         return JanusTarget(name, log_file=log_file)
     if name == "janus-1loop":
         return JanusTarget(name, event_loops=1, log_file=log_file)
-    if name == "townhall":
+    if name == "townhall" or name.startswith("townhall:"):
         from townhall_target import DEFAULT_COMMAND, TownhallTarget
 
-        return TownhallTarget(command=args.townhall_command or DEFAULT_COMMAND, log_file=log_file)
-    raise SystemExit(f"unknown target {name!r} (janus, janus-1loop, townhall)")
+        source = None
+        if name != "townhall":
+            label = name.partition(":")[2]
+            sources = dict(v.split("=", 1) for v in args.variant)
+            if label not in sources:
+                raise SystemExit(f"target {name}: no --variant {label}=SRC")
+            source = Path(sources[label]).resolve()
+        return TownhallTarget(name=name, command=args.townhall_command or DEFAULT_COMMAND,
+                              log_file=log_file, source=source)
+    raise SystemExit(f"unknown target {name!r} (janus, janus-1loop, townhall, townhall:LABEL)")
 
 
 async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespace) -> RunResult:
@@ -167,20 +196,24 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         sent_kinds0 = producer.packets_sent_by_kind()
         got0 = sum(c.total_packets for c in subscribed)
         got_kinds0 = _sum_kinds(c.packets_by_kind() for c in subscribed)
-        server0 = process_cpu_seconds(target.pid)
+        profiler = start_profile(target, consumers, args) if args.profile else None
+        server0 = process_cpu_times(target.pid)
         client0 = self_cpu_seconds()
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
-        server1 = process_cpu_seconds(target.pid)
+        server1 = process_cpu_times(target.pid)
         client1 = self_cpu_seconds()
         sent = producer.packets_sent - sent0
         delivered = sum(c.total_packets for c in subscribed) - got0
         sent_kinds = _diff(producer.packets_sent_by_kind(), sent_kinds0)
         got_kinds = _diff(_sum_kinds(c.packets_by_kind() for c in subscribed), got_kinds0)
         threads = process_threads(target.pid)
+        if profiler is not None:
+            await asyncio.to_thread(profiler.wait)
 
-        server_cpu = server1 - server0
+        server_cpu = sum(server1) - sum(server0)
+        server_system = server1[1] - server0[1]
         expected = sent * consumers
         latencies = [
             (c.first_packet_at - c.created_at) * 1000
@@ -197,6 +230,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
             delivered_ratio=round(delivered / expected, 4) if expected else 0.0,
             server_cpu_seconds=round(server_cpu, 2),
             server_cpu_percent=round(100 * server_cpu / elapsed, 1),
+            server_system_percent=round(100 * server_system / elapsed, 1),
             packets_per_cpu_second=round(delivered / server_cpu) if server_cpu > 0 else 0,
             client_cpu_percent=round(100 * (client1 - client0) / elapsed, 1),
             join_to_first_packet_ms_median=(
@@ -238,6 +272,7 @@ def failed(name: str, consumers: int, error: BaseException) -> RunResult:
         delivered_ratio=0.0,
         server_cpu_seconds=0.0,
         server_cpu_percent=0.0,
+        server_system_percent=0.0,
         packets_per_cpu_second=0,
         client_cpu_percent=0.0,
         join_to_first_packet_ms_median=None,
@@ -254,7 +289,7 @@ def failed(name: str, consumers: int, error: BaseException) -> RunResult:
 
 def markdown(results: list[RunResult]) -> str:
     head = (
-        "| target | consumers | delivered pkts | delivered/expected | server CPU % "
+        "| target | consumers | delivered pkts | delivered/expected | server CPU % (system) "
         "| **pkts per CPU-s** | server threads | client CPU % | join→first pkt (median ms) "
         "| load avg |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
@@ -269,7 +304,8 @@ def markdown(results: list[RunResult]) -> str:
         )
         rows.append(
             f"| {r.target} | {r.consumers} | {r.delivered_packets} | {r.delivered_ratio:.4f} "
-            f"| {r.server_cpu_percent} | **{r.packets_per_cpu_second}** | {r.server_threads} "
+            f"| {r.server_cpu_percent} ({r.server_system_percent}) "
+            f"| **{r.packets_per_cpu_second}** | {r.server_threads} "
             f"| {r.client_cpu_percent} | {latency} | {r.load_average_1min} |"
         )
     return head + "\n".join(rows) + "\n"
@@ -313,17 +349,18 @@ async def main_async(args: argparse.Namespace, path: Path) -> list[RunResult]:
         50,
     )
     results: list[RunResult] = []
-    for name in args.targets.split(","):
-        for consumers in (int(n) for n in args.consumers.split(",")):
-            logger.info("run: %s with %d consumers", name, consumers)
-            try:
-                result = await run_one(name, consumers, clip, args)
-            except Exception as exc:
-                logger.exception("run %s/%d failed", name, consumers)
-                result = failed(name, consumers, exc)
-            logger.info("result: %s", result)
-            results.append(result)
-            write_json(path, args, results)  # after every run: an interrupted sweep keeps its data
+    runs = [(name, int(n)) for _ in range(args.repeat) for name in args.targets.split(",")
+            for n in args.consumers.split(",")]
+    for name, consumers in runs:
+        logger.info("run: %s with %d consumers", name, consumers)
+        try:
+            result = await run_one(name, consumers, clip, args)
+        except Exception as exc:
+            logger.exception("run %s/%d failed", name, consumers)
+            result = failed(name, consumers, exc)
+        logger.info("result: %s", result)
+        results.append(result)
+        write_json(path, args, results)  # after every run: an interrupted sweep keeps its data
     return results
 
 
@@ -339,6 +376,14 @@ def main() -> None:
         default="",
         help="how to run the townhall CLI (default: this Python with townhall.cli.main)",
     )
+    parser.add_argument("--profile", choices=("python", "native"), default=None,
+                        help="record the server with py-spy during the window (townhall only)")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="LABEL=SRC",
+        help="target townhall:LABEL runs townhall from the src directory SRC (A/B comparisons)",
+    )
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole list of targets this many times, interleaved")
     parser.add_argument("--no-uvloop", action="store_true", help="client on plain asyncio")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()

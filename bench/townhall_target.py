@@ -136,9 +136,12 @@ class TownhallTarget:
         media_udp_port: int = 10000,
         media_tcp_port: int = 10001,
         log_file: Path | None = None,
+        source: Path | None = None,
     ) -> None:
         self.name = name
         self.command = shlex.split(command)
+        #: Another tree's ``src`` to run instead of the installed townhall (A/B comparisons).
+        self.source = source
         self.http_port = http_port
         self.media_udp_port = media_udp_port
         self.media_tcp_port = media_tcp_port
@@ -159,8 +162,10 @@ class TownhallTarget:
 
     def _env(self) -> dict[str, str]:
         assert self._data_dir is not None
+        extra = {} if self.source is None else {"PYTHONPATH": str(self.source)}
         return dict(
             os.environ,
+            **extra,
             TOWNHALL_DATA_DIR=str(self._data_dir),
             TOWNHALL_HTTP_HOST="127.0.0.1",
             TOWNHALL_HTTP_PORT=str(self.http_port),
@@ -197,7 +202,7 @@ class TownhallTarget:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_file.open("ab")
         self._process = subprocess.Popen(
-            [*self.command, "serve"],
+            [*self.command, "serve", "--no-captions"],
             env=self._env(),
             stdin=subprocess.DEVNULL,
             stdout=self._log or subprocess.DEVNULL,

@@ -21,6 +21,7 @@ import aiohttp
 import numpy as np
 from aiortc import (
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
@@ -50,6 +51,16 @@ VIDEO_RATE = 90000
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
+def pc_config() -> RTCConfiguration:
+    """aiortc's configuration for a participant: no ICE servers, and max-bundle.
+
+    With aiortc's default "balanced" policy, an answer to a first offer holding two sections of
+    one kind (audio, video, audio, video) leaves the second video section on a transport that
+    the BUNDLE step stops (its answer shows port 9) and its receiver never gets packets.
+    """
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
 def make_config(data_dir: Path) -> Config:
     return Config(
         data_dir=data_dir,
@@ -59,6 +70,7 @@ def make_config(data_dir: Path) -> Config:
         media_udp_port=0,
         media_tcp_port=0,
         reconnect_grace=3.0,
+        captions_worker=False,
     )
 
 
@@ -221,7 +233,7 @@ class Attendee:
 
     async def publish(self, video: bool = True, audio: bool = True,
                       video_codec: str | None = None) -> dict[str, Any]:
-        self.publish_pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.publish_pc = pc = RTCPeerConnection(pc_config())
         sources = []
         if audio:
             sources.append((pc.addTransceiver(ToneTrack(), direction="sendonly"), "microphone"))
@@ -241,7 +253,7 @@ class Attendee:
 
     async def _answer(self, offer: dict[str, Any]) -> None:
         if self.subscribe_pc is None:
-            self.subscribe_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            self.subscribe_pc = RTCPeerConnection(pc_config())
             self.subscribe_pc.on("track", self._track)
         for consumer in offer["consumers"]:
             self.consumers[consumer["mid"]] = consumer

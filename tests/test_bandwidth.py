@@ -128,6 +128,30 @@ def test_probes_are_sized_for_the_next_step_and_stop_when_it_fits_or_after_a_dro
     assert bandwidth.probe_rate(10_000_000, top, may_raise=True) == 0
 
 
+def test_the_last_video_is_cut_only_well_below_its_lowest_layer() -> None:
+    keeping = [VideoDemand(LAYERS, 2, current=0)]
+    assert targets(110_000, keeping) == [0]  # 150k is within the cut tolerance
+    assert targets(90_000, keeping) == [-1]
+    assert targets(110_000, [VideoDemand(LAYERS, 2, current=-1)]) == [-1]  # not a new one
+    # a second video gets no such tolerance
+    both = [VideoDemand(LAYERS, 2, current=0), VideoDemand(LAYERS, 2, current=0)]
+    assert targets(200_000, both) == [0, -1]
+
+
+def test_a_retry_is_measured_before_reports_count_again() -> None:
+    clock = Clock()
+    estimate = Estimate(clock)
+    estimate.update(1_000_000)
+    estimate.update(50_000)
+    estimate.retry(200_000)
+    assert estimate.value() == 200_000
+    assert estimate.update(50_000) is False  # the receiver's old estimate, repeated
+    assert estimate.value() == 200_000
+    clock.now += bandwidth.RETRY_GRACE
+    assert estimate.update(60_000) is True
+    assert estimate.value() == 60_000
+
+
 def test_remb_feedback_is_read_from_rtcp() -> None:
     data = rtcp.remb(0x1234, 750_000, [1, 2])
     assert rtcp.parse(data)[0] == rtcp.Feedback("remb", 1, bitrate=750_000)

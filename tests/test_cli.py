@@ -234,3 +234,43 @@ def test_installed_console_script_creates_and_lists_rooms(tmp_path: Path) -> Non
     )  # fmt: skip
     assert listed.stdout == created.stdout
     assert created.stdout.endswith("\tAssembly\n")
+
+
+def test_captions_token_prints_a_worker_token_for_every_room(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    code, out, err = run(capsys, data_dir, "captions-token", "--ttl", "120")
+    assert (code, err) == (0, "")
+    grant = verify(load_or_create_secret(data_dir), out.strip(), time.time())
+    assert (grant.room_id, grant.role) == ("*", "caption")
+    assert time.time() + 100 < grant.expires_at <= time.time() + 121
+    assert run(capsys, data_dir, "captions-token", "--ttl", "0")[0] == 2
+
+
+def test_room_create_with_captions_turns_them_on_and_the_list_says_so(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    code, out, err = run(capsys, data_dir, "room", "create", "Assembly", "--captions")
+    assert (code, err) == (0, "")
+    assert re.fullmatch(r"[0-9a-f]{32}\tAssembly\tcaptions\n", out)
+    create_room(capsys, data_dir, "Quiet")
+    code, out, _ = run(capsys, data_dir, "room", "list")
+    assert [line.split("\t")[1:] for line in out.splitlines()] == [
+        ["Assembly", "captions"], ["Quiet"]]
+
+
+def test_serve_starts_the_captions_worker_unless_told_not_to(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Config] = []
+    app = types.ModuleType("townhall.server.app")
+    app.serve = seen.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "townhall.server.app", app)
+
+    assert run(capsys, data_dir, "serve")[0] == 0
+    assert run(capsys, data_dir, "serve", "--no-captions")[0] == 0
+    monkeypatch.setenv("TOWNHALL_CAPTIONS_WORKER", "false")
+    monkeypatch.setenv("TOWNHALL_ASR_MODEL", "/models/whisper-small")
+    assert run(capsys, data_dir, "serve")[0] == 0
+    assert [c.captions_worker for c in seen] == [True, False, False]
+    assert (seen[0].asr_model, seen[2].asr_model) == ("base", "/models/whisper-small")

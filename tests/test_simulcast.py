@@ -309,6 +309,31 @@ def test_forwarded_video_carries_abs_send_time_for_the_receivers_estimate() -> N
     assert value == int(clock.now * 262144) & 0xFFFFFF
 
 
+def test_probe_padding_follows_the_end_of_a_frame_and_never_splits_one() -> None:
+    clock = Clock()
+    producer, _ = simulcast_producer(clock)
+    out = FakeTransport()
+    consumer = Consumer(producer, out, FakeSlot(), clock)  # type: ignore[arg-type]
+    producer.consumers.append(consumer)
+    layer = Layer(0, 1000, 500, 0, 1, 160)
+    consumer.set_target(0)
+    consumer.padding = 600
+    feed(producer, layer.frame(keyframe=True, packets=3), 0)
+    packets = [RtpPacket.parse(data) for data in out.rtp]
+    assert all(p.payload for p in packets[:3]) and packets[2].marker
+    padding = packets[3:]
+    assert len(padding) == 3 and all(not p.payload and p.padding_size for p in padding)
+    assert [p.sequence_number for p in packets] == list(range(500, 506))
+    assert {p.timestamp for p in padding} == {packets[2].timestamp}
+    assert consumer.padding == 0
+    out.rtp.clear()
+    feed(producer, layer.frame(keyframe=False), 0)
+    assert [RtpPacket.parse(d).sequence_number for d in out.rtp] == [506, 507]
+    assert consumer.retransmit((504, 506)) == []
+    again = [RtpPacket.parse(d) for d in out.rtp[2:]]
+    assert [p.sequence_number for p in again] == [506]  # the padding is not resent
+
+
 def _layers(sizes: list[tuple[int, int]]) -> list[Any]:
     clock = Clock()
     producer, _ = simulcast_producer(clock)

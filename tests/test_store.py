@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from townhall.errors import BadRequest, Conflict, NotFound
-from townhall.store import ChatRecord, MeetingRecord, RoomRecord, Store
+from townhall.store import CaptionRecord, ChatRecord, MeetingRecord, RoomRecord, Store
 from townhall.store.models import Base
 from townhall.store.store import MIGRATIONS
 
@@ -441,3 +441,93 @@ async def test_room_settings_default_to_six_speakers_and_captions_off_and_surviv
     room = await reopened.get_room(room.id)
     assert (room.last_n, room.captions) == (9, True)
     reopened.close()
+
+
+# -- captions ----------------------------------------------------------------------------
+
+
+async def test_final_captions_come_back_in_the_order_they_were_spoken_with_translations(
+    store: Store,
+) -> None:
+    meeting = await _meeting(store)
+    other = await _meeting(store, "Other")
+    later, created = await store.add_caption(
+        meeting.id, "p2", "Борис", "w-2", T0 + 5.25, T0 + 7.5, "ru", "Добрый день",
+        {"en": "Good afternoon", "uk": "Добрий день"},
+    )  # fmt: skip
+    assert created
+    await store.add_caption(other.id, "p9", "Zoe", "w-1", T0, T0 + 1, "en", "elsewhere", {})
+    earlier, _ = await store.add_caption(
+        meeting.id, "p1", "Ann", "w-1", T0 + 1, T0 + 2.5, "en", "Hello <everyone> & all", {}
+    )
+    assert later == CaptionRecord(
+        later.id, meeting.id, "p2", "Борис", "w-2", T0 + 5.25, T0 + 7.5, "ru", "Добрый день",
+        {"en": "Good afternoon", "uk": "Добрий день"},
+    )  # fmt: skip
+    assert await store.captions(meeting.id) == [earlier, later]
+
+
+async def test_a_resent_final_caption_is_stored_once_and_the_first_one_is_kept(
+    store: Store,
+) -> None:
+    meeting = await _meeting(store)
+    first, created = await store.add_caption(
+        meeting.id, "p1", "Ann", "u-7", T0, T0 + 1, "en", "first", {}
+    )
+    again, created_again = await store.add_caption(
+        meeting.id, "p1", "Ann", "u-7", T0, T0 + 1.2, "en", "resent", {"ru": "снова"}
+    )
+    assert (created, created_again) == (True, False)
+    assert again == first
+    _, created_other = await store.add_caption(
+        meeting.id, "p2", "Boris", "u-7", T0, T0 + 1, "en", "same id, other speaker", {}
+    )
+    assert created_other
+    assert [c.text for c in await store.captions(meeting.id)] == [
+        "first", "same id, other speaker"
+    ]
+
+
+async def test_the_same_utterance_stored_at_once_from_two_stores_is_kept_once(url: str) -> None:
+    one, two = Store.open(url), Store.open(url)
+    try:
+        meeting = await _meeting(one)
+        results = await asyncio.gather(*(
+            store.add_caption(meeting.id, "p1", "Ann", "u-1", T0, T0 + 1, "en", "hi", {})
+            for store in (one, two, one, two)
+        ))
+        assert sorted(created for _, created in results) == [False, False, False, True]
+        assert len({record.id for record, _ in results}) == 1
+        assert len(await two.captions(meeting.id)) == 1
+    finally:
+        one.close()
+        two.close()
+
+
+async def test_captions_of_an_unknown_meeting_are_not_found(store: Store) -> None:
+    missing = uuid.uuid4().hex
+    with pytest.raises(NotFound, match=r"^unknown meeting$"):
+        await store.add_caption(missing, "p1", "Ann", "u", T0, T0 + 1, "en", "hi", {})
+    with pytest.raises(NotFound, match=r"^unknown meeting$"):
+        await store.captions(missing)
+
+
+async def test_captions_survive_reopening_and_go_with_their_room(url: str) -> None:
+    store = Store.open(url)
+    meeting = await _meeting(store)
+    caption, _ = await store.add_caption(
+        meeting.id, "p1", "Ann", "u-1", T0, T0 + 1, "uk", "Привіт", {"en": "Hi"}
+    )
+    store.close()
+    store = Store.open(url)
+    try:
+        assert await store.captions(meeting.id) == [caption]
+        await store.delete_room(meeting.room_id)
+    finally:
+        store.close()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM captions")).scalar_one() == 0
+    finally:
+        engine.dispose()

@@ -22,7 +22,9 @@ from townhall.auth.secret import secret_for
 from townhall.auth.tokens import ANY_ROOM, sign
 from townhall.config import Config
 from townhall.errors import BadRequest, TownhallError
-from townhall.store import RoomRecord, Store
+from townhall.languages import is_language
+from townhall.minutes.transcript import FORMATS, write
+from townhall.store import CaptionRecord, MeetingRecord, RoomRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="HTTP port")
+    serve.add_argument("--no-captions", action="store_true",
+                       help="do not start the captions worker (run it elsewhere, or not at all)")
     serve.set_defaults(command=_serve)
 
     room = commands.add_parser("room", help="create, list and delete rooms")
     room_commands = room.add_subparsers(metavar="ACTION", required=True)
     create = room_commands.add_parser("create", help="create a room; prints its id and name")
     create.add_argument("name")
+    create.add_argument("--captions", action="store_true",
+                        help="caption the room's speech (hosts can switch it in the meeting)")
     create.set_defaults(command=_room_create)
     listing = room_commands.add_parser("list", help="list rooms")
     listing.set_defaults(command=_room_list)
@@ -84,6 +90,20 @@ def _parser() -> argparse.ArgumentParser:
     admin = commands.add_parser("admin-link", help="print a link to the room administration")
     admin.add_argument("--ttl", type=int, metavar="SECONDS", help="how long the link is valid")
     admin.set_defaults(command=_admin_link)
+
+    worker = commands.add_parser(
+        "captions-token", help="print a token for a captions worker (townhall captions --token)"
+    )
+    worker.add_argument("--ttl", type=int, metavar="SECONDS", help="how long the token is valid")
+    worker.set_defaults(command=_captions_token)
+
+    text = commands.add_parser("transcript", help="print a meeting's transcript")
+    text.add_argument("meeting", metavar="MEETING", help="meeting id")
+    text.add_argument("--format", choices=FORMATS, default="vtt", help="vtt (default) or json")
+    text.add_argument("--language", metavar="CODE",
+                      help="WebVTT in this language where captions were translated to it")
+    text.add_argument("--output", type=Path, metavar="FILE", help="write here, not to stdout")
+    text.set_defaults(command=_transcript)
     return parser
 
 
@@ -107,6 +127,8 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         config = config.replace(http_host=args.host)
     if args.port is not None:
         config = config.replace(http_port=args.port)
+    if args.no_captions:
+        config = config.replace(captions_worker=False)
     secret = secret_for(config)
     if not config.secret_key:
         config = config.replace(secret_key=secret.decode("utf-8"))
@@ -117,7 +139,11 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def _room_create(args: argparse.Namespace, config: Config) -> int:
-    room = _with_store(config, lambda store: store.create_room(args.name))
+    async def create(store: Store) -> RoomRecord:
+        room = await store.create_room(args.name)
+        return await store.set_captions(room.id, True) if args.captions else room
+
+    room = _with_store(config, create)
     print(_room_line(room))
     return EXIT_OK
 
@@ -155,6 +181,27 @@ def _admin_link(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _captions_token(args: argparse.Namespace, config: Config) -> int:
+    print(sign(secret_for(config), ANY_ROOM, "caption", _ttl(args, config), time.time()))
+    return EXIT_OK
+
+
+def _transcript(args: argparse.Namespace, config: Config) -> int:
+    if args.language is not None and not is_language(args.language):
+        raise BadRequest(f"--language must be an ISO 639-1 code, not {args.language!r}")
+
+    async def load(store: Store) -> tuple[MeetingRecord, list[CaptionRecord]]:
+        return await store.get_meeting(args.meeting), await store.captions(args.meeting)
+
+    meeting, captions = _with_store(config, load)
+    text = write(args.format, meeting, captions, args.language)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return EXIT_OK
+
+
 # -- helpers -----------------------------------------------------------------------------
 
 
@@ -174,5 +221,5 @@ def _with_store(config: Config, fn: Callable[[Store], Coroutine[Any, Any, T]]) -
 
 
 def _room_line(room: RoomRecord) -> str:
-    line = f"{room.id}\t{room.name}"
-    return f"{line}\tlocked" if room.locked else line
+    flags = [flag for flag, on in (("locked", room.locked), ("captions", room.captions)) if on]
+    return "\t".join([room.id, room.name, *flags])

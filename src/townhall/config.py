@@ -46,6 +46,13 @@ class Config:
     max_chat_length: int = 4000
     log_level: str = "INFO"
     secret_key: str = field(default="", repr=False)
+    #: Start the captions worker as a child process of ``townhall serve``.
+    captions_worker: bool = True
+    #: Speech recognition model of the captions worker: a faster-whisper model name (downloaded on
+    #: first use, so only on a connected machine) or the path of a model directory.
+    asr_model: str = "base"
+    #: Directory of the worker's CTranslate2 translation models (none: only the built-in pairs).
+    translation_models: str | None = None
 
     @property
     def database(self) -> str:
@@ -90,6 +97,8 @@ def _coerce(name: str, kind: object, value: Any) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            return _bool(value)
         if kind == "tuple[str, ...]":
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -97,3 +106,14 @@ def _coerce(name: str, kind: object, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"setting {name}: {exc}") from None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not true or false: {value!r}")

@@ -9,7 +9,9 @@
     │   ├── RoomLocked       the room is locked to new participants
     │   └── Removed          a host removed this participant
     ├── NotFound             unknown room, meeting, participant or resource
-    └── Conflict             the request clashes with the current state
+    ├── Conflict             the request clashes with the current state
+    └── CaptionsError        the captions engine cannot start or run: a missing or invalid model,
+                             a model that cannot be downloaded, a broken translation engine
 """
 
 from __future__ import annotations
@@ -53,3 +55,7 @@ class NotFound(TownhallError):
 
 class Conflict(TownhallError):
     pass
+
+
+class CaptionsError(TownhallError):
+    """The captions engine cannot load or run; the message says what to fix."""

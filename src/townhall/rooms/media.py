@@ -20,12 +20,19 @@ class MediaProducer(Protocol):
 
 class MediaConsumer(Protocol):
     id: str
+    paused: bool
 
     @property
     def producer(self) -> Any: ...
 
     @property
     def mid(self) -> str | None: ...
+
+    @property
+    def forwarding(self) -> bool:
+        """Not paused, and given a layer by the router's bandwidth allocation."""
+
+    def set_paused(self, paused: bool, reason: str) -> None: ...
 
 
 class MediaRouter(Protocol):
@@ -46,5 +53,11 @@ class MediaRouter(Protocol):
     async def subscribe_answer(self, transport: Any, answer: str) -> None: ...
 
     async def close_transport(self, transport: Any) -> None: ...
+
+    def set_video_paused(self, transport: Any, reason: str, paused: bool) -> None: ...
+
+    def video_paused(self, transport: Any) -> bool: ...
+
+    def low_bandwidth(self, transport: Any) -> bool: ...
 
     async def close(self) -> None: ...

@@ -42,6 +42,10 @@ class Participant:
     # subscribe negotiation: one offer in flight at a time
     offer_pending: bool = False
     offer_wanted: bool = False
+    # receiving preferences (``receive``, ``pin``) and the last ``forwarding`` sent
+    receive_video: bool = True
+    pins: frozenset[str] = frozenset()
+    forwarded: tuple[tuple[str, ...], bool] | None = None
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions

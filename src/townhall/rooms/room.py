@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from townhall.errors import BadRequest, Forbidden, NotFound, Removed, RoomLocked
+from townhall.rooms.captions import RoomCaptions, is_worker
+from townhall.rooms.forwarding import SpeakerOrder, cameras_for
 from townhall.rooms.media import MediaRouter
 from townhall.rooms.participant import SOURCES, Outbox, Participant
 
@@ -23,6 +25,12 @@ if TYPE_CHECKING:
     from townhall.store import MeetingRecord, RoomRecord, Store
 
 logger = logging.getLogger(__name__)
+
+#: Why the room pauses a consumer or a transport's video (see ``Consumer.set_paused``).
+LAST_N = "last-n"
+AUDIO_ONLY = "audio-only"
+#: Most participants one can pin.
+MAX_PINS = 40
 
 
 class LiveRoom:
@@ -39,20 +47,22 @@ class LiveRoom:
         self.id = record.id
         self.name = record.name
         self.locked = record.locked
+        self.last_n = record.last_n
         self.meeting = meeting
         self.store = store
         self.router = router
         self.participants: dict[str, Participant] = {}
         self.queue: list[str] = []
         self.speaking: frozenset[str] = frozenset()
+        self.active_speaker: str | None = None
+        self._order = SpeakerOrder()
         self._banned: set[str] = set()
         self._grace = reconnect_grace
         self._on_empty = on_empty
         self._clock = clock
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
-        #: The last ``forwarding`` message sent to each participant.
-        self._forwarding_sent: dict[str, dict[str, Any]] = {}
+        self.captions = RoomCaptions(self, record.captions)
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -60,7 +70,8 @@ class LiveRoom:
         task.add_done_callback(self._background.discard)
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "locked": self.locked}
+        return {"id": self.id, "name": self.name, "locked": self.locked,
+                "last_n": self.last_n, "captions": self.captions.enabled}
 
     # -- arriving and leaving ------------------------------------------------------------------
 
@@ -90,8 +101,10 @@ class LiveRoom:
             permissions=permissions,
             token_id=grant.token_id,
             outbox=outbox,
+            receive_video="caption" not in permissions,
         )
         self.participants[participant.id] = participant
+        self._order.joined(participant.id)
         await self.store.record_join(self.meeting.id, participant.id, name, grant.role,
                                      self._clock())
         await self._broadcast({"type": "participant-joined",
@@ -110,6 +123,7 @@ class LiveRoom:
             await old.close(4409, "replaced by a new connection")
         await self._drop_media(participant)
         participant.connected = True
+        participant.forwarded = None
         await self._updated(participant)
         logger.info("room %s: participant %s resumed", self.id, participant.id)
 
@@ -127,9 +141,12 @@ class LiveRoom:
                              if p is not participant],
             "chat": [_chat_message(c) for c in chat],
             "queue": list(self.queue),
+            "active_speaker": self.active_speaker,
             "ice_servers": [],
         })
+        await self.captions.welcomed(participant)
         await self._consume_all(participant)
+        self._apply_forwarding([participant])
 
     async def disconnected(self, participant: Participant) -> None:
         """The page's connection dropped: keep the place for a while, stop its media now."""
@@ -148,6 +165,7 @@ class LiveRoom:
             return
         if participant.grace is not None:
             participant.grace.cancel()
+        self._order.left(participant.id)
         await self._drop_media(participant)
         if participant.id in self.queue:
             self.queue.remove(participant.id)
@@ -155,7 +173,9 @@ class LiveRoom:
         await self.store.record_leave(self.meeting.id, participant.id, self._clock())
         await self._broadcast({"type": "participant-left", "participant": participant.id})
         logger.info("room %s: participant %s left", self.id, participant.id)
-        if not self.participants:
+        await self.captions.left(participant)
+        # The captions worker alone does not keep a meeting going.
+        if all(is_worker(p) for p in self.participants.values()):
             await self.close()
 
     async def shutdown(self) -> None:
@@ -211,11 +231,14 @@ class LiveRoom:
             if muted or participant.enabled.get(producer.source) is False:
                 producer.set_paused(True)
         if added:
-            for other in self.participants.values():
-                if other is not participant and other.connected:
-                    for producer in added:
-                        self._consume(other, producer)
-                    await self._renegotiate(other)
+            targets = [other for other in self.participants.values()
+                       if other is not participant and other.connected]
+            for other in targets:
+                for producer in added:
+                    self._consume(other, producer)
+            self._apply_forwarding()
+            for other in targets:
+                await self._renegotiate(other)
         if added or removed:
             await self._updated(participant)
         return answer
@@ -224,6 +247,8 @@ class LiveRoom:
         if participant.subscribe_transport is None:
             participant.subscribe_transport = self.router.create_transport(
                 participant.id, f"{self.id}/{participant.id}/subscribe")
+            if not participant.receive_video:
+                self.router.set_video_paused(participant.subscribe_transport, AUDIO_ONLY, True)
         participant.consumers[producer.id] = self.router.consume(
             participant.subscribe_transport, producer)
 
@@ -240,12 +265,17 @@ class LiveRoom:
             await self._renegotiate(participant)
 
     async def _producer_closed(self, producer: Any) -> None:
+        changed = []
         for other in self.participants.values():
             consumer = other.consumers.pop(producer.id, None)
             if consumer is not None:
                 self.router.close_consumer(consumer)
-                if other.connected:
-                    await self._renegotiate(other)
+                changed.append(other)
+        if producer.kind == "video":
+            self._apply_forwarding()
+        for other in changed:
+            if other.connected:
+                await self._renegotiate(other)
 
     async def _renegotiate(self, participant: Participant) -> None:
         if participant.offer_pending:
@@ -283,6 +313,8 @@ class LiveRoom:
         producer = participant.producers.get(source)
         if producer is not None:
             producer.set_paused(not enabled)
+            if source == "camera":
+                self._apply_forwarding()
         await self._updated(participant)
 
     async def _drop_media(self, participant: Participant) -> None:
@@ -318,22 +350,71 @@ class LiveRoom:
             if consumer is not None:
                 self.router.set_layout(consumer, width, height)
 
-    def forwarding_changed(self, owner: str, consumers: frozenset[str],
-                           low_bandwidth: bool) -> None:
-        """The router changed which video reaches ``owner``: tell their page whose."""
-        participant = self.participants.get(owner)
-        if participant is None or not participant.connected:
-            return
-        video = sorted({c.producer.owner for c in participant.consumers.values()
-                        if c.id in consumers})
-        message = {"type": "forwarding", "video": video, "low_bandwidth": low_bandwidth}
-        if self._forwarding_sent.get(owner) != message:
-            self._forwarding_sent[owner] = message
-            self._spawn(participant.send(message))
-
     def speaking_changed(self, owners: frozenset[str]) -> None:
         self.speaking = owners
         self._spawn(self._broadcast({"type": "speaking", "participants": sorted(owners)}))
+
+    # -- who receives whose video ----------------------------------------------------------------
+
+    def active_speaker_changed(self, owner: str | None) -> None:
+        """The router's dominant speaker changed: tell everyone, move them up the last-N order."""
+        self.active_speaker = owner
+        self._spawn(self._broadcast({"type": "active-speaker", "participant": owner}))
+        if owner is not None and self._order.spoke(owner):
+            self._apply_forwarding()
+
+    def forwarding_changed(self, owner: str) -> None:
+        """The router paused or resumed video to a participant (audio-only, bandwidth, layout
+        hints)."""
+        participant = self.participants.get(owner)
+        if participant is not None:
+            self._send_forwarding(participant)
+
+    async def set_receive(self, participant: Participant, video: bool) -> None:
+        """Audio-only mode on (``video`` false) or off: video is paused at the SFU."""
+        participant.receive_video = video
+        if participant.subscribe_transport is not None:
+            self.router.set_video_paused(participant.subscribe_transport, AUDIO_ONLY, not video)
+        self._send_forwarding(participant)
+
+    async def pin(self, participant: Participant, pinned: list[str]) -> None:
+        if len(pinned) > MAX_PINS:
+            raise BadRequest(f"at most {MAX_PINS} participants can be pinned")
+        participant.pins = frozenset(pinned)
+        self._apply_forwarding([participant])
+
+    async def set_last_n(self, host: Participant, last_n: int) -> None:
+        if not host.can("moderate"):
+            raise Forbidden("only a host can change how many videos are received")
+        record = await self.store.set_last_n(self.id, last_n)
+        self.last_n = record.last_n
+        await self._broadcast({"type": "room", **self.describe()})
+        self._apply_forwarding()
+
+    def _apply_forwarding(self, viewers: list[Participant] | None = None) -> None:
+        """Pause or resume each viewer's camera consumers by last-N and pins."""
+        ranking = self._order.ranking()
+        cameras = {p.id for p in self.participants.values() if p.publishing("camera")}
+        for viewer in self.participants.values() if viewers is None else viewers:
+            chosen = cameras_for(viewer.id, ranking, cameras, self.last_n, viewer.pins)
+            for consumer in viewer.consumers.values():
+                producer = consumer.producer
+                if producer.kind == "video" and producer.source == "camera":
+                    consumer.set_paused(producer.owner not in chosen, LAST_N)
+            self._send_forwarding(viewer)
+
+    def _send_forwarding(self, viewer: Participant) -> None:
+        """Send ``forwarding`` when the set of participants whose video flows to ``viewer``
+        changed (consumers paused for whatever reason, or given no layer by the router's
+        bandwidth allocation, do not count), or whether the router cut video for bandwidth."""
+        video = tuple(sorted({c.producer.owner for c in viewer.consumers.values()
+                              if c.producer.kind == "video" and c.forwarding}))
+        transport = viewer.subscribe_transport
+        low = transport is not None and self.router.low_bandwidth(transport)
+        if (video, low) != viewer.forwarded:
+            viewer.forwarded = (video, low)
+            self._spawn(viewer.send({"type": "forwarding", "video": list(video),
+                                     "low_bandwidth": low}))
 
     # -- meeting -------------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from aiohttp import web
 from townhall import errors
 from townhall.auth import tokens
 from townhall.auth.permissions import MEETING_ROLES, permissions_for
+from townhall.languages import is_language
+from townhall.minutes import transcript
 from townhall.server.wire import http_error
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 def _room(record: Any) -> dict[str, Any]:
     return {"id": record.id, "name": record.name, "locked": record.locked,
-            "created_at": record.created_at}
+            "captions": record.captions, "created_at": record.created_at}
 
 
 @web.middleware
@@ -95,6 +97,28 @@ async def get_room(request: web.Request) -> web.Response:
     body = _room(record)
     body["participants"] = len(live.participants) if live is not None else 0
     return web.json_response(body)
+
+
+@routes.patch("/api/rooms/{room}")
+async def change_room(request: web.Request) -> web.Response:
+    """Change a room's settings: ``{"captions": bool}``."""
+    services = _services(request)
+    room_id = request.match_info["room"]
+    require(grant_of(request), "moderate", room_id)
+    body = await _body(request)
+    unknown = set(body) - {"captions"}
+    if unknown:
+        raise errors.BadRequest(f"cannot change {', '.join(sorted(unknown))}")
+    record = await services.store.get_room(room_id)
+    if "captions" in body:
+        captions = body["captions"]
+        if not isinstance(captions, bool):
+            raise errors.BadRequest("captions must be true or false")
+        record = await services.store.set_captions(room_id, captions)
+        live = services.registry.find(room_id)
+        if live is not None:
+            await live.captions.apply(captions)
+    return web.json_response(_room(record))
 
 
 @routes.delete("/api/rooms/{room}")
@@ -168,6 +192,22 @@ async def chat(request: web.Request) -> web.Response:
         {"id": r.id, "participant": r.participant_id, "name": r.name, "text": r.text, "at": r.at}
         for r in rows
     ])
+
+
+@routes.get("/api/meetings/{meeting}/transcript")
+async def meeting_transcript(request: web.Request) -> web.Response:
+    """The meeting's final captions: ``?format=json`` (default) or ``vtt``, ``&language=``."""
+    meeting_id = await _meeting_for(request)
+    kind = request.query.get("format", "json")
+    if kind not in transcript.FORMATS:
+        raise errors.BadRequest(f"format must be one of {', '.join(transcript.FORMATS)}")
+    language = request.query.get("language") or None
+    if language is not None and not is_language(language):
+        raise errors.BadRequest("language must be an ISO 639-1 code")
+    store = _services(request).store
+    meeting = await store.get_meeting(meeting_id)
+    text = transcript.write(kind, meeting, await store.captions(meeting_id), language)
+    return web.Response(text=text, content_type=transcript.CONTENT_TYPES[kind], charset="utf-8")
 
 
 def _base_url(request: web.Request) -> str:

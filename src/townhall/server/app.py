@@ -9,6 +9,7 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from townhall.auth import tokens
 from townhall.auth.secret import secret_for
 from townhall.config import Config
 from townhall.rooms.registry import RoomRegistry
-from townhall.server import api, metrics, session
+from townhall.server import api, captions, captions_worker, metrics, session
 from townhall.server.keys import SERVICES
 from townhall.sfu.router import Counters, Router
 from townhall.sfu.transport import Transport
@@ -58,11 +59,15 @@ class _RouterEvents:
         if room is not None:
             room.transport_lost(owner, transport)
 
-    def forwarding_changed(self, router: Router, owner: str, transport: Transport) -> None:
+    def active_speaker_changed(self, router: Router, owner: str | None) -> None:
         room = self._services[0].registry.find(self._room_id)
         if room is not None:
-            consumers, low_bandwidth = router.forwarding(transport)
-            room.forwarding_changed(owner, consumers, low_bandwidth)
+            room.active_speaker_changed(owner)
+
+    def forwarding_changed(self, router: Router, owner: str) -> None:
+        room = self._services[0].registry.find(self._room_id)
+        if room is not None:
+            room.forwarding_changed(owner)
 
 
 async def _page(request: web.Request) -> web.FileResponse:
@@ -77,6 +82,7 @@ def build(services: Services) -> web.Application:
     app.router.add_get("/", _page)
     app.router.add_get("/r/{room}", _page)
     app.router.add_get("/ws", session.handle)
+    app.router.add_get("/ws/captions", captions.handle)
     app.router.add_static("/static/", STATIC)
     app.add_routes(api.routes)
     app.add_routes(metrics.routes)
@@ -132,18 +138,27 @@ class Running:
     services: Services
     runner: web.AppRunner
     port: int
+    worker: captions_worker.WorkerProcess | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
         await close_services(self.services)
         await self.runner.cleanup()
 
 
-async def start(config: Config) -> Running:
-    """Start the server in the running loop (``http_port`` 0 picks a free port)."""
+async def start(
+    config: Config, worker_program: Sequence[str] = captions_worker.PROGRAM
+) -> Running:
+    """Start the server in the running loop (``http_port`` 0 picks a free port).
+
+    With ``config.captions_worker`` it starts the captions worker too: ``worker_program``
+    followed by the ``captions`` arguments.
+    """
     services = await open_services(config)
     app = build(services)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
@@ -157,7 +172,25 @@ async def start(config: Config) -> Running:
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else config.http_port
-    return Running(services, runner, port)
+    running = Running(services, runner, port)
+    if config.captions_worker:
+        running.worker = _start_worker(services, port, worker_program)
+    return running
+
+
+def _start_worker(services: Services, port: int,
+                  program: Sequence[str]) -> captions_worker.WorkerProcess:
+    url = captions_worker.local_url(services.config, port)
+
+    def command() -> list[str]:
+        token = captions.worker_token(services.secret, captions.WORKER_TOKEN_TTL, time.time())
+        return [*program, *captions_worker.worker_arguments(services.config, url, token)]
+
+    worker = captions_worker.WorkerProcess(command)
+    worker.start()
+    logger.info("captions worker: %s captions --server %s --asr-model %s", " ".join(program),
+                url, services.config.asr_model)
+    return worker
 
 
 def serve(config: Config) -> None:
@@ -184,6 +217,9 @@ async def _serve(config: Config) -> None:
     if services.ice is not None:
         print(f"Media: UDP port {services.ice.udp_port}, TCP port {services.ice.tcp_port}",
               flush=True)
+    if running.worker is not None:
+        print(f"Captions worker started (speech model {config.asr_model!r}); "
+              "--no-captions turns it off", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,6 +13,8 @@ from aiohttp import WSMsgType, web
 
 from townhall import errors
 from townhall.auth import tokens
+from townhall.auth.permissions import CAPTION
+from townhall.rooms.captions import Caption, parse_language
 from townhall.rooms.participant import Participant
 from townhall.rooms.room import LiveRoom
 from townhall.server.wire import close_for, error_message
@@ -61,6 +63,26 @@ def _flag(message: dict[str, Any], name: str) -> bool:
     return value
 
 
+async def receive_message(ws: web.WebSocketResponse) -> dict[str, Any] | None:
+    """The next message, or None when the socket closed; malformed input raises."""
+    msg = await ws.receive()
+    if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+        return None
+    if msg.type == WSMsgType.ERROR:
+        # aiohttp has already closed the socket (1009 for an oversized message).
+        logger.info("websocket error: %s", msg.data)
+        return None
+    if msg.type != WSMsgType.TEXT:
+        raise errors.BadRequest("messages must be JSON text")
+    try:
+        message = json.loads(msg.data)
+    except ValueError:
+        raise errors.BadRequest("message is not JSON") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise errors.BadRequest("message has no type")
+    return message
+
+
 class Session:
     def __init__(self, services: Services, ws: web.WebSocketResponse) -> None:
         self.services = services
@@ -82,6 +104,8 @@ class Session:
             "lock": self._lock,
             "leave": self._leave,
             "ping": self._ping,
+            **self._caption_handlers(),
+            **self._receiving_handlers(),
         }
 
     async def run(self) -> None:
@@ -112,23 +136,7 @@ class Session:
             await self._dispatch(message)
 
     async def _receive(self) -> dict[str, Any] | None:
-        """The next message, or None when the socket closed; malformed input raises."""
-        msg = await self.ws.receive()
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            return None
-        if msg.type == WSMsgType.ERROR:
-            # aiohttp has already closed the socket (1009 for an oversized message).
-            logger.info("websocket error: %s", msg.data)
-            return None
-        if msg.type != WSMsgType.TEXT:
-            raise errors.BadRequest("messages must be JSON text")
-        try:
-            message = json.loads(msg.data)
-        except ValueError:
-            raise errors.BadRequest("message is not JSON") from None
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            raise errors.BadRequest("message has no type")
-        return message
+        return await receive_message(self.ws)
 
     async def _join(self, message: dict[str, Any]) -> None:
         if message["type"] != "join":
@@ -143,7 +151,9 @@ class Session:
         resume = message.get("resume")
         if resume is not None and not isinstance(resume, str):
             raise errors.BadRequest("resume must be a string")
-        room = await self.services.registry.get(grant.room_id)
+        # The captions worker joins meetings that are going on; it never starts one.
+        room = await self.services.registry.get(
+            grant.room_id, open_meeting=CAPTION not in grant.permissions)
         participant, resumed = await room.join(grant, name, resume, self.outbox)
         self.room, self.participant = room, participant
         await room.welcome(participant, resumed)
@@ -228,6 +238,55 @@ class Session:
 
     async def _ping(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
         await self.outbox.send({"type": "pong"})
+
+    # -- captions --------------------------------------------------------------------------------
+
+    def _caption_handlers(self) -> dict[str, Callable[[LiveRoom, Participant, dict[str, Any]],
+                                                      Awaitable[None]]]:
+        return {
+            "captions": self._captions,
+            "caption-language": self._caption_language,
+            "caption": self._caption,
+        }
+
+    async def _captions(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        await room.captions.set_enabled(p, _flag(message, "enabled"))
+
+    async def _caption_language(self, room: LiveRoom, p: Participant,
+                                message: dict[str, Any]) -> None:
+        await room.captions.set_language(p, parse_language(message))
+
+    async def _caption(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        if not p.can(CAPTION):
+            raise errors.Forbidden("only the captions worker can send captions")
+        await room.captions.publish(p, Caption.parse(message))
+
+    # -- receiving preferences: audio-only, pins, last-N ------------------------------------------
+
+    def _receiving_handlers(self) -> dict[str, Callable[[LiveRoom, Participant, dict[str, Any]],
+                                                        Awaitable[None]]]:
+        return {
+            "receive": self._receive_preferences,
+            "pin": self._pin,
+            "last-n": self._last_n,
+        }
+
+    async def _receive_preferences(self, room: LiveRoom, p: Participant,
+                                   message: dict[str, Any]) -> None:
+        await room.set_receive(p, _flag(message, "video"))
+
+    async def _pin(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        pinned = message.get("participants")
+        if not isinstance(pinned, list) or not all(
+                isinstance(i, str) and 0 < len(i) <= 64 for i in pinned):
+            raise errors.BadRequest("participants must be a list of participant ids")
+        await room.pin(p, pinned)
+
+    async def _last_n(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        n = message.get("n")
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise errors.BadRequest("n must be a whole number")
+        await room.set_last_n(p, n)
 
 
 async def handle(request: web.Request) -> web.WebSocketResponse:

@@ -44,6 +44,12 @@ FEEDBACK_EXPIRY = 4.0
 RETRY_FACTOR = 1.5
 #: What is forwarded now is kept while its cost is within this factor of the estimate.
 KEEP_TOLERANCE = 1.12
+#: The lowest layer of the most important video is kept longer: cutting all video is drastic,
+#: and at low rates the layer's bitrate and the estimate are both noisy.
+CUT_TOLERANCE = 1.5
+#: After video was cut, it is tried again (at its lowest layer) once ``may_raise`` allows;
+#: for this long reports are ignored, so the receiver can measure the video first.
+RETRY_GRACE = 2.0
 #: Going up a layer needs the new total times this to fit the estimate.
 UPGRADE_MARGIN = 1.15
 #: After the estimate dropped, no layer is raised (nor probed for) for this long, in seconds;
@@ -62,27 +68,39 @@ MAX_PROBE_RATE = 1_500_000
 class Estimate:
     """The available bandwidth of one transport the SFU sends on."""
 
-    __slots__ = ("_clock", "_created", "_drops", "_updated_at", "bitrate", "reports")
+    __slots__ = ("_clock", "_created", "_drops", "_ignore_until", "_updated_at", "bitrate",
+                 "reports")
 
     def __init__(self, clock: Callable[[], float], initial: int = INITIAL_BITRATE) -> None:
         self._clock = clock
         self._created = clock()
         self._updated_at = -1.0
         self._drops: list[float] = []
+        self._ignore_until = -1.0
         self.bitrate = initial
         self.reports = 0
 
     def update(self, bitrate: int) -> bool:
         """A new estimate from the receiver; True when it dropped enough to reallocate now."""
         now = self._clock()
+        self.reports += 1
+        if now < self._ignore_until:
+            return False
         bitrate = max(0, bitrate)
         dropped = bitrate < self.bitrate * (1 - DROP_RATIO)
         if dropped:
             self._drops = [*(t for t in self._drops if now - t < DROP_MEMORY), now][-8:]
         self.bitrate = bitrate
         self._updated_at = now
-        self.reports += 1
         return dropped
+
+    def retry(self, bitrate: int) -> None:
+        """Try ``bitrate`` (video was cut and the hold has passed): take it as the estimate
+        and ignore reports for ``RETRY_GRACE`` seconds, while the receiver measures again."""
+        now = self._clock()
+        self.bitrate = max(self.bitrate, bitrate)
+        self._updated_at = now
+        self._ignore_until = now + RETRY_GRACE
 
     def value(self) -> int | None:
         """Bit/s this transport may carry, or None when it is not limited."""
@@ -152,7 +170,8 @@ def allocate(budget: int | None, demands: list[VideoDemand],
 
     def fits(i: int, layer: int, extra: int) -> bool:
         if layer <= demands[i].current:
-            return total + extra <= budget * KEEP_TOLERANCE
+            tolerance = CUT_TOLERANCE if not total and layer == choices[i][0] else KEEP_TOLERANCE
+            return total + extra <= budget * tolerance
         return may_raise and (total + extra) * UPGRADE_MARGIN <= budget
 
     for i in order:

@@ -22,14 +22,14 @@ logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 
-#: How many of the most recent packets a probe may send again.
-PROBE_DEPTH = 8
+#: Most padding packets sent after one frame.
+MAX_PADDING_PACKETS = 8
 
 
 class Consumer:
-    __slots__ = ("_clock", "closed", "id", "last_layer", "layer", "max_layer", "octets",
-                 "packets", "paused", "pictures", "priority", "producer", "rewriter", "slot",
-                 "target", "transport")
+    __slots__ = ("_clock", "_pauses", "_reported_packets", "closed", "id", "last_layer",
+                 "layer", "max_layer", "octets", "packets", "padding", "paused", "pictures",
+                 "priority", "producer", "rewriter", "slot", "target", "transport")
 
     def __init__(
         self,
@@ -44,10 +44,13 @@ class Consumer:
         self.slot = slot
         self.rewriter = SequenceRewriter(producer.codec.clock_rate, clock)
         self._clock = clock
+        #: True while any reason holds the consumer paused: the one test per packet.
         self.paused = False
+        self._pauses: set[str] = set()
         self.closed = False
         self.packets = 0
         self.octets = 0
+        self._reported_packets = 0
         #: The layer forwarded now, -1 for none. A simulcast consumer starts with none and
         #: takes its first layer at a keyframe.
         self.layer = -1 if producer.simulcast else 0
@@ -60,6 +63,8 @@ class Consumer:
         self.pictures = vp8.PictureRewriter() if producer.simulcast else None
         #: Allocation serves higher priorities first; a shared screen before cameras.
         self.priority = 1 if producer.source == "screen" else 0
+        #: Bytes of padding to send after the next frames (bandwidth probes, set by the router).
+        self.padding = 0
 
     @property
     def mid(self) -> str | None:
@@ -67,8 +72,9 @@ class Consumer:
 
     @property
     def forwarding(self) -> bool:
-        """Whether this consumer's media is meant to reach the far end now."""
-        return not self.paused and not self.producer.paused and self.target >= 0
+        """Whether this consumer's media is meant to reach the far end now: no pause holds it
+        and the allocation gave it a layer."""
+        return not self.paused and self.target >= 0
 
     def send(self, data: bytes, header: rtp.RtpHeader, layer: int) -> bool:
         if self.paused:
@@ -101,7 +107,28 @@ class Consumer:
             return False
         self.packets += 1
         self.octets += len(packet) - header.payload_offset
+        if self.padding and header.marker:
+            self._send_padding(payload_type)
         return True
+
+    def _send_padding(self, payload_type: int) -> None:
+        """Padding packets right after the end of a frame (never inside one, where a
+        receiver would take them for a hole in the frame)."""
+        owed = self.padding
+        abs_send_time = self.slot.abs_send_time
+        for _ in range(MAX_PADDING_PACKETS):
+            if owed <= 0:
+                break
+            sequence, timestamp = self.rewriter.pad()
+            extension = b"" if abs_send_time is None else \
+                rtp.abs_send_time_block(abs_send_time, self._clock())
+            packet = rtp.padding_packet(payload_type, sequence, timestamp, self.slot.ssrc,
+                                        extension, min(rtp.MAX_PADDING, owed))
+            if not self.transport.send_rtp(packet):
+                break
+            self.packets += 1
+            owed -= len(packet)
+        self.padding = max(0, owed)
 
     def _switch(self, layer: int) -> bool:
         """Whether the packet being forwarded lets this consumer start on ``layer`` now."""
@@ -131,13 +158,30 @@ class Consumer:
             self.pictures.restart()
             self.layer = -1
 
-    def set_paused(self, paused: bool) -> None:
-        if paused != self.paused:
-            self.paused = paused
-            if not paused:
+    def set_paused(self, paused: bool, reason: str) -> None:
+        """Pause or resume sending for ``reason``; the consumer sends while no reason holds it.
+
+        Each part of the SFU pauses for its own reason and never undoes another's: the router's
+        per-transport reasons (``Router.set_video_paused``: "audio-only") and the room's
+        forwarding policy ("last-n"). (Video cut for lack of bandwidth is the allocation's
+        target -1, not a pause.) Nothing is renegotiated; resuming continues the output
+        sequence and asks the producer for a keyframe, so a picture appears at once.
+        """
+        if paused:
+            self._pauses.add(reason)
+        else:
+            self._pauses.discard(reason)
+        now = bool(self._pauses)
+        if now != self.paused:
+            self.paused = now
+            if not now:
                 self.restart()
-                if self.target >= 0:
-                    self.producer.request_keyframe(self.target)
+                self.producer.request_keyframe(max(0, self.target))
+
+    @property
+    def pauses(self) -> frozenset[str]:
+        """The reasons holding this consumer paused."""
+        return frozenset(self._pauses)
 
     def retransmit(self, sequences: tuple[int, ...]) -> list[int]:
         """Resend what the cache holds; returns the producer's sequence numbers it lacks."""
@@ -149,27 +193,6 @@ class Consumer:
             if sequence is not None and self._resend(self.layer, out_sequence, sequence) < 0:
                 missing.append(sequence)
         return missing
-
-    def probe(self, octets: int) -> int:
-        """Send again the most recent packets sent, up to about ``octets`` bytes: duplicates
-        the receiver measures for its bandwidth estimate and then discards. Returns the bytes
-        sent."""
-        layer = self.last_layer
-        if layer < 0 or not self.packets:
-            return 0
-        last, _ = self.rewriter.last_output
-        sent = 0
-        for back in range(PROBE_DEPTH):
-            out_sequence = (last - back) & 0xFFFF
-            sequence = self.rewriter.input_sequence(out_sequence)
-            if sequence is None:
-                break
-            size = self._resend(layer, out_sequence, sequence)
-            if size > 0:
-                sent += size
-                if sent >= octets:
-                    break
-        return sent
 
     def _resend(self, layer: int, out_sequence: int, sequence: int) -> int:
         """Send the producer's packet ``sequence`` of ``layer`` again as ``out_sequence``;
@@ -198,11 +221,14 @@ class Consumer:
         return len(packet) if self.transport.send_rtp(packet) else 0
 
     def send_sender_report(self) -> None:
-        if self.layer < 0 or not self.packets:
+        if self.last_layer < 0:
             return
-        report = self.producer.layers[self.layer].sender_report
-        if report is None:
+        report = self.producer.layers[self.last_layer].sender_report
+        # A consumer that sent nothing since its last report is not a sender (RFC 3550 6.4):
+        # paused consumers cost a receiver no reports.
+        if report is None or self.packets == self._reported_packets:
             return
+        self._reported_packets = self.packets
         ntp, rtp_timestamp = report
         self.transport.send_rtcp(rtcp.sender_report(
             self.slot.ssrc, ntp, self.rewriter.output_timestamp(rtp_timestamp),

@@ -273,6 +273,8 @@ class _MuxProtocol(StunProtocol):
         self.closed = False
         self.local_candidate = sock.candidate(component)
         self.transport = _SharedTransport(self)
+        #: Takes SRTP/SRTCP datagrams past aioice's queue once a transport sets it (MediaPath).
+        self.media_receiver: Callable[[bytes], None] | None = None
 
     # DemuxTarget
 
@@ -344,6 +346,7 @@ class _MuxProtocol(StunProtocol):
 
     def detach(self) -> None:
         """Stop using the shared socket (idempotent)."""
+        self.media_receiver = None
         if not self.closed:
             self.closed = True
             self.socket.unregister(self)
@@ -351,6 +354,45 @@ class _MuxProtocol(StunProtocol):
 
     def __repr__(self) -> str:
         return f"mux-protocol({self.id} {self.socket.transport_name} {self.socket.local_address})"
+
+
+# --- the media shortcut ----------------------------------------------------------------------
+
+
+class MediaPath:
+    """SRTP in and out of one ICE connection's nominated pair, past aioice and aiortc.
+
+    ``sendto(data, address)`` writes a protected datagram (or ICE-TCP frame) to the remote side;
+    :meth:`receive` makes every RTP/RTCP datagram (first byte 128-191, RFC 7983) from the remote
+    go to ``receiver`` at once, from the socket's callback: no STUN parsing, no queue, no task
+    switch. DTLS and STUN keep going through aioice. :meth:`close` (idempotent) stops receiving.
+    """
+
+    __slots__ = ("_protocol", "address", "sendto")
+
+    def __init__(self, protocol: _MuxProtocol, address: Address) -> None:
+        self._protocol = protocol
+        self.address = address
+        self.sendto = protocol.socket.sender()
+
+    def receive(self, receiver: Callable[[bytes], None]) -> None:
+        if not self._protocol.closed:
+            self._protocol.media_receiver = receiver
+
+    def close(self) -> None:
+        self._protocol.media_receiver = None
+
+    @property
+    def closed(self) -> bool:
+        return self._protocol.closed
+
+
+def media_path(protocol: object, address: tuple[Any, ...]) -> MediaPath | None:
+    """The shortcut for a nominated pair whose local side is an :class:`IceMux` socket (``None``
+    for aioice's own sockets, which keep the ordinary path)."""
+    if not isinstance(protocol, _MuxProtocol) or protocol.closed:
+        return None
+    return MediaPath(protocol, (address[0], address[1]))
 
 
 # --- shared sockets ---------------------------------------------------------------------------
@@ -374,6 +416,10 @@ class _SharedSocket:
     def send(self, data: bytes, addr: Address) -> None:
         raise NotImplementedError
 
+    def sender(self) -> Callable[[bytes, Address], None]:
+        """The quickest way to send on this socket: ``sender()(data, addr)``."""
+        return self.send
+
     async def bind(self, port: int) -> None:
         raise NotImplementedError
 
@@ -385,6 +431,23 @@ class _SharedSocket:
 
     def unregister(self, protocol: _MuxProtocol) -> None:
         self.table.remove(protocol)
+
+    def deliver_media(self, data: bytes, addr: Any) -> bool:
+        """Hand an SRTP or SRTCP datagram from a bound address straight to the receiver its
+        transport set (no STUN parsing, no aioice queue, no task switch). False if there is no
+        such receiver: the datagram then takes the ordinary way (:meth:`deliver`)."""
+        target = self.table._by_address.get(addr)
+        if target is None:
+            return False
+        receiver = target.media_receiver
+        if receiver is None:
+            return False
+        try:
+            receiver(data)
+        except Exception:
+            logger.warning("%s: media from %s dropped, it failed", self.table.name, addr)
+            logger.debug("media error", exc_info=True)
+        return True
 
     def deliver(self, data: bytes, addr: Address) -> bool:
         """Route one datagram or frame to its ICE connection; False if it was dropped."""
@@ -441,6 +504,9 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         )
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        # RFC 7983: 128-191 is RTP/RTCP. An IPv4 address is already a (host, port) tuple.
+        if data and 127 < data[0] < 192 and self.deliver_media(data, addr):
+            return
         self.deliver(data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
@@ -450,6 +516,12 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.sendto(data, addr)
+
+    def sender(self) -> Callable[[bytes, Address], None]:
+        # The event loop's own sendto: one call per packet, no checks in Python. A transport
+        # that closes drops its MediaPath first; the mux closes this socket only after that.
+        transport = self._transport
+        return self.send if transport is None else transport.sendto
 
     async def close(self) -> None:
         transport, self._transport = self._transport, None
@@ -483,6 +555,8 @@ class _TcpSocket(_SharedSocket):
         )
 
     def _on_frame(self, frame: bytes, addr: Address) -> bool:
+        if frame and 127 < frame[0] < 192 and self.deliver_media(frame, addr):
+            return True
         self.deliver(frame, addr)
         # A stream is kept only once it belongs to an ICE connection.
         return self.table.bound(addr) is not None

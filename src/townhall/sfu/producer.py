@@ -37,6 +37,7 @@ class Producer:
         "consumers",
         "descriptor",
         "id",
+        "keyframe_pending",
         "kind",
         "layers",
         "loud_until",
@@ -79,6 +80,9 @@ class Producer:
         self.closed = False
         self.loud_until = 0.0
         self._clock = clock
+        #: A keyframe request arrived too soon after the last one for some layer: the router's
+        #: periodic work sends it once the interval has passed (``flush_keyframe_request``).
+        self.keyframe_pending = False
 
     @property
     def ssrc(self) -> int | None:
@@ -127,11 +131,30 @@ class Producer:
         if self.kind != "video":
             return
         now = self._clock()
+        pending = False
         for layer in self.layers if index is None else self.layers[index:index + 1]:
-            if layer.ssrc is None or now - layer.keyframe_requested_at < KEYFRAME_INTERVAL:
+            if layer.ssrc is None:
+                continue
+            if now - layer.keyframe_requested_at < KEYFRAME_INTERVAL:
+                # Never dropped: a consumer that resumed after the last keyframe needs one too.
+                layer.keyframe_pending = pending = True
                 continue
             layer.keyframe_requested_at = now
+            layer.keyframe_pending = False
             self.transport.send_rtcp(rtcp.pli(self.track.rtcp_ssrc, layer.ssrc))
+        if pending:
+            self.keyframe_pending = True
+
+    def flush_keyframe_request(self) -> None:
+        """Send the keyframe requests held back by the interval that are due now."""
+        now = self._clock()
+        pending = False
+        for layer in self.layers:
+            if layer.keyframe_pending:
+                if now - layer.keyframe_requested_at >= KEYFRAME_INTERVAL:
+                    self.request_keyframe(layer.index)
+                pending = pending or layer.keyframe_pending
+        self.keyframe_pending = pending
 
     def request_retransmission(self, index: int, sequences: list[int]) -> None:
         ssrc = self.layers[index].ssrc

@@ -34,17 +34,22 @@ DEFAULT_BITRATE = 2_500_000
 REPORT_INTERVAL = 1.0
 SPEAKING_INTERVAL = 0.25
 ALLOCATE_INTERVAL = 0.5
-PROBE_INTERVAL = 0.05
+#: Period of the router's short periodic work: held-back keyframe requests and probes.
+TICK_INTERVAL = 0.1
+#: Padding owed to a consumer is at most this many ticks' worth (frames may be far apart).
+PADDING_BACKLOG = 4
 
 
 class RouterEvents(Protocol):
     def speaking_changed(self, router: Router, owners: frozenset[str]) -> None: ...
 
-    def transport_closed(self, router: Router, owner: str, transport: Transport) -> None: ...
+    def active_speaker_changed(self, router: Router, owner: str | None) -> None: ...
 
-    def forwarding_changed(self, router: Router, owner: str, transport: Transport) -> None:
-        """The set of video consumers forwarding on ``transport`` changed (bandwidth, layout,
-        pauses), or whether its video is cut for lack of bandwidth."""
+    def forwarding_changed(self, router: Router, owner: str) -> None:
+        """Video to ``owner``'s transport was paused or resumed as a whole, or the allocation
+        changed which video consumers forward there (bandwidth, layout)."""
+
+    def transport_closed(self, router: Router, owner: str, transport: Transport) -> None: ...
 
 
 @dataclass
@@ -66,6 +71,8 @@ class _TransportState:
     layers_by_ssrc: dict[int, Layer] = field(default_factory=dict)
     producers_by_mid: dict[str, Producer] = field(default_factory=dict)
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
+    #: Reasons every video consumer on this transport is paused for (``set_video_paused``).
+    video_pauses: set[str] = field(default_factory=set)
     #: Video consumers forwarding after the last allocation, and whether video was cut.
     forwarding: frozenset[str] = frozenset()
     low_bandwidth: bool = False
@@ -96,7 +103,7 @@ class Router:
             asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
             asyncio.ensure_future(self._every(SPEAKING_INTERVAL, self._update_speaking)),
             asyncio.ensure_future(self._every(ALLOCATE_INTERVAL, self.allocate)),
-            asyncio.ensure_future(self._every(PROBE_INTERVAL, self._probe)),
+            asyncio.ensure_future(self._every(TICK_INTERVAL, self._tick)),
         ]
 
     # -- transports --------------------------------------------------------------------------
@@ -161,7 +168,11 @@ class Router:
         consumer = Consumer(producer, transport, slot, self._clock)
         producer.consumers.append(consumer)
         self.consumers[consumer.id] = consumer
-        self._transports[transport].consumers_by_ssrc[slot.ssrc] = consumer
+        state = self._transports[transport]
+        state.consumers_by_ssrc[slot.ssrc] = consumer
+        if producer.kind == "video":
+            for reason in state.video_pauses:
+                consumer.set_paused(True, reason)
         self._allocate_on(transport)
         return consumer
 
@@ -199,6 +210,36 @@ class Router:
         if state is not None:
             state.consumers_by_ssrc.pop(consumer.slot.ssrc, None)
             consumer.transport.remove_outgoing(consumer.slot)
+
+    # -- pausing all video to one transport ---------------------------------------------------
+
+    def set_video_paused(self, transport: Transport, reason: str, paused: bool) -> None:
+        """Pause (or resume) every video consumer on ``transport``, now and later, for ``reason``.
+
+        Audio keeps flowing. Used for audio-only mode ("audio-only" when the participant asks
+        for it; video cut because the transport's estimate is too low for any video is the
+        allocation's doing, see ``low_bandwidth``). Video resumes once no reason is left,
+        without renegotiation.
+        """
+        state = self._transports.get(transport)
+        if state is None:
+            return
+        before = bool(state.video_pauses)
+        if paused:
+            state.video_pauses.add(reason)
+        else:
+            state.video_pauses.discard(reason)
+        for consumer in state.consumers_by_ssrc.values():
+            if consumer.producer.kind == "video":
+                consumer.set_paused(paused, reason)
+        if before != bool(state.video_pauses) and self._events is not None:
+            self._events.forwarding_changed(self, state.owner)
+        self._allocate(transport, state, self._clock())
+
+    def video_paused(self, transport: Transport) -> bool:
+        """Whether all video to ``transport`` is paused, for whatever reason."""
+        state = self._transports.get(transport)
+        return state is not None and bool(state.video_pauses)
 
     async def subscribe_offer(self, transport: Transport) -> str:
         return await transport.offer()
@@ -291,8 +332,11 @@ class Router:
                     layer.reception.last_sr = (item.ntp_timestamp >> 16) & 0xFFFFFFFF
                 continue
             if item.kind == "remb":
-                if state.consumers_by_ssrc and state.estimate.update(item.bitrate):
-                    self._allocate_on(transport)
+                if state.consumers_by_ssrc:
+                    logger.debug("%s: REMB %d bit/s (probing at %d)", transport.name,
+                                 item.bitrate, state.probe_rate)
+                    if state.estimate.update(item.bitrate):
+                        self._allocate_on(transport)
                 continue
             consumer = state.consumers_by_ssrc.get(item.media_ssrc)
             if consumer is None:
@@ -347,6 +391,12 @@ class Router:
         for consumer in self.consumers.values():
             consumer.send_sender_report()
 
+    def _tick(self) -> None:
+        for producer in self.producers.values():
+            if producer.keyframe_pending:
+                producer.flush_keyframe_request()
+        self._probe()
+
     # -- allocation ----------------------------------------------------------------------------
 
     def set_layout(self, consumer: Consumer, width: int, height: int) -> None:
@@ -361,13 +411,11 @@ class Router:
             consumer.max_layer = layer
             self._allocate_on(consumer.transport)
 
-    def forwarding(self, transport: Transport) -> tuple[frozenset[str], bool]:
-        """Ids of the video consumers forwarding on ``transport``, and whether video is cut
-        there for lack of bandwidth (audio-only)."""
+    def low_bandwidth(self, transport: Transport) -> bool:
+        """Whether video to ``transport`` is cut because even the lowest layer of one video
+        does not fit its bandwidth estimate (automatic audio-only)."""
         state = self._transports.get(transport)
-        if state is None:
-            return frozenset(), False
-        return state.forwarding, state.low_bandwidth
+        return state is not None and state.low_bandwidth
 
     def estimate(self, transport: Transport) -> bandwidth.Estimate | None:
         """The bandwidth estimate of a transport the router sends on."""
@@ -401,6 +449,11 @@ class Router:
         budget = state.estimate.value()
         may_raise = state.estimate.may_raise()
         allocation = bandwidth.allocate(budget, demands, may_raise)
+        if may_raise and allocation.total == 0 and allocation.wanted:
+            # Video is cut and the hold has passed: try the lowest layer again.
+            state.estimate.retry(int(allocation.wanted * bandwidth.UPGRADE_MARGIN) + 1)
+            budget = state.estimate.value()
+            allocation = bandwidth.allocate(budget, demands, may_raise)
         state.probe_rate = bandwidth.probe_rate(budget, allocation, may_raise)
         for consumer, target in zip(video, allocation.targets, strict=True):
             if target != consumer.target:
@@ -418,19 +471,24 @@ class Router:
                 logger.info("%s: video cut for lack of bandwidth (estimate %s bit/s)",
                             transport.name, budget)
             if self._events is not None:
-                self._events.forwarding_changed(self, state.owner, transport)
+                self._events.forwarding_changed(self, state.owner)
 
     def _probe(self) -> None:
-        """Periodic work: send each probing transport its share of probe packets."""
+        """Periodic work: give each probing transport's forwarding video consumers their share
+        of padding, sent after their next frames."""
         for state in self._transports.values():
-            if not state.probe_rate:
+            rate = state.probe_rate
+            video = [c for c in state.consumers_by_ssrc.values()
+                     if c.producer.kind == "video" and c.layer >= 0 and not c.paused]
+            if not rate:
+                for consumer in video:
+                    consumer.padding = 0
                 continue
-            octets = state.probe_rate * PROBE_INTERVAL / 8
-            for consumer in state.consumers_by_ssrc.values():
-                if octets <= 0:
-                    break
-                if consumer.producer.kind == "video":
-                    octets -= consumer.probe(int(octets))
+            if not video:
+                continue
+            share = int(rate * TICK_INTERVAL / 8 / len(video))
+            for consumer in video:
+                consumer.padding = min(consumer.padding + share, share * PADDING_BACKLOG)
 
     def _update_speaking(self) -> None:
         speaking = frozenset(p.owner for p in self.producers.values()

@@ -109,6 +109,21 @@ def rewrite_extended(
     )
 
 
+#: Most padding one RTP packet carries (its length is one byte).
+MAX_PADDING = 255
+_PADDING = bytes(MAX_PADDING - 1)
+
+
+def padding_packet(payload_type: int, sequence: int, timestamp: int, ssrc: int,
+                   extension: bytes, size: int = MAX_PADDING) -> bytes:
+    """An RTP packet with no payload and ``size`` bytes of padding (RFC 3550 5.1), as senders
+    use to probe bandwidth; receivers count it and discard it."""
+    size = max(1, min(MAX_PADDING, size))
+    first = 0xA0 | (0x10 if extension else 0)
+    return (_FIXED.pack(first, payload_type, sequence, timestamp, ssrc) + extension
+            + _PADDING[:size - 1] + bytes((size,)))
+
+
 _ABS_SEND_TIME_BLOCK = struct.Struct("!HHBBH")
 
 

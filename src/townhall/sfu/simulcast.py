@@ -40,6 +40,7 @@ class Layer:
         "cache",
         "height",
         "index",
+        "keyframe_pending",
         "keyframe_requested_at",
         "last_packet_at",
         "octets",
@@ -70,6 +71,8 @@ class Layer:
         #: When ``measure`` last saw new bytes.
         self.last_packet_at = -1.0
         self.keyframe_requested_at = -1.0
+        #: A keyframe request for this layer waits for ``KEYFRAME_INTERVAL`` to pass.
+        self.keyframe_pending = False
         self._counted = 0
         self._counted_at = -1.0
 

@@ -28,6 +28,7 @@ from aiortc import sdp as aiortc_sdp
 
 from townhall.errors import BadRequest
 from townhall.sfu import simulcast_sdp
+from townhall.sfu.ice import MediaPath, media_path
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ PRIVATE_ATTRIBUTES = (
     ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_handle_rtp_data"),
     ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_handle_rtcp_data"),
     ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_tx_srtp"),
+    ("aiortc.rtcdtlstransport.RTCDtlsTransport", "_rx_srtp"),
     ("aiortc.rtcicetransport.RTCIceTransport", "_connection"),
     ("aioice.ice.Connection", "_nominated"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_ssrc"),
@@ -215,6 +217,12 @@ class Transport:
         self._closed = False
         self._ready_task: asyncio.Task[None] | None = None
         self._slots: list[Slot] = []
+        #: Set once SRTP is ready and the nominated pair is on an IceMux socket: the packet path
+        #: then goes straight between the socket and the handler (see ``_link``).
+        self._path: MediaPath | None = None
+        self._protect: Callable[[bytes], bytes] | None = None
+        self._sendto: Callable[[bytes, Any], None] | None = None
+        self._remote: Any = None
         self.pc.on("connectionstatechange", self._state_changed)
 
     # -- negotiation -----------------------------------------------------------------------
@@ -395,7 +403,15 @@ class Transport:
 
     def send_rtp(self, data: bytes) -> bool:
         """Protect and send one RTP packet now; False if the transport cannot send yet."""
-        return self._send(data, rtcp=False)
+        sendto = self._sendto
+        if sendto is None:
+            return self._send(data, rtcp=False)
+        try:
+            sendto(self._protect(data), self._remote)  # type: ignore[misc]
+        except pylibsrtp.Error as exc:
+            logger.debug("%s: SRTP protect failed: %s", self.name, exc)
+            return False
+        return True
 
     def send_rtcp(self, data: bytes) -> bool:
         """Protect and send one (compound) RTCP packet now; False if it cannot send yet."""
@@ -437,6 +453,46 @@ class Transport:
         if transceivers:
             self._dtls = transceivers[0].receiver.transport
 
+    def _link(self) -> None:
+        """Take the packet path over from aiortc once SRTP is ready, if the pair allows it.
+
+        Received SRTP then goes socket → unprotect → handler in one call, and ``send_rtp``
+        protects and writes to the socket in one call (no ``await`` either way). Transports on
+        aioice's own sockets (no IceMux) keep aiortc's path.
+        """
+        dtls = self._dtls
+        pair = dtls.transport._connection._nominated.get(1)
+        path = None if pair is None else media_path(pair.protocol, pair.remote_addr)
+        if path is None:
+            return
+        self._path = path
+        self._protect = dtls._tx_srtp.protect
+        self._remote = path.address
+        self._sendto = path.sendto
+        rx = dtls._rx_srtp
+        unprotect, unprotect_rtcp = rx.unprotect, rx.unprotect_rtcp
+        handler = self._handler
+        srtp_error = pylibsrtp.Error
+        name = self.name
+
+        def srtp_received(data: bytes) -> None:
+            try:
+                if 191 < data[1] < 224:  # RTCP packet types 192-223 (RFC 5761)
+                    handler.rtcp_received(self, unprotect_rtcp(data))
+                else:
+                    handler.rtp_received(self, unprotect(data))
+            except srtp_error as exc:
+                logger.debug("%s: SRTP unprotect failed: %s", name, exc)
+
+        path.receive(srtp_received)
+
+    def _unlink(self) -> None:
+        if self._path is not None:
+            self._path.close()
+        self._path = None
+        self._sendto = None
+        self._protect = None
+
     async def _rtp_arrived(self, dtls: Any, data: bytes, arrival_time_ms: int = 0) -> None:
         if dtls is self._dtls:
             self._handler.rtp_received(self, data)
@@ -459,6 +515,7 @@ class Transport:
             if dtls is not None and dtls._tx_srtp is not None and \
                     dtls.transport._connection._nominated.get(1) is not None:
                 self._ready = True
+                self._link()
                 self._handler.transport_ready(self)
                 return
             await asyncio.sleep(0.01)
@@ -469,6 +526,7 @@ class Transport:
             return
         self._closed = True
         self._ready = False
+        self._unlink()
         if self._ready_task is not None:
             self._ready_task.cancel()
         await self.pc.close()

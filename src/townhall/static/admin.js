@@ -1,10 +1,10 @@
 // @ts-check
-// townhall administration page: create rooms and invite links.
+// townhall administration page: create rooms and invite links, switch captions.
 
 import {byId, make} from './dom.js';
 
 /**
- * @typedef {{id: string, name: string, locked: boolean}} Room
+ * @typedef {{id: string, name: string, locked: boolean, captions?: boolean}} Room
  * @typedef {{url: string, token: string, role: string, expires_at: string|number|null}} Invite
  */
 
@@ -114,8 +114,40 @@ function roomItem(token, room) {
         });
         buttons.append(button, ' ');
     }
-    li.append(title, meta, buttons, links);
+    li.append(title, meta, captionsSwitch(token, room), buttons, links);
     return li;
+}
+
+/**
+ * The room's captions setting, as a switch (PATCH /api/rooms/{room}).
+ *
+ * @param {string} token
+ * @param {Room} room
+ * @returns {HTMLElement}
+ */
+function captionsSwitch(token, room) {
+    const button = make('button', {type: 'button', 'data-action': 'captions'});
+    const show = () => {
+        button.setAttribute('aria-pressed', room.captions ? 'true' : 'false');
+        button.textContent = room.captions ? 'Captions on' : 'Captions off';
+        button.title = room.captions ? 'Turn captions off' : 'Turn captions on';
+    };
+    button.addEventListener('click', async () => {
+        try {
+            /** @type {Room} */
+            const changed = await api(token, 'PATCH', `/api/rooms/${encodeURIComponent(room.id)}`,
+                {captions: !room.captions});
+            room.captions = !!changed.captions;
+            show();
+            notify(`Captions in “${room.name}” are ${room.captions ? 'on' : 'off'}.`);
+        } catch (e) {
+            notify(`Could not change captions: ${e instanceof Error ? e.message : e}`);
+        }
+    });
+    show();
+    const wrap = make('p', {class: 'room-captions'});
+    wrap.append(button);
+    return wrap;
 }
 
 /**

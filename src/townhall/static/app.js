@@ -1,6 +1,7 @@
 // @ts-check
 // townhall meeting page: the user interface over protocol.js.
 
+import {CAPTION_LANGUAGES, CaptionLog, knownLanguage} from './captions.js';
 import {byId, make} from './dom.js';
 import {ServerConnection, socketUrl} from './protocol.js';
 
@@ -10,11 +11,14 @@ import {ServerConnection, socketUrl} from './protocol.js';
  * @typedef {import('./protocol.js').ConsumerInfo} ConsumerInfo
  * @typedef {import('./protocol.js').Source} Source
  * @typedef {import('./protocol.js').Joined} Joined
+ * @typedef {import('./protocol.js').Caption} Caption
+ * @typedef {import('./captions.js').CaptionLine} CaptionLine
  */
 
 
 const NAME_KEY = 'townhall.name';
 const DEVICE_KEY = 'townhall.devices';
+const CAPTION_LANGUAGE_KEY = 'townhall.captionLanguage';
 
 const ui = {
     roomName: byId('room-name', HTMLElement),
@@ -45,6 +49,13 @@ const ui = {
     chatInput: byId('chat-input', HTMLInputElement),
     notices: byId('notices', HTMLElement),
     ended: byId('ended', HTMLElement),
+    captionsIndicator: byId('captions-indicator', HTMLElement),
+    captionsNotice: byId('captions-notice', HTMLElement),
+    captionsNoticeDismiss: byId('captions-notice-dismiss', HTMLButtonElement),
+    captionsToggle: byId('captions-toggle', HTMLButtonElement),
+    captions: byId('captions', HTMLElement),
+    captionLog: byId('caption-log', HTMLElement),
+    captionLanguage: byId('caption-language', HTMLSelectElement),
 };
 
 /** @type {ServerConnection|null} */
@@ -612,6 +623,117 @@ async function toggleScreen() {
     renderControls();
 }
 
+// ---- captions --------------------------------------------------------------
+
+/** @type {boolean} whether the room's captions are on, as this page last knew */
+let captionsOn = false;
+const captionLog = new CaptionLog(6);
+/** @type {Map<string, HTMLElement>} caption line key → its element */
+const captionElements = new Map();
+
+/**
+ * The room's captions are on or off.  When they come on (or are on when one
+ * joins), the participant is told that their speech is transcribed.
+ *
+ * @param {boolean} enabled
+ * @param {boolean} announce  say it in a notice too
+ */
+function showCaptionsState(enabled, announce) {
+    const was = captionsOn;
+    captionsOn = enabled;
+    ui.captionsIndicator.hidden = !enabled;
+    ui.captions.hidden = !enabled;
+    setPressed(ui.captionsToggle, enabled, 'Turn captions off', 'Turn captions on');
+    ui.captionsToggle.hidden = !connection || !connection.can('moderate');
+    if (enabled && !was)
+        ui.captionsNotice.hidden = false;
+    if (!enabled)
+        ui.captionsNotice.hidden = true;
+    if (announce && enabled !== was)
+        notify(enabled ? 'Captions are on.' : 'Captions are off.', 'info', 5000);
+}
+
+/** @param {Caption} caption */
+function showCaption(caption) {
+    const change = captionLog.add(caption);
+    for (const old of change.removed) {
+        const element = captionElements.get(old.key);
+        if (element)
+            element.remove();
+        captionElements.delete(old.key);
+    }
+    const line = change.line;
+    if (!line)
+        return;
+    let element = captionElements.get(line.key);
+    if (!element) {
+        element = make('div', {class: 'caption-line', 'data-participant': line.participant,
+            'data-utterance': line.utterance});
+        element.append(make('span', {class: 'caption-name'}, line.name),
+            make('p', {class: 'caption-text', dir: 'auto'}));
+        captionElements.set(line.key, element);
+        ui.captionLog.append(element);
+    }
+    renderCaptionLine(element, line);
+    ui.captionLog.scrollTop = ui.captionLog.scrollHeight;
+}
+
+/**
+ * @param {HTMLElement} element
+ * @param {CaptionLine} line
+ */
+function renderCaptionLine(element, line) {
+    element.dataset.final = line.final ? 'true' : 'false';
+    // Screen readers wait for the final instead of reading every partial.
+    element.setAttribute('aria-busy', line.final ? 'false' : 'true');
+    const name = element.querySelector('.caption-name');
+    if (name)
+        name.textContent = line.name;
+    const text = element.querySelector('.caption-text');
+    if (text instanceof HTMLElement) {
+        text.textContent = line.text;
+        text.lang = line.lang;
+        text.title = line.translated ? `Translated; said: ${line.original}` : '';
+    }
+}
+
+function clearCaptions() {
+    captionLog.clear();
+    captionElements.clear();
+    ui.captionLog.replaceChildren();
+}
+
+function setupCaptions() {
+    const saved = knownLanguage(localStorage.getItem(CAPTION_LANGUAGE_KEY));
+    ui.captionLanguage.replaceChildren(...CAPTION_LANGUAGES.map(([code, label]) => {
+        const option = document.createElement('option');
+        option.value = code;
+        option.textContent = label;
+        option.selected = code === saved;
+        return option;
+    }));
+    ui.captionLanguage.addEventListener('change', () => {
+        const language = ui.captionLanguage.value;
+        localStorage.setItem(CAPTION_LANGUAGE_KEY, language);
+        if (connection)
+            connection.setCaptionLanguage(language || null);
+    });
+    ui.captionsToggle.addEventListener('click', () => {
+        if (connection)
+            connection.setCaptions(!captionsOn);
+    });
+    ui.captionsNoticeDismiss.addEventListener('click', () => {
+        ui.captionsNotice.hidden = true;
+    });
+}
+
+/** @param {ServerConnection} conn */
+function connectCaptions(conn) {
+    conn.captionLanguage = ui.captionLanguage.value || null;
+    conn.oncaptions = (enabled) => showCaptionsState(enabled, true);
+    conn.oncaption = showCaption;
+}
+
 // ---- the connection --------------------------------------------------------
 
 /** @param {Joined} joined */
@@ -626,11 +748,14 @@ function onJoined(joined) {
     ui.audioSink.replaceChildren();
     ui.chatLog.replaceChildren();
     shownChat.clear();
+    clearCaptions();
+    showCaptionsState(!!joined.room.captions, false);
     for (const m of joined.chat || [])
         showChat(m);
     if (connection)
         for (const p of connection.participants.values())
-            tile(p.id, 'camera', !!connection.self && p.id === connection.self.id);
+            if (p.role !== 'caption')   // the captions worker has no picture
+                tile(p.id, 'camera', !!connection.self && p.id === connection.self.id);
     showLocalPreview();
     renderParticipants();
     renderQueue();
@@ -650,7 +775,8 @@ function start(token, name) {
     connection.onjoined = onJoined;
     connection.onparticipant = (kind, p) => {
         if (kind === 'joined') {
-            tile(p.id, 'camera', false);
+            if (p.role !== 'caption')
+                tile(p.id, 'camera', false);
             notify(`${p.name} joined.`, 'info', 5000);
         } else if (kind === 'left') {
             dropTile(p.id, 'camera');
@@ -671,6 +797,7 @@ function start(token, name) {
     connection.onconsumer = onConsumer;
     connection.onconsumerclose = onConsumerClose;
     connection.onforwarding = onForwarding;
+    connectCaptions(connection);
     connection.onmuted = () => {
         notify('You were muted by the host', 'muted', 30000);
         renderControls();
@@ -714,6 +841,7 @@ function main() {
         localStorage.setItem(NAME_KEY, name);
         start(token, name);
     });
+    setupCaptions();
     ui.mic.addEventListener('click', () => { toggleMic(); });
     ui.camera.addEventListener('click', () => { toggleCamera(); });
     ui.screen.addEventListener('click', () => { toggleScreen(); });

@@ -26,6 +26,17 @@
  * @property {string} id
  * @property {string} name
  * @property {boolean} locked
+ * @property {boolean} [captions]  speech in this room is captioned
+ *
+ * @typedef {Object} Caption
+ * @property {string} participant     the speaker
+ * @property {string} name
+ * @property {string} utterance       partials and the final of one utterance share it
+ * @property {boolean} final
+ * @property {string} language        ISO 639-1 code of the speech
+ * @property {string} text            in the chosen language where a translation came
+ * @property {string} original
+ * @property {string|null} translated the language of `text` when it is a translation
  *
  * @typedef {Object} ChatMessage
  * @property {string} id
@@ -216,6 +227,8 @@ export class ServerConnection {
         this._subscribeChain = Promise.resolve();
         /** @type {number} increments for every socket, so stale work can notice */
         this._generation = 0;
+        /** @type {string|null} the caption language asked for (null: the original) */
+        this.captionLanguage = null;
 
         // Callbacks.  Every one is optional.
         /** @type {((joined: Joined) => void)|null} */
@@ -244,6 +257,10 @@ export class ServerConnection {
         this.onerror = null;
         /** @type {((code: number, reason: string, message: string) => void)|null} */
         this.onclose = null;
+        /** @type {((enabled: boolean) => void)|null} the room's captions were turned on or off */
+        this.oncaptions = null;
+        /** @type {((caption: Caption) => void)|null} */
+        this.oncaption = null;
     }
 
     // ---- socket and session -------------------------------------------------
@@ -465,7 +482,7 @@ export class ServerConnection {
                 this.onqueue(this.queue);
             break;
         case 'room':
-            this.room = {id: m.id, name: m.name, locked: !!m.locked};
+            this.room = {id: m.id, name: m.name, locked: !!m.locked, captions: !!m.captions};
             if (this.onroom)
                 this.onroom(this.room);
             break;
@@ -475,6 +492,12 @@ export class ServerConnection {
             if (this.onforwarding)
                 this.onforwarding(this.forwarding);
             break;
+        case 'captions': this._gotCaptions(!!m.enabled); break;
+        case 'caption':
+            if (this.oncaption)
+                this.oncaption(m);
+            break;
+        case 'caption-languages': break;
         case 'error': this._gotError(m); break;
         case 'pong': break;
         default:
@@ -496,6 +519,8 @@ export class ServerConnection {
         for (const p of m.participants || [])
             this.participants.set(p.id, p);
         this._setStatus('connected', m.resumed ? 'resumed' : 'joined');
+        if (this.captionLanguage)
+            this._sendCaptionLanguage();
         if (this.onjoined)
             this.onjoined(m);
         this._startPublishing();
@@ -593,6 +618,40 @@ export class ServerConnection {
      */
     can(permission) {
         return !!this.self && (this.self.permissions || []).includes(permission);
+    }
+
+    // ---- captions --------------------------------------------------------------
+
+    /**
+     * Turn the room's captions on or off (a host only; the server checks).
+     *
+     * @param {boolean} enabled
+     */
+    setCaptions(enabled) {
+        return this.send({type: 'captions', enabled});
+    }
+
+    /**
+     * Read captions in `language` (ISO 639-1), or as spoken (`null`).  The
+     * choice is sent again after every join.
+     *
+     * @param {string|null} language
+     */
+    setCaptionLanguage(language) {
+        this.captionLanguage = language || null;
+        return this._sendCaptionLanguage();
+    }
+
+    _sendCaptionLanguage() {
+        return this.send({type: 'caption-language', language: this.captionLanguage});
+    }
+
+    /** @param {boolean} enabled */
+    _gotCaptions(enabled) {
+        if (this.room)
+            this.room = {...this.room, captions: enabled};
+        if (this.oncaptions)
+            this.oncaptions(enabled);
     }
 
     // ---- publishing ------------------------------------------------------------

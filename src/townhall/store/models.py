@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the stored record: rooms, meetings, attendance and chat.
+"""SQLAlchemy models of the stored record: rooms, meetings, attendance, chat and captions.
 
 Times are ``timestamp with time zone`` columns holding UTC; the rest of townhall sees them as float
 unix seconds through :class:`UnixTime`. Changing a model needs a new migration in
@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     DateTime,
     Dialect,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -95,3 +97,29 @@ class ChatMessage(Base):
     name: Mapped[str] = mapped_column(String(200))
     text: Mapped[str] = mapped_column(Text)
     at: Mapped[float] = mapped_column(UnixTime())
+
+
+class Caption(Base):
+    """One final caption: what a speaker said in one utterance, with its translations."""
+
+    __tablename__ = "captions"
+    __table_args__ = (
+        # A worker that resends a final after reconnecting must not store it twice.
+        UniqueConstraint("meeting_id", "participant_id", "utterance",
+                         name="uq_captions_meeting_id_participant_id_utterance"),
+        Index("ix_captions_meeting_id_start", "meeting_id", "start"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    meeting_id: Mapped[str] = mapped_column(ForeignKey("meetings.id", ondelete="CASCADE"))
+    #: The speaker.
+    participant_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    utterance: Mapped[str] = mapped_column(String(128))
+    start: Mapped[float] = mapped_column(UnixTime())
+    end: Mapped[float] = mapped_column(UnixTime())
+    #: ISO 639-1 code of the speech.
+    language: Mapped[str] = mapped_column(String(8))
+    text: Mapped[str] = mapped_column(Text)
+    #: ISO 639-1 code → the text in that language.
+    translations: Mapped[dict[str, str]] = mapped_column(JSON)

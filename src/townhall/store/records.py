@@ -42,3 +42,17 @@ class ChatRecord:
     name: str
     text: str
     at: float
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    id: int
+    meeting_id: str
+    participant_id: str
+    name: str
+    utterance: str
+    start: float
+    end: float
+    language: str
+    text: str
+    translations: dict[str, str]

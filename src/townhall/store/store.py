@@ -1,4 +1,4 @@
-"""The store: townhall's record of rooms, meetings, attendance and chat.
+"""The store: townhall's record of rooms, meetings, attendance, chat and captions.
 
 :class:`Store` is the only way in. Its methods are coroutines; each runs one short synchronous
 SQLAlchemy session in a worker thread (``asyncio.to_thread``), so the event loop never waits on
@@ -30,8 +30,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from townhall.errors import BadRequest, Conflict, NotFound
-from townhall.store.models import Attendance, ChatMessage, Meeting, Room
-from townhall.store.records import AttendanceRecord, ChatRecord, MeetingRecord, RoomRecord
+from townhall.store.models import Attendance, Caption, ChatMessage, Meeting, Room
+from townhall.store.records import (
+    AttendanceRecord,
+    CaptionRecord,
+    ChatRecord,
+    MeetingRecord,
+    RoomRecord,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +55,7 @@ SQLITE_BUSY_TIMEOUT = 30.0
 
 
 class Store:
-    """Rooms, meetings, attendance and chat, kept in SQLite or PostgreSQL."""
+    """Rooms, meetings, attendance, chat and captions, kept in SQLite or PostgreSQL."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -191,11 +197,12 @@ class Store:
         return await self._run(fn, write=True)
 
     async def delete_room(self, room_id: str) -> None:
-        """Delete a room with its meetings, attendance and chat."""
+        """Delete a room with its meetings, attendance, chat and captions."""
 
         def fn(session: Session) -> None:
             _get_room(session, room_id)
             meetings = select(Meeting.id).where(Meeting.room_id == room_id)
+            session.execute(delete(Caption).where(Caption.meeting_id.in_(meetings)))
             session.execute(delete(ChatMessage).where(ChatMessage.meeting_id.in_(meetings)))
             session.execute(delete(Attendance).where(Attendance.meeting_id.in_(meetings)))
             session.execute(delete(Meeting).where(Meeting.room_id == room_id))
@@ -366,6 +373,75 @@ class Store:
 
         return await self._run(fn)
 
+    # -- captions ------------------------------------------------------------------------
+
+    async def add_caption(
+        self,
+        meeting_id: str,
+        participant_id: str,
+        name: str,
+        utterance: str,
+        start: float,
+        end: float,
+        language: str,
+        text: str,
+        translations: dict[str, str],
+    ) -> tuple[CaptionRecord, bool]:
+        """Store the final caption of one utterance of ``participant_id``.
+
+        Returns the stored record and whether it is new: a caption for an utterance already
+        stored in this meeting (a worker resending after a reconnect) is not stored again, and
+        the first one is returned.
+        """
+
+        def find(session: Session) -> Caption | None:
+            return session.scalars(
+                select(Caption).where(
+                    Caption.meeting_id == meeting_id,
+                    Caption.participant_id == participant_id,
+                    Caption.utterance == utterance,
+                )
+            ).one_or_none()
+
+        def fn(session: Session) -> tuple[CaptionRecord, bool]:
+            _get_meeting(session, meeting_id)
+            existing = find(session)
+            if existing is not None:
+                return _caption(existing), False
+            caption = Caption(
+                meeting_id=meeting_id, participant_id=participant_id, name=name,
+                utterance=utterance, start=start, end=end, language=language, text=text,
+                translations=dict(translations),
+            )  # fmt: skip
+            session.add(caption)
+            session.flush()
+            return _caption(caption), True
+
+        def found(session: Session) -> tuple[CaptionRecord, bool]:
+            existing = find(session)
+            if existing is None:
+                raise Conflict("caption could not be stored")
+            return _caption(existing), False
+
+        try:
+            return await self._run(fn, write=True)
+        except IntegrityError:  # the same utterance stored at the same moment by another writer
+            return await self._run(found)
+
+    async def captions(self, meeting_id: str) -> list[CaptionRecord]:
+        """The meeting's final captions in the order they were spoken."""
+
+        def fn(session: Session) -> list[CaptionRecord]:
+            _get_meeting(session, meeting_id)
+            rows = session.scalars(
+                select(Caption)
+                .where(Caption.meeting_id == meeting_id)
+                .order_by(Caption.start, Caption.id)
+            )
+            return [_caption(c) for c in rows]
+
+        return await self._run(fn)
+
 
 def _configure_sqlite(engine: Engine) -> None:
     """WAL, foreign keys, and ``BEGIN IMMEDIATE`` for writing transactions."""
@@ -458,4 +534,19 @@ def _chat(row: ChatMessage) -> ChatRecord:
         name=row.name,
         text=row.text,
         at=_time(row.at),
+    )
+
+
+def _caption(row: Caption) -> CaptionRecord:
+    return CaptionRecord(
+        id=row.id,
+        meeting_id=row.meeting_id,
+        participant_id=row.participant_id,
+        name=row.name,
+        utterance=row.utterance,
+        start=_time(row.start),
+        end=_time(row.end),
+        language=row.language,
+        text=row.text,
+        translations=dict(row.translations),
     )

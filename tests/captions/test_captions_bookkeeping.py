@@ -1,0 +1,250 @@
+"""Partial/final bookkeeping of SpeakerPipeline, around a fake recognizer and a loudness VAD.
+
+The fake recognizer reads "words" out of the audio: every run of a constant sample value v > 0.05
+lasting at least 0.1 s is the word ``w<k>`` with v = 0.1 + 0.01 k (negative values: the same words
+in Russian). This checks the code around recognition; tests/captions/test_captions_recognition.py
+runs the real model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from captions_support import RATE, FakeClock, silence
+from test_captions_segmenter import LoudnessVad
+
+from townhall.captions.pipeline import Caption, Engine, EngineOptions, SpeakerPipeline
+from townhall.captions.recognizer import Decoded, DecodeOptions, Encoded
+from townhall.captions.translate import Translations
+
+START = 1_700_000_000.0
+
+
+def said(words: list[int], language: str = "en", word: float = 0.5) -> npt.NDArray[np.float32]:
+    sign = -1.0 if language == "ru" else 1.0
+    return np.concatenate(
+        [np.full(int(word * RATE), sign * (0.1 + 0.01 * k), dtype=np.float32) for k in words]
+    )
+
+
+class FakeRecognizer:
+    multilingual = True
+
+    def __init__(self) -> None:
+        self.encoded: list[float] = []
+        self.detections = 0
+        self.no_speech_in_finals = False
+
+    def encode(self, audio: npt.NDArray[np.float32]) -> Encoded:
+        self.encoded.append(len(audio) / RATE)
+        return Encoded(audio.copy(), len(audio) / RATE)
+
+    def detect_language(
+        self, encoded: Encoded, allowed: frozenset[str] | None = None
+    ) -> list[tuple[str, float]]:
+        self.detections += 1
+        russian = bool((encoded.output < -0.05).sum() > (encoded.output > 0.05).sum())
+        return [("ru", 0.9), ("en", 0.1)] if russian else [("en", 0.9), ("ru", 0.1)]
+
+    def decode(
+        self,
+        encoded: Encoded,
+        language: str,
+        options: DecodeOptions,
+        task: str = "transcribe",
+        prompt: str = "",
+    ) -> Decoded:
+        values = np.round(np.abs(encoded.output), 4)
+        words: list[str] = []
+        run_start = 0
+        for i in range(1, len(values) + 1):
+            if i == len(values) or values[i] != values[run_start]:
+                if values[run_start] > 0.05 and i - run_start >= 0.1 * RATE:
+                    k = round((values[run_start] - 0.1) / 0.01)
+                    words.append(("W" if task == "translate" else "w") + str(k))
+                run_start = i
+        text = " ".join(words)
+        speech = bool(text) and not (self.no_speech_in_finals and options.beam_size > 1)
+        return Decoded(text, 0.0, -0.1, speech)
+
+
+class Ukrainian:
+    """A text engine for ru → uk that marks its output; fails on demand."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.fail = False
+
+    def pairs(self) -> frozenset[tuple[str, str]]:
+        return frozenset({("ru", "uk")})
+
+    def translate(self, text: str, source: str, target: str) -> str:
+        if self.fail:
+            raise RuntimeError("engine down")
+        return text.replace("w", "у")
+
+    def close(self) -> None:
+        pass
+
+
+class Harness:
+    def __init__(self, **options: object) -> None:
+        self.recognizer = FakeRecognizer()
+        self.ukrainian = Ukrainian()
+        translations = Translations([self.ukrainian], speech_to_english=True)
+        engine_options = replace(EngineOptions(), **options)  # type: ignore[arg-type]
+        self.engine = Engine(self.recognizer, None, translations, engine_options)  # type: ignore[arg-type]
+        self.clock = FakeClock(START)
+        self.pipeline = SpeakerPipeline(self.engine, self.clock, vad=LoudnessVad())
+        self.fed = 0
+        self.captions: list[tuple[float, Caption]] = []  # (audio seconds when emitted, caption)
+
+    def play(
+        self,
+        audio: npt.NDArray[np.float32],
+        languages: frozenset[str] = frozenset(),
+        poll_every: float = 0.1,
+        poll: bool = True,
+    ) -> None:
+        chunk = RATE // 50
+        every = max(1, round(poll_every * 50))
+        for n, i in enumerate(range(0, len(audio), chunk)):
+            piece = audio[i : i + chunk]
+            self.pipeline.feed(piece, START + self.fed / RATE)
+            self.fed += len(piece)
+            self.clock.now = START + self.fed / RATE
+            if poll and (n + 1) % every == 0:
+                self.poll(languages)
+
+    def poll(self, languages: frozenset[str] = frozenset()) -> list[Caption]:
+        out = self.pipeline.poll(languages)
+        self.captions.extend((self.fed / RATE, c) for c in out)
+        return out
+
+    def finals(self) -> list[Caption]:
+        return [c for _, c in self.captions if c.final]
+
+
+def test_partials_start_after_first_partial_then_follow_every_second_and_one_final_closes() -> None:
+    h = Harness()
+    h.play(np.concatenate([silence(1.0), said(list(range(8))), silence(1.0)]))
+    ids = {c.utterance for _, c in h.captions}
+    assert len(ids) == 1
+    partials = [(t, c) for t, c in h.captions if not c.final]
+    assert [c.final for _, c in h.captions].count(True) == 1 and h.captions[-1][1].final
+    assert 1.0 + 0.6 <= partials[0][0] <= 1.0 + 0.8
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(partials)]
+    assert gaps and all(0.95 <= g <= 1.15 for g in gaps)
+    final = h.captions[-1][1]
+    assert final.text == " ".join(f"w{k}" for k in range(8))
+    for _, c in partials:
+        assert final.text.startswith(c.text.rsplit(" ", 1)[0])
+    assert final.start == pytest.approx(START + 1.0, abs=0.04)
+    assert final.end == pytest.approx(START + 5.0, abs=0.04)
+    assert final.language == "en" and final.translations == {}
+
+
+def test_each_utterance_has_its_own_id_and_times_follow_the_feed_timestamps() -> None:
+    h = Harness()
+    h.play(np.concatenate([silence(0.5), said([1, 2]), silence(1.0)]))
+    h.fed += 10 * RATE  # ten seconds without audio (muted), then the next utterance
+    h.play(np.concatenate([said([3, 4]), silence(1.0)]))
+    first, second = h.finals()
+    assert first.utterance != second.utterance
+    assert (first.text, second.text) == ("w1 w2", "w3 w4")
+    assert first.start == pytest.approx(START + 0.5, abs=0.04)
+    assert second.start == pytest.approx(START + 0.5 + 1.0 + 1.0 + 10.0, abs=0.04)
+
+
+def test_a_poll_that_falls_behind_makes_one_partial_for_the_latest_audio() -> None:
+    h = Harness()
+    h.play(said(list(range(6))), poll=False)
+    out = h.poll()
+    assert [c.final for c in out] == [False]
+    assert out[0].text == " ".join(f"w{k}" for k in range(6))
+    assert h.poll() == []  # nothing new: nothing due
+
+
+def test_a_long_utterance_commits_text_at_pauses_so_partials_retranscribe_only_the_rest() -> None:
+    h = Harness()
+    phrases = [said([3 * p, 3 * p + 1, 3 * p + 2]) for p in range(8)]  # 8 × 1.5 s
+    speech = np.concatenate([np.concatenate([p, silence(0.3)]) for p in phrases])
+    h.play(np.concatenate([speech, silence(1.0)]))
+    (final,) = h.finals()
+    assert final.text == " ".join(f"w{k}" for k in range(24))
+    # 14 s of speech, but no transcription ever saw more than the unfinished part
+    assert max(h.recognizer.encoded) <= 4.0 + 1.0 + 1.8 + 0.2
+    partial_texts = [c.text for _, c in h.captions if not c.final]
+    assert len(partial_texts) >= 12
+    for text in partial_texts:
+        words = text.split()
+        assert words == [f"w{k}" for k in range(len(words))]
+
+
+def test_the_language_is_detected_for_each_utterance() -> None:
+    h = Harness()
+    languages = frozenset({"en", "uk"})
+    h.play(np.concatenate([said([1, 2, 3]), silence(1.0)]), languages)
+    h.play(np.concatenate([said([4, 5, 6], "ru"), silence(1.0)]), languages)
+    english, russian = h.finals()
+    assert (english.language, english.translations) == ("en", {})  # no en → uk route here
+    assert russian.language == "ru"
+    assert russian.translations == {"en": "W4 W5 W6", "uk": "у4 у5 у6"}
+
+
+def test_the_language_is_kept_within_an_utterance_once_two_seconds_were_heard() -> None:
+    h = Harness()
+    h.play(np.concatenate([said([1, 2, 3, 4, 5]), said([6, 7], "ru"), silence(1.0)]))
+    assert {c.language for _, c in h.captions} == {"en"}
+    detections = h.recognizer.detections
+    h.play(np.concatenate([said([1, 2, 3, 4, 5, 6]), silence(1.0)]))
+    assert h.recognizer.detections - detections <= 3
+
+
+def test_finish_closes_the_utterance_of_a_speaker_who_leaves_mid_word() -> None:
+    h = Harness()
+    h.play(np.concatenate([silence(0.3), said([1, 2]), said([3], word=0.2)]))
+    out = h.pipeline.finish(frozenset({"uk"}))
+    assert [c.final for c in out] == [True]
+    assert out[0].text == "w1 w2 w3"
+    assert h.pipeline.finish(frozenset()) == []
+
+
+def test_an_utterance_whose_audio_stops_is_closed_when_the_clock_says_so() -> None:
+    h = Harness()
+    h.play(said([1, 2, 3]))
+    assert h.finals() == []
+    h.clock.now += 0.9
+    assert all(not c.final for c in h.poll())
+    h.clock.now += 0.2
+    (final,) = h.poll()
+    assert final.final and final.text == "w1 w2 w3"
+
+
+def test_partials_that_turn_out_to_be_no_speech_are_closed_by_an_empty_final() -> None:
+    h = Harness()
+    h.recognizer.no_speech_in_finals = True
+    h.play(np.concatenate([said([1, 2, 3]), silence(1.0)]))
+    assert any(not c.final for _, c in h.captions)
+    (final,) = h.finals()
+    assert final.text == "" and final.utterance == h.captions[0][1].utterance
+
+
+def test_a_click_shorter_than_the_minimum_speech_makes_no_caption() -> None:
+    h = Harness()
+    h.play(np.concatenate([silence(0.5), said([1], word=0.1), silence(2.0)]))
+    assert h.captions == []
+
+
+def test_languages_without_a_route_are_left_out_and_a_failing_engine_drops_only_its_own() -> None:
+    h = Harness()
+    h.ukrainian.fail = True
+    h.play(np.concatenate([said([1, 2], "ru"), silence(1.0)]), frozenset({"en", "uk", "xx", "ru"}))
+    (final,) = h.finals()
+    assert final.language == "ru"
+    assert final.translations == {"en": "W1 W2"}
