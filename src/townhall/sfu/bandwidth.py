@@ -14,8 +14,8 @@ Such a receiver-side estimate starts at the throughput it measured and never gro
 queues grow. So: what is forwarded now is kept while it stays within ``KEEP_TOLERANCE`` of the
 estimate (an estimate equal to the current rate is not a reason to go down); going up needs
 ``UPGRADE_MARGIN`` over the new total; and to let the estimate grow past what is being sent the
-SFU **probes**: it sends duplicates of recent packets (which receivers discard after measuring
-them) at the rate the next layer needs (:func:`probe_rate`). After a drop no layer is raised and
+SFU **probes**: it sends RTP padding after frames (which receivers measure, then discard) at the
+rate the next layer needs (:func:`probe_rate`). After a drop no layer is raised and
 nothing is probed for ``UPGRADE_HOLD`` seconds, doubled for each further drop within a minute, so
 a link that is really full is not pushed every few seconds.
 
