@@ -346,7 +346,7 @@ class JanusTarget:
             {
                 "request": "create",
                 "room": self.room,
-                "publishers": 4,
+                "publishers": 100,
                 "bitrate": 2_000_000,
                 "fir_freq": 0,
                 "audiocodec": "opus",
@@ -367,7 +367,9 @@ class JanusTarget:
         configured = await self.session.message(
             handle,
             {"request": "publish", "audio": True, "video": True},
-            jsep={"type": "offer", "sdp": offer},
+            # rids are offered lowest first (q;h;f), as the browser client does; Janus assumes
+            # highest first unless told
+            jsep={"type": "offer", "sdp": offer, "rid_order": "lmh"},
         )
         await self.session.trickle_completed(handle)
         jsep = configured.get("jsep")
@@ -397,6 +399,64 @@ class JanusTarget:
         )
         await self.session.trickle_completed(handle)
         await consumer.wait_connected()
+
+    async def join_meeting(
+        self,
+        people: list[tuple[SyntheticProducer, SyntheticConsumer]],
+        videos: int = 6,
+        substream: int | None = None,
+    ) -> None:
+        """Everyone publishes; then each subscribes, in one multistream subscription, to every
+        other participant's audio and to the video of ``videos`` others (a fixed choice: the
+        next ones in joining order — Janus has no last-N), at simulcast ``substream``."""
+        assert self.session is not None
+        feeds: list[tuple[int, SyntheticProducer]] = []
+        for n, (producer, _) in enumerate(people):
+            handle = await self.session.attach()
+            joined = await self.session.message(
+                handle,
+                {"request": "join", "ptype": "publisher", "room": self.room,
+                 "display": f"person-{n}"},
+            )
+            offer = await producer.create_offer()
+            configured = await self.session.message(
+                handle,
+                {"request": "publish", "audio": True, "video": True},
+                jsep={"type": "offer", "sdp": offer, "rid_order": "lmh"},
+            )
+            await self.session.trickle_completed(handle)
+            jsep = configured.get("jsep")
+            if not jsep or jsep.get("type") != "answer":
+                raise JanusError(f"publish: no SDP answer in {configured}")
+            await producer.accept_answer(jsep["sdp"])
+            await asyncio.wait_for(self.session.webrtcup[handle].wait(), 20)
+            feeds.append((int(joined["plugindata"]["data"]["id"]), producer))
+        for n, (_, consumer) in enumerate(people):
+            others = feeds[n + 1:] + feeds[:n]
+            streams = [{"feed": feed, "mid": producer.mids["audio"]} for feed, producer in others]
+            streams += [{"feed": feed, "mid": producer.mids["video"]}
+                        for feed, producer in others[:videos]]
+            handle = await self.session.attach()
+            attached = await self.session.message(
+                handle, {"request": "join", "ptype": "subscriber", "room": self.room,
+                         "streams": streams},
+            )
+            jsep = attached.get("jsep")
+            if not jsep or jsep.get("type") != "offer":
+                raise JanusError(f"subscribe: no SDP offer in {attached}")
+            answer = await consumer.answer(jsep["sdp"])
+            await self.session.message(
+                handle, {"request": "start"}, jsep={"type": "answer", "sdp": answer}
+            )
+            await self.session.trickle_completed(handle)
+            await consumer.wait_connected()
+            if substream is not None:
+                video_mids = [s["mid"] for s in attached["plugindata"]["data"].get("streams", [])
+                              if s.get("type") == "video"]
+                await self.session.message(handle, {
+                    "request": "configure",
+                    "streams": [{"mid": mid, "substream": substream} for mid in video_mids],
+                })
 
     async def stop(self) -> None:
         if self.session is not None:

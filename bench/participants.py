@@ -1,18 +1,29 @@
 """Synthetic participants that cost the benchmark client as little CPU as possible.
 
-A **producer** publishes VP8 640x360 (~600 kbit/s, 30 fps) and Opus (20 ms frames) without encoding
-anything live: a few seconds of a moving test pattern are encoded once with PyAV (libvpx, libopus),
-cached under ``bench/out/``, and the encoded frames are replayed in a loop. The peer connection is
-an ordinary aiortc ``RTCPeerConnection`` whose sender tracks never yield a frame (so aiortc's
-encoders never run); the RTP packets are built here and handed to the DTLS transport for SRTP and
-sending.
-A PLI or FIR from the server makes the replay jump to the clip's next keyframe; the clip also has a
-keyframe every two seconds.
+A **producer** publishes VP8 (one 640x360 stream, or three simulcast layers ``q``/``h``/``f`` the
+way a browser does) and Opus without encoding anything live: it replays the pre-encoded clip of
+``clip.py`` in a loop. The peer connection is an ordinary aiortc ``RTCPeerConnection`` whose
+sender tracks never yield a frame (so aiortc's encoders never run); the RTP packets are built here
+(own sequence numbers and timestamps; the VP8 payload descriptor with a 15-bit picture id,
+TL0PICIDX and TID per layer; header extensions: ``sdes:mid``, with simulcast ``sdes:rtp-stream-id``,
+and on audio ``ssrc-audio-level`` whose level the harness sets) and handed to the DTLS transport
+for SRTP and sending. A PLI or FIR makes the replay jump to the clip's next keyframe (in every
+layer: the clip has its keyframes at the same frames), and there is a keyframe every two seconds.
 
-A **consumer** answers the server's offer with an ordinary ``RTCPeerConnection`` and counts the RTP
-packets and bytes it receives per SSRC at the transport level, without parsing or decoding them.
+Simulcast is negotiated as a browser does it (RFC 8851/8853): the video section of aiortc's offer
+gets ``a=rid:q send``, ``a=rid:h send``, ``a=rid:f send``, ``a=simulcast:send q;h;f`` and the
+``rtp-stream-id`` extension, and loses its ``a=ssrc`` lines; each layer is an SSRC of its own that
+the server learns from the rid.
 
-Every use of aiortc's private API is in this module:
+A **consumer** answers the server's offers with an ordinary ``RTCPeerConnection``. By default it
+counts the RTP packets it receives per SSRC after SRTP, at the DTLS transport, without parsing or
+decoding them. With ``raw=True`` it takes each SRTP datagram straight off its ICE connection and
+counts it by the header's SSRC and sequence number (sent in the clear) without decrypting it: far
+cheaper, so one client process can play a whole meeting; it also finds gaps in each stream's
+sequence numbers (packets lost on the way). With ``remb`` it sends a REMB with that bitrate every
+second, as a browser's bandwidth estimate.
+
+Every use of aiortc's and aioice's private API is in this module:
 
 - ``RTCDtlsTransport._send_rtp(data)``: coroutine; SRTP-protects one RTP (or RTCP) packet and sends
   it on the nominated ICE pair.
@@ -20,6 +31,9 @@ Every use of aiortc's private API is in this module:
   each decrypted RTP packet (it normally parses and routes it to a receiver). Replaced per instance.
 - ``RTCDtlsTransport._handle_rtcp_data(data)``: coroutine the transport calls with each decrypted
   RTCP compound packet. Wrapped per instance to notice PLI/FIR, then passed on unchanged.
+- ``RTCIceTransport._connection`` (the ``aioice.Connection``) and its ``data_received(data,
+  component)``, which every datagram of the connection goes through: wrapped per instance in raw
+  mode.
 
 SSRCs, payload types and header-extension ids are read from the SDP, not from aiortc's objects.
 """
@@ -27,185 +41,47 @@ SSRCs, payload types and header-extension ids are read from the SDP, not from ai
 from __future__ import annotations
 
 import asyncio
-import base64
-import fractions
-import json
+import contextlib
 import logging
 import random
 import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from clip import (
+    AUDIO_FRAME_SAMPLES,
+    AUDIO_RATE,
+    LAYERS,
+    OUT_DIR,
+    VIDEO_FPS,
+    Clip,
+    load_clip,
+)
+
+__all__ = ["OUT_DIR", "Clip", "SyntheticConsumer", "SyntheticProducer", "load_clip"]
+
 logger = logging.getLogger(__name__)
 
-OUT_DIR = Path(__file__).resolve().parent / "out"
-
-VIDEO_WIDTH = 640
-VIDEO_HEIGHT = 360
-VIDEO_FPS = 30
-VIDEO_BITRATE = 600_000
-KEYFRAME_INTERVAL_FRAMES = 60  # two seconds
-CLIP_FRAMES = 120  # four seconds, a multiple of the keyframe interval
-AUDIO_RATE = 48_000
-AUDIO_FRAME_SAMPLES = 960  # 20 ms
-AUDIO_BITRATE = 32_000
-CLIP_AUDIO_FRAMES = 200  # four seconds
-
-RTP_PAYLOAD_MAX = 1200  # VP8 bytes per packet, after the payload descriptor
 VIDEO_CLOCK_STEP = 90_000 // VIDEO_FPS
 AUDIO_CLOCK_STEP = AUDIO_FRAME_SAMPLES
 MID_EXTENSION_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+RID_EXTENSION_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+#: Extension ids the simulcast offer gives its video section (aiortc's audio section uses 1, 2).
+SIMULCAST_MID_ID = 1
+SIMULCAST_RID_ID = 10
+#: RFC 6464 levels (-dBov) the producer sends while ``speaking`` and while not.
+SPEAKING_LEVEL = 25
+SILENT_LEVEL = 127
 
 RTCP_PSFB = 206
 RTCP_FMT_PLI = 1
 RTCP_FMT_FIR = 4
-
-
-# --------------------------------------------------------------------------------------------
-# The pre-encoded clip
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Clip:
-    """Encoded media to replay: VP8 frames (payload chunks per frame) and Opus packets."""
-
-    video: list[list[bytes]]  # per frame: the VP8 frame split into packet-sized chunks
-    keyframes: list[int]  # indices into ``video`` that are keyframes
-    audio: list[bytes]  # one Opus packet per 20 ms
-
-    @property
-    def video_bitrate(self) -> float:
-        size = sum(len(chunk) for frame in self.video for chunk in frame)
-        return size * 8 * VIDEO_FPS / len(self.video)
-
-    @property
-    def video_packets_per_second(self) -> float:
-        return sum(len(frame) for frame in self.video) * VIDEO_FPS / len(self.video)
-
-
-def _test_pattern_frames(count: int) -> list[Any]:
-    """Moving test pattern: scrolling noise texture, a sweeping bar and a slow colour change."""
-    import numpy as np
-    from av import VideoFrame
-
-    rng = np.random.default_rng(1234)
-    texture = rng.integers(0, 256, size=(VIDEO_HEIGHT, VIDEO_WIDTH * 2), dtype=np.uint8)
-    texture = (texture // 4 + 96).astype(np.uint8)  # keep it mid-grey so the encoder copes
-    frames = []
-    for i in range(count):
-        y = texture[:, (i * 4) % VIDEO_WIDTH : (i * 4) % VIDEO_WIDTH + VIDEO_WIDTH].copy()
-        bar = (i * 8) % VIDEO_WIDTH
-        y[:, bar : bar + 40] = 235
-        u = np.full((VIDEO_HEIGHT // 2, VIDEO_WIDTH // 2), 128 + (i % 60), dtype=np.uint8)
-        v = np.full((VIDEO_HEIGHT // 2, VIDEO_WIDTH // 2), 180 - (i % 60), dtype=np.uint8)
-        planes = np.concatenate([y, u.reshape(-1, VIDEO_WIDTH), v.reshape(-1, VIDEO_WIDTH)])
-        frame = VideoFrame.from_ndarray(planes, format="yuv420p")
-        frame.pts = i
-        frame.time_base = fractions.Fraction(1, VIDEO_FPS)
-        frames.append(frame)
-    return frames
-
-
-def _encode_video() -> tuple[list[bytes], list[int]]:
-    import av
-
-    codec: Any = av.CodecContext.create("libvpx", "w")
-    codec.width = VIDEO_WIDTH
-    codec.height = VIDEO_HEIGHT
-    codec.pix_fmt = "yuv420p"
-    codec.time_base = fractions.Fraction(1, VIDEO_FPS)
-    codec.framerate = fractions.Fraction(VIDEO_FPS, 1)
-    codec.bit_rate = VIDEO_BITRATE
-    codec.gop_size = KEYFRAME_INTERVAL_FRAMES
-    codec.options = {
-        "deadline": "realtime",
-        "cpu-used": "8",
-        "lag-in-frames": "0",
-        "minrate": str(VIDEO_BITRATE),
-        "maxrate": str(VIDEO_BITRATE),
-        "bufsize": str(VIDEO_BITRATE),
-        "undershoot-pct": "95",
-        "overshoot-pct": "15",
-    }
-    frames: list[bytes] = []
-    keyframes: list[int] = []
-    pictures = _test_pattern_frames(CLIP_FRAMES)
-    for i, picture in enumerate(pictures):
-        if i % KEYFRAME_INTERVAL_FRAMES == 0:
-            picture.pict_type = av.video.frame.PictureType.I
-        packets = list(codec.encode(picture))
-        if len(packets) != 1:
-            raise RuntimeError(f"VP8 encoder returned {len(packets)} packets for frame {i}")
-        if packets[0].is_keyframe:
-            keyframes.append(i)
-        frames.append(bytes(packets[0]))
-    if 0 not in keyframes:
-        raise RuntimeError("the first frame of the clip is not a keyframe")
-    return frames, keyframes
-
-
-def _encode_audio() -> list[bytes]:
-    import av
-    import numpy as np
-
-    codec: Any = av.CodecContext.create("libopus", "w")
-    codec.sample_rate = AUDIO_RATE
-    codec.layout = "stereo"
-    codec.format = "s16"
-    codec.bit_rate = AUDIO_BITRATE
-    codec.time_base = fractions.Fraction(1, AUDIO_RATE)
-    codec.options = {"application": "voip", "frame_duration": "20"}
-    out: list[bytes] = []
-    t = np.arange(AUDIO_FRAME_SAMPLES) / AUDIO_RATE
-    for i in range(CLIP_AUDIO_FRAMES + 4):
-        tone = 440.0 * (1 + (i // 50) % 4 / 4)
-        phase = 2 * np.pi * tone * (t + i * AUDIO_FRAME_SAMPLES / AUDIO_RATE)
-        mono = (np.sin(phase) * 8000).astype(np.int16)
-        stereo = np.repeat(mono, 2).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
-        frame.sample_rate = AUDIO_RATE
-        frame.pts = i * AUDIO_FRAME_SAMPLES
-        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
-        out.extend(bytes(p) for p in codec.encode(frame))
-    return out[:CLIP_AUDIO_FRAMES]
-
-
-def _chunk(data: bytes, size: int) -> list[bytes]:
-    return [data[i : i + size] for i in range(0, len(data), size)]
-
-
-def load_clip(cache: Path | None = None) -> Clip:
-    """Return the replay clip, encoding it once and caching it as JSON (base64) under out/."""
-    cache = cache or OUT_DIR / "clip-vp8-640x360-opus.json"
-    if cache.exists():
-        stored = json.loads(cache.read_text())
-        video = [base64.b64decode(s) for s in stored["video"]]
-        keyframes = [int(i) for i in stored["keyframes"]]
-        audio = [base64.b64decode(s) for s in stored["audio"]]
-    else:
-        logger.info("encoding the replay clip once into %s", cache)
-        video, keyframes = _encode_video()
-        audio = _encode_audio()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        stored = {
-            "video": [base64.b64encode(f).decode() for f in video],
-            "keyframes": keyframes,
-            "audio": [base64.b64encode(a).decode() for a in audio],
-        }
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stored))
-        tmp.replace(cache)
-    return Clip(
-        video=[_chunk(frame, RTP_PAYLOAD_MAX) for frame in video],
-        keyframes=keyframes,
-        audio=audio,
-    )
+RTCP_FMT_REMB = 15
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,6 +134,26 @@ def parse_media_sections(sdp: str) -> list[MediaSection]:
     return sections
 
 
+def simulcast_offer(sdp: str, rids: tuple[str, ...]) -> str:
+    """aiortc's offer with its video section turned into a browser's simulcast offer."""
+    out: list[str] = []
+    kind = ""
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            kind = line[2:].split()[0]
+        if kind == "video" and line.startswith(("a=ssrc", "a=extmap")):
+            continue  # no SSRCs: layers are found by rid; the extension ids are set below
+        out.append(line)
+        if kind == "video" and line.startswith("a=mid:"):
+            out += [
+                f"a=extmap:{SIMULCAST_MID_ID} {MID_EXTENSION_URI}",
+                f"a=extmap:{SIMULCAST_RID_ID} {RID_EXTENSION_URI}",
+                *(f"a=rid:{rid} send" for rid in rids),
+                f"a=simulcast:send {';'.join(rids)}",
+            ]
+    return "\r\n".join(out) + "\r\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Shared plumbing
 # --------------------------------------------------------------------------------------------
@@ -299,11 +195,23 @@ async def _wait_dtls_connected(transport: Any, timeout: float) -> None:
         await asyncio.sleep(0.01)
 
 
-def _one_byte_extension(ext_id: int, value: bytes) -> bytes:
-    """RFC 8285 one-byte header extension block holding one element, padded to 32 bits."""
-    element = bytes([(ext_id << 4) | (len(value) - 1)]) + value
-    element += b"\x00" * (-len(element) % 4)
-    return struct.pack("!HH", 0xBEDE, len(element) // 4) + element
+def _one_byte_extensions(elements: list[tuple[int, bytes]]) -> bytes:
+    """An RFC 8285 one-byte header extension block holding ``elements``, padded to 32 bits."""
+    body = b"".join(bytes([(ext_id << 4) | (len(value) - 1)]) + value for ext_id, value in elements)
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
+
+
+def _remb(sender_ssrc: int, bitrate: int) -> bytes:
+    """A REMB (draft-alvestrand-rmcat-remb) for ``bitrate`` bit/s, about no particular SSRC."""
+    exponent = 0
+    while bitrate >= 1 << 18:
+        bitrate >>= 1
+        exponent += 1
+    return struct.pack(
+        "!BBHII4sBBHI", 0x80 | RTCP_FMT_REMB, RTCP_PSFB, 5, sender_ssrc, 0, b"REMB", 1,
+        (exponent << 2) | (bitrate >> 16), bitrate & 0xFFFF, sender_ssrc,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,32 +221,57 @@ def _one_byte_extension(ext_id: int, value: bytes) -> bytes:
 
 @dataclass
 class _Stream:
-    """One outgoing RTP stream (audio or video) of the producer."""
+    """One outgoing RTP stream of the producer: audio, or one video layer."""
 
+    kind: str
+    rid: str  # "" unless a simulcast layer
     ssrc: int
     payload_type: int
-    extension: bytes  # header-extension block (mid), or b""
+    #: (id, value) header extension elements every packet carries (mid, rid)
+    extensions: list[tuple[int, bytes]]
+    #: id of the audio-level extension, if negotiated (audio only)
+    level_id: int | None = None
     sequence: int = field(default_factory=lambda: random.randint(0, 0xFFFF))
     timestamp: int = field(default_factory=lambda: random.randint(0, 0xFFFFFFFF))
+    picture_id: int = field(default_factory=lambda: random.randint(0, 0x7FFF))
+    tl0picidx: int = field(default_factory=lambda: random.randint(0, 0xFF))
     packets: int = 0
     octets: int = 0
+    _blocks: dict[int, bytes] = field(default_factory=dict)
 
-    def header(self, marker: bool) -> bytes:
-        first = 0x90 if self.extension else 0x80
+    def header(self, marker: bool, level: int = SILENT_LEVEL) -> bytes:
+        block = self._blocks.get(level)
+        if block is None:
+            elements = list(self.extensions)
+            if self.level_id is not None:
+                voice = 0x80 if level < SILENT_LEVEL else 0
+                elements.append((self.level_id, bytes([voice | level])))
+            block = self._blocks[level] = _one_byte_extensions(elements) if elements else b""
+        first = 0x90 if block else 0x80
         second = (0x80 if marker else 0) | self.payload_type
-        head = struct.pack("!BBHI", first, second, self.sequence, self.timestamp)
+        head = struct.pack("!BBHII", first, second, self.sequence, self.timestamp, self.ssrc)
         self.sequence = (self.sequence + 1) & 0xFFFF
-        return head + struct.pack("!I", self.ssrc) + self.extension
+        return head + block
 
 
 class SyntheticProducer:
-    """Publishes the pre-encoded clip (audio + video) on one peer connection."""
+    """Publishes the pre-encoded clip (audio + video, optionally simulcast) on one peer
+    connection. ``speaking`` sets the audio level the audio packets carry."""
 
-    def __init__(self, clip: Clip, *, audio: bool = True, video: bool = True) -> None:
+    def __init__(
+        self,
+        clip: Clip,
+        *,
+        audio: bool = True,
+        video: bool = True,
+        simulcast: bool = False,
+    ) -> None:
         self.clip = clip
         self.pc = new_peer_connection()
+        self.simulcast = simulcast
+        self.speaking = False
         self._kinds = [k for k, on in (("audio", audio), ("video", video)) if on]
-        self._streams: dict[str, _Stream] = {}
+        self._streams: list[_Stream] = []
         self._send_task: asyncio.Task[None] | None = None
         self._keyframe_requested = False
         self.keyframe_requests = 0
@@ -351,10 +284,13 @@ class SyntheticProducer:
         for kind in self._kinds:
             self.pc.addTransceiver(SilentTrack(kind), direction="sendonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        for section in parse_media_sections(self.pc.localDescription.sdp):
+        sdp = str(self.pc.localDescription.sdp)
+        for section in parse_media_sections(sdp):
             if section.mid is not None:
                 self.mids[section.kind] = section.mid
-        return str(self.pc.localDescription.sdp)
+        if self.simulcast and "video" in self._kinds:
+            sdp = simulcast_offer(sdp, tuple(rid for rid, *_ in LAYERS))
+        return sdp
 
     async def accept_answer(self, sdp: str, *, timeout: float = 20.0) -> None:
         """Apply the server's answer, wait for DTLS and start replaying the clip."""
@@ -368,12 +304,21 @@ class SyntheticProducer:
                 continue
             codec = "vp8" if remote.kind == "video" else "opus"
             mid_id = remote.extensions.get(MID_EXTENSION_URI)
-            extension = _one_byte_extension(mid_id, str(remote.mid).encode()) if mid_id else b""
-            self._streams[remote.kind] = _Stream(
-                ssrc=mine.ssrcs[0],
-                payload_type=remote.payload_type_for(codec),
-                extension=extension,
-            )
+            mid = [(mid_id, str(remote.mid).encode())] if mid_id else []
+            payload_type = remote.payload_type_for(codec)
+            rid_id = remote.extensions.get(RID_EXTENSION_URI)
+            if remote.kind == "video" and self.simulcast:
+                if rid_id is None:
+                    raise RuntimeError("the server did not accept simulcast (no rid extension)")
+                for rid, *_ in LAYERS:
+                    self._streams.append(_Stream(
+                        "video", rid, random.randint(1, 0xFFFFFFFF), payload_type,
+                        [*mid, (rid_id, rid.encode())]))
+            else:
+                self._streams.append(_Stream(
+                    remote.kind, "", mine.ssrcs[0], payload_type, mid,
+                    level_id=remote.extensions.get(AUDIO_LEVEL_URI)
+                    if remote.kind == "audio" else None))
         if not self._streams:
             raise RuntimeError("the server accepted none of the producer's tracks")
         transport = _dtls_transport(self.pc)
@@ -402,10 +347,14 @@ class SyntheticProducer:
 
     @property
     def packets_sent(self) -> int:
-        return sum(s.packets for s in self._streams.values())
+        return sum(s.packets for s in self._streams)
 
     def packets_sent_by_kind(self) -> dict[str, int]:
-        return {kind: s.packets for kind, s in self._streams.items()}
+        out: dict[str, int] = {}
+        for s in self._streams:
+            key = f"video-{s.rid}" if s.rid else s.kind
+            out[key] = out.get(key, 0) + s.packets
+        return out
 
     async def _send(self, transport: Any, stream: _Stream, packet: bytes) -> None:
         try:
@@ -418,46 +367,55 @@ class SyntheticProducer:
 
     async def _run(self, transport: Any) -> None:
         loop = asyncio.get_running_loop()
-        video = self._streams.get("video")
-        audio = self._streams.get("audio")
+        video = [s for s in self._streams if s.kind == "video"]
+        audio = next((s for s in self._streams if s.kind == "audio"), None)
+        frames = len(self.clip.video)
         frame_index = 0
         audio_index = 0
-        picture_id = random.randint(0, 0x7FFF)
         start = loop.time()
         next_video = start
         next_audio = start
         last_keyframe_jump = -1.0
         while True:
             now = loop.time()
-            if video is not None and now >= next_video:
+            if video and now >= next_video:
                 if self._keyframe_requested and now - last_keyframe_jump > 0.5:
                     self._keyframe_requested = False
                     last_keyframe_jump = now
                     if frame_index not in self.clip.keyframes:
                         later = [k for k in self.clip.keyframes if k > frame_index]
                         frame_index = later[0] if later else self.clip.keyframes[0]
-                chunks = self.clip.video[frame_index]
-                for n, chunk in enumerate(chunks):
-                    # VP8 payload descriptor: X, S on the first packet; I with a 15-bit picture id
-                    descriptor = struct.pack(
-                        "!BBH", 0x90 if n == 0 else 0x80, 0x80, 0x8000 | picture_id
-                    )
-                    header = video.header(marker=n == len(chunks) - 1)
-                    await self._send(transport, video, header + descriptor + chunk)
-                video.timestamp = (video.timestamp + VIDEO_CLOCK_STEP) & 0xFFFFFFFF
-                picture_id = (picture_id + 1) & 0x7FFF
-                frame_index = (frame_index + 1) % len(self.clip.video)
+                for stream in video:
+                    await self._send_frame(transport, stream, frame_index)
+                frame_index = (frame_index + 1) % frames
                 next_video += 1 / VIDEO_FPS
             if audio is not None and now >= next_audio:
                 payload = self.clip.audio[audio_index]
-                await self._send(transport, audio, audio.header(marker=False) + payload)
+                level = SPEAKING_LEVEL if self.speaking else SILENT_LEVEL
+                await self._send(transport, audio, audio.header(False, level) + payload)
                 audio.timestamp = (audio.timestamp + AUDIO_CLOCK_STEP) & 0xFFFFFFFF
                 audio_index = (audio_index + 1) % len(self.clip.audio)
                 next_audio += AUDIO_FRAME_SAMPLES / AUDIO_RATE
-            deadlines = [d for d, s in ((next_video, video), (next_audio, audio)) if s]
+            deadlines = [d for d, on in ((next_video, video), (next_audio, audio)) if on]
             delay = min(deadlines) - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+
+    async def _send_frame(self, transport: Any, stream: _Stream, frame_index: int) -> None:
+        layer = self.clip.layers[stream.rid] if stream.rid else self.clip.video
+        chunks = layer[frame_index]
+        for n, chunk in enumerate(chunks):
+            # VP8 payload descriptor (RFC 7741): X, S on a frame's first packet; I (15-bit
+            # picture id), L (TL0PICIDX), T (TID 0, Y set) as a browser sends them.
+            descriptor = struct.pack(
+                "!BBHBB", 0x90 if n == 0 else 0x80, 0xE0, 0x8000 | stream.picture_id,
+                stream.tl0picidx, 0x20,
+            )
+            header = stream.header(marker=n == len(chunks) - 1)
+            await self._send(transport, stream, header + descriptor + chunk)
+        stream.timestamp = (stream.timestamp + VIDEO_CLOCK_STEP) & 0xFFFFFFFF
+        stream.picture_id = (stream.picture_id + 1) & 0x7FFF
+        stream.tl0picidx = (stream.tl0picidx + 1) & 0xFF
 
     async def close(self) -> None:
         if self._send_task is not None:
@@ -477,17 +435,42 @@ class SyntheticProducer:
 # --------------------------------------------------------------------------------------------
 
 
+class _Received:
+    """Packets of one SSRC: how many, and the extended sequence numbers seen."""
+
+    __slots__ = ("count", "first", "highest")
+
+    def __init__(self, sequence: int) -> None:
+        self.count = 0
+        self.first = sequence
+        self.highest = sequence
+
+    def add(self, sequence: int) -> None:
+        self.count += 1
+        delta = (sequence - self.highest) & 0xFFFF
+        if delta < 0x8000:
+            self.highest += delta
+
+    @property
+    def lost(self) -> int:
+        """Sequence numbers between the first and the highest never seen (duplicates count
+        against it)."""
+        return self.highest - self.first + 1 - self.count
+
+
 class SyntheticConsumer:
     """Answers the server's offers and counts received RTP per SSRC without decoding."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, raw: bool = False, remb: int | None = None) -> None:
         self.pc = new_peer_connection()
-        self.packets: dict[int, int] = {}
-        self.bytes: dict[int, int] = {}
+        self.raw = raw
+        self.remb = remb
+        self.received: dict[int, _Received] = {}
         self.kinds: dict[int, str] = {}  # SSRC -> kind, from the server's offers
         self.created_at = time.monotonic()
         self.first_packet_at: float | None = None
         self._hooked: set[int] = set()
+        self._remb_task: asyncio.Task[None] | None = None
 
     async def answer(self, offer_sdp: str, *, timeout: float = 20.0) -> str:
         """Apply a server offer and return the answer SDP; call again on each renegotiation."""
@@ -496,38 +479,78 @@ class SyntheticConsumer:
                 self.kinds[ssrc] = section.kind
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        self._hook_rtp(_dtls_transport(self.pc))
+        self._hook(_dtls_transport(self.pc))
         return str(self.pc.localDescription.sdp)
 
-    def _hook_rtp(self, transport: Any) -> None:
+    def _count(self, data: bytes) -> None:
+        ssrc = int.from_bytes(data[8:12], "big")
+        sequence = (data[2] << 8) | data[3]
+        received = self.received.get(ssrc)
+        if received is None:
+            received = self.received[ssrc] = _Received(sequence)
+            if self.first_packet_at is None:
+                self.first_packet_at = time.monotonic()
+        received.add(sequence)
+
+    def _hook(self, transport: Any) -> None:
         if id(transport) in self._hooked:
             return
         self._hooked.add(id(transport))
-        packets = self.packets
-        sizes = self.bytes
+        count = self._count
 
-        async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
-            ssrc = int.from_bytes(data[8:12], "big")
-            packets[ssrc] = packets.get(ssrc, 0) + 1
-            sizes[ssrc] = sizes.get(ssrc, 0) + len(data)
-            if self.first_packet_at is None:
-                self.first_packet_at = time.monotonic()
+        if self.raw:
+            connection = transport.transport._connection
+            passed_on = connection.data_received
 
-        transport._handle_rtp_data = handle_rtp_data
+            def data_received(data: bytes, component: int) -> None:
+                if data and 127 < data[0] < 192:
+                    if not 191 < data[1] < 224 and len(data) >= 12:  # RTP, not RTCP
+                        count(data)
+                    return
+                passed_on(data, component)
+
+            connection.data_received = data_received
+        else:
+
+            async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+                count(data)
+
+            transport._handle_rtp_data = handle_rtp_data
+        if self.remb is not None and self._remb_task is None:
+            self._remb_task = asyncio.create_task(self._send_remb(transport, self.remb))
+
+    async def _send_remb(self, transport: Any, bitrate: int) -> None:
+        packet = _remb(random.randint(1, 0xFFFFFFFF), bitrate)
+        while True:
+            if transport.state == "connected":
+                try:
+                    await transport._send_rtp(packet)
+                except ConnectionError:
+                    return
+            await asyncio.sleep(1.0)
 
     async def wait_connected(self, timeout: float = 20.0) -> None:
         await _wait_dtls_connected(_dtls_transport(self.pc), timeout)
 
     @property
     def total_packets(self) -> int:
-        return sum(self.packets.values())
+        return sum(r.count for r in self.received.values())
+
+    @property
+    def lost_packets(self) -> int:
+        return sum(max(0, r.lost) for r in self.received.values())
 
     def packets_by_kind(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for ssrc, count in self.packets.items():
+        for ssrc, received in self.received.items():
             kind = self.kinds.get(ssrc, "unknown")
-            out[kind] = out.get(kind, 0) + count
+            out[kind] = out.get(kind, 0) + received.count
         return out
 
     async def close(self) -> None:
+        if self._remb_task is not None:
+            self._remb_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._remb_task
+            self._remb_task = None
         await self.pc.close()

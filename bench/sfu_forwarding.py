@@ -135,15 +135,27 @@ def self_cpu_seconds() -> float:
 def start_profile(
     target: Target, consumers: int, args: argparse.Namespace
 ) -> subprocess.Popen[bytes]:
-    """py-spy on the server for the measured window (raw collapsed stacks, see profile.py)."""
-    path = Path(args.out) / f"profile-{target.name}-{consumers}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    command = ["py-spy", "record", "--pid", str(target.pid), "--duration", str(int(args.seconds)),
-               "--rate", "200", "--format", "raw", "--output", str(path)]
-    # native frames need the process paused while sampling; pure Python ones do not
-    command.append("--native" if args.profile == "native" else "--nonblocking")
-    logger.info("profiling the server into %s", path)
-    log = path.with_suffix(".log").open("wb")
+    """Record the server during the measured window.
+
+    ``python``/``native``: py-spy's raw collapsed stacks (see profile.py); it samples wall-clock
+    time, so on a loaded machine a thread waiting for a CPU counts where it was preempted (mostly
+    at the end of a system call). ``perf``: ``perf record -e cpu-clock`` samples only while the
+    server runs on a CPU, kernel included — the true split of its CPU time between the kernel,
+    the interpreter, libsrtp and the event loop (``perf report --sort dso,sym``).
+    """
+    stem = Path(args.out) / f"profile-{target.name}-{consumers}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    seconds = str(int(args.seconds))
+    if args.profile == "perf":
+        command = ["perf", "record", "-e", "cpu-clock", "-F", "1000", "-g", "-p",
+                   str(target.pid), "-o", str(stem.with_suffix(".perf")), "--", "sleep", seconds]
+    else:
+        command = ["py-spy", "record", "--pid", str(target.pid), "--duration", seconds,
+                   "--rate", "200", "--format", "raw", "--output", str(stem.with_suffix(".txt"))]
+        # native frames need the process paused while sampling; pure Python ones do not
+        command.append("--native" if args.profile == "native" else "--nonblocking")
+    logger.info("profiling the server: %s", " ".join(command))
+    log = stem.with_suffix(".log").open("wb")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -170,7 +182,7 @@ def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
 
 async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespace) -> RunResult:
     target = make_target(name, consumers, args)
-    producer = SyntheticProducer(clip)
+    producer = SyntheticProducer(clip, simulcast=args.simulcast)
     subscribed: list[SyntheticConsumer] = []
     try:
         t_start = time.monotonic()
@@ -179,7 +191,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         await target.connect_producer(producer)
         t_producer = time.monotonic()
         for _ in range(consumers):
-            consumer = SyntheticConsumer()
+            consumer = SyntheticConsumer(raw=args.raw_consumers, remb=args.remb or None)
             subscribed.append(consumer)
             await target.connect_consumer(consumer)
         logger.info(
@@ -214,7 +226,10 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
 
         server_cpu = sum(server1) - sum(server0)
         server_system = server1[1] - server0[1]
-        expected = sent * consumers
+        # with simulcast each consumer is expected to get one layer (--expect-layer)
+        per_consumer = sum(n for kind, n in sent_kinds.items()
+                           if kind in ("audio", "video", f"video-{args.expect_layer}"))
+        expected = per_consumer * consumers
         latencies = [
             (c.first_packet_at - c.created_at) * 1000
             for c in subscribed
@@ -376,7 +391,15 @@ def main() -> None:
         default="",
         help="how to run the townhall CLI (default: this Python with townhall.cli.main)",
     )
-    parser.add_argument("--profile", choices=("python", "native"), default=None,
+    parser.add_argument("--simulcast", action="store_true",
+                        help="the producer sends three VP8 layers (rids q, h, f) as a browser does")
+    parser.add_argument("--expect-layer", default="f",
+                        help="with --simulcast: the layer each consumer should receive")
+    parser.add_argument("--raw-consumers", action="store_true",
+                        help="consumers count SRTP datagrams by their clear header, undecrypted")
+    parser.add_argument("--remb", type=int, default=0, metavar="BIT/S",
+                        help="consumers send a REMB with this bitrate every second")
+    parser.add_argument("--profile", choices=("python", "native", "perf"), default=None,
                         help="record the server with py-spy during the window (townhall only)")
     parser.add_argument(
         "--variant", action="append", default=[], metavar="LABEL=SRC",

@@ -57,6 +57,8 @@ class _Signalling:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.consumer: SyntheticConsumer | None = None
         self.answered = asyncio.Event()  # set after the first subscribe-answer is sent
+        #: Tell the server each video is shown at this size (the page's ``layout``), or not.
+        self.tile: tuple[int, int] | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -111,6 +113,11 @@ class _Signalling:
             logger.exception("%s: could not answer a subscribe-offer", self.name)
             return
         await self.ws.send_str(json.dumps({"type": "subscribe-answer", "sdp": answer}))
+        if self.tile is not None:
+            width, height = self.tile
+            sizes = {c["mid"]: {"width": width, "height": height}
+                     for c in offer.get("consumers", []) if c.get("kind") == "video"}
+            await self.ws.send_str(json.dumps({"type": "layout", "consumers": sizes}))
         self.answered.set()
 
     async def close(self) -> None:
@@ -137,8 +144,12 @@ class TownhallTarget:
         media_tcp_port: int = 10001,
         log_file: Path | None = None,
         source: Path | None = None,
+        measure_delay: bool = False,
+        tile: tuple[int, int] | None = None,
     ) -> None:
         self.name = name
+        self.measure_delay = measure_delay
+        self.tile = tile
         self.command = shlex.split(command)
         #: Another tree's ``src`` to run instead of the installed townhall (A/B comparisons).
         self.source = source
@@ -173,6 +184,7 @@ class TownhallTarget:
             TOWNHALL_MEDIA_TCP_PORT=str(self.media_tcp_port),
             TOWNHALL_MEDIA_ADDRESSES="127.0.0.1",
             TOWNHALL_LOG_LEVEL="WARNING",
+            TOWNHALL_MEASURE_FORWARDING_DELAY="1" if self.measure_delay else "0",
         )
 
     def _cli(self, *args: str) -> str:
@@ -246,6 +258,31 @@ class TownhallTarget:
         session = await self._join("listener", f"consumer-{next(self._names)}", consumer)
         await asyncio.wait_for(session.answered.wait(), 20)
         await consumer.wait_connected()
+
+    async def join_meeting(self, people: list[tuple[SyntheticProducer, SyntheticConsumer]]) -> None:
+        """Everyone joins as a speaker, publishes, and receives what the room sends them (the
+        room's last-N and, with ``tile``, layout hints decide which videos and layers)."""
+        sessions = []
+        for n, (producer, consumer) in enumerate(people):
+            session = await self._join("speaker", f"person-{n}", consumer)
+            session.tile = self.tile
+            sessions.append(session)
+            offer = await producer.create_offer()
+            sources = {"audio": "microphone", "video": "camera"}
+            tracks = [{"mid": mid, "source": sources[kind]} for kind, mid in producer.mids.items()]
+            answer = await session.request(
+                {"type": "publish", "sdp": offer, "tracks": tracks}, "publish-answer"
+            )
+            await producer.accept_answer(answer["sdp"])
+        for session, (_, consumer) in zip(sessions, people, strict=True):
+            await asyncio.wait_for(session.answered.wait(), 60)
+            await consumer.wait_connected()
+
+    async def metrics(self) -> str:
+        """The server's ``/metrics`` text."""
+        assert self._http is not None
+        async with self._http.get(f"http://127.0.0.1:{self.http_port}/metrics") as response:
+            return await response.text()
 
     async def stop(self) -> None:
         for session in self._sessions:

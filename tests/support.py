@@ -7,11 +7,14 @@ and a tone, answers the server's offers, and decodes what it receives.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fractions
 import json
 import math
+import re
 import time
+import wave
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,7 @@ from townhall.server import app as server_app
 from townhall.server.api import invite_url
 
 VIDEO_RATE = 90000
+AUDIO_RATE = 48000
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
@@ -133,13 +137,15 @@ class PatternTrack(MediaStreamTrack):  # type: ignore[misc]
 
 
 class ToneTrack(MediaStreamTrack):  # type: ignore[misc]
-    """A loud 440 Hz tone in 20 ms frames."""
+    """A loud 440 Hz tone in 20 ms frames, or digital silence while ``loud`` is false (its
+    audio level extension then says 127, silence)."""
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, loud: bool = True) -> None:
         super().__init__()
         self.count = 0
+        self.loud = loud
         self._start: float | None = None
 
     async def recv(self) -> AudioFrame:
@@ -149,7 +155,7 @@ class ToneTrack(MediaStreamTrack):  # type: ignore[misc]
         if delay > 0:
             await asyncio.sleep(delay)
         t = (np.arange(960) + self.count * 960) / 48000
-        samples = (np.sin(2 * math.pi * 440 * t) * 12000).astype(np.int16)
+        samples = (np.sin(2 * math.pi * 440 * t) * (12000 if self.loud else 0)).astype(np.int16)
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = 48000
         frame.pts = self.count * 960
@@ -158,15 +164,154 @@ class ToneTrack(MediaStreamTrack):  # type: ignore[misc]
         return frame
 
 
-class Attendee:
-    """One participant in a meeting, driven from a test."""
+def vp8_keyframe_start(payload: bytes) -> bool:
+    """Whether an RTP payload of VP8 (RFC 7741) starts a keyframe."""
+    if not payload:
+        return False
+    descriptor, offset = payload[0], 1
+    if descriptor & 0x80 and len(payload) > 1:
+        extended, offset = payload[1], 2
+        if extended & 0x80 and len(payload) > offset:
+            offset += 2 if payload[offset] & 0x80 else 1
+        if extended & 0x40:
+            offset += 1
+        if extended & 0x30:
+            offset += 1
+    start = bool(descriptor & 0x10) and descriptor & 0x0F == 0
+    return start and len(payload) > offset and not payload[offset] & 0x01
 
-    def __init__(self, ws_url: str, token: str, name: str) -> None:
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """The samples (int16, mono) and rate of a 16-bit PCM WAV file."""
+    with wave.open(str(path), "rb") as f:
+        if f.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM is read")
+        samples = np.frombuffer(f.readframes(f.getnframes()), np.int16)
+        channels, rate = f.getnchannels(), f.getframerate()
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    return samples, rate
+
+
+@dataclass
+class Spoken:
+    """One clip a :class:`SpeechTrack` plays: when its first and last samples went out."""
+
+    samples: np.ndarray
+    started: float | None = None
+    ended: float | None = None
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / AUDIO_RATE
+
+
+class SpeechTrack(MediaStreamTrack):  # type: ignore[misc]
+    """A microphone that plays queued speech in real time, and silence in between.
+
+    ``say`` queues a clip and returns its :class:`Spoken`, whose ``started``/``ended`` (unix
+    seconds) are set as the clip's first and last 20 ms frames are handed to the encoder.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self._start: float | None = None
+        self._queue: collections.deque[Spoken] = collections.deque()
+        self._position = 0
+        self.finished = asyncio.Event()
+
+    def say(self, path: Path, pause: float = 0.0) -> Spoken:
+        """Queue ``path`` (after ``pause`` seconds more of silence)."""
+        samples, rate = read_wav(path)
+        if rate != AUDIO_RATE:
+            positions = np.arange(0, len(samples) * AUDIO_RATE // rate) * rate / AUDIO_RATE
+            samples = np.interp(positions, np.arange(len(samples)), samples).astype(np.int16)
+        if pause > 0:
+            self._queue.append(Spoken(np.zeros(int(pause * AUDIO_RATE), np.int16)))
+        spoken = Spoken(samples)
+        self._queue.append(spoken)
+        self.finished.clear()
+        return spoken
+
+    async def recv(self) -> AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self.count * 0.02 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.time()
+        out = np.zeros(960, np.int16)
+        filled = 0
+        while filled < 960 and self._queue:
+            spoken = self._queue[0]
+            if self._position == 0:
+                spoken.started = now + filled / AUDIO_RATE
+            chunk = spoken.samples[self._position:self._position + 960 - filled]
+            out[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+            self._position += len(chunk)
+            if self._position >= len(spoken.samples):
+                spoken.ended = now + filled / AUDIO_RATE
+                self._queue.popleft()
+                self._position = 0
+                if not self._queue:
+                    self.finished.set()
+        frame = AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = self.count * 960
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        self.count += 1
+        return frame
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation (letters, digits and apostrophes kept)."""
+    return re.findall(r"[\w']+", text.lower().replace("ё", "е"))
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level edit distance over the reference's length."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        previous, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
+    return row[len(hyp)] / max(1, len(ref))
+
+
+class PacketCounts:
+    """What a counting attendee received, per (participant id, source), without decoding."""
+
+    def __init__(self) -> None:
+        self.packets: dict[tuple[str, str], int] = defaultdict(int)
+        #: arrival times (time.monotonic) of the packets that start a VP8 keyframe
+        self.keyframes: dict[tuple[str, str], list[float]] = defaultdict(list)
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        return dict(self.packets)
+
+
+class Attendee:
+    """One participant in a meeting, driven from a test.
+
+    With ``count_only`` nothing is decoded: RTP packets are counted per sender and source as
+    they reach the receivers (``counts``), which keeps large test meetings light.
+    """
+
+    def __init__(self, ws_url: str, token: str, name: str, count_only: bool = False) -> None:
         self.ws_url, self.token, self.name = ws_url, token, name
+        self.count_only = count_only
+        self.counts = PacketCounts()
         self.session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.joined: dict[str, Any] = {}
         self.messages: list[dict[str, Any]] = []
+        #: unix time each of ``messages`` arrived
+        self.received_at: list[float] = []
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc: RTCPeerConnection | None = None
         self.consumers: dict[str, dict[str, Any]] = {}
@@ -219,6 +364,7 @@ class Attendee:
                 break
             message = json.loads(msg.data)
             self.messages.append(message)
+            self.received_at.append(time.time())
             if message["type"] == "subscribe-offer":
                 await self._answer(message)
             for (kind, where), future in list(self._waiters):
@@ -232,13 +378,17 @@ class Attendee:
                 future.set_exception(ConnectionError(f"closed with {self.ws.close_code}"))
 
     async def publish(self, video: bool = True, audio: bool = True,
-                      video_codec: str | None = None) -> dict[str, Any]:
+                      video_codec: str | None = None,
+                      audio_track: MediaStreamTrack | None = None,
+                      pattern: PatternTrack | None = None) -> dict[str, Any]:
+        """Publish a tone (or ``audio_track``) and a test pattern (or ``pattern``)."""
         self.publish_pc = pc = RTCPeerConnection(pc_config())
         sources = []
         if audio:
-            sources.append((pc.addTransceiver(ToneTrack(), direction="sendonly"), "microphone"))
+            track = audio_track if audio_track is not None else ToneTrack()
+            sources.append((pc.addTransceiver(track, direction="sendonly"), "microphone"))
         if video:
-            transceiver = pc.addTransceiver(PatternTrack(), direction="sendonly")
+            transceiver = pc.addTransceiver(pattern or PatternTrack(), direction="sendonly")
             if video_codec is not None:
                 transceiver.setCodecPreferences([
                     c for c in RTCRtpSender.getCapabilities("video").codecs
@@ -260,6 +410,8 @@ class Attendee:
         pc = self.subscribe_pc
         await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
+        if self.count_only:
+            self._count(pc)
         if self.rtp_filter is not None:
             self.rtp_filter(pc)
         sdp = pc.localDescription.sdp
@@ -268,7 +420,27 @@ class Attendee:
                           if ABS_SEND_TIME_URI not in line)
         await self.send({"type": "subscribe-answer", "sdp": sdp})
 
+    def _count(self, pc: RTCPeerConnection) -> None:
+        """Count what reaches each receiver instead of decoding it."""
+        for transceiver in pc.getTransceivers():
+            receiver = transceiver.receiver
+            if getattr(receiver, "_test_counting", False):
+                continue
+            receiver._test_counting = True
+            mid = transceiver.mid
+
+            async def count(packet: Any, arrival_time_ms: int, mid: str | None = mid) -> None:
+                consumer = self.consumers.get(mid or "", {})
+                key = (consumer.get("participant", "?"), consumer.get("source", "?"))
+                self.counts.packets[key] += 1
+                if consumer.get("kind") == "video" and vp8_keyframe_start(packet.payload):
+                    self.counts.keyframes[key].append(time.monotonic())
+
+            receiver._handle_rtp_packet = count
+
     def _track(self, track: Any) -> None:
+        if self.count_only:
+            return
         mid = next((t.mid for t in self.subscribe_pc.getTransceivers()  # type: ignore[union-attr]
                     if t.receiver.track is track), None)
         self._tasks.append(asyncio.ensure_future(self._pull(track, mid)))
@@ -357,7 +529,7 @@ class SimulcastPublisher:
         self._vp8 = 0
 
     async def publish(self) -> dict[str, Any]:
-        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc = pc = RTCPeerConnection(pc_config())
         transceiver = pc.addTransceiver(_SilentTrack(), direction="sendonly")
         transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
                                          if c.mimeType == "video/VP8"])

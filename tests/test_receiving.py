@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
-from support import Attendee, RunningServer
+from support import Attendee, RunningServer, ToneTrack
 
 
 def _next(attendee: Attendee, kind: str, where: Any,
@@ -46,8 +46,8 @@ async def test_last_n_pins_and_audio_only_decide_which_cameras_a_participant_rec
         await host.send({"type": "last-n", "n": 1})
         changed = await first.wait_for("room", where=lambda m: m["last_n"] == 1)
         assert changed["locked"] is False
-        await first.publish()
-        await second.publish()
+        await first.publish(audio_track=ToneTrack(loud=False))
+        await second.publish(audio_track=ToneTrack(loud=False))
         # Nobody has spoken: the earliest to join with a camera is the one received.
         await host.wait_for("forwarding", where=lambda m: m["video"] == [first.id])
         await host.wait_frames((first.id, "camera"), 10)

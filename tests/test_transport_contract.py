@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from aiortc import RTCPeerConnection
+from pylibsrtp import Policy, Session
 
 from townhall.sfu.transport import PRIVATE_ATTRIBUTES
 
@@ -23,6 +24,7 @@ async def test_each_private_attribute_the_transport_uses_exists(path: str, attri
             "aiortc.rtcicetransport.RTCIceTransport": dtls.transport,
             "aioice.ice.Connection": dtls.transport._connection,
             "aiortc.rtcrtpsender.RTCRtpSender": transceiver.sender,
+            "pylibsrtp.Session": Session(Policy(key=bytes(30), ssrc_type=Policy.SSRC_ANY_INBOUND)),
         }
         owner = instances[path]
         assert f"{type(owner).__module__}.{type(owner).__name__}" == path

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -104,6 +105,25 @@ def _parser() -> argparse.ArgumentParser:
                       help="WebVTT in this language where captions were translated to it")
     text.add_argument("--output", type=Path, metavar="FILE", help="write here, not to stdout")
     text.set_defaults(command=_transcript)
+
+    captions = commands.add_parser(
+        "captions", help="run the captions worker: caption every room with captions on")
+    captions.add_argument("--server", required=True, metavar="URL",
+                          help="the townhall server's address, e.g. http://127.0.0.1:8080")
+    captions.add_argument("--token", metavar="TOKEN",
+                          default=os.environ.get("TOWNHALL_CAPTIONS_TOKEN", ""),
+                          help="worker token (default: $TOWNHALL_CAPTIONS_TOKEN)")
+    captions.add_argument("--asr-model", metavar="PATH|NAME",
+                          help="Whisper model directory or name (default: the asr_model "
+                               "setting, base)")
+    captions.add_argument("--translation-models", type=Path, metavar="DIR",
+                          help="directory of CTranslate2 translation models (default: the "
+                               "translation_models setting)")
+    captions.add_argument("--threads", type=int, default=0, metavar="N",
+                          help="recognition threads (default: 0, the library's choice)")
+    captions.add_argument("--speech-languages", metavar="CODES",
+                          help="the languages spoken, e.g. en,ru,uk (default: detect any)")
+    captions.set_defaults(command=_captions)
     return parser
 
 
@@ -135,6 +155,18 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     # Imported here so that the other commands never load the server and its media stack.
     serve: Callable[[Config], None] = importlib.import_module("townhall.server.app").serve
     serve(config)
+    return EXIT_OK
+
+
+def _captions(args: argparse.Namespace, config: Config) -> int:
+    if args.threads < 0:
+        raise BadRequest(f"--threads must not be negative, not {args.threads}")
+    # Imported here so that the other commands never load the recognition stack.
+    worker = importlib.import_module("townhall.captions.worker")
+    models = args.translation_models or config.translation_models
+    spoken = worker.parse_languages(args.speech_languages) if args.speech_languages else None
+    worker.run(args.server, args.token, args.asr_model or config.asr_model,
+               Path(models) if models else None, args.threads, config.log_level, spoken)
     return EXIT_OK
 
 

@@ -36,6 +36,9 @@ class Config:
     media_udp_port: int = 10000
     #: The ICE-TCP port for networks that block UDP (0: any free port, -1: off).
     media_tcp_port: int = 10000
+    #: Measure how long each forwarded packet stays in the SFU (``/metrics`` histogram
+    #: ``townhall_forwarding_delay_seconds``); costs a system call per received packet.
+    measure_forwarding_delay: bool = False
     #: How long an invite link stays valid, in seconds.
     invite_ttl: int = 7 * 24 * 3600
     #: How long a participant whose connection dropped keeps their place, in seconds.
@@ -44,6 +47,8 @@ class Config:
     max_message_size: int = 65536
     #: Largest chat message, in characters.
     max_chat_length: int = 4000
+    #: How many audio producers, the loudest, are forwarded when more are unmuted.
+    loudest_audio: int = 3
     log_level: str = "INFO"
     secret_key: str = field(default="", repr=False)
     #: Start the captions worker as a child process of ``townhall serve``.
@@ -53,6 +58,10 @@ class Config:
     asr_model: str = "base"
     #: Directory of the worker's CTranslate2 translation models (none: only the built-in pairs).
     translation_models: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.loudest_audio < 1:
+            raise ValueError("setting loudest_audio: at least one audio producer is forwarded")
 
     @property
     def database(self) -> str:

@@ -60,13 +60,20 @@ def _require_chromium() -> None:
 
 
 @pytest.fixture(scope="module")
-def chromium_endpoint() -> Iterator[str]:
+def chromium_extra_args() -> list[str]:
+    """More Chromium flags for a module's browser; a test module overrides this fixture."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def chromium_endpoint(chromium_extra_args: list[str]) -> Iterator[str]:
     """A running headless Chromium with a fresh profile; yields its CDP endpoint URL."""
     _require_chromium()
     profile = tempfile.mkdtemp(prefix="townhall-chromium-")
     log = open(Path(profile) / "stderr.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
-        [CHROMIUM, *CHROMIUM_ARGS, f"--user-data-dir={profile}", "about:blank"],
+        [CHROMIUM, *CHROMIUM_ARGS, *chromium_extra_args, f"--user-data-dir={profile}",
+         "about:blank"],
         stdout=subprocess.DEVNULL,
         stderr=log,
     )

@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from townhall.captions.pipeline import Caption, SpeakerPipeline
+
 REPO = Path(__file__).resolve().parents[2]
 SPEECH = REPO / "tests" / "fixtures" / "speech"
 RATE = 16000
@@ -92,3 +94,41 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class LoudnessVad:
+    """Speech probability 1.0 for windows louder than 0.05 RMS, else 0.0."""
+
+    def probabilities(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        rms = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1))
+        return (rms > 0.05).astype(np.float32)
+
+
+def synthetic_music(duration: float) -> npt.NDArray[np.float32]:
+    """A melody of harmonic notes with vibrato and a chord under it."""
+    t = np.arange(int(duration * RATE)) / RATE
+    notes = np.array([262, 294, 330, 349, 392, 440, 494, 523])
+    melody = notes[(t * 3).astype(int) % len(notes)] * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))
+    phase = 2 * np.pi * np.cumsum(melody) / RATE
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    chord = sum(0.3 * np.sin(2 * np.pi * f * t) for f in (131, 165, 196))
+    return (0.15 * (voice + chord)).astype(np.float32)
+
+
+def play(
+    pipeline: SpeakerPipeline,
+    clock: FakeClock,
+    audio: npt.NDArray[np.float32],
+    languages: frozenset[str],
+) -> list[Caption]:
+    """Feed audio in 20 ms frames as if in real time (the fake clock follows), polling every
+    200 ms; return the captions."""
+    out: list[Caption] = []
+    start = clock.now
+    chunk = RATE // 50
+    for n, i in enumerate(range(0, len(audio), chunk)):
+        pipeline.feed(audio[i : i + chunk], start + i / RATE)
+        clock.now = start + (i + chunk) / RATE
+        if n % 10 == 9:
+            out.extend(pipeline.poll(languages))
+    return out

@@ -10,9 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from captions_support import RATE, REPO, FakeClock, silence, speech, texts, word_errors
-from test_captions_recognition import play
-from test_captions_segmenter import synthetic_music
+from captions_support import (
+    RATE,
+    REPO,
+    FakeClock,
+    play,
+    silence,
+    speech,
+    synthetic_music,
+    texts,
+    word_errors,
+)
 
 from townhall.captions.pipeline import Engine, SpeakerPipeline
 from townhall.errors import CaptionsError

@@ -14,8 +14,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 import pytest
-from captions_support import RATE, FakeClock, silence
-from test_captions_segmenter import LoudnessVad
+from captions_support import RATE, FakeClock, LoudnessVad, silence
 
 from townhall.captions.pipeline import Caption, Engine, EngineOptions, SpeakerPipeline
 from townhall.captions.recognizer import Decoded, DecodeOptions, Encoded

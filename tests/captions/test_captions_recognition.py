@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-from captions_support import RATE, FakeClock, silence, speech, texts, word_error_rate
+from dataclasses import replace
 
-from townhall.captions.pipeline import Caption, Engine, SpeakerPipeline
+import numpy as np
+from captions_support import RATE, FakeClock, play, silence, speech, texts, word_error_rate
+
+from townhall.captions.pipeline import Engine, SpeakerPipeline
 
 # Thresholds over the fixtures (measured: see docs/captions.md). The Russian voice is Festival's
 # diphone-era clunits voice; Whisper base mishears several of its words.
 ENGLISH_WER = 0.15
 RUSSIAN_WER = 0.30
-
-
-def play(
-    pipeline: SpeakerPipeline, clock: FakeClock, audio: np.ndarray, languages: frozenset[str]
-) -> list[Caption]:
-    out: list[Caption] = []
-    start = clock.now
-    chunk = RATE // 50
-    for n, i in enumerate(range(0, len(audio), chunk)):
-        pipeline.feed(audio[i : i + chunk], start + i / RATE)
-        clock.now = start + (i + chunk) / RATE
-        if n % 10 == 9:
-            out.extend(pipeline.poll(languages))
-    return out
 
 
 def test_english_and_russian_speech_is_transcribed_under_the_word_error_thresholds(
@@ -50,3 +38,33 @@ def test_english_and_russian_speech_is_transcribed_under_the_word_error_threshol
     assert russian <= RUSSIAN_WER, results["ru"]
     assert detected["en"].count("en") == len(detected["en"])
     assert detected["ru"].count("ru") >= len(detected["ru"]) - 1, detected["ru"]
+
+
+def test_language_detection_can_be_restricted_to_the_languages_a_meeting_expects(
+    engine: Engine,
+) -> None:
+    recognizer = engine.recognizer
+    encoded = recognizer.encode(speech("ru-08.wav"))
+    assert {code for code, _ in recognizer.detect_language(encoded)} >= {"ru", "uk", "en", "de"}
+    assert [c for c, _ in recognizer.detect_language(encoded, frozenset({"en", "ru"}))] in (
+        ["ru", "en"], ["en", "ru"])
+    assert recognizer.detect_language(encoded, frozenset({"en", "ru"}))[0][0] == "ru"
+    # codes the model does not know are ignored rather than leaving no candidate
+    assert recognizer.detect_language(encoded, frozenset({"xx"}))[0][0] in recognizer.languages
+
+    options = replace(engine.options, speech_languages=frozenset({"en", "ru"}))
+    restricted = Engine(engine.recognizer, engine.vad, engine.translations, options)
+    clock = FakeClock()
+    pipeline = SpeakerPipeline(restricted, clock)
+    for name in ("ru-08.wav", "en-05.wav"):
+        captions = play(pipeline, clock, np.concatenate([speech(name), silence(1.0)]), frozenset())
+        assert {c.language for c in captions} == {texts()[name]["language"]}, captions
+
+
+def test_a_short_tail_after_a_long_committed_prompt_still_decodes(engine: Engine) -> None:
+    recognizer = engine.recognizer
+    prompt = " ".join(texts()[n]["text"] for n in texts() if n.startswith("en-"))
+    encoded = recognizer.encode(speech("en-05.wav")[: RATE // 2])  # "Can everyone hear me ..."
+    decoded = recognizer.decode(encoded, "en", engine.options.partial, prompt=prompt)
+    assert decoded.text.lower().startswith("can")
+    assert len(decoded.text.split()) <= 4

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import numpy.typing as npt
 import pytest
-from captions_support import RATE, silence, speech
+from captions_support import RATE, LoudnessVad, silence, speech, synthetic_music
 
 from townhall.captions.segmenter import (
     WINDOW,
@@ -16,14 +16,6 @@ from townhall.captions.segmenter import (
     SileroModel,
     Utterance,
 )
-
-
-class LoudnessVad:
-    """Speech probability 1.0 for windows louder than 0.05 RMS, else 0.0."""
-
-    def probabilities(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        rms = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1))
-        return (rms > 0.05).astype(np.float32)
 
 
 def loud(seconds: float) -> npt.NDArray[np.float32]:
@@ -130,17 +122,6 @@ def test_silero_in_one_batch_equals_silero_window_by_window(silero: SileroModel)
     apart = np.concatenate([stream.probabilities(audio[i : i + 1]) for i in range(len(audio))])
     np.testing.assert_allclose(together, apart, atol=1e-5)
     assert together.max() > 0.5
-
-
-def synthetic_music(duration: float) -> npt.NDArray[np.float32]:
-    """A melody of harmonic notes with vibrato and a chord under it."""
-    t = np.arange(int(duration * RATE)) / RATE
-    notes = np.array([262, 294, 330, 349, 392, 440, 494, 523])
-    melody = notes[(t * 3).astype(int) % len(notes)] * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))
-    phase = 2 * np.pi * np.cumsum(melody) / RATE
-    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
-    chord = sum(0.3 * np.sin(2 * np.pi * f * t) for f in (131, 165, 196))
-    return (0.15 * (voice + chord)).astype(np.float32)
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ engines); ``SpeakerPipeline`` follows one speaking participant:
 - ``poll`` (a worker thread, blocking) runs the VAD over the queued audio, closes utterances that
   ended (a final caption each), and while speech goes on emits a partial caption for the open
   utterance: the first after ``first_partial`` seconds of speech, then every ``partial_interval``
-  seconds of new audio. A poll that falls behind does one partial for the latest audio, never one
-  per missed second;
+  seconds of new audio (none while the speaker pauses). A poll that falls behind does one partial
+  for the latest audio, never one per missed second;
 - ``finish`` closes the open utterance when the speaker leaves or mutes.
 
 Cost is kept bounded: an utterance is cut into finals at ``max_utterance`` seconds (segmenter), and
@@ -157,6 +157,7 @@ class _Open:
     language_kept: bool = False
     partials: int = 0
     last_partial: int = 0  # audio position of the last partial
+    last_speech: int = 0  # end of the speech the last partial heard
 
 
 class SpeakerPipeline:
@@ -276,10 +277,13 @@ class SpeakerPipeline:
         if state.partials == 0 and state.last_partial == 0:
             due = utterance.end - utterance.speech_start >= o.first_partial * RATE
         else:
-            due = utterance.end - state.last_partial >= o.partial_interval * RATE
+            # a pause or the silence before the end adds nothing to transcribe
+            due = (utterance.end - state.last_partial >= o.partial_interval * RATE
+                   and utterance.speech_end > state.last_speech)
         if not due:
             return []
         state.last_partial = utterance.end
+        state.last_speech = utterance.speech_end
         caption = self._caption(state, final=False, languages=languages)
         if caption is None:
             return []

@@ -32,6 +32,7 @@ from townhall.errors import CaptionsError
 logger = logging.getLogger(__name__)
 
 RATE = 16000
+HOP = 160  # samples per feature frame
 MAX_SECONDS = 29.0  # the encoder's window is 30 s; leave room for the padding
 
 # Whisper's language tokens that are not ISO 639-1 codes.
@@ -97,6 +98,7 @@ class Recognizer:
         self.config = config or RecognizerConfig()
         self._model = model
         self._tokenizer_class = Tokenizer
+        self._tokenizers: dict[tuple[str, str | None], Any] = {}
         self.multilingual: bool = bool(model.model.is_multilingual)
 
     @classmethod
@@ -128,10 +130,17 @@ class Recognizer:
 
         audio = audio[-int(MAX_SECONDS * RATE) :]
         c = self.config
-        length = max(len(audio) + int(c.pad * RATE), int(c.min_context * RATE))
-        padded = np.zeros(length, dtype=np.float32)
+        padded = np.zeros(len(audio) + int(c.pad * RATE), dtype=np.float32)
         padded[: len(audio)] = audio
         features = self._model.feature_extractor(padded)
+        # The rest of the context is silence: its frames all hold the floor value (the log-mel
+        # of zeros, clipped at the maximum - 8), which the padding above already reached.
+        wanted = int(c.min_context * RATE) // HOP
+        if features.shape[-1] < wanted:
+            floor = np.full(
+                (features.shape[0], wanted - features.shape[-1]), features.min(), np.float32
+            )
+            features = np.concatenate([features, floor], axis=1)
         frames = min(features.shape[-1] - features.shape[-1] % 2, 3000)
         batch = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
         output = self._model.model.encode(
@@ -163,14 +172,18 @@ class Recognizer:
     ) -> Decoded:
         """Transcribe (or, with ``task="translate"``, translate to English) encoded audio."""
         code = _FROM_ISO.get(language, language) if self.multilingual else None
-        tokenizer = self._tokenizer_class(
-            self._model.hf_tokenizer, self.multilingual, task=task, language=code
-        )
+        tokenizer = self._tokenizers.get((task, code))
+        if tokenizer is None:
+            tokenizer = self._tokenizers[(task, code)] = self._tokenizer_class(
+                self._model.hf_tokenizer, self.multilingual, task=task, language=code
+            )
         sequence = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         if prompt:
             previous = tokenizer.encode(" " + prompt.strip())[-self.config.prompt_tokens :]
             sequence = [tokenizer.sot_prev, *previous, *sequence]
-        limit = int(options.extra_tokens + options.tokens_per_second * encoded.seconds)
+        # The limit counts the prompt too; Whisper's text context is 448 tokens.
+        new = int(options.extra_tokens + options.tokens_per_second * encoded.seconds)
+        limit = min(len(sequence) + new, 448)
         result = self._model.model.generate(
             encoded.output,
             [sequence],

@@ -103,7 +103,7 @@ async def open_services(config: Config) -> Services:
     def router_factory(room_id: str) -> Router:
         attach = ice.attach if ice is not None else None
         return Router(room_id, events=_RouterEvents(services_ref, room_id), attach=attach,
-                      counters=counters)
+                      counters=counters, loudest_audio=config.loudest_audio)
 
     registry = RoomRegistry(store, router_factory, config.reconnect_grace)
     services = Services(config, secret_for(config), store, registry, counters, ice)
@@ -113,10 +113,13 @@ async def open_services(config: Config) -> Services:
 
 async def _start_ice(config: Config) -> Any:
     try:
+        from townhall.sfu.delay import ForwardingDelay
         from townhall.sfu.ice import IceMux
     except ImportError:
         return None
-    mux = IceMux(config.media_addresses, config.media_udp_port, config.media_tcp_port)
+    delay = ForwardingDelay() if config.measure_forwarding_delay else None
+    mux = IceMux(config.media_addresses, config.media_udp_port, config.media_tcp_port,
+                 delay=delay)
     await mux.start()
     return mux
 

@@ -19,6 +19,19 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _histogram(name: str, text: str, counts: list[int], total: float) -> list[str]:
+    from townhall.sfu.delay import BUCKETS
+
+    lines = [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
+    cumulative = 0
+    for bound, count in zip((*BUCKETS, float("inf")), counts, strict=True):
+        cumulative += count
+        le = "+Inf" if bound == float("inf") else f"{bound:g}"
+        lines.append(f'{name}_bucket{{le="{le}"}} {cumulative}')
+    lines += [f"{name}_sum {total:.6f}", f"{name}_count {cumulative}"]
+    return lines
+
+
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     services: Services = request.app[SERVICES]
@@ -47,5 +60,10 @@ async def metrics(request: web.Request) -> web.Response:
          "Keyframe requests from consumers."),
     ):
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    delay = services.ice.delay if services.ice is not None else None
+    if delay is not None:
+        lines += _histogram("townhall_forwarding_delay_seconds",
+                            "Time from a packet's arrival to its forwarding to one consumer.",
+                            delay.counts, delay.sum_ns / 1e9)
     return web.Response(text="\n".join(lines) + "\n",
                         content_type="text/plain", charset="utf-8")

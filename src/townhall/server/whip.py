@@ -242,8 +242,11 @@ class WhepResource(Resource):
         current = room.participants.get(self.showing or "")
         candidates = [p for p in room.participants.values() if shows_camera(p)]
         speaking = [p for p in candidates if p.id in room.speaking]
-        if current is not None and current in speaking:
-            chosen: Participant | None = current
+        dominant = room.participants.get(room.active_speaker or "")
+        if dominant is not None and dominant in candidates:
+            chosen: Participant | None = dominant  # smoothed: see sfu/speaker.py
+        elif current is not None and current in speaking:
+            chosen = current
         elif speaking:
             chosen = speaking[0]
         elif current is not None and current in candidates:

@@ -57,6 +57,7 @@ from aioice.ice import StunProtocol, get_host_addresses
 from aiortc import RTCIceGatherer, RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
+from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.icetcp import TcpFrameListener
 
 logger = logging.getLogger(__name__)
@@ -368,12 +369,14 @@ class MediaPath:
     switch. DTLS and STUN keep going through aioice. :meth:`close` (idempotent) stops receiving.
     """
 
-    __slots__ = ("_protocol", "address", "sendto")
+    __slots__ = ("_protocol", "address", "delay", "sendto")
 
     def __init__(self, protocol: _MuxProtocol, address: Address) -> None:
         self._protocol = protocol
         self.address = address
         self.sendto = protocol.socket.sender()
+        #: Where to count each forwarded packet's delay (``None``: not measured).
+        self.delay: ForwardingDelay | None = protocol.mux.delay
 
     def receive(self, receiver: Callable[[bytes], None]) -> None:
         if not self._protocol.closed:
@@ -473,9 +476,11 @@ _SocketT = TypeVar("_SocketT", bound=_SharedSocket)
 class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
     transport_name = "udp"
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, delay: ForwardingDelay | None = None) -> None:
         super().__init__(host)
         self._transport: asyncio.DatagramTransport | None = None
+        self._delay = delay
+        self._fd = -1
 
     async def bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -487,6 +492,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         self.table.name = f"ICE udp {self.host}:{self.port}"
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            self._fd = sock.fileno()
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_SIZE)
         if hasattr(transport, "max_size"):  # asyncio reads into a 256 KiB buffer by default
@@ -505,9 +511,22 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         # RFC 7983: 128-191 is RTP/RTCP. An IPv4 address is already a (host, port) tuple.
-        if data and 127 < data[0] < 192 and self.deliver_media(data, addr):
-            return
+        if data and 127 < data[0] < 192:
+            delay = self._delay
+            if delay is None:
+                if self.deliver_media(data, addr):
+                    return
+            elif self._measured(delay, data, addr):
+                return
         self.deliver(data, (addr[0], addr[1]))
+
+    def _measured(self, delay: ForwardingDelay, data: bytes, addr: tuple[Any, ...]) -> bool:
+        if len(data) > 1 and not 191 < data[1] < 224:  # RTP, not RTCP
+            delay.arrived(self._fd)
+        try:
+            return self.deliver_media(data, addr)
+        finally:
+            delay.done()
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("%s: %s", self.table.name, exc)
@@ -604,6 +623,7 @@ class IceMux:
         *,
         tcp_first_frame_timeout: float = 10.0,
         tcp_end_of_candidates_delay: float = 10.0,
+        delay: ForwardingDelay | None = None,
     ) -> None:
         for name, port in (("udp_port", udp_port), ("tcp_port", tcp_port)):
             if not -1 <= port <= 65535:
@@ -621,6 +641,8 @@ class IceMux:
         self._registered: dict[Connection, list[_MuxProtocol]] = {}
         self._attached: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
         self._state = "new"
+        #: Forwarding delays of media received on UDP, when measured.
+        self.delay = delay
 
     @property
     def udp_port(self) -> int:
@@ -662,7 +684,10 @@ class IceMux:
             raise ValueError("IceMux found no local address to announce")
         try:
             if self._wanted_udp_port != -1:
-                self._udp = await self._bind_all(addresses, self._wanted_udp_port, _UdpSocket)
+                delay = self.delay
+                self._udp = await self._bind_all(
+                    addresses, self._wanted_udp_port, lambda a: _UdpSocket(a, delay)
+                )
             if self._wanted_tcp_port != -1:
                 timeout = self._tcp_first_frame_timeout
                 self._tcp = await self._bind_all(

@@ -40,10 +40,14 @@ class Producer:
         "keyframe_pending",
         "kind",
         "layers",
+        "level_extension",
+        "level_packets",
         "loud_until",
+        "loudness",
         "mid",
         "owner",
         "paused",
+        "selected",
         "simulcast",
         "source",
         "track",
@@ -79,6 +83,13 @@ class Producer:
         self.paused = False
         self.closed = False
         self.loud_until = 0.0
+        #: Audio levels since the router last took them (``take_levels``): packets that carried
+        #: a level, and the sum of how far the loud ones were above ``SPEAKING_LEVEL``.
+        self.level_extension = track.audio_level_extension
+        self.level_packets = 0
+        self.loudness = 0
+        #: False while loudest-N audio selection leaves this producer out (audio only).
+        self.selected = True
         self._clock = clock
         #: A keyframe request arrived too soon after the last one for some layer: the router's
         #: periodic work sends it once the interval has passed (``flush_keyframe_request``).
@@ -104,16 +115,13 @@ class Producer:
                 size = vp8.keyframe_size(data, header.payload_offset, descriptor)
                 if size is not None:
                     layer.width, layer.height = size
-        else:
-            level_id = self.track.audio_level_extension
-            if level_id is not None and header.extension_offset >= 0:
-                try:
-                    value = rtp.extensions(data, header).get(level_id)
-                    if value is not None and rtp.audio_level(value)[1] <= SPEAKING_LEVEL:
-                        self.loud_until = self._clock() + SPEAKING_HOLD
-                except ValueError:
-                    pass
-        if self.paused:
+        elif self.level_extension is not None and header.extension_offset >= 0:
+            level = rtp.audio_level_at(data, header, self.level_extension)
+            if level >= 0:
+                self.level_packets += 1
+                if level <= SPEAKING_LEVEL:
+                    self.loudness += SPEAKING_LEVEL + 1 - level
+        if self.paused or not self.selected:
             return 0
         index = layer.index
         sent = 0
@@ -125,6 +133,27 @@ class Producer:
     @property
     def speaking(self) -> bool:
         return not self.paused and self._clock() < self.loud_until
+
+    def take_levels(self) -> float:
+        """The score of the audio levels since the last call (see ``sfu/speaker.py``): the mean
+        loudness above ``SPEAKING_LEVEL`` per packet, 0 for silence. Periodic work, not per
+        packet; a loud score also keeps ``speaking`` true for ``SPEAKING_HOLD``."""
+        packets, loudness = self.level_packets, self.loudness
+        self.level_packets = self.loudness = 0
+        if not loudness:
+            return 0.0
+        self.loud_until = self._clock() + SPEAKING_HOLD
+        return loudness / packets
+
+    def set_selected(self, selected: bool) -> None:
+        """Audio selection takes this producer in or leaves it out; the consumers' output
+        continues without a gap in sequence numbers when it comes back."""
+        if selected == self.selected:
+            return
+        self.selected = selected
+        if selected:
+            for consumer in self.consumers:
+                consumer.restart()
 
     def request_keyframe(self, index: int | None = None) -> None:
         """Ask for a keyframe on layer ``index``, or on every layer."""

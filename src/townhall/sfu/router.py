@@ -21,7 +21,8 @@ from typing import Protocol
 
 from aiortc import RTCPeerConnection
 
-from townhall.sfu import bandwidth, rtcp, rtp
+from townhall.sfu import bandwidth, rtcp, rtp, speaker
+from townhall.sfu.audio_activity import AudioActivity
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
 from townhall.sfu.simulcast import Layer, layer_for_size
@@ -32,10 +33,12 @@ logger = logging.getLogger(__name__)
 #: Bandwidth the SFU tells video producers they may use, in bit/s.
 DEFAULT_BITRATE = 2_500_000
 REPORT_INTERVAL = 1.0
-SPEAKING_INTERVAL = 0.25
 ALLOCATE_INTERVAL = 0.5
-#: Period of the router's short periodic work: held-back keyframe requests and probes.
-TICK_INTERVAL = 0.1
+#: Period of the router's short periodic work: held-back keyframe requests, audio levels,
+#: bandwidth probes.
+TICK_INTERVAL = speaker.TICK
+#: How many audio producers (the loudest) are forwarded when more are unmuted.
+LOUDEST_AUDIO = 3
 #: Padding owed to a consumer is at most this many ticks' worth (frames may be far apart).
 PADDING_BACKLOG = 4
 
@@ -88,6 +91,7 @@ class Router:
         attach: Callable[[RTCPeerConnection], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         counters: Counters | None = None,
+        loudest_audio: int = LOUDEST_AUDIO,
     ) -> None:
         self.name = name
         self.counters = counters if counters is not None else Counters()
@@ -98,10 +102,11 @@ class Router:
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self._speaking: frozenset[str] = frozenset()
+        self._audio = AudioActivity(clock, loudest_audio)
+        self._active_speaker: str | None = None
         self._closed = False
         self._tasks = [
             asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
-            asyncio.ensure_future(self._every(SPEAKING_INTERVAL, self._update_speaking)),
             asyncio.ensure_future(self._every(ALLOCATE_INTERVAL, self.allocate)),
             asyncio.ensure_future(self._every(TICK_INTERVAL, self._tick)),
         ]
@@ -395,6 +400,15 @@ class Router:
         for producer in self.producers.values():
             if producer.keyframe_pending:
                 producer.flush_keyframe_request()
+        activity = self._audio.tick(self.producers.values())
+        if activity.speaking != self._speaking:
+            self._speaking = activity.speaking
+            if self._events is not None:
+                self._events.speaking_changed(self, activity.speaking)
+        if activity.dominant != self._active_speaker:
+            self._active_speaker = activity.dominant
+            if self._events is not None:
+                self._events.active_speaker_changed(self, activity.dominant)
         self._probe()
 
     # -- allocation ----------------------------------------------------------------------------
@@ -490,17 +504,14 @@ class Router:
             for consumer in video:
                 consumer.padding = min(consumer.padding + share, share * PADDING_BACKLOG)
 
-    def _update_speaking(self) -> None:
-        speaking = frozenset(p.owner for p in self.producers.values()
-                             if p.kind == "audio" and p.speaking)
-        if speaking != self._speaking:
-            self._speaking = speaking
-            if self._events is not None:
-                self._events.speaking_changed(self, speaking)
-
     @property
     def speaking(self) -> frozenset[str]:
         return self._speaking
+
+    @property
+    def active_speaker(self) -> str | None:
+        """The dominant speaker (an owner), smoothed: see ``sfu/speaker.py``."""
+        return self._active_speaker
 
     async def close(self) -> None:
         """Close every transport; idempotent."""

@@ -25,9 +25,12 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest
 from townhall.sfu import simulcast_sdp
+from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
 
 logger = logging.getLogger(__name__)
@@ -44,7 +47,12 @@ PRIVATE_ATTRIBUTES = (
     ("aiortc.rtcrtpsender.RTCRtpSender", "_run_rtcp"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_started"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_exited"),
+    ("pylibsrtp.Session", "_srtp"),
 )
+
+#: libsrtp's own buffer size for one packet in pylibsrtp, and the most protection may add.
+_SRTP_BUFFER = 1500
+_SRTP_MAX_TRAILER = 4 + 16 + 128
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -190,6 +198,66 @@ def _extension_id(media: Any, uri: str) -> int | None:
     return None
 
 
+def _srtp_call(session: Any, function: Any, trailer: int) -> Callable[[bytes], bytes]:
+    """``session.protect`` (or another of its four calls) as one lean closure.
+
+    pylibsrtp's methods allocate and check on every call; the packet path calls libsrtp through
+    the same cffi binding with a buffer and a length cell of its own, made once. ``session``
+    stays referenced, so libsrtp's state lives as long as the closure.
+    """
+    srtp = session._srtp[0]
+    buffer = _srtp_ffi.new("char[]", _SRTP_BUFFER)
+    view = _srtp_ffi.buffer(buffer)
+    size = _srtp_ffi.new("int *")
+    limit = _SRTP_BUFFER - trailer
+    errors: Mapping[int, str] = getattr(pylibsrtp, "ERRORS", {})
+
+    def call(data: bytes, _session: Any = session) -> bytes:
+        length = len(data)
+        if length > limit:
+            raise pylibsrtp.Error("packet is too long")
+        view[0:length] = data
+        size[0] = length
+        status = function(srtp, buffer, size)
+        if status:
+            raise pylibsrtp.Error(errors.get(status, f"libsrtp error {status}"))
+        return view[0:size[0]]  # type: ignore[no-any-return]
+
+    return call
+
+
+def _srtp_sender(
+    session: Any, sendto: Callable[[bytes, Any], None], remote: Any,
+    delay: ForwardingDelay | None, name: str,
+) -> Callable[[bytes], bool]:
+    """``Transport.send_rtp`` once the transport is linked: protect with libsrtp and write to
+    the socket in one call of its own (see ``_srtp_call``)."""
+    srtp = session._srtp[0]
+    buffer = _srtp_ffi.new("char[]", _SRTP_BUFFER)
+    view = _srtp_ffi.buffer(buffer)
+    size = _srtp_ffi.new("int *")
+    limit = _SRTP_BUFFER - _SRTP_MAX_TRAILER
+    protect = _srtp_lib.srtp_protect
+
+    def send_rtp(data: bytes, _session: Any = session) -> bool:
+        length = len(data)
+        if length > limit:
+            logger.debug("%s: RTP packet too long to protect (%d bytes)", name, length)
+            return False
+        view[0:length] = data
+        size[0] = length
+        status = protect(srtp, buffer, size)
+        if status:
+            logger.debug("%s: SRTP protect failed: libsrtp error %d", name, status)
+            return False
+        sendto(view[0:size[0]], remote)
+        if delay is not None:
+            delay.sent()
+        return True
+
+    return send_rtp
+
+
 def parse_sdp(text: str) -> Any:
     try:
         return aiortc_sdp.SessionDescription.parse(text)
@@ -220,9 +288,6 @@ class Transport:
         #: Set once SRTP is ready and the nominated pair is on an IceMux socket: the packet path
         #: then goes straight between the socket and the handler (see ``_link``).
         self._path: MediaPath | None = None
-        self._protect: Callable[[bytes], bytes] | None = None
-        self._sendto: Callable[[bytes, Any], None] | None = None
-        self._remote: Any = None
         self.pc.on("connectionstatechange", self._state_changed)
 
     # -- negotiation -----------------------------------------------------------------------
@@ -402,16 +467,12 @@ class Transport:
     # -- sending ---------------------------------------------------------------------------
 
     def send_rtp(self, data: bytes) -> bool:
-        """Protect and send one RTP packet now; False if the transport cannot send yet."""
-        sendto = self._sendto
-        if sendto is None:
-            return self._send(data, rtcp=False)
-        try:
-            sendto(self._protect(data), self._remote)  # type: ignore[misc]
-        except pylibsrtp.Error as exc:
-            logger.debug("%s: SRTP protect failed: %s", self.name, exc)
-            return False
-        return True
+        """Protect and send one RTP packet now; False if the transport cannot send yet.
+
+        Once the transport is linked to its socket (``_link``) an instance attribute of the
+        same name, one closure doing the whole work, stands in for this method.
+        """
+        return self._send(data, rtcp=False)
 
     def send_rtcp(self, data: bytes) -> bool:
         """Protect and send one (compound) RTCP packet now; False if it cannot send yet."""
@@ -466,11 +527,12 @@ class Transport:
         if path is None:
             return
         self._path = path
-        self._protect = dtls._tx_srtp.protect
-        self._remote = path.address
-        self._sendto = path.sendto
+        # the packet path's one call per forwarded packet (the method stays for the others)
+        self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
+            dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
         rx = dtls._rx_srtp
-        unprotect, unprotect_rtcp = rx.unprotect, rx.unprotect_rtcp
+        unprotect = _srtp_call(rx, _srtp_lib.srtp_unprotect, 0)
+        unprotect_rtcp = _srtp_call(rx, _srtp_lib.srtp_unprotect_rtcp, 0)
         handler = self._handler
         srtp_error = pylibsrtp.Error
         name = self.name
@@ -489,9 +551,8 @@ class Transport:
     def _unlink(self) -> None:
         if self._path is not None:
             self._path.close()
+            vars(self).pop("send_rtp", None)
         self._path = None
-        self._sendto = None
-        self._protect = None
 
     async def _rtp_arrived(self, dtls: Any, data: bytes, arrival_time_ms: int = 0) -> None:
         if dtls is self._dtls:

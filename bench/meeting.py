@@ -1,0 +1,400 @@
+"""A whole meeting on one server: CPU, memory, loss at the SFU and the delay it adds.
+
+    python bench/meeting.py --participants 20 --seconds 30 --targets townhall,janus-1loop
+
+N synthetic participants (``participants.py``) each publish Opus with the audio-level extension
+and VP8 in three simulcast layers, and each receive the others. One of them speaks at a time (its
+audio packets carry a loud level, the others' silence), the turn passing to the next every
+``--turn`` seconds, so the active speaker, the last-N set and the layers in use keep changing.
+
+- townhall: the room's last-N (6 by default) picks the videos each participant receives; every
+  page reports its videos shown at ``--tile`` (default 320x180), so the SFU forwards the ``h``
+  layer; consumers send a REMB of ``--remb`` bit/s every second. The server measures how long it
+  holds each packet (``measure_forwarding_delay``).
+- Janus (VideoRoom, no last-N): each participant subscribes to every other's audio and to the
+  video of a fixed six others, at substream 1 (``h``): the same number of forwarded streams.
+
+Consumers count SRTP datagrams by their clear header without decrypting them, so the client can
+play a large meeting. Measured over ``--seconds`` after ``--warmup``:
+
+- server CPU (all threads, /proc/PID/stat) and memory (VmRSS, VmHWM);
+- packets the producers sent and the consumers received, packets per server CPU-second;
+- loss: datagrams the kernel dropped at the server's sockets (``drops`` in /proc/net/udp for the
+  server's socket inodes), gaps in the sequence numbers each consumer received (a packet the SFU
+  numbered but that never arrived, or one it skipped), and drops at the client's own sockets;
+- townhall only: SFU-added delay p50/p99 from the server's histogram (kernel receive timestamp
+  of the datagram → the send call of each forwarded copy).
+
+With several ``--participants`` sizes the report names the largest meeting that kept the server
+under ``--cpu-limit`` (70 % of one core) with no loss at the SFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from clip import LAYERS  # noqa: E402
+from janus import JanusTarget  # noqa: E402
+from participants import OUT_DIR, Clip, SyntheticConsumer, SyntheticProducer, load_clip  # noqa: E402
+from sfu_forwarding import (  # noqa: E402
+    enter_own_network_namespace,
+    machine,
+    process_cpu_times,
+    self_cpu_seconds,
+)
+from townhall_target import DEFAULT_COMMAND, TownhallTarget  # noqa: E402
+
+logger = logging.getLogger("meeting")
+
+People = list[tuple[SyntheticProducer, SyntheticConsumer]]
+
+
+@dataclass
+class MeetingResult:
+    target: str
+    participants: int
+    seconds: float = 0.0
+    server_cpu_percent: float = 0.0
+    server_system_percent: float = 0.0
+    server_rss_mb: float = 0.0
+    server_peak_rss_mb: float = 0.0
+    server_threads: int = 0
+    sent_packets: int = 0
+    delivered_packets: int = 0
+    packets_per_cpu_second: float = 0.0
+    sfu_socket_drops: int = 0
+    consumer_sequence_gaps: int = 0
+    client_socket_drops: int = 0
+    delay_p50_ms: float | None = None
+    delay_p99_ms: float | None = None
+    delay_samples: int = 0
+    client_cpu_percent: float = 0.0
+    load_average_1min: float = 0.0
+    sent_by_kind: dict[str, int] = field(default_factory=dict)
+    delivered_by_kind: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def sfu_loss(self) -> int:
+        return self.sfu_socket_drops + max(0, self.consumer_sequence_gaps
+                                          - self.client_socket_drops)
+
+
+# --------------------------------------------------------------------------------------------
+# What the kernel and the server say
+# --------------------------------------------------------------------------------------------
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    return inodes
+
+
+def udp_drops(pid: int) -> int:
+    """Datagrams the kernel dropped at the UDP sockets of process ``pid`` (full receive queue)."""
+    inodes = socket_inodes(pid)
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 13 and fields[9] in inodes:
+                total += int(fields[12])
+    return total
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            values[name] = int(rest.split()[0]) / 1024
+    return round(values.get("VmRSS", 0.0), 1), round(values.get("VmHWM", 0.0), 1)
+
+
+_BUCKET = re.compile(r'^townhall_forwarding_delay_seconds_bucket\{le="([^"]+)"\} (\d+)$', re.M)
+
+
+def delay_buckets(metrics: str) -> list[tuple[float, int]]:
+    """(upper bound in seconds, cumulative count) of the forwarding-delay histogram."""
+    return [(float("inf") if le == "+Inf" else float(le), int(n))
+            for le, n in _BUCKET.findall(metrics)]
+
+
+def percentile(before: list[tuple[float, int]], after: list[tuple[float, int]],
+               q: float) -> tuple[float | None, int]:
+    """The ``q`` quantile (seconds) of the samples added between two scrapes, interpolated
+    within its bucket, and the number of samples."""
+    if not after:
+        return None, 0
+    counts = dict(before)
+    cumulative = [(bound, n - counts.get(bound, 0)) for bound, n in after]
+    total = cumulative[-1][1]
+    if total <= 0:
+        return None, 0
+    rank = q * total
+    lower, below = 0.0, 0
+    for bound, n in cumulative:
+        if n >= rank:
+            if bound == float("inf"):
+                return lower, total
+            inside = n - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0), total
+        lower, below = bound, n
+    return lower, total
+
+
+# --------------------------------------------------------------------------------------------
+# One meeting
+# --------------------------------------------------------------------------------------------
+
+
+def make_target(name: str, size: int, args: argparse.Namespace) -> Any:
+    log_file = Path(args.out) / "logs" / f"meeting-{name}-{size}.log"
+    if name == "janus":
+        return JanusTarget(name, log_file=log_file)
+    if name == "janus-1loop":
+        return JanusTarget(name, event_loops=1, log_file=log_file)
+    if name == "townhall" or name.startswith("townhall:"):
+        source = None
+        if name != "townhall":
+            sources = dict(v.split("=", 1) for v in args.variant)
+            source = Path(sources[name.partition(":")[2]]).resolve()
+        width, _, height = args.tile.partition("x")
+        tile = (int(width), int(height)) if args.tile else None
+        return TownhallTarget(name=name, command=DEFAULT_COMMAND, log_file=log_file,
+                              source=source, measure_delay=not args.no_delay, tile=tile)
+    raise SystemExit(f"unknown target {name!r} (townhall, townhall:LABEL, janus, janus-1loop)")
+
+
+async def take_turns(people: People, turn: float) -> None:
+    """One participant speaks at a time; the turn passes to the next every ``turn`` seconds."""
+    n = 0
+    while True:
+        for index, (producer, _) in enumerate(people):
+            producer.speaking = index == n % len(people)
+        n += 1
+        await asyncio.sleep(turn)
+
+
+def _kinds(people: People) -> tuple[dict[str, int], dict[str, int]]:
+    sent: dict[str, int] = {}
+    got: dict[str, int] = {}
+    for producer, consumer in people:
+        for kind, count in producer.packets_sent_by_kind().items():
+            sent[kind] = sent.get(kind, 0) + count
+        for kind, count in consumer.packets_by_kind().items():
+            got[kind] = got.get(kind, 0) + count
+    return sent, got
+
+
+async def _scrape(target: Any) -> list[tuple[float, int]]:
+    if isinstance(target, TownhallTarget) and target.measure_delay:
+        return delay_buckets(await target.metrics())
+    return []
+
+
+async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) -> MeetingResult:
+    target = make_target(name, size, args)
+    people: People = [
+        (SyntheticProducer(clip, simulcast=not args.no_simulcast),
+         SyntheticConsumer(raw=True, remb=args.remb or None))
+        for _ in range(size)
+    ]
+    turns: asyncio.Task[None] | None = None
+    try:
+        started = time.monotonic()
+        await target.start()
+        if isinstance(target, JanusTarget):
+            rids = [rid for rid, *_ in LAYERS]
+            await target.join_meeting(people, videos=args.last_n,
+                                      substream=rids.index(args.janus_layer))
+        else:
+            await target.join_meeting(people)
+        logger.info("%s: %d participants in the meeting after %.1f s", name, size,
+                    time.monotonic() - started)
+        turns = asyncio.create_task(take_turns(people, args.turn))
+        await asyncio.sleep(args.warmup)
+
+        pid = target.pid
+        sent0, got0 = _kinds(people)
+        gaps0 = sum(c.lost_packets for _, c in people)
+        drops0, client_drops0 = udp_drops(pid), udp_drops(os.getpid())
+        delay0 = await _scrape(target)
+        server0, client0 = process_cpu_times(pid), self_cpu_seconds()
+        t0 = time.monotonic()
+        await asyncio.sleep(args.seconds)
+        elapsed = time.monotonic() - t0
+        server1, client1 = process_cpu_times(pid), self_cpu_seconds()
+        delay1 = await _scrape(target)
+        drops1, client_drops1 = udp_drops(pid), udp_drops(os.getpid())
+        gaps1 = sum(c.lost_packets for _, c in people)
+        sent1, got1 = _kinds(people)
+        rss, peak = memory_mb(pid)
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+
+        cpu = sum(server1) - sum(server0)
+        sent = {k: n - sent0.get(k, 0) for k, n in sent1.items()}
+        got = {k: n - got0.get(k, 0) for k, n in got1.items()}
+        p50, samples = percentile(delay0, delay1, 0.50)
+        p99, _ = percentile(delay0, delay1, 0.99)
+        delivered = sum(got.values())
+        return MeetingResult(
+            target=name,
+            participants=size,
+            seconds=round(elapsed, 2),
+            server_cpu_percent=round(100 * cpu / elapsed, 1),
+            server_system_percent=round(100 * (server1[1] - server0[1]) / elapsed, 1),
+            server_rss_mb=rss,
+            server_peak_rss_mb=peak,
+            server_threads=threads,
+            sent_packets=sum(sent.values()),
+            delivered_packets=delivered,
+            packets_per_cpu_second=round(delivered / cpu) if cpu > 0 else 0,
+            sfu_socket_drops=drops1 - drops0,
+            consumer_sequence_gaps=gaps1 - gaps0,
+            client_socket_drops=client_drops1 - client_drops0,
+            delay_p50_ms=None if p50 is None else round(p50 * 1000, 2),
+            delay_p99_ms=None if p99 is None else round(p99 * 1000, 2),
+            delay_samples=samples,
+            client_cpu_percent=round(100 * (client1 - client0) / elapsed, 1),
+            load_average_1min=round(os.getloadavg()[0], 2),
+            sent_by_kind=sent,
+            delivered_by_kind=got,
+        )
+    finally:
+        if turns is not None:
+            turns.cancel()
+        await target.stop()  # signalling first: no offer reaches a closed consumer
+        for producer, consumer in people:
+            await consumer.close()
+            await producer.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def markdown(results: list[MeetingResult], cpu_limit: float) -> str:
+    lines = [
+        "| target | participants | server CPU % (system) | memory MB (peak) | delivered pkts "
+        "| pkts per CPU-s | loss at SFU (socket drops + gaps) | delay p50 / p99 ms "
+        "| client CPU % | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.target} | {r.participants} | failed: {r.error} "
+                         "| | | | | | | |")
+            continue
+        delay = "" if r.delay_p50_ms is None else f"{r.delay_p50_ms} / {r.delay_p99_ms}"
+        lines.append(
+            f"| {r.target} | {r.participants} | {r.server_cpu_percent} "
+            f"({r.server_system_percent}) | {r.server_rss_mb} ({r.server_peak_rss_mb}) "
+            f"| {r.delivered_packets} | {r.packets_per_cpu_second} "
+            f"| {r.sfu_loss} ({r.sfu_socket_drops} + {r.consumer_sequence_gaps}"
+            f" - {r.client_socket_drops} at the client) | {delay} | {r.client_cpu_percent} "
+            f"| {r.load_average_1min} |"
+        )
+    for target in dict.fromkeys(r.target for r in results):
+        fits = [r.participants for r in results if r.target == target and not r.error
+                and r.server_cpu_percent <= cpu_limit and r.sfu_loss == 0]
+        lines.append("")
+        lines.append(f"{target}: largest meeting at ≤ {cpu_limit:g} % of one core with no loss "
+                     f"at the SFU: {max(fits) if fits else 'none of the sizes run'}")
+    return "\n".join(lines) + "\n"
+
+
+async def main_async(args: argparse.Namespace, path: Path) -> list[MeetingResult]:
+    clip = load_clip()
+    results: list[MeetingResult] = []
+    for _ in range(args.repeat):
+        for name in args.targets.split(","):
+            for size in (int(n) for n in args.participants.split(",")):
+                logger.info("meeting: %s with %d participants", name, size)
+                try:
+                    result = await run_one(name, size, clip, args)
+                except Exception as exc:
+                    logger.exception("meeting %s/%d failed", name, size)
+                    result = MeetingResult(name, size, error=f"{type(exc).__name__}: {exc}")
+                logger.info("result: %s", result)
+                results.append(result)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({
+                    "command": " ".join(["python", "bench/meeting.py", *sys.argv[1:]]),
+                    "machine": machine(),
+                    "results": [asdict(r) for r in results],
+                }, indent=2) + "\n")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--participants", default="20", help="comma-separated meeting sizes")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured time per run")
+    parser.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring")
+    parser.add_argument("--targets", default="townhall,janus-1loop")
+    parser.add_argument("--turn", type=float, default=3.0, help="seconds each speaker talks")
+    parser.add_argument("--last-n", type=int, default=6, help="videos each participant gets")
+    parser.add_argument("--tile", default="320x180",
+                        help="size the pages report for every video (townhall; '' for none)")
+    parser.add_argument("--janus-layer", default="h", help="Janus subscribers' substream")
+    parser.add_argument("--remb", type=int, default=2_500_000, help="consumers' REMB, bit/s")
+    parser.add_argument("--no-simulcast", action="store_true", help="one video layer only")
+    parser.add_argument("--no-delay", action="store_true",
+                        help="do not turn on townhall's forwarding-delay measurement")
+    parser.add_argument("--cpu-limit", type=float, default=70.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=SRC")
+    parser.add_argument("--out", default=str(OUT_DIR))
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aioice", "aiortc", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    enter_own_network_namespace()
+    path = Path(args.out) / f"meeting-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        results = uvloop.run(main_async(args, path))
+    else:
+        results = asyncio.run(main_async(args, path))
+    print(markdown(results, args.cpu_limit))
+    print(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()

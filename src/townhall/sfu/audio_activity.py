@@ -1,0 +1,62 @@
+"""A router's periodic audio work: who is speaking, the dominant speaker, and loudest-N.
+
+Every ``speaker.TICK`` seconds the router hands its producers to :meth:`AudioActivity.tick`, which
+takes each audio producer's level counters (the only per-packet work, in ``Producer.forward``),
+updates the smoothed voices, the dominant speaker (``sfu/speaker.py``) and the selection of
+forwarded audio (``sfu/audio_selection.py``), and switches ``Producer.selected``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from townhall.sfu.audio_selection import AudioSelection
+from townhall.sfu.speaker import DominantSpeaker, Voices
+
+if TYPE_CHECKING:
+    from townhall.sfu.producer import Producer
+
+
+@dataclass(frozen=True)
+class Activity:
+    #: Participants whose microphone made sound within ``SPEAKING_HOLD``.
+    speaking: frozenset[str]
+    #: The dominant speaker (a participant), or None.
+    dominant: str | None
+    #: Ids of the audio producers forwarded now.
+    forwarded: frozenset[str]
+
+
+class AudioActivity:
+    def __init__(self, clock: Callable[[], float], loudest: int) -> None:
+        self._clock = clock
+        self.speaker = DominantSpeaker(clock)
+        self.voices = Voices()
+        self.selection = AudioSelection(loudest, clock)
+
+    def tick(self, producers: Iterable[Producer]) -> Activity:
+        scores: dict[str, float] = {}
+        by_owner: dict[str, float] = {}
+        unmuted: list[Producer] = []
+        for producer in producers:
+            if producer.kind != "audio":
+                continue
+            score = producer.take_levels()
+            if producer.paused:
+                score = 0.0  # muted: still in the meeting, not a candidate for anything
+            else:
+                scores[producer.id] = score
+                unmuted.append(producer)
+            by_owner[producer.owner] = max(score, by_owner.get(producer.owner, 0.0))
+        self.voices.update(scores, self._clock())
+        dominant = self.speaker.update(by_owner)
+        forwarded = self.selection.update(scores.keys(), self.voices)
+        for producer in unmuted:
+            producer.set_selected(producer.id in forwarded)
+        return Activity(
+            speaking=frozenset(p.owner for p in unmuted if p.speaking),
+            dominant=dominant,
+            forwarded=forwarded,
+        )
