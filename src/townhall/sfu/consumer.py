@@ -29,7 +29,8 @@ MAX_PADDING_PACKETS = 8
 class Consumer:
     __slots__ = ("_clock", "_pauses", "_reported_packets", "closed", "id", "last_layer",
                  "layer", "max_layer", "octets", "packets", "padding", "paused", "pictures",
-                 "priority", "producer", "rewriter", "slot", "target", "transport")
+                 "priority", "producer", "redundancy", "rewriter", "slot", "target",
+                 "transport")
 
     def __init__(
         self,
@@ -51,6 +52,9 @@ class Consumer:
         self.packets = 0
         self.octets = 0
         self._reported_packets = 0
+        #: Send RED (RFC 2198) as it comes when the far end negotiated it; False sends the
+        #: primary Opus frames alone (the router's choice while the transport is audio-only).
+        self.redundancy = True
         #: The layer forwarded now, -1 for none. A simulcast consumer starts with none and
         #: takes its first layer at a keyframe.
         self.layer = -1 if producer.simulcast else 0
@@ -82,8 +86,13 @@ class Consumer:
         if layer != self.layer and (layer != self.target or not self._switch(layer)):
             return False
         payload_type = self.slot.payload_type
-        if payload_type is None or header.payload_type != self.producer.codec.payload_type:
+        if payload_type is None:
             return False
+        if header.payload_type != self.producer.codec.payload_type:
+            variant = self._red(data, header, payload_type)
+            if variant is None:
+                return False
+            data, header, payload_type = variant
         sequence, timestamp = self.rewriter.rewrite(header.sequence, header.timestamp)
         abs_send_time = self.slot.abs_send_time
         extension = b"" if abs_send_time is None else \
@@ -106,10 +115,19 @@ class Consumer:
         if not self.transport.send_rtp(packet):
             return False
         self.packets += 1
-        self.octets += len(packet) - header.payload_offset
+        self.octets += len(packet) - header.csrc_end - len(extension)  # payload (RFC 3550 6.4.1)
         if self.padding and header.marker:
             self._send_padding(payload_type)
         return True
+
+    def _red(self, data: bytes, header: rtp.RtpHeader,
+             payload_type: int) -> tuple[bytes, rtp.RtpHeader, int] | None:
+        """What to send for a RED packet of the producer (None for anything else)."""
+        producer = self.producer
+        if header.payload_type != producer.red_payload_type:
+            return None
+        red_payload_type = self.slot.red_payload_type if self.redundancy else None
+        return producer.red_variant(data, header, red_payload_type, payload_type)
 
     def _send_padding(self, payload_type: int) -> None:
         """Padding packets right after the end of a frame (never inside one, where a
@@ -204,6 +222,11 @@ class Consumer:
         if data is None:
             return -1
         header = rtp.parse_header(data)
+        if header.payload_type != self.producer.codec.payload_type:
+            variant = self._red(data, header, payload_type)
+            if variant is None:
+                return 0
+            data, header, payload_type = variant
         timestamp = self.rewriter.output_timestamp(header.timestamp)
         head = b""
         if self.pictures is not None and self.pictures.active:

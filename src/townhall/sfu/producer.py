@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from townhall.sfu import rtcp, rtp, vp8
+from townhall.sfu import red, rtcp, rtp, vp8
 from townhall.sfu.simulcast import KEYFRAME_INTERVAL, Layer
 from townhall.sfu.transport import Codec, IncomingTrack, Transport
 
@@ -32,6 +32,9 @@ SPEAKING_HOLD = 0.6
 class Producer:
     __slots__ = (
         "_clock",
+        "_red_header",
+        "_red_plain",
+        "_red_retyped",
         "closed",
         "codec",
         "consumers",
@@ -47,6 +50,7 @@ class Producer:
         "mid",
         "owner",
         "paused",
+        "red_payload_type",
         "selected",
         "simulcast",
         "source",
@@ -90,6 +94,11 @@ class Producer:
         self.loudness = 0
         #: False while loudest-N audio selection leaves this producer out (audio only).
         self.selected = True
+        #: RED over ``codec``, when the producer sends it (see ``red_variant``).
+        self.red_payload_type = track.red_payload_type
+        self._red_header: rtp.RtpHeader | None = None
+        self._red_plain: rtp.RtpHeader | None = None
+        self._red_retyped: dict[int, tuple[bytes, rtp.RtpHeader]] = {}
         self._clock = clock
         #: A keyframe request arrived too soon after the last one for some layer: the router's
         #: periodic work sends it once the interval has passed (``flush_keyframe_request``).
@@ -100,8 +109,11 @@ class Producer:
         """The SSRC of the first layer (the only one without simulcast)."""
         return self.layers[0].ssrc
 
-    def forward(self, data: bytes, header: rtp.RtpHeader, layer: Layer) -> int:
-        """Hand one packet of ``layer`` to every consumer; returns how many sent it."""
+    def forward(self, data: bytes, header: rtp.RtpHeader, layer: Layer | None = None) -> int:
+        """Hand one packet of ``layer`` (the first by default) to every consumer; returns how
+        many sent it."""
+        if layer is None:
+            layer = self.layers[0]
         layer.reception.add(header.sequence)
         layer.cache.store(header.sequence, data)
         layer.octets += len(data) - header.payload_offset
@@ -154,6 +166,42 @@ class Producer:
         if selected:
             for consumer in self.consumers:
                 consumer.restart()
+
+    def red_variant(
+        self, data: bytes, header: rtp.RtpHeader, red_payload_type: int | None,
+        payload_type: int,
+    ) -> tuple[bytes, rtp.RtpHeader, int] | None:
+        """What a consumer sends for one RED packet, as (data, header, payload type).
+
+        With ``red_payload_type`` (the consumer negotiated RED) the RED payload as it came, its
+        blocks renumbered to the consumer's Opus ``payload_type`` if that differs; without, the
+        primary Opus frame alone. Worked out once per packet and shared by the consumers; None
+        for a malformed payload.
+        """
+        if header is not self._red_header:
+            self._red_header = header
+            self._red_plain = None
+            self._red_retyped.clear()
+        try:
+            if red_payload_type is not None:
+                if payload_type == self.codec.payload_type:
+                    return data, header, red_payload_type
+                retyped = self._red_retyped.get(payload_type)
+                if retyped is None:
+                    copy = red.retype(data, header.payload_offset, self.codec.payload_type,
+                                      payload_type)
+                    retyped = self._red_retyped[payload_type] = (copy, _like(header))
+                return retyped[0], retyped[1], red_payload_type
+            plain = self._red_plain
+            if plain is None:
+                block_type, start = red.primary(data, header.payload_offset)
+                if block_type != self.codec.payload_type:
+                    raise ValueError("RED primary block is not the producer's codec")
+                plain = self._red_plain = _like(header, start)
+            return data, plain, payload_type
+        except ValueError as exc:
+            logger.debug("producer %s: RED packet dropped: %s", self.id, exc)
+            return None
 
     def request_keyframe(self, index: int | None = None) -> None:
         """Ask for a keyframe on layer ``index``, or on every layer."""
@@ -213,3 +261,12 @@ class Producer:
             for consumer in self.consumers:
                 consumer.restart()
             self.request_keyframe()
+
+
+def _like(header: rtp.RtpHeader, payload_offset: int | None = None) -> rtp.RtpHeader:
+    """A copy of ``header`` (the copy caches its own rewritten body), optionally with the
+    payload starting elsewhere."""
+    return rtp.RtpHeader(header.marker, header.payload_type, header.sequence, header.timestamp,
+                         header.ssrc, header.extension_offset,
+                         header.payload_offset if payload_offset is None else payload_offset,
+                         header.csrc_end)

@@ -92,6 +92,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         counters: Counters | None = None,
         loudest_audio: int = LOUDEST_AUDIO,
+        red: bool = True,
     ) -> None:
         self.name = name
         self.counters = counters if counters is not None else Counters()
@@ -103,6 +104,7 @@ class Router:
         self.consumers: dict[str, Consumer] = {}
         self._speaking: frozenset[str] = frozenset()
         self._audio = AudioActivity(clock, loudest_audio)
+        self._red = red
         self._active_speaker: str | None = None
         self._closed = False
         self._tasks = [
@@ -115,6 +117,7 @@ class Router:
 
     def create_transport(self, owner: str, name: str = "") -> Transport:
         transport = Transport(self, attach=self._attach, name=name or f"{self.name}/{owner}")
+        transport.red = self._red
         self._transports[transport] = _TransportState(owner, bandwidth.Estimate(self._clock))
         return transport
 
@@ -178,6 +181,8 @@ class Router:
         if producer.kind == "video":
             for reason in state.video_pauses:
                 consumer.set_paused(True, reason)
+        else:
+            consumer.redundancy = not (state.video_pauses or state.low_bandwidth)
         self._allocate_on(transport)
         return consumer
 
@@ -221,7 +226,8 @@ class Router:
     def set_video_paused(self, transport: Transport, reason: str, paused: bool) -> None:
         """Pause (or resume) every video consumer on ``transport``, now and later, for ``reason``.
 
-        Audio keeps flowing. Used for audio-only mode ("audio-only" when the participant asks
+        Audio keeps flowing, as plain Opus even where RED was negotiated (audio-only mode is
+        for saving bandwidth). Used for audio-only mode ("audio-only" when the participant asks
         for it; video cut because the transport's estimate is too low for any video is the
         allocation's doing, see ``low_bandwidth``). Video resumes once no reason is left,
         without renegotiation.
@@ -237,6 +243,8 @@ class Router:
         for consumer in state.consumers_by_ssrc.values():
             if consumer.producer.kind == "video":
                 consumer.set_paused(paused, reason)
+            else:
+                consumer.redundancy = not (state.video_pauses or state.low_bandwidth)
         if before != bool(state.video_pauses) and self._events is not None:
             self._events.forwarding_changed(self, state.owner)
         self._allocate(transport, state, self._clock())
@@ -480,6 +488,11 @@ class Router:
         forwarding = frozenset(c.id for c in video if c.target >= 0)
         low = any(d.max_layer >= 0 for d in demands) and not forwarding
         if forwarding != state.forwarding or low != state.low_bandwidth:
+            if low != state.low_bandwidth:
+                # Like audio-only mode, a transport too slow for video gets plain Opus.
+                for consumer in state.consumers_by_ssrc.values():
+                    if consumer.producer.kind != "video":
+                        consumer.redundancy = not (state.video_pauses or low)
             state.forwarding, state.low_bandwidth = forwarding, low
             if low:
                 logger.info("%s: video cut for lack of bandwidth (estimate %s bit/s)",

@@ -131,18 +131,21 @@ def rewrite_extended(
     head: bytes = b"",
     skip: int = 0,
 ) -> bytes:
-    """Like ``rewrite``, with the consumer's own extension block (``extension``, built by
-    ``extension_block``; may be empty) and the first ``skip`` payload bytes replaced by ``head``
-    (a rewritten VP8 descriptor)."""
-    first = (data[0] & 0x2F) | (0x90 if extension else 0x80)
-    second = (0x80 if header.marker else 0) | payload_type
-    return (
-        _FIXED.pack(first, second, sequence, timestamp, ssrc)
-        + data[RTP_MIN_SIZE:header.csrc_end]
-        + extension
-        + head
-        + data[header.payload_offset + skip:]
-    )
+    """Like ``rewrite``, with the consumer's own extension block (``extension``, e.g. from
+    ``abs_send_time_block``; may be empty) and the first ``skip`` payload bytes replaced by
+    ``head`` (a rewritten VP8 descriptor)."""
+    if not extension and not head:
+        return rewrite(data, header, payload_type, sequence, timestamp, ssrc)
+    fixed = _pack_fixed(0x80 | (data[0] & 0x2F) | (0x10 if extension else 0),
+                        (0x80 if header.marker else 0) | payload_type, sequence, timestamp, ssrc)
+    csrc_end = header.csrc_end
+    if not head and csrc_end == RTP_MIN_SIZE:
+        body = header._body
+        if body is None:
+            body = header._body = data[header.payload_offset:]
+        return fixed + extension + body
+    return (fixed + data[RTP_MIN_SIZE:csrc_end] + extension + head
+            + data[header.payload_offset + skip:])
 
 
 #: Most padding one RTP packet carries (its length is one byte).

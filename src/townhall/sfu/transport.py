@@ -29,7 +29,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest
-from townhall.sfu import simulcast_sdp
+from townhall.sfu import audio_sdp, simulcast_sdp
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
 
@@ -109,6 +109,8 @@ class IncomingTrack:
     audio_level_extension: int | None
     #: SSRC the server uses as sender of RTCP about this track.
     rtcp_ssrc: int
+    #: Payload type of RED (RFC 2198) over ``codec``, when the answer accepted it.
+    red_payload_type: int | None = None
     #: Simulcast: the rids of the layers, lowest first (empty without simulcast).
     rids: tuple[str, ...] = ()
     rid_extension: int | None = None
@@ -117,13 +119,15 @@ class IncomingTrack:
 class Slot:
     """One send-only transceiver of a transport, carrying one consumer at a time."""
 
-    __slots__ = ("abs_send_time", "codec", "payload_type", "transceiver")
+    __slots__ = ("abs_send_time", "codec", "payload_type", "red_payload_type", "transceiver")
 
     def __init__(self, transceiver: Any, codec: Codec) -> None:
         self.transceiver = transceiver
         self.codec = codec
         #: The payload type the far end accepted; None until negotiated (or if refused).
         self.payload_type: int | None = None
+        #: The far end's payload type for RED over ``payload_type``, if it accepted RED.
+        self.red_payload_type: int | None = None
         #: The abs-send-time extension id the far end accepted (for its bandwidth estimate).
         self.abs_send_time: int | None = None
 
@@ -258,6 +262,12 @@ def _srtp_sender(
     return send_rtp
 
 
+def _primary(media: Any) -> Any:
+    """A media section's first codec that is not RED (RED carries it)."""
+    return next((c for c in media.rtp.codecs if c.mimeType.lower() != "audio/red"),
+                media.rtp.codecs[0])
+
+
 def parse_sdp(text: str) -> Any:
     try:
         return aiortc_sdp.SessionDescription.parse(text)
@@ -285,6 +295,8 @@ class Transport:
         self._closed = False
         self._ready_task: asyncio.Task[None] | None = None
         self._slots: list[Slot] = []
+        #: Whether this transport's descriptions offer and accept RED for Opus.
+        self.red = True
         #: Set once SRTP is ready and the nominated pair is on an IceMux socket: the packet path
         #: then goes straight between the socket and the handler (see ``_link``).
         self._path: MediaPath | None = None
@@ -302,7 +314,9 @@ class Transport:
             for transceiver in self.pc.getTransceivers():
                 transceiver.direction = "recvonly"
                 transceiver.setCodecPreferences(_forwardable(transceiver.kind))
-            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            created = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(RTCSessionDescription(
+                sdp=audio_sdp.complete_answer(offer, created.sdp, self.red), type="answer"))
         except BadRequest:
             raise
         except Exception as exc:
@@ -313,7 +327,7 @@ class Transport:
         # Simulcast is accepted for VP8 only: layer switches wait for VP8 keyframes.
         layers = [
             offered if offered is not None and local.port != 0 and local.rtp.codecs
-            and local.rtp.codecs[0].mimeType.lower() == "video/vp8" else None
+            and _primary(local).mimeType.lower() == "video/vp8" else None
             for offered, local in zip(simulcast_sdp.offered(offer), parsed.media, strict=False)
         ]
         if any(layers):
@@ -338,13 +352,15 @@ class Transport:
                 IncomingTrack(
                     mid=mid,
                     kind=remote.kind,
-                    codec=_codec_of(local.rtp.codecs[0]),
+                    codec=_codec_of(_primary(local)),
                     # With simulcast each layer's SSRC is learnt from its rid.
                     ssrcs=() if simulcast is not None else
                     tuple(s.ssrc for s in remote.ssrc if s.ssrc not in rtx),
                     mid_extension=extensions.get(MID_URI),
                     audio_level_extension=extensions.get(AUDIO_LEVEL_URI),
                     rtcp_ssrc=senders[mid]._ssrc if mid in senders else 1,
+                    red_payload_type=audio_sdp.red_payload_type(
+                        local, _primary(local).payloadType),
                     rids=simulcast.rids if simulcast is not None else (),
                     rid_extension=simulcast.rid_extension if simulcast is not None else None,
                 )
@@ -375,7 +391,9 @@ class Transport:
         slot.payload_type = None
 
     async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        created = await self.pc.createOffer()
+        await self.pc.setLocalDescription(RTCSessionDescription(
+            sdp=audio_sdp.complete_offer(created.sdp, self.red), type="offer"))
         self._hook()
         return str(self.pc.localDescription.sdp)
 
@@ -393,9 +411,12 @@ class Transport:
             accepted = (media is not None and media.port != 0 and bool(media.rtp.codecs)
                         and media.direction in ("recvonly", "sendrecv")
                         and slot.transceiver.direction == "sendonly")
-            slot.payload_type = (media.rtp.codecs[0].payloadType
-                                 if accepted and media is not None else None)
-            slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI) if accepted else None
+            if not accepted or media is None:
+                slot.payload_type = slot.red_payload_type = slot.abs_send_time = None
+                continue
+            slot.payload_type = _primary(media).payloadType
+            slot.red_payload_type = audio_sdp.red_payload_type(media, slot.payload_type)
+            slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI)
 
     def answer_as_dtls_server(self) -> None:
         """Answer offers with ``a=setup:passive``, so that the far end starts the DTLS handshake.

@@ -27,6 +27,7 @@
  * @property {string} name
  * @property {boolean} locked
  * @property {boolean} [captions]  speech in this room is captioned
+ * @property {number} [last_n]  how many recent speakers' cameras each participant receives
  *
  * @typedef {Object} Caption
  * @property {string} participant     the speaker
@@ -61,6 +62,7 @@
  * @property {Participant[]} participants
  * @property {ChatMessage[]} chat
  * @property {string[]} queue
+ * @property {string|null} [active_speaker]
  * @property {RTCIceServer[]} ice_servers
  *
  * @typedef {'idle'|'connecting'|'connected'|'reconnecting'|'closed'} Status
@@ -69,10 +71,6 @@
  * @property {string} code
  * @property {string} message
  * @property {string} [request]
- *
- * @typedef {Object} Forwarding
- * @property {string[]} video          participants whose video the server forwards to this page
- * @property {boolean} low_bandwidth   video is cut because this page's connection is too slow
  *
  * @typedef {Record<string, {width: number, height: number}>} Layout  video size by consumer mid
  *
@@ -202,8 +200,8 @@ export class ServerConnection {
         this.consumers = new Map();
         /** @type {Map<Source, LocalSource>} */
         this.local = new Map();
-        /** @type {Forwarding} as last told by the server */
-        this.forwarding = {video: [], low_bandwidth: false};
+        /** @type {boolean} the server cut all video: this connection is too slow for it */
+        this.lowBandwidth = false;
         /** @type {string} the last layout sent, as JSON */
         this._layoutSent = '';
 
@@ -229,6 +227,14 @@ export class ServerConnection {
         this._generation = 0;
         /** @type {string|null} the caption language asked for (null: the original) */
         this.captionLanguage = null;
+        /** @type {boolean} false: audio-only mode (sent again after every join) */
+        this.receiveVideo = true;
+        /** @type {string[]} participants whose camera is always received */
+        this.pins = [];
+        /** @type {Set<string>|null} whose video the server sends now (null: not told yet) */
+        this.forwarded = null;
+        /** @type {string|null} the dominant speaker */
+        this.activeSpeaker = null;
 
         // Callbacks.  Every one is optional.
         /** @type {((joined: Joined) => void)|null} */
@@ -239,8 +245,6 @@ export class ServerConnection {
         this.onchat = null;
         /** @type {((queue: string[]) => void)|null} */
         this.onqueue = null;
-        /** @type {((forwarding: Forwarding) => void)|null} */
-        this.onforwarding = null;
         /** @type {((speaking: string[]) => void)|null} */
         this.onspeaking = null;
         /** @type {((room: Room) => void)|null} */
@@ -261,6 +265,10 @@ export class ServerConnection {
         this.oncaptions = null;
         /** @type {((caption: Caption) => void)|null} */
         this.oncaption = null;
+        /** @type {((video: Set<string>) => void)|null} whose video is sent to this page */
+        this.onforwarding = null;
+        /** @type {((participant: string|null) => void)|null} the dominant speaker changed */
+        this.onactivespeaker = null;
     }
 
     // ---- socket and session -------------------------------------------------
@@ -482,22 +490,20 @@ export class ServerConnection {
                 this.onqueue(this.queue);
             break;
         case 'room':
-            this.room = {id: m.id, name: m.name, locked: !!m.locked, captions: !!m.captions};
+            this.room = {id: m.id, name: m.name, locked: !!m.locked, captions: !!m.captions,
+                last_n: m.last_n};
             if (this.onroom)
                 this.onroom(this.room);
             break;
         case 'muted': this._gotMuted(m.by); break;
-        case 'forwarding':
-            this.forwarding = {video: m.video || [], low_bandwidth: !!m.low_bandwidth};
-            if (this.onforwarding)
-                this.onforwarding(this.forwarding);
-            break;
         case 'captions': this._gotCaptions(!!m.enabled); break;
         case 'caption':
             if (this.oncaption)
                 this.oncaption(m);
             break;
         case 'caption-languages': break;
+        case 'forwarding': this._gotForwarding(m.video || [], !!m.low_bandwidth); break;
+        case 'active-speaker': this._gotActiveSpeaker(m.participant || null); break;
         case 'error': this._gotError(m); break;
         case 'pong': break;
         default:
@@ -521,6 +527,9 @@ export class ServerConnection {
         this._setStatus('connected', m.resumed ? 'resumed' : 'joined');
         if (this.captionLanguage)
             this._sendCaptionLanguage();
+        this.activeSpeaker = m.active_speaker || null;
+        this.forwarded = null;
+        this._sendReceivingPreferences();
         if (this.onjoined)
             this.onjoined(m);
         this._startPublishing();
@@ -652,6 +661,73 @@ export class ServerConnection {
             this.room = {...this.room, captions: enabled};
         if (this.oncaptions)
             this.oncaptions(enabled);
+    }
+
+    // ---- receiving preferences: audio-only, pins, last-N ------------------------
+
+    /**
+     * Audio-only mode (`false`) or back to receiving video (`true`).  The
+     * server pauses video at its end, so nothing is renegotiated.
+     *
+     * @param {boolean} video
+     */
+    setReceiveVideo(video) {
+        this.receiveVideo = video;
+        return this.send({type: 'receive', video});
+    }
+
+    /**
+     * Always receive these participants' cameras (replaces earlier pins).
+     *
+     * @param {string[]} participants
+     */
+    pin(participants) {
+        this.pins = [...participants];
+        return this.send({type: 'pin', participants: this.pins});
+    }
+
+    /**
+     * How many recent speakers' cameras everyone receives (a host only).
+     *
+     * @param {number} n
+     */
+    setLastN(n) {
+        return this.send({type: 'last-n', n});
+    }
+
+    /**
+     * Whether the server sends `participant`'s video to this page now.
+     *
+     * @param {string} participant
+     * @returns {boolean}
+     */
+    isForwarded(participant) {
+        return this.forwarded === null || this.forwarded.has(participant);
+    }
+
+    _sendReceivingPreferences() {
+        if (!this.receiveVideo)
+            this.send({type: 'receive', video: false});
+        if (this.pins.length)
+            this.send({type: 'pin', participants: this.pins});
+    }
+
+    /**
+     * @param {string[]} ids
+     * @param {boolean} lowBandwidth
+     */
+    _gotForwarding(ids, lowBandwidth) {
+        this.forwarded = new Set(ids);
+        this.lowBandwidth = lowBandwidth;
+        if (this.onforwarding)
+            this.onforwarding(this.forwarded);
+    }
+
+    /** @param {string|null} participant */
+    _gotActiveSpeaker(participant) {
+        this.activeSpeaker = participant;
+        if (this.onactivespeaker)
+            this.onactivespeaker(participant);
     }
 
     // ---- publishing ------------------------------------------------------------
