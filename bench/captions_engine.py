@@ -121,6 +121,7 @@ def offline(engine: Engine, texts: dict[str, dict[str, str]], rounds: int,
         "poll_seconds": round(spent, 2),
         "cpu_seconds": round(cpu, 2),
         "real_time_factor": round(spent / seconds, 3),
+        "cpu_per_audio_second": round(cpu / seconds, 3),
         "wer_en": round(word_error_rate(pairs["en"]), 3),
         "wer_ru": round(word_error_rate(pairs["ru"]), 3),
     }
@@ -225,11 +226,12 @@ def main() -> None:
         runs = [offline(engine, texts, args.rounds, frozenset()),
                 offline(engine, texts, args.rounds, LANGUAGES)]
         results["offline"] = runs
-        print("\n| translations | utterances | audio s | poll s | real-time factor | WER en "
-              "| WER ru |\n|---|---|---|---|---|---|---|")
+        print("\n| translations | utterances | audio s (speech s) | poll s | real-time factor "
+              "| CPU s per audio s | WER en | WER ru |\n|---|---|---|---|---|---|---|---|")
         for r in runs:
             print(f"| {', '.join(r['languages']) or 'none'} | {r['utterances']} "  # type: ignore[arg-type]
-                  f"| {r['audio_seconds']} | {r['poll_seconds']} | {r['real_time_factor']} "
+                  f"| {r['audio_seconds']} ({r['speech_seconds']}) | {r['poll_seconds']} "
+                  f"| {r['real_time_factor']} | {r['cpu_per_audio_second']} "
                   f"| {r['wer_en']} | {r['wer_ru']} |", flush=True)
         live = []
         print("\n| speakers | translations | finals | first partial p50 / p90 | final p50 / p90 "

@@ -51,6 +51,9 @@ class Config:
     max_chat_length: int = 4000
     #: How many audio producers, the loudest, are forwarded when more are unmuted.
     loudest_audio: int = 3
+    #: Ask browsers for RED audio (RFC 2198: each packet repeats the previous frame), forwarded
+    #: to pages that can receive it; costs about twice the audio bit rate, rides over loss.
+    audio_red: bool = True
     log_level: str = "INFO"
     secret_key: str = field(default="", repr=False)
     #: Start the captions worker as a child process of ``townhall serve``.

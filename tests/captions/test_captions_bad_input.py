@@ -47,6 +47,19 @@ def test_sound_that_is_not_speech_makes_no_caption(engine: Engine, kind: str) ->
     assert captions == []
 
 
+def test_samples_out_of_range_or_not_numbers_are_clamped_and_make_no_caption(
+    engine: Engine,
+) -> None:
+    clock = FakeClock()
+    pipeline = SpeakerPipeline(engine, clock)
+    bad = np.tile(np.array([np.nan, np.inf, -np.inf, 40.0, -40.0, 0.0], np.float32), 8000)
+    captions = play(pipeline, clock, np.concatenate([bad, silence(1.0)]), EVERYONE)
+    assert captions + pipeline.finish(EVERYONE) == []
+    # and the pipeline still works afterwards
+    captions = play(pipeline, clock, np.concatenate([speech("en-05.wav"), silence(1.0)]), EVERYONE)
+    assert [c.text for c in captions if c.final] == ["Can everyone hear me clearly?"]
+
+
 def test_a_very_long_utterance_is_cut_into_finals_that_keep_every_sentence(engine: Engine) -> None:
     names = [n for n in texts() if n.startswith("en-")]
     audio = np.concatenate([speech(n) for n in names])  # 24 s without a real pause

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 from captions_support import RATE, FakeClock, LoudnessVad, silence
 
+from townhall.captions.busy import BusyMeter
 from townhall.captions.pipeline import Caption, Engine, EngineOptions, SpeakerPipeline
 from townhall.captions.recognizer import Decoded, DecodeOptions, Encoded
 from townhall.captions.translate import Translations
@@ -247,3 +248,38 @@ def test_languages_without_a_route_are_left_out_and_a_failing_engine_drops_only_
     (final,) = h.finals()
     assert final.language == "ru"
     assert final.translations == {"en": "W1 W2"}
+
+
+def test_when_recognition_keeps_the_machine_busy_partials_are_spaced_out_but_not_finals() -> None:
+    h = Harness()
+    busy_clock = FakeClock(0.0)
+    h.engine.busy = BusyMeter(clock=busy_clock)
+    busy_clock.now = 100.0
+    h.engine.busy.add(91.0, 100.0)  # 90 % of the last 10 s: partials every 4 s
+    h.play(np.concatenate([said(list(range(14)), "ru"), silence(1.0)]), frozenset({"en", "uk"}))
+    partials = [(t, c) for t, c in h.captions if not c.final]
+    assert len(partials) == 2  # at 0.6 s, then 4 s later (7 s of speech)
+    assert partials[1][0] - partials[0][0] == pytest.approx(4.0, abs=0.15)
+    assert all("en" not in c.translations and "uk" in c.translations for _, c in partials)
+    (final,) = h.finals()
+    assert set(final.translations) == {"en", "uk"}
+
+
+def test_the_busy_meter_counts_the_share_of_the_last_window_spent_working() -> None:
+    clock = FakeClock(0.0)
+    meter = BusyMeter(window=10.0, clock=clock)
+    assert meter.fraction() == 0.0 and meter.partial_stretch() == 1.0
+    clock.now = 20.0
+    meter.add(8.0, 12.0)  # only 2 s of it in the window [10, 20]
+    meter.add(14.0, 18.0)
+    assert meter.fraction() == pytest.approx(0.6)
+    assert meter.partial_stretch() == 1.0
+    meter.add(18.0, 20.0)
+    assert meter.fraction() == pytest.approx(0.8)
+    assert meter.partial_stretch() == pytest.approx(3.0)
+    meter.add(20.0, 40.0)  # several threads at once can pass 100 %
+    clock.now = 40.0
+    assert meter.fraction() == pytest.approx(1.0)
+    assert meter.partial_stretch() == 5.0
+    clock.now = 60.0
+    assert meter.fraction() == 0.0

@@ -8,7 +8,8 @@ engines); ``SpeakerPipeline`` follows one speaking participant:
   ended (a final caption each), and while speech goes on emits a partial caption for the open
   utterance: the first after ``first_partial`` seconds of speech, then every ``partial_interval``
   seconds of new audio (none while the speaker pauses). A poll that falls behind does one partial
-  for the latest audio, never one per missed second;
+  for the latest audio, never one per missed second; when recognition keeps the machine more
+  than 60 % busy, partials are spaced out so finals stay on time (``busy.py``);
 - ``finish`` closes the open utterance when the speaker leaves or mutes.
 
 Cost is kept bounded: an utterance is cut into finals at ``max_utterance`` seconds (segmenter), and
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import secrets
 import threading
 import time
@@ -39,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from townhall.captions.apertium import Apertium
+from townhall.captions.busy import BusyMeter
 from townhall.captions.recognizer import DecodeOptions, Encoded, Recognizer
 from townhall.captions.segmenter import (
     RATE,
@@ -94,6 +97,7 @@ class Engine:
         self.vad = vad
         self.translations = translations
         self.options = options or EngineOptions()
+        self.busy = BusyMeter()
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._counter_lock = threading.Lock()
@@ -107,8 +111,13 @@ class Engine:
         *,
         options: EngineOptions | None = None,
     ) -> Engine:
-        """Load everything, or raise CaptionsError with a message that says what to fix."""
+        """Load everything, or raise CaptionsError with a message that says what to fix.
+
+        ``threads``: CPU threads for Whisper and each translation model; 0 means one per core,
+        at most 4.
+        """
         started = time.monotonic()
+        threads = threads or min(4, os.cpu_count() or 1)
         recognizer = Recognizer.load(asr_model, threads)
         try:
             vad = SileroModel()
@@ -187,7 +196,11 @@ class SpeakerPipeline:
 
     def feed(self, samples: npt.NDArray[np.float32], at: float) -> None:
         """Queue float32 mono 16 kHz PCM whose first sample was heard at unix time ``at``."""
-        chunk = np.asarray(samples, dtype=np.float32).reshape(-1).copy()
+        chunk = np.clip(
+            np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), posinf=1.0,
+                          neginf=-1.0),
+            -1.0, 1.0,
+        )
         now = self._clock()
         with self._lock:
             if self._anchor_times:
@@ -202,6 +215,23 @@ class SpeakerPipeline:
 
     def poll(self, languages: frozenset[str]) -> list[Caption]:
         """Do the recognition and translation that is due; blocking."""
+        busy = self._engine.busy
+        started = busy.now()
+        try:
+            return self._poll(languages)
+        finally:
+            busy.add(started, busy.now())
+
+    def finish(self, languages: frozenset[str]) -> list[Caption]:
+        """The speaker left or muted: close the current utterance (a final) if any."""
+        busy = self._engine.busy
+        started = busy.now()
+        try:
+            return self._finish(languages)
+        finally:
+            busy.add(started, busy.now())
+
+    def _poll(self, languages: frozenset[str]) -> list[Caption]:
         captions: list[Caption] = []
         for utterance in self._segmenter.push(self._take()):
             captions.extend(self._close(utterance, languages))
@@ -215,8 +245,7 @@ class SpeakerPipeline:
             captions.extend(self._progress(current, languages))
         return captions
 
-    def finish(self, languages: frozenset[str]) -> list[Caption]:
-        """The speaker left or muted: close the current utterance (a final) if any."""
+    def _finish(self, languages: frozenset[str]) -> list[Caption]:
         captions: list[Caption] = []
         for utterance in self._segmenter.push(self._take()):
             captions.extend(self._close(utterance, languages))
@@ -278,7 +307,8 @@ class SpeakerPipeline:
             due = utterance.end - utterance.speech_start >= o.first_partial * RATE
         else:
             # a pause or the silence before the end adds nothing to transcribe
-            due = (utterance.end - state.last_partial >= o.partial_interval * RATE
+            interval = o.partial_interval * self._engine.busy.partial_stretch()
+            due = (utterance.end - state.last_partial >= interval * RATE
                    and utterance.speech_end > state.last_speech)
         if not due:
             return []
@@ -395,9 +425,11 @@ class SpeakerPipeline:
     ) -> dict[str, str]:
         out: dict[str, str] = {}
         english: list[str] = []  # Whisper's English, made at most once per caption
+        # Under load, a partial's English waits for the final (it costs a Whisper decode).
+        speech = final or self._engine.busy.partial_stretch() == 1.0
         for target in sorted(languages):
             route = self._engine.translations.route(language, target)
-            if route is None:
+            if route is None or (route[0].engine is None and not speech):
                 continue
             try:
                 value = self._run(route, state, text, encoded, tail, final, english)

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from townhall.errors import CaptionsError
+from townhall.languages import is_language
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,11 @@ RATE = 16000
 HOP = 160  # samples per feature frame
 MAX_SECONDS = 29.0  # the encoder's window is 30 s; leave room for the padding
 
-# Whisper's language tokens that are not ISO 639-1 codes.
-_ISO_639_1 = {"jw": "jv"}
-_FROM_ISO = {v: k for k, v in _ISO_639_1.items()}
+# Whisper's language tokens that are not ISO 639-1 codes: Javanese is "jw" to Whisper, and
+# Cantonese ("yue") is reported as Chinese. Hawaiian ("haw") has no ISO 639-1 code: it is never
+# reported (the next most probable language is).
+_ISO_639_1 = {"jw": "jv", "yue": "zh"}
+_FROM_ISO = {"jv": "jw"}
 
 # Phrases Whisper produces from silence or noise (lower case, without punctuation).
 _SILENCE_PHRASES = frozenset(
@@ -123,7 +126,8 @@ class Recognizer:
         """The ISO 639-1 codes this model can recognise."""
         if not self.multilingual:
             return ("en",)
-        return tuple(_ISO_639_1.get(code, code) for code in self._model.supported_languages)
+        codes = (_ISO_639_1.get(code, code) for code in self._model.supported_languages)
+        return tuple(dict.fromkeys(code for code in codes if is_language(code)))
 
     def encode(self, audio: Samples) -> Encoded:
         import ctranslate2
@@ -155,7 +159,13 @@ class Recognizer:
         if not self.multilingual:
             return [("en", 1.0)]
         results = self._model.model.detect_language(encoded.output)[0]
-        candidates = [(_ISO_639_1.get(token[2:-2], token[2:-2]), p) for token, p in results]
+        candidates: list[tuple[str, float]] = []
+        seen: set[str] = set()
+        for token, probability in results:
+            code = _ISO_639_1.get(token[2:-2], token[2:-2])
+            if is_language(code) and code not in seen:
+                seen.add(code)
+                candidates.append((code, probability))
         if allowed:
             restricted = [(code, p) for code, p in candidates if code in allowed]
             if restricted:

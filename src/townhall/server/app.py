@@ -104,7 +104,8 @@ async def open_services(config: Config) -> Services:
     def router_factory(room_id: str) -> Router:
         attach = ice.attach if ice is not None else None
         return Router(room_id, events=_RouterEvents(services_ref, room_id), attach=attach,
-                      counters=counters, loudest_audio=config.loudest_audio)
+                      counters=counters, loudest_audio=config.loudest_audio,
+                      red=config.audio_red)
 
     registry = RoomRegistry(store, router_factory, config.reconnect_grace)
     services = Services(config, secret_for(config), store, registry, counters, ice)

@@ -46,6 +46,10 @@ class AudioActivity:
             score = producer.take_levels()
             if producer.paused:
                 score = 0.0  # muted: still in the meeting, not a candidate for anything
+            elif producer.level_extension is None:
+                # No audio levels (a publisher that did not negotiate them): nothing tells
+                # its speech from silence, so it is always forwarded.
+                producer.set_selected(True)
             else:
                 scores[producer.id] = score
                 unmuted.append(producer)

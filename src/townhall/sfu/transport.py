@@ -29,6 +29,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest
+from townhall.sfu import audio_sdp, simulcast_sdp
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
 from townhall.sfu.native import NativeSend
@@ -56,6 +57,7 @@ _SRTP_MAX_TRAILER = 4 + 16 + 128
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
 class MediaHandler(Protocol):
@@ -108,18 +110,27 @@ class IncomingTrack:
     audio_level_extension: int | None
     #: SSRC the server uses as sender of RTCP about this track.
     rtcp_ssrc: int
+    #: Payload type of RED (RFC 2198) over ``codec``, when the answer accepted it.
+    red_payload_type: int | None = None
+    #: Simulcast: the rids of the layers, lowest first (empty without simulcast).
+    rids: tuple[str, ...] = ()
+    rid_extension: int | None = None
 
 
 class Slot:
     """One send-only transceiver of a transport, carrying one consumer at a time."""
 
-    __slots__ = ("codec", "payload_type", "transceiver")
+    __slots__ = ("abs_send_time", "codec", "payload_type", "red_payload_type", "transceiver")
 
     def __init__(self, transceiver: Any, codec: Codec) -> None:
         self.transceiver = transceiver
         self.codec = codec
         #: The payload type the far end accepted; None until negotiated (or if refused).
         self.payload_type: int | None = None
+        #: The far end's payload type for RED over ``payload_type``, if it accepted RED.
+        self.red_payload_type: int | None = None
+        #: The abs-send-time extension id the far end accepted (for its bandwidth estimate).
+        self.abs_send_time: int | None = None
 
     @property
     def mid(self) -> str | None:
@@ -180,6 +191,16 @@ def _forwardable(kind: str) -> list[Any]:
     packet cache, and producers then retransmit on the original SSRC)."""
     return [c for c in RTCRtpSender.getCapabilities(kind).codecs
             if c.mimeType.lower() in ("audio/opus", "video/vp8", "video/h264")]
+
+
+def _extension_id(media: Any, uri: str) -> int | None:
+    """The id a parsed media section gives the header extension ``uri`` (one-byte ids only)."""
+    if media is None:
+        return None
+    for extension in media.rtp.headerExtensions:
+        if extension.uri == uri and 0 < extension.id < 15:
+            return int(extension.id)
+    return None
 
 
 def _srtp_call(session: Any, function: Any, trailer: int) -> Callable[[bytes], bytes]:
@@ -256,6 +277,12 @@ def _held_sender(
     return send_rtp
 
 
+def _primary(media: Any) -> Any:
+    """A media section's first codec that is not RED (RED carries it)."""
+    return next((c for c in media.rtp.codecs if c.mimeType.lower() != "audio/red"),
+                media.rtp.codecs[0])
+
+
 def parse_sdp(text: str) -> Any:
     try:
         return aiortc_sdp.SessionDescription.parse(text)
@@ -283,6 +310,8 @@ class Transport:
         self._closed = False
         self._ready_task: asyncio.Task[None] | None = None
         self._slots: list[Slot] = []
+        #: Whether this transport's descriptions offer and accept RED for Opus.
+        self.red = True
         #: Set once SRTP is ready and the nominated pair is on an IceMux socket: the packet path
         #: then goes straight between the socket and the handler (see ``_link``).
         self._path: MediaPath | None = None
@@ -300,23 +329,36 @@ class Transport:
             for transceiver in self.pc.getTransceivers():
                 transceiver.direction = "recvonly"
                 transceiver.setCodecPreferences(_forwardable(transceiver.kind))
-            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            created = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(RTCSessionDescription(
+                sdp=audio_sdp.complete_answer(offer, created.sdp, self.red), type="answer"))
         except BadRequest:
             raise
         except Exception as exc:
             raise BadRequest(f"cannot negotiate: {exc}") from None
         self._hook()
         answer = self.pc.localDescription.sdp
-        return answer, self._incoming(description, parse_sdp(answer))
+        parsed = parse_sdp(answer)
+        # Simulcast is accepted for VP8 only: layer switches wait for VP8 keyframes.
+        layers = [
+            offered if offered is not None and local.port != 0 and local.rtp.codecs
+            and _primary(local).mimeType.lower() == "video/vp8" else None
+            for offered, local in zip(simulcast_sdp.offered(offer), parsed.media, strict=False)
+        ]
+        if any(layers):
+            answer = simulcast_sdp.complete_answer(answer, layers)
+        return answer, self._incoming(description, parsed, layers)
 
-    def _incoming(self, offer: Any, answer: Any) -> list[IncomingTrack]:
+    def _incoming(self, offer: Any, answer: Any,
+                  layers: list[simulcast_sdp.OfferedSimulcast | None]) -> list[IncomingTrack]:
         senders = {t.mid: t.sender for t in self.pc.getTransceivers()}
         tracks = []
-        for remote, local in zip(offer.media, answer.media, strict=False):
+        for index, (remote, local) in enumerate(zip(offer.media, answer.media, strict=False)):
             if remote.kind not in ("audio", "video") or local.port == 0:
                 continue
             if remote.direction not in ("sendrecv", "sendonly") or not local.rtp.codecs:
                 continue
+            simulcast = layers[index] if index < len(layers) else None
             mid = remote.rtp.muxId
             extensions = {e.uri: e.id for e in local.rtp.headerExtensions}
             rtx = {g.items[1] for g in remote.ssrc_group
@@ -325,11 +367,17 @@ class Transport:
                 IncomingTrack(
                     mid=mid,
                     kind=remote.kind,
-                    codec=_codec_of(local.rtp.codecs[0]),
-                    ssrcs=tuple(s.ssrc for s in remote.ssrc if s.ssrc not in rtx),
+                    codec=_codec_of(_primary(local)),
+                    # With simulcast each layer's SSRC is learnt from its rid.
+                    ssrcs=() if simulcast is not None else
+                    tuple(s.ssrc for s in remote.ssrc if s.ssrc not in rtx),
                     mid_extension=extensions.get(MID_URI),
                     audio_level_extension=extensions.get(AUDIO_LEVEL_URI),
                     rtcp_ssrc=senders[mid]._ssrc if mid in senders else 1,
+                    red_payload_type=audio_sdp.red_payload_type(
+                        local, _primary(local).payloadType),
+                    rids=simulcast.rids if simulcast is not None else (),
+                    rid_extension=simulcast.rid_extension if simulcast is not None else None,
                 )
             )
         return tracks
@@ -358,7 +406,9 @@ class Transport:
         slot.payload_type = None
 
     async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        created = await self.pc.createOffer()
+        await self.pc.setLocalDescription(RTCSessionDescription(
+            sdp=audio_sdp.complete_offer(created.sdp, self.red), type="offer"))
         self._hook()
         return str(self.pc.localDescription.sdp)
 
@@ -376,8 +426,12 @@ class Transport:
             accepted = (media is not None and media.port != 0 and bool(media.rtp.codecs)
                         and media.direction in ("recvonly", "sendrecv")
                         and slot.transceiver.direction == "sendonly")
-            slot.payload_type = (media.rtp.codecs[0].payloadType
-                                 if accepted and media is not None else None)
+            if not accepted or media is None:
+                slot.payload_type = slot.red_payload_type = slot.abs_send_time = None
+                continue
+            slot.payload_type = _primary(media).payloadType
+            slot.red_payload_type = audio_sdp.red_payload_type(media, slot.payload_type)
+            slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI)
 
     def answer_as_dtls_server(self) -> None:
         """Answer offers with ``a=setup:passive``, so that the far end starts the DTLS handshake.
@@ -434,6 +488,7 @@ class Transport:
                 del slots[kind]
                 continue
             slot.payload_type = media.rtp.codecs[0].payloadType
+            slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI)
             self._slots.append(slot)
         if not slots:
             raise BadRequest("the offer asks for no audio or video the server can send")

@@ -56,6 +56,9 @@ const ui = {
     captions: byId('captions', HTMLElement),
     captionLog: byId('caption-log', HTMLElement),
     captionLanguage: byId('caption-language', HTMLSelectElement),
+    audioOnly: byId('audio-only-toggle', HTMLButtonElement),
+    lastNForm: byId('last-n-form', HTMLFormElement),
+    lastN: byId('last-n', HTMLInputElement),
 };
 
 /** @type {ServerConnection|null} */
@@ -122,7 +125,16 @@ function tileKey(participant, source) {
     return `${participant}:${source}`;
 }
 
-/** @type {Map<string, {figure: HTMLElement, video: HTMLVideoElement, caption: HTMLElement}>} */
+/**
+ * @typedef {Object} Tile
+ * @property {HTMLElement} figure
+ * @property {HTMLVideoElement} video
+ * @property {HTMLElement} caption
+ * @property {HTMLElement} paused   placeholder shown while the server does not send this video
+ * @property {HTMLButtonElement|null} pin   remote cameras only
+ */
+
+/** @type {Map<string, Tile>} */
 const tiles = new Map();
 
 /**
@@ -150,11 +162,21 @@ function tile(participant, source, local) {
     else
         video.dataset.remote = 'true';
     const caption = make('figcaption', {});
-    figure.append(video, caption);
+    const paused = make('p', {class: 'tile-paused', 'data-testid': 'video-paused'});
+    paused.hidden = true;
+    figure.append(video, paused, caption);
+    /** @type {HTMLButtonElement|null} */
+    let pin = null;
+    if (!local && source === 'camera') {
+        pin = /** @type {HTMLButtonElement} */ (make('button', {type: 'button', class: 'tile-pin', 'data-action': 'pin', 'aria-pressed': 'false'}, 'Pin'));
+        pin.addEventListener('click', () => togglePin(participant));
+        figure.append(pin);
+    }
     ui.tiles.append(figure);
-    t = {figure, video, caption};
+    t = {figure, video, caption, paused, pin};
     tiles.set(key, t);
     nameTile(participant, source);
+    renderReceiving();
     return t;
 }
 
@@ -233,6 +255,54 @@ function onConsumer(track, info) {
     const t = tile(info.participant, source, false);
     t.video.dataset.mid = info.mid;
     showTrack(t.video, track);
+    layoutObserver.observe(t.video);
+    scheduleLayout();
+}
+
+// ---- layout hints ----------------------------------------------------------
+
+/** How long the size of the tiles must settle before the server is told. */
+const LAYOUT_DELAY_MS = 300;
+/** @type {ReturnType<typeof setTimeout>|null} */
+let layoutTimer = null;
+const layoutObserver = new ResizeObserver(() => scheduleLayout());
+
+function scheduleLayout() {
+    if (layoutTimer)
+        clearTimeout(layoutTimer);
+    layoutTimer = setTimeout(() => {
+        layoutTimer = null;
+        sendLayout();
+    }, LAYOUT_DELAY_MS);
+}
+
+/** Tell the server the size each received video is shown at, so it sends no larger layer. */
+function sendLayout() {
+    if (!connection)
+        return;
+    const ratio = window.devicePixelRatio || 1;
+    /** @type {import('./protocol.js').Layout} */
+    const sizes = {};
+    for (const t of tiles.values()) {
+        const video = t.video;
+        if (video.dataset.local || !video.dataset.mid)
+            continue;
+        const shown = video.isConnected && !video.hidden && video.clientWidth > 0;
+        sizes[video.dataset.mid] = shown
+            ? {width: Math.round(video.clientWidth * ratio), height: Math.round(video.clientHeight * ratio)}
+            : {width: 0, height: 0};
+    }
+    connection.setLayout(sizes);
+}
+
+/** @param {boolean} low the server cut all video: this connection is too slow for it */
+function showLowBandwidth(low) {
+    const before = document.body.dataset.lowBandwidth === 'true';
+    document.body.dataset.lowBandwidth = low ? 'true' : 'false';
+    if (low && !before)
+        notify('Your connection is too slow for video: you receive audio only until it improves.', 'warning');
+    else if (!low && before)
+        notify('Video is back.', 'info', 5000);
 }
 
 /** @param {ConsumerInfo} info */
@@ -250,6 +320,8 @@ function onConsumerClose(info) {
     const t = tiles.get(tileKey(info.participant, source));
     if (!t || t.video.dataset.mid !== info.mid)
         return;
+    layoutObserver.unobserve(t.video);
+    delete t.video.dataset.mid;
     if (source === 'screen')
         dropTile(info.participant, source);
     else
@@ -404,7 +476,8 @@ function saveDevice(source, deviceId) {
 function constraints(source) {
     const deviceId = savedDevices()[source];
     /** @type {MediaTrackConstraints} */
-    const c = source === 'camera' ? {width: {ideal: 640}, height: {ideal: 360}, frameRate: {ideal: 24}} : {};
+    // Published in three simulcast layers: 320×180, 640×360 and 1280×720.
+    const c = source === 'camera' ? {width: {ideal: 1280}, height: {ideal: 720}, frameRate: {ideal: 24}} : {};
     if (deviceId)
         c.deviceId = {ideal: deviceId};
     return c;
@@ -683,6 +756,76 @@ function connectCaptions(conn) {
     conn.oncaption = showCaption;
 }
 
+// ---- receiving: audio-only, pins, last-N --------------------------------------
+
+const AUDIO_ONLY_KEY = 'townhall.audioOnly';
+
+/** Audio-only state, the dominant speaker, pins and paused videos, on the controls and tiles. */
+function renderReceiving() {
+    if (!connection)
+        return;
+    const audioOnly = !connection.receiveVideo;
+    setPressed(ui.audioOnly, audioOnly, 'Audio only: on', 'Audio only');
+    ui.audioOnly.setAttribute('aria-label', 'Audio only');
+    const moderate = connection.can('moderate');
+    ui.lastNForm.hidden = !moderate;
+    const lastN = connection.room && connection.room.last_n;
+    if (lastN && document.activeElement !== ui.lastN)
+        ui.lastN.value = String(lastN);
+    for (const [key, t] of tiles) {
+        const participant = key.split(':')[0];
+        t.figure.dataset.activeSpeaker = connection.activeSpeaker === participant ? 'true' : 'false';
+        if (t.video.dataset.local === 'true')
+            continue;
+        const forwarded = !audioOnly && connection.isForwarded(participant);
+        t.figure.dataset.forwarded = forwarded ? 'true' : 'false';
+        t.paused.hidden = forwarded;
+        t.paused.textContent = audioOnly ? 'Audio only: video is not received' :
+            'Video paused: not among the recent speakers';
+        if (t.pin)
+            setPressed(t.pin, connection.pins.includes(participant), 'Unpin', 'Pin');
+    }
+}
+
+/** @param {string} participant */
+function togglePin(participant) {
+    if (!connection)
+        return;
+    const pins = connection.pins.includes(participant) ?
+        connection.pins.filter((p) => p !== participant) : [...connection.pins, participant];
+    connection.pin(pins);
+    renderReceiving();
+}
+
+function setupReceiving() {
+    ui.audioOnly.addEventListener('click', () => {
+        if (!connection)
+            return;
+        const video = !connection.receiveVideo;
+        connection.setReceiveVideo(video);
+        localStorage.setItem(AUDIO_ONLY_KEY, video ? 'false' : 'true');
+        notify(video ? 'Receiving video again.' : 'Audio only: no video is received.', 'info', 5000);
+        renderReceiving();
+    });
+    ui.lastNForm.addEventListener('submit', (e) => {
+        e.preventDefault();
+        const n = Number(ui.lastN.value);
+        if (connection && Number.isInteger(n) && n >= 1 && n <= 40)
+            connection.setLastN(n);
+    });
+    ui.lastN.addEventListener('change', () => ui.lastNForm.requestSubmit());
+}
+
+/** @param {ServerConnection} conn */
+function connectReceiving(conn) {
+    conn.receiveVideo = localStorage.getItem(AUDIO_ONLY_KEY) !== 'true';
+    conn.onforwarding = () => {
+        renderReceiving();
+        showLowBandwidth(conn.lowBandwidth);
+    };
+    conn.onactivespeaker = () => renderReceiving();
+}
+
 // ---- the connection --------------------------------------------------------
 
 /** @param {Joined} joined */
@@ -742,10 +885,12 @@ function start(token, name) {
     connection.onroom = (room) => {
         notify(room.locked ? 'The room is now locked.' : 'The room is now unlocked.', 'info', 5000);
         renderControls();
+        renderReceiving();
     };
     connection.onconsumer = onConsumer;
     connection.onconsumerclose = onConsumerClose;
     connectCaptions(connection);
+    connectReceiving(connection);
     connection.onmuted = () => {
         notify('You were muted by the host', 'muted', 30000);
         renderControls();
@@ -790,6 +935,7 @@ function main() {
         start(token, name);
     });
     setupCaptions();
+    setupReceiving();
     ui.mic.addEventListener('click', () => { toggleMic(); });
     ui.camera.addEventListener('click', () => { toggleCamera(); });
     ui.screen.addEventListener('click', () => { toggleScreen(); });

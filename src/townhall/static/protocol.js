@@ -27,6 +27,7 @@
  * @property {string} name
  * @property {boolean} locked
  * @property {boolean} [captions]  speech in this room is captioned
+ * @property {number} [last_n]  how many recent speakers' cameras each participant receives
  *
  * @typedef {Object} Caption
  * @property {string} participant     the speaker
@@ -61,6 +62,7 @@
  * @property {Participant[]} participants
  * @property {ChatMessage[]} chat
  * @property {string[]} queue
+ * @property {string|null} [active_speaker]
  * @property {RTCIceServer[]} ice_servers
  *
  * @typedef {'idle'|'connecting'|'connected'|'reconnecting'|'closed'} Status
@@ -69,6 +71,8 @@
  * @property {string} code
  * @property {string} message
  * @property {string} [request]
+ *
+ * @typedef {Record<string, {width: number, height: number}>} Layout  video size by consumer mid
  *
  * @typedef {Object} LocalSource
  * @property {MediaStreamTrack|null} track
@@ -132,6 +136,18 @@ export function socketUrl(location) {
 /** @type {Source[]} */
 const SOURCES = ['microphone', 'camera', 'screen'];
 
+/**
+ * The camera is published in three simulcast encodings; the server forwards
+ * each receiver the one that fits its bandwidth and the size it shows.
+ *
+ * @type {RTCRtpEncodingParameters[]}
+ */
+export const CAMERA_ENCODINGS = Object.freeze([
+    {rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000},
+    {rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000},
+    {rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000},
+]).map((e) => Object.freeze(e));
+
 /** How often to send `ping`, and how long a silent socket is trusted. */
 const PING_INTERVAL_MS = 10000;
 const SILENCE_LIMIT_MS = 25000;
@@ -184,6 +200,10 @@ export class ServerConnection {
         this.consumers = new Map();
         /** @type {Map<Source, LocalSource>} */
         this.local = new Map();
+        /** @type {boolean} the server cut all video: this connection is too slow for it */
+        this.lowBandwidth = false;
+        /** @type {string} the last layout sent, as JSON */
+        this._layoutSent = '';
 
         /** @type {number} */
         this._attempt = 0;
@@ -207,6 +227,14 @@ export class ServerConnection {
         this._generation = 0;
         /** @type {string|null} the caption language asked for (null: the original) */
         this.captionLanguage = null;
+        /** @type {boolean} false: audio-only mode (sent again after every join) */
+        this.receiveVideo = true;
+        /** @type {string[]} participants whose camera is always received */
+        this.pins = [];
+        /** @type {Set<string>|null} whose video the server sends now (null: not told yet) */
+        this.forwarded = null;
+        /** @type {string|null} the dominant speaker */
+        this.activeSpeaker = null;
 
         // Callbacks.  Every one is optional.
         /** @type {((joined: Joined) => void)|null} */
@@ -237,6 +265,10 @@ export class ServerConnection {
         this.oncaptions = null;
         /** @type {((caption: Caption) => void)|null} */
         this.oncaption = null;
+        /** @type {((video: Set<string>) => void)|null} whose video is sent to this page */
+        this.onforwarding = null;
+        /** @type {((participant: string|null) => void)|null} the dominant speaker changed */
+        this.onactivespeaker = null;
     }
 
     // ---- socket and session -------------------------------------------------
@@ -458,7 +490,8 @@ export class ServerConnection {
                 this.onqueue(this.queue);
             break;
         case 'room':
-            this.room = {id: m.id, name: m.name, locked: !!m.locked, captions: !!m.captions};
+            this.room = {id: m.id, name: m.name, locked: !!m.locked, captions: !!m.captions,
+                last_n: m.last_n};
             if (this.onroom)
                 this.onroom(this.room);
             break;
@@ -469,6 +502,8 @@ export class ServerConnection {
                 this.oncaption(m);
             break;
         case 'caption-languages': break;
+        case 'forwarding': this._gotForwarding(m.video || [], !!m.low_bandwidth); break;
+        case 'active-speaker': this._gotActiveSpeaker(m.participant || null); break;
         case 'error': this._gotError(m); break;
         case 'pong': break;
         default:
@@ -479,6 +514,7 @@ export class ServerConnection {
     /** @param {Joined} m */
     _gotJoined(m) {
         this._attempt = 0;
+        this._layoutSent = '';
         this.resumeSecret = m.resume;
         this.self = m.participant;
         this.room = m.room;
@@ -491,6 +527,9 @@ export class ServerConnection {
         this._setStatus('connected', m.resumed ? 'resumed' : 'joined');
         if (this.captionLanguage)
             this._sendCaptionLanguage();
+        this.activeSpeaker = m.active_speaker || null;
+        this.forwarded = null;
+        this._sendReceivingPreferences();
         if (this.onjoined)
             this.onjoined(m);
         this._startPublishing();
@@ -624,6 +663,73 @@ export class ServerConnection {
             this.oncaptions(enabled);
     }
 
+    // ---- receiving preferences: audio-only, pins, last-N ------------------------
+
+    /**
+     * Audio-only mode (`false`) or back to receiving video (`true`).  The
+     * server pauses video at its end, so nothing is renegotiated.
+     *
+     * @param {boolean} video
+     */
+    setReceiveVideo(video) {
+        this.receiveVideo = video;
+        return this.send({type: 'receive', video});
+    }
+
+    /**
+     * Always receive these participants' cameras (replaces earlier pins).
+     *
+     * @param {string[]} participants
+     */
+    pin(participants) {
+        this.pins = [...participants];
+        return this.send({type: 'pin', participants: this.pins});
+    }
+
+    /**
+     * How many recent speakers' cameras everyone receives (a host only).
+     *
+     * @param {number} n
+     */
+    setLastN(n) {
+        return this.send({type: 'last-n', n});
+    }
+
+    /**
+     * Whether the server sends `participant`'s video to this page now.
+     *
+     * @param {string} participant
+     * @returns {boolean}
+     */
+    isForwarded(participant) {
+        return this.forwarded === null || this.forwarded.has(participant);
+    }
+
+    _sendReceivingPreferences() {
+        if (!this.receiveVideo)
+            this.send({type: 'receive', video: false});
+        if (this.pins.length)
+            this.send({type: 'pin', participants: this.pins});
+    }
+
+    /**
+     * @param {string[]} ids
+     * @param {boolean} lowBandwidth
+     */
+    _gotForwarding(ids, lowBandwidth) {
+        this.forwarded = new Set(ids);
+        this.lowBandwidth = lowBandwidth;
+        if (this.onforwarding)
+            this.onforwarding(this.forwarded);
+    }
+
+    /** @param {string|null} participant */
+    _gotActiveSpeaker(participant) {
+        this.activeSpeaker = participant;
+        if (this.onactivespeaker)
+            this.onactivespeaker(participant);
+    }
+
     // ---- publishing ------------------------------------------------------------
 
     /**
@@ -704,10 +810,28 @@ export class ServerConnection {
      */
     _addTransceiver(pc, source, local) {
         const kind = source === 'microphone' ? 'audio' : 'video';
+        /** @type {RTCRtpTransceiverInit} */
+        const init = {direction: 'sendonly'};
+        if (source === 'camera')
+            init.sendEncodings = CAMERA_ENCODINGS.map((e) => ({...e}));
         local.transceiver = pc.addTransceiver(
-            local.enabled && local.track ? local.track : kind,
-            {direction: 'sendonly'});
+            local.enabled && local.track ? local.track : kind, init);
         local.announced = false;
+    }
+
+    /**
+     * Tell the server the size each received video is shown at (CSS pixels
+     * times devicePixelRatio; 0×0 when hidden), so it sends no larger layer.
+     * Sends nothing when the layout did not change.
+     *
+     * @param {Layout} consumers
+     */
+    setLayout(consumers) {
+        const json = JSON.stringify(consumers);
+        if (json === this._layoutSent)
+            return;
+        if (this.send({type: 'layout', consumers}))
+            this._layoutSent = json;
     }
 
     /** After `joined`: a fresh publishing transport carrying every kept track. */

@@ -1,0 +1,111 @@
+"""Receiving preferences in real Chromium pages: audio-only mode, and RED audio from a browser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from support import Attendee, RunningServer
+from townhall.sfu.producer import Producer
+
+pytestmark = pytest.mark.browser
+
+INBOUND_PACKETS = """async (kind) => {
+    const pc = window.townhall.subscribeTransport;
+    if (!pc) return 0;
+    let packets = 0;
+    (await pc.getStats()).forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === kind) packets += s.packetsReceived;
+    });
+    return packets;
+}"""
+
+
+async def join(page: Any, url: str, name: str) -> str:
+    await page.goto(url)
+    await page.fill("#name", name)
+    await page.click("#join")
+    await page.wait_for_function(
+        "window.townhall && window.townhall.status === 'connected' && window.townhall.self"
+    )
+    return str(await page.evaluate("window.townhall.self.id"))
+
+
+async def inbound(page: Any, kind: str) -> int:
+    return int(await page.evaluate(INBOUND_PACKETS, kind))
+
+
+async def growth(page: Any, kind: str, ms: int = 2000) -> int:
+    before = await inbound(page, kind)
+    await page.wait_for_timeout(ms)
+    return await inbound(page, kind) - before
+
+
+async def wait_receiving(page: Any, kind: str) -> None:
+    await page.wait_for_function(
+        f"({INBOUND_PACKETS})('{kind}').then(n => n > 20)".replace("\n", " "), polling=200)
+
+
+async def test_a_page_switched_to_audio_only_receives_no_video_packets_while_another_does(
+    server: RunningServer, new_page: Any,
+) -> None:
+    room = await server.create_room("audio only")
+    alice, bob = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    await join(bob, await server.invite(room, "speaker"), "Bob")
+    await wait_receiving(bob, "video")
+    await wait_receiving(alice, "video")
+
+    await bob.click("#audio-only-toggle")
+    assert await bob.get_attribute("#audio-only-toggle", "aria-pressed") == "true"
+    await bob.wait_for_function("window.townhall.forwarded && window.townhall.forwarded.size === 0")
+    await bob.wait_for_timeout(500)  # packets already on the way
+    assert await growth(bob, "video") == 0, "audio-only: not one video packet"
+    assert await growth(bob, "audio") > 10, "audio keeps coming"
+    assert await growth(alice, "video") > 20, "the other page keeps receiving video"
+    paused = bob.locator(f'figure[data-participant="{alice_id}"] [data-testid="video-paused"]')
+    assert await paused.is_visible()
+
+    await bob.click("#audio-only-toggle")
+    assert await bob.get_attribute("#audio-only-toggle", "aria-pressed") == "false"
+    await bob.wait_for_function(
+        "(id) => window.townhall.forwarded && window.townhall.forwarded.has(id)", arg=alice_id)
+    assert await growth(bob, "video", 1500) > 20, "video resumes without renegotiation"
+    assert await paused.is_hidden()
+
+
+async def test_red_audio_from_a_browser_reaches_a_browser_as_red_and_aiortc_as_opus(
+    server: RunningServer, new_page: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    red_packets: list[int] = []
+    forward = Producer.forward
+
+    def counting(producer: Producer, data: bytes, header: Any, layer: Any = None) -> int:
+        if header.payload_type == producer.red_payload_type:
+            red_packets.append(len(data))
+        return forward(producer, data, header, layer)
+
+    monkeypatch.setattr(Producer, "forward", counting)
+    room = await server.create_room("red")
+    alice, bob = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    await join(bob, await server.invite(room, "listener"), "Bob")
+    plain = Attendee(server.ws_url, server.token(room, "listener"), "aiortc")
+    await plain.join()
+    try:
+        await wait_receiving(bob, "audio")
+        await plain.wait_frames((alice_id, "microphone"), 100)
+        assert len(red_packets) > 50, "the browser sends RED once the answer puts it first"
+
+        live = server.running.services.registry.find(room)
+        assert live is not None
+        microphone = live.participants[alice_id].producers["microphone"]
+        assert microphone.red_payload_type is not None
+        consumers = {p.name: p.consumers[microphone.id] for p in live.participants.values()
+                     if microphone.id in p.consumers}
+        assert consumers["Bob"].slot.red_payload_type is not None, "Chromium accepted RED"
+        assert consumers["aiortc"].slot.red_payload_type is None
+        assert await growth(bob, "audio") > 40
+    finally:
+        await plain.close()
