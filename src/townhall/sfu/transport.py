@@ -120,11 +120,15 @@ class IncomingTrack:
 class Slot:
     """One send-only transceiver of a transport, carrying one consumer at a time."""
 
-    __slots__ = ("abs_send_time", "codec", "payload_type", "red_payload_type", "transceiver")
+    __slots__ = ("abs_send_time", "codec", "payload_type", "red_payload_type", "ssrc",
+                 "transceiver")
 
     def __init__(self, transceiver: Any, codec: Codec) -> None:
         self.transceiver = transceiver
         self.codec = codec
+        #: The SSRC the server sends with (aiortc picks it when the sender is made; it never
+        #: changes). Read on every forwarded packet, so kept here.
+        self.ssrc = int(transceiver.sender._ssrc)
         #: The payload type the far end accepted; None until negotiated (or if refused).
         self.payload_type: int | None = None
         #: The far end's payload type for RED over ``payload_type``, if it accepted RED.
@@ -136,10 +140,6 @@ class Slot:
     def mid(self) -> str | None:
         mid = self.transceiver.mid
         return None if mid is None else str(mid)
-
-    @property
-    def ssrc(self) -> int:
-        return int(self.transceiver.sender._ssrc)
 
 
 class _SilentTrack(MediaStreamTrack):  # type: ignore[misc]
