@@ -61,6 +61,9 @@ class Config:
     asr_model: str = "base"
     #: Directory of the worker's CTranslate2 translation models (none: only the built-in pairs).
     translation_models: str | None = None
+    #: Languages people speak here, as ISO 639-1 codes (``"en,ru,uk"``): the worker detects only
+    #: these, which avoids misdetections on short utterances (none: any language).
+    speech_languages: str | None = None
 
     def __post_init__(self) -> None:
         if self.loudest_audio < 1:

@@ -187,10 +187,13 @@ def _start_worker(services: Services, port: int,
     url = captions_worker.local_url(services.config, port)
 
     def command() -> list[str]:
-        token = captions.worker_token(services.secret, captions.WORKER_TOKEN_TTL, time.time())
-        return [*program, *captions_worker.worker_arguments(services.config, url, token)]
+        return [*program, *captions_worker.worker_arguments(services.config, url)]
 
-    worker = captions_worker.WorkerProcess(command)
+    def environment() -> dict[str, str]:
+        token = captions.worker_token(services.secret, captions.WORKER_TOKEN_TTL, time.time())
+        return {captions_worker.TOKEN_VARIABLE: token}
+
+    worker = captions_worker.WorkerProcess(command, environment=environment)
     worker.start()
     logger.info("captions worker: %s captions --server %s --asr-model %s", " ".join(program),
                 url, services.config.asr_model)
