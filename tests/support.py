@@ -30,6 +30,19 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
 from av import AudioFrame, VideoFrame
 
 from townhall.auth import tokens
@@ -39,6 +52,7 @@ from townhall.server.api import invite_url
 
 VIDEO_RATE = 90000
 AUDIO_RATE = 48000
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
 def pc_config() -> RTCConfiguration:
@@ -308,6 +322,12 @@ class Attendee:
         self._waiters: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
         self.closed: tuple[int | None, str] | None = None
         self.rtp_filter: Any = None
+        #: Whether this participant's receiving side estimates bandwidth (REMB). Off by
+        #: default: aiortc estimates from arrival times taken on the test's own busy event
+        #: loop, which measure the test process more than the network.
+        self.estimates_bandwidth = False
+        #: Called with (participant id, source) and each decoded video frame.
+        self.on_video: Any = None
 
     async def join(self, resume: str | None = None) -> dict[str, Any]:
         self.session = aiohttp.ClientSession()
@@ -394,7 +414,11 @@ class Attendee:
             self._count(pc)
         if self.rtp_filter is not None:
             self.rtp_filter(pc)
-        await self.send({"type": "subscribe-answer", "sdp": pc.localDescription.sdp})
+        sdp = pc.localDescription.sdp
+        if not self.estimates_bandwidth:
+            sdp = "".join(line for line in sdp.splitlines(keepends=True)
+                          if ABS_SEND_TIME_URI not in line)
+        await self.send({"type": "subscribe-answer", "sdp": sdp})
 
     def _count(self, pc: RTCPeerConnection) -> None:
         """Count what reaches each receiver instead of decoding it."""
@@ -430,6 +454,8 @@ class Attendee:
                 self.frames[key] += 1
                 if isinstance(frame, VideoFrame):
                     self.frame_sizes[key] = (frame.width, frame.height)
+                    if self.on_video is not None:
+                        self.on_video(key, frame)
 
     async def wait_frames(self, key: tuple[str, str], count: int, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
@@ -449,3 +475,188 @@ class Attendee:
             await self.ws.close()
         if self.session is not None:
             await self.session.close()
+
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+
+
+class _SilentTrack(MediaStreamTrack):  # type: ignore[misc]
+    kind = "video"
+
+    async def recv(self) -> Any:
+        await asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class _SimulcastLayer:
+    rid: str
+    width: int
+    height: int
+    bitrate: int
+    ssrc: int
+    encoder: Vp8Encoder
+    sequence: int
+    timestamp_origin: int
+    keyframe_wanted: bool = True
+    sent: dict[int, bytes] | None = None
+    keyframes: int = 0
+
+
+class SimulcastPublisher:
+    """Publishes a camera the way a browser does with simulcast: three VP8 encodings (rids
+    ``q``, ``h``, ``f``) on one video section, each layer an SSRC the SDP does not list,
+    identified by the MID and RID header extensions.
+
+    aiortc has no simulcast sender, so this negotiates with ``a=rid``/``a=simulcast`` lines
+    added to aiortc's offer, then encodes each layer with aiortc's VP8 encoder and sends the
+    packets itself on the negotiated DTLS transport (aiortc internals, in test code only). It
+    answers PLIs (a keyframe on that layer) and NACKs (from its own cache).
+    """
+
+    LAYERS = (("q", 160, 90, 120_000), ("h", 320, 180, 350_000), ("f", 640, 360, 1_000_000))
+
+    def __init__(self, attendee: Attendee, fps: int = 15) -> None:
+        self.attendee = attendee
+        self.fps = fps
+        self.pc: RTCPeerConnection | None = None
+        self.layers: list[_SimulcastLayer] = []
+        self.sending = {rid: True for rid, *_ in self.LAYERS}
+        self._task: asyncio.Task[None] | None = None
+        self._dtls: Any = None
+        self._extensions = HeaderExtensionsMap()
+        self._mid = ""
+        self._vp8 = 0
+
+    async def publish(self) -> dict[str, Any]:
+        self.pc = pc = RTCPeerConnection(pc_config())
+        transceiver = pc.addTransceiver(_SilentTrack(), direction="sendonly")
+        transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                         if c.mimeType == "video/VP8"])
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = self._simulcast_offer(pc.localDescription.sdp)
+        self._mid = transceiver.mid
+        await self.attendee.send({"type": "publish", "sdp": offer,
+                                  "tracks": [{"mid": transceiver.mid, "source": "camera"}]})
+        answer = await self.attendee.wait_for("publish-answer")
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        self._vp8 = next(int(line.split()[0][9:]) for line in answer["sdp"].splitlines()
+                         if line.startswith("a=rtpmap:") and "VP8/90000" in line)
+        self._extensions.configure(RTCRtpParameters(headerExtensions=[
+            RTCRtpHeaderExtensionParameters(id=1, uri=MID_URI),
+            RTCRtpHeaderExtensionParameters(id=10, uri=RID_URI),
+        ]))
+        rng = np.random.default_rng()
+        for rid, width, height, bitrate in self.LAYERS:
+            encoder = Vp8Encoder()
+            encoder.target_bitrate = bitrate
+            self.layers.append(_SimulcastLayer(
+                rid, width, height, bitrate, int(rng.integers(1, 2**31)), encoder,
+                int(rng.integers(0, 65536)), int(rng.integers(0, 2**32)), sent={}))
+        self._dtls = transceiver.sender.transport
+        self._dtls._handle_rtcp_data = self._rtcp_received  # type: ignore[method-assign]
+        self._task = asyncio.ensure_future(self._run())
+        return answer
+
+    @staticmethod
+    def _simulcast_offer(sdp: str) -> str:
+        lines = []
+        for line in sdp.splitlines():
+            if line.startswith(("a=ssrc", "a=extmap")):
+                continue  # no SSRCs: layers are found by rid; our own extension ids below
+            lines.append(line)
+            if line.startswith("a=mid:"):
+                lines += [f"a=extmap:1 {MID_URI}", f"a=extmap:10 {RID_URI}",
+                          "a=rid:q send", "a=rid:h send", "a=rid:f send",
+                          "a=simulcast:send q;h;f"]
+        return "\r\n".join(lines) + "\r\n"
+
+    async def _connected(self) -> None:
+        for _ in range(500):
+            if self._dtls is not None and self._dtls.state == "connected" and \
+                    self._dtls._tx_srtp is not None:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the simulcast publisher never connected")
+
+    async def _run(self) -> None:
+        await self._connected()
+        start = time.monotonic()
+        count = 0
+        rng = np.random.default_rng(1)
+        while True:
+            count += 1
+            delay = start + count / self.fps - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # A moving bar over noise: the encoders reach their target bitrates.
+            image = rng.integers(0, 60, (360, 640, 3), dtype=np.uint8)
+            x = (count * 8) % 640
+            image[:, x:x + 32, :] = 235
+            full = VideoFrame.from_ndarray(image, format="bgr24")
+            pts = int(count * VIDEO_RATE / self.fps)
+            for layer in self.layers:
+                if not self.sending[layer.rid]:
+                    continue
+                frame = full.reformat(width=layer.width, height=layer.height)
+                frame.pts = pts
+                frame.time_base = fractions.Fraction(1, VIDEO_RATE)
+                keyframe = layer.keyframe_wanted
+                layer.keyframe_wanted = False
+                payloads, timestamp = await asyncio.to_thread(
+                    layer.encoder.encode, frame, keyframe)
+                if keyframe:
+                    layer.keyframes += 1
+                for n, payload in enumerate(payloads):
+                    await self._send(layer, payload, timestamp, n == len(payloads) - 1)
+
+    async def _send(self, layer: _SimulcastLayer, payload: bytes, timestamp: int,
+                    marker: bool) -> None:
+        packet = RtpPacket(payload_type=self._payload_type(), sequence_number=layer.sequence,
+                           timestamp=(layer.timestamp_origin + timestamp) & 0xFFFFFFFF,
+                           ssrc=layer.ssrc, marker=int(marker))
+        packet.payload = payload
+        packet.extensions.mid = self._mid
+        packet.extensions.rtp_stream_id = layer.rid
+        data = packet.serialize(self._extensions)
+        assert layer.sent is not None
+        layer.sent[layer.sequence] = data
+        layer.sent.pop((layer.sequence - 512) & 0xFFFF, None)
+        layer.sequence = (layer.sequence + 1) & 0xFFFF
+        await self._dtls._send_rtp(data)
+
+    def _payload_type(self) -> int:
+        return self._vp8
+
+    async def _rtcp_received(self, data: bytes) -> None:
+        by_ssrc = {layer.ssrc: layer for layer in self.layers}
+        for packet in RtcpPacket.parse(data):
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
+                layer = by_ssrc.get(packet.media_ssrc)
+                if layer is not None:
+                    layer.keyframe_wanted = True
+            elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                layer = by_ssrc.get(packet.media_ssrc)
+                if layer is not None and layer.sent is not None:
+                    for sequence in packet.lost:
+                        again = layer.sent.get(sequence)
+                        if again is not None:
+                            await self._dtls._send_rtp(again)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.pc is not None:
+            await self.pc.close()
+
+
+async def send_remb(attendee: Attendee, bitrate: int) -> None:
+    """Send, from ``attendee``'s receiving transport, a REMB saying ``bitrate`` bit/s reach it
+    (the test controls the bandwidth estimate; aiortc internals, test code only)."""
+    assert attendee.subscribe_pc is not None
+    dtls = attendee.subscribe_pc.getTransceivers()[0].receiver.transport
+    packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=0x5EED, media_ssrc=0,
+                            fci=pack_remb_fci(bitrate, [0x5EED]))
+    await dtls._send_rtp(bytes(packet))

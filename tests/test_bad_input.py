@@ -136,6 +136,33 @@ async def test_unknown_messages_and_bad_fields_get_an_error_reply(
     await still_flowing(host, speaker)
 
 
+@pytest.mark.parametrize(
+    ("consumers", "message"),
+    [
+        ([], "consumers must be an object of at most 256 entries"),
+        ({str(n): {"width": 1, "height": 1} for n in range(257)},
+         "consumers must be an object of at most 256 entries"),
+        ({"1": [640, 360]}, "each consumer needs {width, height}"),
+        ({"1": {"width": -1, "height": 10}},
+         "width and height must be whole numbers from 0 to 16384"),
+        ({"1": {"width": 640.5, "height": 10}},
+         "width and height must be whole numbers from 0 to 16384"),
+        ({"1": {"width": True, "height": 10}},
+         "width and height must be whole numbers from 0 to 16384"),
+    ],
+)
+async def test_a_malformed_layout_hint_gets_an_error_and_the_meeting_goes_on(
+    meeting: tuple[str, Attendee, Attendee], consumers: object, message: str,
+) -> None:
+    _room, host, speaker = meeting
+    await host.send({"type": "layout", "consumers": consumers})
+    error = await host.wait_for("error", where=lambda m: m["request"] == "layout")
+    assert (error["code"], error["message"]) == ("bad-request", message)
+    await host.send({"type": "layout", "consumers": {"no-such-mid": {"width": 0, "height": 0}}})
+    await still_flowing(host, speaker)
+    assert len([m for m in host.messages if m["type"] == "error"]) == 1
+
+
 async def test_malformed_sdp_gets_an_error_and_the_meeting_goes_on(
     meeting: tuple[str, Attendee, Attendee],
 ) -> None:

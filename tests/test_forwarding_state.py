@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from townhall.sfu import rtcp
+from townhall.sfu import rtcp, sequence
 from townhall.sfu.packet_cache import PacketCache
 from townhall.sfu.sequence import SequenceRewriter
 
@@ -94,3 +94,36 @@ def test_feedback_is_read_from_the_packets_the_sfu_builds() -> None:
 def test_malformed_rtcp_raises_value_error() -> None:
     with pytest.raises(ValueError):
         rtcp.parse(b"\x80\xc9\x00\x07\x00")
+
+
+def test_padding_moves_later_output_on_and_nacks_still_map_to_the_right_packets() -> None:
+    rewriter = SequenceRewriter(90000, Clock())
+    assert rewriter.rewrite(100, 3000) == (100, 3000)
+    assert rewriter.rewrite(101, 3000) == (101, 3000)
+    assert rewriter.pad() == (102, 3000)
+    assert rewriter.pad() == (103, 3000)
+    assert rewriter.rewrite(102, 6000) == (104, 6000)
+    assert rewriter.rewrite(104, 9000) == (106, 9000)
+    assert rewriter.rewrite(103, 6000) == (105, 6000)  # late: after the padding, in its place
+    assert [rewriter.input_sequence(out) for out in range(100, 107)] == [
+        100, 101, None, None, 102, 103, 104]
+
+
+def test_a_late_packet_from_before_the_padding_keeps_its_place() -> None:
+    rewriter = SequenceRewriter(90000, Clock())
+    rewriter.rewrite(10, 0)
+    rewriter.rewrite(12, 0)  # 11 is late
+    assert rewriter.pad() == (13, 0)
+    assert rewriter.rewrite(11, 0) == (11, 0)
+    assert rewriter.rewrite(13, 3000) == (14, 3000)
+    assert rewriter.input_sequence(11) == 11 and rewriter.input_sequence(14) == 13
+
+
+def test_padding_the_rewriter_forgot_makes_older_nacks_unanswerable() -> None:
+    rewriter = SequenceRewriter(90000, Clock())
+    rewriter.rewrite(0, 0)
+    for _ in range(sequence.MAX_PADDING + 1):
+        rewriter.pad()
+    out, _ = rewriter.rewrite(1, 3000)
+    assert rewriter.input_sequence(out) == 1
+    assert rewriter.input_sequence(0) is None

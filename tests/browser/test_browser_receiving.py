@@ -81,10 +81,10 @@ async def test_red_audio_from_a_browser_reaches_a_browser_as_red_and_aiortc_as_o
     red_packets: list[int] = []
     forward = Producer.forward
 
-    def counting(producer: Producer, data: bytes, header: Any) -> int:
+    def counting(producer: Producer, data: bytes, header: Any, layer: Any = None) -> int:
         if header.payload_type == producer.red_payload_type:
             red_packets.append(len(data))
-        return forward(producer, data, header)
+        return forward(producer, data, header, layer)
 
     monkeypatch.setattr(Producer, "forward", counting)
     room = await server.create_room("red")

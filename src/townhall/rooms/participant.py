@@ -45,7 +45,7 @@ class Participant:
     # receiving preferences (``receive``, ``pin``) and the last ``forwarding`` sent
     receive_video: bool = True
     pins: frozenset[str] = frozenset()
-    forwarded: tuple[str, ...] | None = None
+    forwarded: tuple[tuple[str, ...], bool] | None = None
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions

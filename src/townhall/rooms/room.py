@@ -342,6 +342,14 @@ class LiveRoom:
         elif transport is participant.subscribe_transport:
             participant.subscribe_transport = None
 
+    def layout(self, participant: Participant, sizes: dict[str, tuple[int, int]]) -> None:
+        """The page shows the video of each consumer (by mid) at this size (0×0: hidden)."""
+        by_mid = {c.mid: c for c in participant.consumers.values() if c.mid is not None}
+        for mid, (width, height) in sizes.items():
+            consumer = by_mid.get(mid)
+            if consumer is not None:
+                self.router.set_layout(consumer, width, height)
+
     def speaking_changed(self, owners: frozenset[str]) -> None:
         self.speaking = owners
         self._spawn(self._broadcast({"type": "speaking", "participants": sorted(owners)}))
@@ -356,7 +364,8 @@ class LiveRoom:
             self._apply_forwarding()
 
     def forwarding_changed(self, owner: str) -> None:
-        """The router paused or resumed all video to a participant (e.g. for bandwidth)."""
+        """The router paused or resumed video to a participant (audio-only, bandwidth, layout
+        hints)."""
         participant = self.participants.get(owner)
         if participant is not None:
             self._send_forwarding(participant)
@@ -396,12 +405,16 @@ class LiveRoom:
 
     def _send_forwarding(self, viewer: Participant) -> None:
         """Send ``forwarding`` when the set of participants whose video flows to ``viewer``
-        changed (paused consumers, for whatever reason, do not count)."""
+        changed (consumers paused for whatever reason, or given no layer by the router's
+        bandwidth allocation, do not count), or whether the router cut video for bandwidth."""
         video = tuple(sorted({c.producer.owner for c in viewer.consumers.values()
-                              if c.producer.kind == "video" and not c.paused}))
-        if video != viewer.forwarded:
-            viewer.forwarded = video
-            self._spawn(viewer.send({"type": "forwarding", "video": list(video)}))
+                              if c.producer.kind == "video" and c.forwarding}))
+        transport = viewer.subscribe_transport
+        low = transport is not None and self.router.low_bandwidth(transport)
+        if (video, low) != viewer.forwarded:
+            viewer.forwarded = (video, low)
+            self._spawn(viewer.send({"type": "forwarding", "video": list(video),
+                                     "low_bandwidth": low}))
 
     # -- meeting -------------------------------------------------------------------------------
 

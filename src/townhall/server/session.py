@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
 MAX_NAME = 64
+MAX_LAYOUT_ENTRIES = 256
+MAX_VIDEO_SIZE = 16384
 
 
 class WebSocketOutbox:
@@ -94,6 +96,7 @@ class Session:
             "publish": self._publish,
             "subscribe-answer": self._subscribe_answer,
             "media": self._media,
+            "layout": self._layout,
             "chat": self._chat,
             "hand": self._hand,
             "mute": self._mute,
@@ -194,6 +197,24 @@ class Session:
 
     async def _media(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
         await room.set_media(p, _text(message, "source", 20), _flag(message, "enabled"))
+
+    async def _layout(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
+        consumers = message.get("consumers")
+        if not isinstance(consumers, dict) or len(consumers) > MAX_LAYOUT_ENTRIES:
+            raise errors.BadRequest(
+                f"consumers must be an object of at most {MAX_LAYOUT_ENTRIES} entries")
+        sizes: dict[str, tuple[int, int]] = {}
+        for mid, size in consumers.items():
+            if not isinstance(size, dict):
+                raise errors.BadRequest("each consumer needs {width, height}")
+            width, height = size.get("width"), size.get("height")
+            if not (isinstance(width, int) and isinstance(height, int)) or \
+                    isinstance(width, bool) or isinstance(height, bool) or \
+                    not (0 <= width <= MAX_VIDEO_SIZE and 0 <= height <= MAX_VIDEO_SIZE):
+                raise errors.BadRequest(
+                    f"width and height must be whole numbers from 0 to {MAX_VIDEO_SIZE}")
+            sizes[str(mid)[:16]] = (width, height)
+        room.layout(p, sizes)
 
     async def _chat(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
         await room.chat(p, _text(message, "text", self.services.config.max_chat_length))

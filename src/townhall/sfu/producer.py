@@ -1,4 +1,9 @@
-"""A producer: one track a participant publishes, fanned out to its consumers."""
+"""A producer: one track a participant publishes, fanned out to its consumers.
+
+A producer has one or more layers (``simulcast.py``): one RTP stream each. Its consumers choose a
+layer each; the producer hands every packet with the index of the layer it came on, and each
+consumer forwards only its current layer.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from townhall.sfu import red, rtcp, rtp
-from townhall.sfu.packet_cache import PacketCache
+from townhall.sfu import red, rtcp, rtp, vp8
+from townhall.sfu.simulcast import KEYFRAME_INTERVAL, Layer
 from townhall.sfu.transport import Codec, IncomingTrack, Transport
 
 if TYPE_CHECKING:
@@ -22,24 +27,22 @@ _ids = itertools.count(1)
 SPEAKING_LEVEL = 50
 #: How long a producer counts as speaking after its last loud packet, in seconds.
 SPEAKING_HOLD = 0.6
-#: Least time between two keyframe requests sent to one producer, in seconds.
-KEYFRAME_INTERVAL = 0.5
 
 
 class Producer:
     __slots__ = (
         "_clock",
-        "_keyframe_requested_at",
         "_red_header",
         "_red_plain",
         "_red_retyped",
-        "cache",
         "closed",
         "codec",
         "consumers",
+        "descriptor",
         "id",
         "keyframe_pending",
         "kind",
+        "layers",
         "level_extension",
         "level_packets",
         "loud_until",
@@ -47,12 +50,10 @@ class Producer:
         "mid",
         "owner",
         "paused",
-        "reception",
         "red_payload_type",
         "selected",
-        "sender_report",
+        "simulcast",
         "source",
-        "ssrc",
         "track",
         "transport",
     )
@@ -74,13 +75,17 @@ class Producer:
         self.codec: Codec = track.codec
         self.transport = transport
         self.consumers: list[Consumer] = []
-        self.cache = PacketCache(1024) if track.kind == "video" else PacketCache(64)
+        video = track.kind == "video"
+        if track.rids:
+            self.layers = [Layer(self, i, rid, None, video) for i, rid in enumerate(track.rids)]
+        else:
+            self.layers = [Layer(self, 0, None, track.ssrcs[0] if track.ssrcs else None, video)]
+        #: More than one layer: consumers switch between them at VP8 keyframes.
+        self.simulcast = len(self.layers) > 1
+        #: The VP8 descriptor of the packet being forwarded (simulcast producers only).
+        self.descriptor: vp8.Descriptor | None = None
         self.paused = False
         self.closed = False
-        self.ssrc: int | None = track.ssrcs[0] if track.ssrcs else None
-        self.reception = rtcp.ReceptionStats()
-        #: (NTP timestamp, RTP timestamp) of the producer's last sender report.
-        self.sender_report: tuple[int, int] | None = None
         self.loud_until = 0.0
         #: Audio levels since the router last took them (``take_levels``): packets that carried
         #: a level, and the sum of how far the loud ones were above ``SPEAKING_LEVEL``.
@@ -95,16 +100,34 @@ class Producer:
         self._red_plain: rtp.RtpHeader | None = None
         self._red_retyped: dict[int, tuple[bytes, rtp.RtpHeader]] = {}
         self._clock = clock
-        self._keyframe_requested_at = -1.0
-        #: A keyframe request arrived too soon after the last one: the router's periodic work
-        #: sends it once the interval has passed (``flush_keyframe_request``).
+        #: A keyframe request arrived too soon after the last one for some layer: the router's
+        #: periodic work sends it once the interval has passed (``flush_keyframe_request``).
         self.keyframe_pending = False
 
-    def forward(self, data: bytes, header: rtp.RtpHeader) -> int:
-        """Hand one packet to every consumer; returns how many sent it."""
-        self.reception.add(header.sequence)
-        self.cache.store(header.sequence, data)
-        if self.level_extension is not None and header.extension_offset >= 0:
+    @property
+    def ssrc(self) -> int | None:
+        """The SSRC of the first layer (the only one without simulcast)."""
+        return self.layers[0].ssrc
+
+    def forward(self, data: bytes, header: rtp.RtpHeader, layer: Layer | None = None) -> int:
+        """Hand one packet of ``layer`` (the first by default) to every consumer; returns how
+        many sent it."""
+        if layer is None:
+            layer = self.layers[0]
+        layer.reception.add(header.sequence)
+        layer.cache.store(header.sequence, data)
+        layer.octets += len(data) - header.payload_offset
+        if self.simulcast:
+            try:
+                descriptor = vp8.parse(data, header.payload_offset)
+            except ValueError:
+                return 0
+            self.descriptor = descriptor
+            if descriptor.keyframe:
+                size = vp8.keyframe_size(data, header.payload_offset, descriptor)
+                if size is not None:
+                    layer.width, layer.height = size
+        elif self.level_extension is not None and header.extension_offset >= 0:
             level = rtp.audio_level_at(data, header, self.level_extension)
             if level >= 0:
                 self.level_packets += 1
@@ -112,9 +135,10 @@ class Producer:
                     self.loudness += SPEAKING_LEVEL + 1 - level
         if self.paused or not self.selected:
             return 0
+        index = layer.index
         sent = 0
         for consumer in self.consumers:
-            if consumer.send(data, header):
+            if consumer.send(data, header, index):
                 sent += 1
         return sent
 
@@ -179,36 +203,55 @@ class Producer:
             logger.debug("producer %s: RED packet dropped: %s", self.id, exc)
             return None
 
-    def request_keyframe(self) -> None:
-        if self.kind != "video" or self.ssrc is None:
+    def request_keyframe(self, index: int | None = None) -> None:
+        """Ask for a keyframe on layer ``index``, or on every layer."""
+        if self.kind != "video":
             return
         now = self._clock()
-        if now - self._keyframe_requested_at < KEYFRAME_INTERVAL:
-            # Never dropped: a consumer that resumed after the last keyframe needs one too.
+        pending = False
+        for layer in self.layers if index is None else self.layers[index:index + 1]:
+            if layer.ssrc is None:
+                continue
+            if now - layer.keyframe_requested_at < KEYFRAME_INTERVAL:
+                # Never dropped: a consumer that resumed after the last keyframe needs one too.
+                layer.keyframe_pending = pending = True
+                continue
+            layer.keyframe_requested_at = now
+            layer.keyframe_pending = False
+            self.transport.send_rtcp(rtcp.pli(self.track.rtcp_ssrc, layer.ssrc))
+        if pending:
             self.keyframe_pending = True
-            return
-        self._keyframe_requested_at = now
-        self.keyframe_pending = False
-        self.transport.send_rtcp(rtcp.pli(self.track.rtcp_ssrc, self.ssrc))
 
     def flush_keyframe_request(self) -> None:
-        """Send a keyframe request held back by the interval, if it is due now."""
-        if self.keyframe_pending and \
-                self._clock() - self._keyframe_requested_at >= KEYFRAME_INTERVAL:
-            self.request_keyframe()
+        """Send the keyframe requests held back by the interval that are due now."""
+        now = self._clock()
+        pending = False
+        for layer in self.layers:
+            if layer.keyframe_pending:
+                if now - layer.keyframe_requested_at >= KEYFRAME_INTERVAL:
+                    self.request_keyframe(layer.index)
+                pending = pending or layer.keyframe_pending
+        self.keyframe_pending = pending
 
-    def request_retransmission(self, sequences: list[int]) -> None:
-        if sequences and self.ssrc is not None:
-            self.transport.send_rtcp(rtcp.nack(self.track.rtcp_ssrc, self.ssrc, sequences))
+    def request_retransmission(self, index: int, sequences: list[int]) -> None:
+        ssrc = self.layers[index].ssrc
+        if sequences and ssrc is not None:
+            self.transport.send_rtcp(rtcp.nack(self.track.rtcp_ssrc, ssrc, sequences))
 
     def send_reports(self, bitrate: int) -> None:
-        """A receiver report, and for video a bandwidth estimate the producer may use."""
-        if self.ssrc is None:
-            return
-        self.transport.send_rtcp(rtcp.receiver_report(self.track.rtcp_ssrc, self.ssrc,
-                                                      self.reception))
-        if self.kind == "video":
-            self.transport.send_rtcp(rtcp.remb(self.track.rtcp_ssrc, bitrate, [self.ssrc]))
+        """Receiver reports, and for video a bandwidth estimate the producer may use."""
+        ssrcs = [layer.ssrc for layer in self.layers if layer.ssrc is not None]
+        for layer in self.layers:
+            if layer.ssrc is not None:
+                self.transport.send_rtcp(rtcp.receiver_report(
+                    self.track.rtcp_ssrc, layer.ssrc, layer.reception))
+        if self.kind == "video" and ssrcs:
+            self.transport.send_rtcp(rtcp.remb(self.track.rtcp_ssrc, bitrate, ssrcs))
+
+    def measure(self, now: float) -> None:
+        """Update each layer's bitrate (periodic work)."""
+        for layer in self.layers:
+            layer.measure(now)
 
     def set_paused(self, paused: bool) -> None:
         if paused == self.paused:

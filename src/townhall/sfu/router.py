@@ -1,9 +1,12 @@
 """A router: one room's fan-out of producers to consumers.
 
-The router is the ``MediaHandler`` of every transport in the room: it finds the producer of each
-arriving packet and hands the packet on, answers consumer feedback (NACKs from the packet cache,
-keyframe requests relayed to the producer), and sends the periodic reports aiortc no longer sends
-once the SFU takes media over. It knows participants only as opaque owner strings.
+The router is the ``MediaHandler`` of every transport in the room: it finds the producer (and
+simulcast layer) of each arriving packet and hands the packet on, answers consumer feedback (NACKs
+from the packet cache, keyframe requests relayed to the producer, bandwidth estimates), and sends
+the periodic reports aiortc no longer sends once the SFU takes media over. Every
+``ALLOCATE_INTERVAL`` (and at once when a transport's estimate drops, or a layout hint or
+consumer changes) it chooses, per transport, which video consumers forward and on which layer
+(``bandwidth.py``). It knows participants only as opaque owner strings.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from typing import Protocol
 
 from aiortc import RTCPeerConnection
 
-from townhall.sfu import rtcp, rtp, speaker
+from townhall.sfu import bandwidth, rtcp, rtp, speaker
 from townhall.sfu.audio_activity import AudioActivity
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
+from townhall.sfu.simulcast import Layer, layer_for_size
 from townhall.sfu.transport import IncomingTrack, Slot, Transport
 
 logger = logging.getLogger(__name__)
@@ -29,10 +33,14 @@ logger = logging.getLogger(__name__)
 #: Bandwidth the SFU tells video producers they may use, in bit/s.
 DEFAULT_BITRATE = 2_500_000
 REPORT_INTERVAL = 1.0
-#: Period of the router's short periodic work: held-back keyframe requests, audio levels.
+ALLOCATE_INTERVAL = 0.5
+#: Period of the router's short periodic work: held-back keyframe requests, audio levels,
+#: bandwidth probes.
 TICK_INTERVAL = speaker.TICK
 #: How many audio producers (the loudest) are forwarded when more are unmuted.
 LOUDEST_AUDIO = 3
+#: Padding owed to a consumer is at most this many ticks' worth (frames may be far apart).
+PADDING_BACKLOG = 4
 
 
 class RouterEvents(Protocol):
@@ -41,7 +49,8 @@ class RouterEvents(Protocol):
     def active_speaker_changed(self, router: Router, owner: str | None) -> None: ...
 
     def forwarding_changed(self, router: Router, owner: str) -> None:
-        """Video to ``owner``'s transport was paused or resumed as a whole."""
+        """Video to ``owner``'s transport was paused or resumed as a whole, or the allocation
+        changed which video consumers forward there (bandwidth, layout)."""
 
     def transport_closed(self, router: Router, owner: str, transport: Transport) -> None: ...
 
@@ -61,11 +70,17 @@ class Counters:
 @dataclass
 class _TransportState:
     owner: str
-    producers_by_ssrc: dict[int, Producer] = field(default_factory=dict)
+    estimate: bandwidth.Estimate
+    layers_by_ssrc: dict[int, Layer] = field(default_factory=dict)
     producers_by_mid: dict[str, Producer] = field(default_factory=dict)
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
     #: Reasons every video consumer on this transport is paused for (``set_video_paused``).
     video_pauses: set[str] = field(default_factory=set)
+    #: Video consumers forwarding after the last allocation, and whether video was cut.
+    forwarding: frozenset[str] = frozenset()
+    low_bandwidth: bool = False
+    #: Bit/s of probe packets to send, so the receiver's estimate can grow (0: none).
+    probe_rate: int = 0
 
 
 class Router:
@@ -94,6 +109,7 @@ class Router:
         self._closed = False
         self._tasks = [
             asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
+            asyncio.ensure_future(self._every(ALLOCATE_INTERVAL, self.allocate)),
             asyncio.ensure_future(self._every(TICK_INTERVAL, self._tick)),
         ]
 
@@ -102,7 +118,7 @@ class Router:
     def create_transport(self, owner: str, name: str = "") -> Transport:
         transport = Transport(self, attach=self._attach, name=name or f"{self.name}/{owner}")
         transport.red = self._red
-        self._transports[transport] = _TransportState(owner)
+        self._transports[transport] = _TransportState(owner, bandwidth.Estimate(self._clock))
         return transport
 
     def owner_of(self, transport: Transport) -> str | None:
@@ -133,7 +149,7 @@ class Router:
             producer = Producer(state.owner, sources[mid], track, transport, self._clock)
             state.producers_by_mid[mid] = producer
             for ssrc in track.ssrcs:
-                state.producers_by_ssrc[ssrc] = producer
+                state.layers_by_ssrc[ssrc] = producer.layers[0]
             self.producers[producer.id] = producer
             added.append(producer)
         return answer, added, removed
@@ -148,9 +164,9 @@ class Router:
         state = self._transports.get(producer.transport)
         if state is not None:
             state.producers_by_mid.pop(producer.mid, None)
-            for ssrc, p in list(state.producers_by_ssrc.items()):
-                if p is producer:
-                    del state.producers_by_ssrc[ssrc]
+            for ssrc, layer in list(state.layers_by_ssrc.items()):
+                if layer.producer is producer:
+                    del state.layers_by_ssrc[ssrc]
 
     # -- consumers -----------------------------------------------------------------------------
 
@@ -166,7 +182,8 @@ class Router:
             for reason in state.video_pauses:
                 consumer.set_paused(True, reason)
         else:
-            consumer.redundancy = not state.video_pauses
+            consumer.redundancy = not (state.video_pauses or state.low_bandwidth)
+        self._allocate_on(transport)
         return consumer
 
     def consume_on(
@@ -182,10 +199,14 @@ class Router:
         if follows is not None:
             consumer.rewriter = follows.rewriter
             consumer.rewriter.restart()
+            if follows.pictures is not None and consumer.pictures is not None:
+                consumer.pictures = follows.pictures
+                consumer.pictures.restart()
         producer.consumers.append(consumer)
         self.consumers[consumer.id] = consumer
         self._transports[transport].consumers_by_ssrc[slot.ssrc] = consumer
         producer.request_keyframe()
+        self._allocate_on(transport)
         return consumer
 
     def close_consumer(self, consumer: Consumer) -> None:
@@ -206,9 +227,10 @@ class Router:
         """Pause (or resume) every video consumer on ``transport``, now and later, for ``reason``.
 
         Audio keeps flowing, as plain Opus even where RED was negotiated (audio-only mode is
-        for saving bandwidth). Used for audio-only mode: "audio-only" when the participant asks
-        for it, "bandwidth" when the transport's estimate is too low for any video. Video
-        resumes once no reason is left, without renegotiation.
+        for saving bandwidth). Used for audio-only mode ("audio-only" when the participant asks
+        for it; video cut because the transport's estimate is too low for any video is the
+        allocation's doing, see ``low_bandwidth``). Video resumes once no reason is left,
+        without renegotiation.
         """
         state = self._transports.get(transport)
         if state is None:
@@ -222,9 +244,10 @@ class Router:
             if consumer.producer.kind == "video":
                 consumer.set_paused(paused, reason)
             else:
-                consumer.redundancy = not state.video_pauses
+                consumer.redundancy = not (state.video_pauses or state.low_bandwidth)
         if before != bool(state.video_pauses) and self._events is not None:
             self._events.forwarding_changed(self, state.owner)
+        self._allocate(transport, state, self._clock())
 
     def video_paused(self, transport: Transport) -> bool:
         """Whether all video to ``transport`` is paused, for whatever reason."""
@@ -236,6 +259,7 @@ class Router:
 
     async def subscribe_answer(self, transport: Transport, answer: str) -> None:
         await transport.accept_answer(answer)
+        self._allocate_on(transport)  # consumers just negotiated get their first layer
         if transport.ready:
             self.transport_ready(transport)
 
@@ -253,40 +277,55 @@ class Router:
         state = self._transports.get(transport)
         if state is None:
             return
-        producer = state.producers_by_ssrc.get(header.ssrc)
-        if producer is None:
-            producer = self._learn_ssrc(state, data, header)
-            if producer is None:
+        layer = state.layers_by_ssrc.get(header.ssrc)
+        if layer is None:
+            layer = self._learn_ssrc(state, data, header)
+            if layer is None:
                 counters.packets_dropped += 1
                 return
-        sent = producer.forward(data, header)
+        sent = layer.producer.forward(data, header, layer)
         counters.packets_forwarded += sent
         counters.bytes_forwarded += sent * len(data)
 
     def _learn_ssrc(
         self, state: _TransportState, data: bytes, header: rtp.RtpHeader
-    ) -> Producer | None:
-        """Map an SSRC the SDP did not list to its producer, by the MID header extension.
+    ) -> Layer | None:
+        """Map an SSRC the SDP did not list to its producer's layer, by the MID header
+        extension and, with simulcast, the RID one.
 
         Only producers whose SDP listed no SSRC learn one: a producer with listed SSRCs takes
-        packets of those alone, so a second stream never mixes into its consumers.
+        packets of those alone, so a second stream never mixes into its consumers. A layer's
+        SSRC is learnt once.
         """
         mid_id = next((p.track.mid_extension for p in state.producers_by_mid.values()
                        if p.track.mid_extension is not None), None)
         if mid_id is None:
             return None
         try:
-            mid = rtp.extensions(data, header).get(mid_id)
+            found = rtp.extensions(data, header)
         except ValueError:
             return None
+        mid = found.get(mid_id)
         producer = None if mid is None else \
             state.producers_by_mid.get(mid.decode("ascii", "replace"))
         if producer is None or producer.track.ssrcs:
             return None
-        producer.ssrc = header.ssrc
-        state.producers_by_ssrc[header.ssrc] = producer
-        producer.request_keyframe()
-        return producer
+        if producer.simulcast:
+            rid_id = producer.track.rid_extension
+            rid = None if rid_id is None else found.get(rid_id)
+            layer = None if rid is None else next(
+                (x for x in producer.layers if x.rid == rid.decode("ascii", "replace")), None)
+        else:
+            layer = producer.layers[0]
+        if layer is None or layer.ssrc is not None:
+            return None
+        layer.ssrc = header.ssrc
+        state.layers_by_ssrc[header.ssrc] = layer
+        logger.debug("%s: learnt SSRC %d for %s layer %d", self.name, header.ssrc, producer.id,
+                     layer.index)
+        producer.request_keyframe(layer.index)
+        producer.send_reports(DEFAULT_BITRATE)
+        return layer
 
     def rtcp_received(self, transport: Transport, data: bytes) -> None:
         try:
@@ -300,10 +339,17 @@ class Router:
             return
         for item in feedback:
             if item.kind == "sender-report":
-                producer = state.producers_by_ssrc.get(item.media_ssrc)
-                if producer is not None:
-                    producer.sender_report = (item.ntp_timestamp, item.rtp_timestamp)
-                    producer.reception.last_sr = (item.ntp_timestamp >> 16) & 0xFFFFFFFF
+                layer = state.layers_by_ssrc.get(item.media_ssrc)
+                if layer is not None:
+                    layer.sender_report = (item.ntp_timestamp, item.rtp_timestamp)
+                    layer.reception.last_sr = (item.ntp_timestamp >> 16) & 0xFFFFFFFF
+                continue
+            if item.kind == "remb":
+                if state.consumers_by_ssrc:
+                    logger.debug("%s: REMB %d bit/s (probing at %d)", transport.name,
+                                 item.bitrate, state.probe_rate)
+                    if state.estimate.update(item.bitrate):
+                        self._allocate_on(transport)
                 continue
             consumer = state.consumers_by_ssrc.get(item.media_ssrc)
             if consumer is None:
@@ -311,17 +357,19 @@ class Router:
             if item.kind == "nack":
                 missing = consumer.retransmit(item.lost)
                 self.counters.retransmissions += len(item.lost) - len(missing)
-                consumer.producer.request_retransmission(missing)
+                if consumer.layer >= 0:
+                    consumer.producer.request_retransmission(consumer.layer, missing)
             elif item.kind == "keyframe":
                 self.counters.keyframe_requests += 1
-                consumer.producer.request_keyframe()
+                consumer.producer.request_keyframe(
+                    consumer.layer if consumer.layer >= 0 else max(0, consumer.target))
 
     def transport_ready(self, transport: Transport) -> None:
         state = self._transports.get(transport)
         if state is None:
             return
         for consumer in state.consumers_by_ssrc.values():
-            consumer.producer.request_keyframe()
+            consumer.producer.request_keyframe(max(0, consumer.target))
         for producer in state.producers_by_mid.values():
             producer.request_keyframe()
 
@@ -369,6 +417,105 @@ class Router:
             self._active_speaker = activity.dominant
             if self._events is not None:
                 self._events.active_speaker_changed(self, activity.dominant)
+        self._probe()
+
+    # -- allocation ----------------------------------------------------------------------------
+
+    def set_layout(self, consumer: Consumer, width: int, height: int) -> None:
+        """The far end shows ``consumer``'s video at ``width`` × ``height`` pixels (0×0:
+        hidden); no larger layer than that size needs is forwarded."""
+        if consumer.closed or consumer.producer.kind != "video":
+            return
+        layer = layer_for_size(consumer.producer.layers, width, height)
+        logger.debug("%s: %s shown at %dx%d: layers up to %d", consumer.transport.name,
+                     consumer.id, width, height, layer)
+        if layer != consumer.max_layer:
+            consumer.max_layer = layer
+            self._allocate_on(consumer.transport)
+
+    def low_bandwidth(self, transport: Transport) -> bool:
+        """Whether video to ``transport`` is cut because even the lowest layer of one video
+        does not fit its bandwidth estimate (automatic audio-only)."""
+        state = self._transports.get(transport)
+        return state is not None and state.low_bandwidth
+
+    def estimate(self, transport: Transport) -> bandwidth.Estimate | None:
+        """The bandwidth estimate of a transport the router sends on."""
+        state = self._transports.get(transport)
+        return None if state is None else state.estimate
+
+    def allocate(self) -> None:
+        """Periodic work: measure every layer, then choose every transport's video layers."""
+        now = self._clock()
+        for producer in self.producers.values():
+            producer.measure(now)
+        for transport, state in list(self._transports.items()):
+            if state.consumers_by_ssrc:
+                self._allocate(transport, state, now)
+
+    def _allocate_on(self, transport: Transport) -> None:
+        state = self._transports.get(transport)
+        if state is not None:
+            self._allocate(transport, state, self._clock())
+
+    def _allocate(self, transport: Transport, state: _TransportState, now: float) -> None:
+        video = [c for c in state.consumers_by_ssrc.values()
+                 if c.producer.kind == "video" and not c.paused and not c.producer.paused
+                 and c.slot.payload_type is not None]
+        demands = [
+            bandwidth.VideoDemand(
+                [layer.bitrate if layer.active(now) else 0 for layer in c.producer.layers],
+                c.max_layer, c.layer, c.priority)
+            for c in video
+        ]
+        budget = state.estimate.value()
+        may_raise = state.estimate.may_raise()
+        allocation = bandwidth.allocate(budget, demands, may_raise)
+        if may_raise and allocation.total == 0 and allocation.wanted:
+            # Video is cut and the hold has passed: try the lowest layer again.
+            state.estimate.retry(int(allocation.wanted * bandwidth.UPGRADE_MARGIN) + 1)
+            budget = state.estimate.value()
+            allocation = bandwidth.allocate(budget, demands, may_raise)
+        state.probe_rate = bandwidth.probe_rate(budget, allocation, may_raise)
+        for consumer, target in zip(video, allocation.targets, strict=True):
+            if target != consumer.target:
+                logger.debug("%s: %s of %s to layer %d (estimate %s, layers %s)",
+                             transport.name, consumer.id, consumer.producer.id, target, budget,
+                             [layer.bitrate for layer in consumer.producer.layers])
+            consumer.set_target(target)
+            if target >= 0 and consumer.layer != target:
+                consumer.producer.request_keyframe(target)
+        forwarding = frozenset(c.id for c in video if c.target >= 0)
+        low = any(d.max_layer >= 0 for d in demands) and not forwarding
+        if forwarding != state.forwarding or low != state.low_bandwidth:
+            if low != state.low_bandwidth:
+                # Like audio-only mode, a transport too slow for video gets plain Opus.
+                for consumer in state.consumers_by_ssrc.values():
+                    if consumer.producer.kind != "video":
+                        consumer.redundancy = not (state.video_pauses or low)
+            state.forwarding, state.low_bandwidth = forwarding, low
+            if low:
+                logger.info("%s: video cut for lack of bandwidth (estimate %s bit/s)",
+                            transport.name, budget)
+            if self._events is not None:
+                self._events.forwarding_changed(self, state.owner)
+
+    def _probe(self) -> None:
+        """Periodic work: give each probing transport's forwarding video consumers their share
+        of padding, sent after their next frames."""
+        for state in self._transports.values():
+            rate = state.probe_rate
+            video = [c for c in state.consumers_by_ssrc.values()
+                     if c.producer.kind == "video" and c.layer >= 0 and not c.paused]
+            if not rate:
+                for consumer in video:
+                    consumer.padding = 0
+                continue
+            if not video:
+                continue
+            share = int(rate * TICK_INTERVAL / 8 / len(video))
+            for consumer in video:
+                consumer.padding = min(consumer.padding + share, share * PADDING_BACKLOG)
 
     @property
     def speaking(self) -> frozenset[str]:

@@ -6,6 +6,7 @@ fields the SFU needs and builds the packets it sends.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from aiortc.rtp import (
@@ -22,6 +23,7 @@ from aiortc.rtp import (
     RtcpSenderInfo,
     RtcpSrPacket,
     pack_remb_fci,
+    unpack_remb_fci,
 )
 
 
@@ -29,13 +31,15 @@ from aiortc.rtp import (
 class Feedback:
     """One piece of feedback about a media SSRC."""
 
-    kind: str  # "nack" | "keyframe" | "report" | "sender-report" | "bye"
+    kind: str  # "nack" | "keyframe" | "report" | "sender-report" | "bye" | "remb"
     media_ssrc: int
     lost: tuple[int, ...] = ()
     #: For "sender-report": (NTP timestamp, RTP timestamp, packets, octets)
     ntp_timestamp: int = 0
     rtp_timestamp: int = 0
     fraction_lost: int = 0
+    #: For "remb": the receiver's estimate of the bandwidth available to it, in bit/s.
+    bitrate: int = 0
 
 
 def parse(data: bytes) -> list[Feedback]:
@@ -50,6 +54,13 @@ def parse(data: bytes) -> list[Feedback]:
             else:
                 media = packet.media_ssrc
             out.append(Feedback("keyframe", media))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP and \
+                packet.fci[:4] == b"REMB":
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except (ValueError, struct.error):
+                raise ValueError("RTCP REMB is truncated") from None
+            out.append(Feedback("remb", ssrcs[0] if ssrcs else 0, bitrate=bitrate))
         elif isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
             out.append(

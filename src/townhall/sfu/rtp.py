@@ -120,6 +120,59 @@ def rewrite(
                        sequence, timestamp, ssrc) + body
 
 
+def rewrite_extended(
+    data: bytes,
+    header: RtpHeader,
+    payload_type: int,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+    extension: bytes,
+    head: bytes = b"",
+    skip: int = 0,
+) -> bytes:
+    """Like ``rewrite``, with the consumer's own extension block (``extension``, e.g. from
+    ``abs_send_time_block``; may be empty) and the first ``skip`` payload bytes replaced by
+    ``head`` (a rewritten VP8 descriptor)."""
+    if not extension and not head:
+        return rewrite(data, header, payload_type, sequence, timestamp, ssrc)
+    fixed = _pack_fixed(0x80 | (data[0] & 0x2F) | (0x10 if extension else 0),
+                        (0x80 if header.marker else 0) | payload_type, sequence, timestamp, ssrc)
+    csrc_end = header.csrc_end
+    if not head and csrc_end == RTP_MIN_SIZE:
+        body = header._body
+        if body is None:
+            body = header._body = data[header.payload_offset:]
+        return fixed + extension + body
+    return (fixed + data[RTP_MIN_SIZE:csrc_end] + extension + head
+            + data[header.payload_offset + skip:])
+
+
+#: Most padding one RTP packet carries (its length is one byte).
+MAX_PADDING = 255
+_PADDING = bytes(MAX_PADDING - 1)
+
+
+def padding_packet(payload_type: int, sequence: int, timestamp: int, ssrc: int,
+                   extension: bytes, size: int = MAX_PADDING) -> bytes:
+    """An RTP packet with no payload and ``size`` bytes of padding (RFC 3550 5.1), as senders
+    use to probe bandwidth; receivers count it and discard it."""
+    size = max(1, min(MAX_PADDING, size))
+    first = 0xA0 | (0x10 if extension else 0)
+    return (_FIXED.pack(first, payload_type, sequence, timestamp, ssrc) + extension
+            + _PADDING[:size - 1] + bytes((size,)))
+
+
+_ABS_SEND_TIME_BLOCK = struct.Struct("!HHBBH")
+
+
+def abs_send_time_block(extension_id: int, now: float) -> bytes:
+    """A one-byte-header extension block carrying abs-send-time (6.18 fixed-point seconds)."""
+    value = int(now * 262144.0) & 0xFFFFFF
+    return _ABS_SEND_TIME_BLOCK.pack(0xBEDE, 1, (extension_id << 4) | 2, value >> 16,
+                                     value & 0xFFFF)
+
+
 def extensions(data: bytes, header: RtpHeader) -> dict[int, bytes]:
     """The header extensions of a packet by ID (one-byte and two-byte forms, RFC 8285).
 

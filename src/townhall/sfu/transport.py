@@ -29,9 +29,10 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest
-from townhall.sfu import audio_sdp
+from townhall.sfu import audio_sdp, simulcast_sdp
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
+from townhall.sfu.native import NativeSend
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ _SRTP_MAX_TRAILER = 4 + 16 + 128
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
 class MediaHandler(Protocol):
@@ -110,12 +112,15 @@ class IncomingTrack:
     rtcp_ssrc: int
     #: Payload type of RED (RFC 2198) over ``codec``, when the answer accepted it.
     red_payload_type: int | None = None
+    #: Simulcast: the rids of the layers, lowest first (empty without simulcast).
+    rids: tuple[str, ...] = ()
+    rid_extension: int | None = None
 
 
 class Slot:
     """One send-only transceiver of a transport, carrying one consumer at a time."""
 
-    __slots__ = ("codec", "payload_type", "red_payload_type", "transceiver")
+    __slots__ = ("abs_send_time", "codec", "payload_type", "red_payload_type", "transceiver")
 
     def __init__(self, transceiver: Any, codec: Codec) -> None:
         self.transceiver = transceiver
@@ -124,6 +129,8 @@ class Slot:
         self.payload_type: int | None = None
         #: The far end's payload type for RED over ``payload_type``, if it accepted RED.
         self.red_payload_type: int | None = None
+        #: The abs-send-time extension id the far end accepted (for its bandwidth estimate).
+        self.abs_send_time: int | None = None
 
     @property
     def mid(self) -> str | None:
@@ -186,6 +193,16 @@ def _forwardable(kind: str) -> list[Any]:
             if c.mimeType.lower() in ("audio/opus", "video/vp8", "video/h264")]
 
 
+def _extension_id(media: Any, uri: str) -> int | None:
+    """The id a parsed media section gives the header extension ``uri`` (one-byte ids only)."""
+    if media is None:
+        return None
+    for extension in media.rtp.headerExtensions:
+        if extension.uri == uri and 0 < extension.id < 15:
+            return int(extension.id)
+    return None
+
+
 def _srtp_call(session: Any, function: Any, trailer: int) -> Callable[[bytes], bytes]:
     """``session.protect`` (or another of its four calls) as one lean closure.
 
@@ -241,6 +258,20 @@ def _srtp_sender(
         sendto(view[0:size[0]], remote)
         if delay is not None:
             delay.sent()
+        return True
+
+    return send_rtp
+
+
+def _held_sender(
+    session: Any, hold: Callable[[tuple[int, bytes, bytes]], None], sockaddr: bytes
+) -> Callable[[bytes], bool]:
+    """``Transport.send_rtp`` with the native piece: the socket protects and sends the packet
+    with the rest of the fan-out (``native.py``)."""
+    srtp = NativeSend.session(session)
+
+    def send_rtp(data: bytes, _session: Any = session) -> bool:
+        hold((srtp, data, sockaddr))
         return True
 
     return send_rtp
@@ -307,16 +338,27 @@ class Transport:
             raise BadRequest(f"cannot negotiate: {exc}") from None
         self._hook()
         answer = self.pc.localDescription.sdp
-        return answer, self._incoming(description, parse_sdp(answer))
+        parsed = parse_sdp(answer)
+        # Simulcast is accepted for VP8 only: layer switches wait for VP8 keyframes.
+        layers = [
+            offered if offered is not None and local.port != 0 and local.rtp.codecs
+            and _primary(local).mimeType.lower() == "video/vp8" else None
+            for offered, local in zip(simulcast_sdp.offered(offer), parsed.media, strict=False)
+        ]
+        if any(layers):
+            answer = simulcast_sdp.complete_answer(answer, layers)
+        return answer, self._incoming(description, parsed, layers)
 
-    def _incoming(self, offer: Any, answer: Any) -> list[IncomingTrack]:
+    def _incoming(self, offer: Any, answer: Any,
+                  layers: list[simulcast_sdp.OfferedSimulcast | None]) -> list[IncomingTrack]:
         senders = {t.mid: t.sender for t in self.pc.getTransceivers()}
         tracks = []
-        for remote, local in zip(offer.media, answer.media, strict=False):
+        for index, (remote, local) in enumerate(zip(offer.media, answer.media, strict=False)):
             if remote.kind not in ("audio", "video") or local.port == 0:
                 continue
             if remote.direction not in ("sendrecv", "sendonly") or not local.rtp.codecs:
                 continue
+            simulcast = layers[index] if index < len(layers) else None
             mid = remote.rtp.muxId
             extensions = {e.uri: e.id for e in local.rtp.headerExtensions}
             rtx = {g.items[1] for g in remote.ssrc_group
@@ -326,12 +368,16 @@ class Transport:
                     mid=mid,
                     kind=remote.kind,
                     codec=_codec_of(_primary(local)),
-                    ssrcs=tuple(s.ssrc for s in remote.ssrc if s.ssrc not in rtx),
+                    # With simulcast each layer's SSRC is learnt from its rid.
+                    ssrcs=() if simulcast is not None else
+                    tuple(s.ssrc for s in remote.ssrc if s.ssrc not in rtx),
                     mid_extension=extensions.get(MID_URI),
                     audio_level_extension=extensions.get(AUDIO_LEVEL_URI),
                     rtcp_ssrc=senders[mid]._ssrc if mid in senders else 1,
                     red_payload_type=audio_sdp.red_payload_type(
                         local, _primary(local).payloadType),
+                    rids=simulcast.rids if simulcast is not None else (),
+                    rid_extension=simulcast.rid_extension if simulcast is not None else None,
                 )
             )
         return tracks
@@ -381,10 +427,11 @@ class Transport:
                         and media.direction in ("recvonly", "sendrecv")
                         and slot.transceiver.direction == "sendonly")
             if not accepted or media is None:
-                slot.payload_type = slot.red_payload_type = None
+                slot.payload_type = slot.red_payload_type = slot.abs_send_time = None
                 continue
             slot.payload_type = _primary(media).payloadType
             slot.red_payload_type = audio_sdp.red_payload_type(media, slot.payload_type)
+            slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI)
 
     def answer_as_dtls_server(self) -> None:
         """Answer offers with ``a=setup:passive``, so that the far end starts the DTLS handshake.
@@ -441,6 +488,7 @@ class Transport:
                 del slots[kind]
                 continue
             slot.payload_type = media.rtp.codecs[0].payloadType
+            slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI)
             self._slots.append(slot)
         if not slots:
             raise BadRequest("the offer asks for no audio or video the server can send")
@@ -516,8 +564,12 @@ class Transport:
             return
         self._path = path
         # the packet path's one call per forwarded packet (the method stays for the others)
-        self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
-            dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
+        if path.hold is not None:
+            self.send_rtp = _held_sender(  # type: ignore[method-assign,assignment]
+                dtls._tx_srtp, path.hold, path.sockaddr)
+        else:
+            self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
+                dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
         rx = dtls._rx_srtp
         unprotect = _srtp_call(rx, _srtp_lib.srtp_unprotect, 0)
         unprotect_rtcp = _srtp_call(rx, _srtp_lib.srtp_unprotect_rtcp, 0)

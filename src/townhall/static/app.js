@@ -255,6 +255,54 @@ function onConsumer(track, info) {
     const t = tile(info.participant, source, false);
     t.video.dataset.mid = info.mid;
     showTrack(t.video, track);
+    layoutObserver.observe(t.video);
+    scheduleLayout();
+}
+
+// ---- layout hints ----------------------------------------------------------
+
+/** How long the size of the tiles must settle before the server is told. */
+const LAYOUT_DELAY_MS = 300;
+/** @type {ReturnType<typeof setTimeout>|null} */
+let layoutTimer = null;
+const layoutObserver = new ResizeObserver(() => scheduleLayout());
+
+function scheduleLayout() {
+    if (layoutTimer)
+        clearTimeout(layoutTimer);
+    layoutTimer = setTimeout(() => {
+        layoutTimer = null;
+        sendLayout();
+    }, LAYOUT_DELAY_MS);
+}
+
+/** Tell the server the size each received video is shown at, so it sends no larger layer. */
+function sendLayout() {
+    if (!connection)
+        return;
+    const ratio = window.devicePixelRatio || 1;
+    /** @type {import('./protocol.js').Layout} */
+    const sizes = {};
+    for (const t of tiles.values()) {
+        const video = t.video;
+        if (video.dataset.local || !video.dataset.mid)
+            continue;
+        const shown = video.isConnected && !video.hidden && video.clientWidth > 0;
+        sizes[video.dataset.mid] = shown
+            ? {width: Math.round(video.clientWidth * ratio), height: Math.round(video.clientHeight * ratio)}
+            : {width: 0, height: 0};
+    }
+    connection.setLayout(sizes);
+}
+
+/** @param {boolean} low the server cut all video: this connection is too slow for it */
+function showLowBandwidth(low) {
+    const before = document.body.dataset.lowBandwidth === 'true';
+    document.body.dataset.lowBandwidth = low ? 'true' : 'false';
+    if (low && !before)
+        notify('Your connection is too slow for video: you receive audio only until it improves.', 'warning');
+    else if (!low && before)
+        notify('Video is back.', 'info', 5000);
 }
 
 /** @param {ConsumerInfo} info */
@@ -272,6 +320,8 @@ function onConsumerClose(info) {
     const t = tiles.get(tileKey(info.participant, source));
     if (!t || t.video.dataset.mid !== info.mid)
         return;
+    layoutObserver.unobserve(t.video);
+    delete t.video.dataset.mid;
     if (source === 'screen')
         dropTile(info.participant, source);
     else
@@ -426,7 +476,8 @@ function saveDevice(source, deviceId) {
 function constraints(source) {
     const deviceId = savedDevices()[source];
     /** @type {MediaTrackConstraints} */
-    const c = source === 'camera' ? {width: {ideal: 640}, height: {ideal: 360}, frameRate: {ideal: 24}} : {};
+    // Published in three simulcast layers: 320×180, 640×360 and 1280×720.
+    const c = source === 'camera' ? {width: {ideal: 1280}, height: {ideal: 720}, frameRate: {ideal: 24}} : {};
     if (deviceId)
         c.deviceId = {ideal: deviceId};
     return c;
@@ -768,7 +819,10 @@ function setupReceiving() {
 /** @param {ServerConnection} conn */
 function connectReceiving(conn) {
     conn.receiveVideo = localStorage.getItem(AUDIO_ONLY_KEY) !== 'true';
-    conn.onforwarding = () => renderReceiving();
+    conn.onforwarding = () => {
+        renderReceiving();
+        showLowBandwidth(conn.lowBandwidth);
+    };
     conn.onactivespeaker = () => renderReceiving();
 }
 

@@ -72,6 +72,8 @@
  * @property {string} message
  * @property {string} [request]
  *
+ * @typedef {Record<string, {width: number, height: number}>} Layout  video size by consumer mid
+ *
  * @typedef {Object} LocalSource
  * @property {MediaStreamTrack|null} track
  * @property {boolean} enabled
@@ -134,6 +136,18 @@ export function socketUrl(location) {
 /** @type {Source[]} */
 const SOURCES = ['microphone', 'camera', 'screen'];
 
+/**
+ * The camera is published in three simulcast encodings; the server forwards
+ * each receiver the one that fits its bandwidth and the size it shows.
+ *
+ * @type {RTCRtpEncodingParameters[]}
+ */
+export const CAMERA_ENCODINGS = Object.freeze([
+    {rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000},
+    {rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000},
+    {rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000},
+]).map((e) => Object.freeze(e));
+
 /** How often to send `ping`, and how long a silent socket is trusted. */
 const PING_INTERVAL_MS = 10000;
 const SILENCE_LIMIT_MS = 25000;
@@ -186,6 +200,10 @@ export class ServerConnection {
         this.consumers = new Map();
         /** @type {Map<Source, LocalSource>} */
         this.local = new Map();
+        /** @type {boolean} the server cut all video: this connection is too slow for it */
+        this.lowBandwidth = false;
+        /** @type {string} the last layout sent, as JSON */
+        this._layoutSent = '';
 
         /** @type {number} */
         this._attempt = 0;
@@ -484,7 +502,7 @@ export class ServerConnection {
                 this.oncaption(m);
             break;
         case 'caption-languages': break;
-        case 'forwarding': this._gotForwarding(m.video || []); break;
+        case 'forwarding': this._gotForwarding(m.video || [], !!m.low_bandwidth); break;
         case 'active-speaker': this._gotActiveSpeaker(m.participant || null); break;
         case 'error': this._gotError(m); break;
         case 'pong': break;
@@ -496,6 +514,7 @@ export class ServerConnection {
     /** @param {Joined} m */
     _gotJoined(m) {
         this._attempt = 0;
+        this._layoutSent = '';
         this.resumeSecret = m.resume;
         this.self = m.participant;
         this.room = m.room;
@@ -693,9 +712,13 @@ export class ServerConnection {
             this.send({type: 'pin', participants: this.pins});
     }
 
-    /** @param {string[]} ids */
-    _gotForwarding(ids) {
+    /**
+     * @param {string[]} ids
+     * @param {boolean} lowBandwidth
+     */
+    _gotForwarding(ids, lowBandwidth) {
         this.forwarded = new Set(ids);
+        this.lowBandwidth = lowBandwidth;
         if (this.onforwarding)
             this.onforwarding(this.forwarded);
     }
@@ -787,10 +810,28 @@ export class ServerConnection {
      */
     _addTransceiver(pc, source, local) {
         const kind = source === 'microphone' ? 'audio' : 'video';
+        /** @type {RTCRtpTransceiverInit} */
+        const init = {direction: 'sendonly'};
+        if (source === 'camera')
+            init.sendEncodings = CAMERA_ENCODINGS.map((e) => ({...e}));
         local.transceiver = pc.addTransceiver(
-            local.enabled && local.track ? local.track : kind,
-            {direction: 'sendonly'});
+            local.enabled && local.track ? local.track : kind, init);
         local.announced = false;
+    }
+
+    /**
+     * Tell the server the size each received video is shown at (CSS pixels
+     * times devicePixelRatio; 0×0 when hidden), so it sends no larger layer.
+     * Sends nothing when the layout did not change.
+     *
+     * @param {Layout} consumers
+     */
+    setLayout(consumers) {
+        const json = JSON.stringify(consumers);
+        if (json === this._layoutSent)
+            return;
+        if (this.send({type: 'layout', consumers}))
+            this._layoutSent = json;
     }
 
     /** After `joined`: a fresh publishing transport carrying every kept track. */

@@ -1,0 +1,214 @@
+"""How much a consumer transport may carry, which video fits in it, and how to find out more.
+
+**Estimate.** Each transport the SFU sends on has an :class:`Estimate`, fed by its receiver's
+REMB (RTCP ``goog-remb``): Chromium (and aiortc) receivers estimate the bandwidth available from
+the arrival times of video packets carrying ``abs-send-time`` (the SFU writes that extension on
+every forwarded video packet) and report it about once a second while video reaches them, at once
+when it drops. Until the first report the transport is assumed to carry ``INITIAL_BITRATE``; a
+receiver that never reports is not limited; when reports stop (video was cut, so the receiver has
+nothing to measure) the estimate is raised step by step until video flows and is measured again.
+The clock is injected, so tests never sleep.
+
+Such a receiver-side estimate starts at the throughput it measured and never grows beyond about
+1.5 times the throughput it sees, and it drops to 0.85 times the throughput when it sees the
+queues grow. So: what is forwarded now is kept while it stays within ``KEEP_TOLERANCE`` of the
+estimate (an estimate equal to the current rate is not a reason to go down); going up needs
+``UPGRADE_MARGIN`` over the new total; and to let the estimate grow past what is being sent the
+SFU **probes**: it sends RTP padding after frames (which receivers measure, then discard) at the
+rate the next layer needs (:func:`probe_rate`). After a drop no layer is raised and
+nothing is probed for ``UPGRADE_HOLD`` seconds, doubled for each further drop within a minute, so
+a link that is really full is not pushed every few seconds.
+
+The receiver-side estimate measures video only (audio is cross traffic to it), so it is the video
+budget: audio is never dropped for video and is not counted against it.
+
+**Allocation** (:func:`allocate`, pure). Most important video first, each video gets its lowest
+layer while the budget lasts (a video whose lowest layer does not fit is not forwarded: with
+none left the transport is audio-only); then the videos are raised one layer at a time, in the
+same order, while the next layer fits, never above the layer their layout allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: What a transport is assumed to carry before its receiver reports, in bit/s.
+INITIAL_BITRATE = 1_500_000
+#: A transport whose receiver sent no estimate this long after it started is not limited
+#: (Chromium's first report comes about 5 s after video started).
+FEEDBACK_WAIT = 10.0
+#: A receiver reports while video reaches it; once its last report is this old (usually
+#: because video was cut), the estimate is raised by ``RETRY_FACTOR`` to try video again.
+FEEDBACK_EXPIRY = 4.0
+RETRY_FACTOR = 1.5
+#: What is forwarded now is kept while its cost is within this factor of the estimate.
+KEEP_TOLERANCE = 1.12
+#: The lowest layer of the most important video is kept longer: cutting all video is drastic,
+#: and at low rates the layer's bitrate and the estimate are both noisy.
+CUT_TOLERANCE = 1.5
+#: After video was cut, it is tried again (at its lowest layer) once ``may_raise`` allows;
+#: for this long reports are ignored, so the receiver can measure the video first.
+RETRY_GRACE = 2.0
+#: Going up a layer needs the new total times this to fit the estimate.
+UPGRADE_MARGIN = 1.15
+#: After the estimate dropped, no layer is raised (nor probed for) for this long, in seconds;
+#: doubled for each further drop within ``DROP_MEMORY`` seconds, up to ``MAX_UPGRADE_HOLD``.
+UPGRADE_HOLD = 3.0
+MAX_UPGRADE_HOLD = 60.0
+DROP_MEMORY = 60.0
+#: A drop of the estimate by more than this share makes the allocation run at once.
+DROP_RATIO = 0.1
+#: How far past what it sees a receiver's estimate can grow (REMB: 1.5 times; a little less).
+ESTIMATE_GROWTH = 1.4
+#: Most a probe adds to a transport, in bit/s.
+MAX_PROBE_RATE = 1_500_000
+
+
+class Estimate:
+    """The available bandwidth of one transport the SFU sends on."""
+
+    __slots__ = ("_clock", "_created", "_drops", "_ignore_until", "_updated_at", "bitrate",
+                 "reports")
+
+    def __init__(self, clock: Callable[[], float], initial: int = INITIAL_BITRATE) -> None:
+        self._clock = clock
+        self._created = clock()
+        self._updated_at = -1.0
+        self._drops: list[float] = []
+        self._ignore_until = -1.0
+        self.bitrate = initial
+        self.reports = 0
+
+    def update(self, bitrate: int) -> bool:
+        """A new estimate from the receiver; True when it dropped enough to reallocate now."""
+        now = self._clock()
+        self.reports += 1
+        if now < self._ignore_until:
+            return False
+        bitrate = max(0, bitrate)
+        dropped = bitrate < self.bitrate * (1 - DROP_RATIO)
+        if dropped:
+            self._drops = [*(t for t in self._drops if now - t < DROP_MEMORY), now][-8:]
+        self.bitrate = bitrate
+        self._updated_at = now
+        return dropped
+
+    def retry(self, bitrate: int) -> None:
+        """Try ``bitrate`` (video was cut and the hold has passed): take it as the estimate
+        and ignore reports for ``RETRY_GRACE`` seconds, while the receiver measures again."""
+        now = self._clock()
+        self.bitrate = max(self.bitrate, bitrate)
+        self._updated_at = now
+        self._ignore_until = now + RETRY_GRACE
+
+    def value(self) -> int | None:
+        """Bit/s this transport may carry, or None when it is not limited."""
+        now = self._clock()
+        if self._updated_at < 0:
+            return self.bitrate if now - self._created < FEEDBACK_WAIT else None
+        if now - self._updated_at > FEEDBACK_EXPIRY:
+            self.bitrate = int(self.bitrate * RETRY_FACTOR)
+            self._updated_at = now
+        return self.bitrate
+
+    def may_raise(self) -> bool:
+        """Whether layers may go up (and probes be sent): no recent drop."""
+        if not self._drops:
+            return True
+        now = self._clock()
+        recent = sum(1 for t in self._drops if now - t < DROP_MEMORY)
+        hold = min(MAX_UPGRADE_HOLD, UPGRADE_HOLD * (1 << max(0, recent - 1)))
+        return now - self._drops[-1] >= hold
+
+
+@dataclass(slots=True)
+class VideoDemand:
+    """One video consumer as allocation sees it."""
+
+    #: Measured bitrate of each layer, lowest first; 0 for a layer the producer is not sending.
+    bitrates: list[int]
+    #: The highest layer the layout allows (-1: hidden).
+    max_layer: int
+    #: The layer forwarded now (-1: none): keeping it is easier than going up.
+    current: int = -1
+    #: Higher goes first.
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    #: The layer to forward for each demand (-1: none).
+    targets: list[int]
+    #: What those layers cost, in bit/s.
+    total: int
+    #: The total the next step up would need (0 when nothing more is wanted).
+    wanted: int
+
+
+def _choices(demand: VideoDemand) -> list[int]:
+    allowed = min(demand.max_layer, len(demand.bitrates) - 1)
+    active = [i for i in range(allowed + 1) if demand.bitrates[i] > 0]
+    if not active and allowed >= 0:
+        # Nothing measured yet (a new producer): start on the lowest layer, for free.
+        active = [0]
+    return active
+
+
+def allocate(budget: int | None, demands: list[VideoDemand],
+             may_raise: bool = True) -> Allocation:
+    """Which layer each demand gets in a video budget of ``budget`` bit/s (None: unlimited)."""
+    choices = [_choices(d) for d in demands]
+    if budget is None:
+        targets = [c[-1] if c else -1 for c in choices]
+        return Allocation(targets, sum(d.bitrates[t] for d, t in zip(demands, targets,
+                                                                    strict=True) if t >= 0), 0)
+    targets = [-1] * len(demands)
+    order = sorted(range(len(demands)), key=lambda i: -demands[i].priority)
+    total = 0
+    blocked = 0  # the extra cost of the first step that did not fit
+
+    def fits(i: int, layer: int, extra: int) -> bool:
+        if layer <= demands[i].current:
+            tolerance = CUT_TOLERANCE if not total and layer == choices[i][0] else KEEP_TOLERANCE
+            return total + extra <= budget * tolerance
+        return may_raise and (total + extra) * UPGRADE_MARGIN <= budget
+
+    for i in order:
+        if choices[i]:
+            lowest = choices[i][0]
+            cost = demands[i].bitrates[lowest]
+            if fits(i, lowest, cost):
+                targets[i] = lowest
+                total += cost
+            elif not blocked:
+                blocked = cost
+    raised = True
+    while raised:
+        raised = False
+        for i in order:
+            if targets[i] < 0:
+                continue
+            position = choices[i].index(targets[i])
+            if position + 1 >= len(choices[i]):
+                continue
+            higher = choices[i][position + 1]
+            extra = demands[i].bitrates[higher] - demands[i].bitrates[targets[i]]
+            if fits(i, higher, extra):
+                targets[i] = higher
+                total += extra
+                raised = True
+            elif not blocked:
+                blocked = extra
+    return Allocation(targets, total, total + blocked if blocked else 0)
+
+
+def probe_rate(estimate: int | None, allocation: Allocation, may_raise: bool) -> int:
+    """Bit/s of probe packets to add, so the receiver's estimate can grow to what the next step
+    up needs (0: no probing)."""
+    if estimate is None or not allocation.wanted or not may_raise:
+        return 0
+    needed = allocation.wanted * UPGRADE_MARGIN
+    if estimate >= needed:
+        return 0
+    return max(0, min(MAX_PROBE_RATE, int(needed / ESTIMATE_GROWTH) - allocation.total))

@@ -1,0 +1,100 @@
+"""Simulcast in real Chromium: a page publishes three layers, another receives the one its
+video's size needs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from test_browser_meeting import assert_video_playing, describe, join
+
+from townhall.sfu import bandwidth
+
+pytestmark = pytest.mark.browser
+
+FRAME_WIDTH = """() => new Promise((resolve) => {
+    const pc = window.townhall && window.townhall.subscribeTransport;
+    if (!pc) return resolve(0);
+    pc.getStats().then((stats) => {
+        let width = 0;
+        stats.forEach((s) => {
+            if (s.type === 'inbound-rtp' && s.kind === 'video' && s.frameWidth)
+                width = s.frameWidth;
+        });
+        resolve(width);
+    });
+})"""
+
+
+async def show_remote_video_at(page: Any, width: int, height: int) -> None:
+    await page.evaluate(
+        """([w, h]) => {
+            let style = document.getElementById('test-size');
+            if (!style) {
+                style = document.createElement('style');
+                style.id = 'test-size';
+                document.head.append(style);
+            }
+            style.textContent = `video[data-remote] {width: ${w}px !important;
+                height: ${h}px !important}`;
+        }""",
+        [width, height],
+    )
+
+
+async def wait_frame_width(page: Any, width: int, timeout: float = 20) -> float:
+    start = time.monotonic()
+    seen = 0
+    while time.monotonic() - start < timeout:
+        seen = await page.evaluate(FRAME_WIDTH)
+        if seen == width:
+            return time.monotonic() - start
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"received frameWidth {seen}, not {width}: {await describe(page)}")
+
+
+async def test_a_page_publishes_three_layers_and_another_receives_the_size_it_shows(
+    server: Any, new_page: Any
+) -> None:
+    room = await server.create_room("simulcast")
+    alice, bob = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    await join(bob, await server.invite(room, "listener"), "Bob")
+    await show_remote_video_at(bob, 1200, 675)
+    await assert_video_playing(bob, alice_id)
+
+    live = server.running.services.registry.find(room)
+    producer = next(p for p in live.router.producers.values()
+                    if p.owner == alice_id and p.source == "camera")
+    assert [layer.rid for layer in producer.layers] == ["q", "h", "f"]
+    deadline = time.monotonic() + 30
+    while not all(layer.ssrc is not None and layer.bitrate > 0 and layer.width
+                  for layer in producer.layers):
+        assert time.monotonic() < deadline, f"layers seen by the server: {producer.layers}"
+        await asyncio.sleep(0.5)
+    widths = [layer.width for layer in producer.layers]
+    assert widths == [320, 640, 1280], widths
+
+    await wait_frame_width(bob, 1280)
+    await show_remote_video_at(bob, 300, 169)
+    await wait_frame_width(bob, 320)
+
+    # Chromium's own bandwidth estimate (REMB, from the abs-send-time the SFU writes) starts at
+    # the throughput it sees: here the small layer's. Enlarged, the video needs more, so the
+    # SFU probes until the estimate has room for the middle layer.
+    bob_id = await bob.evaluate("window.townhall.self.id")
+    estimate = live.router.estimate(live.participants[bob_id].subscribe_transport)
+    deadline = time.monotonic() + 20
+    while estimate.reports < 2:
+        assert time.monotonic() < deadline, "no REMB from Chromium"
+        await asyncio.sleep(0.5)
+    await show_remote_video_at(bob, 600, 338)
+    took = await wait_frame_width(bob, 640, timeout=45)
+    print(f"middle layer after {took:.1f} s; estimate {estimate.value()} bit/s, "
+          f"layers {[layer.bitrate for layer in producer.layers]}")
+    await asyncio.sleep(3)
+    await wait_frame_width(bob, 640, timeout=1)
+    assert estimate.value() * bandwidth.KEEP_TOLERANCE > producer.layers[1].bitrate
+    await assert_video_playing(bob, alice_id)

@@ -1,0 +1,168 @@
+"""Bandwidth estimates per consumer transport and the allocation of video layers to them."""
+
+from __future__ import annotations
+
+from townhall.sfu import bandwidth, rtcp
+from townhall.sfu.bandwidth import Estimate, VideoDemand, allocate
+
+LAYERS = [150_000, 500_000, 1_500_000]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_before_any_report_the_initial_estimate_holds_then_nothing_limits() -> None:
+    clock = Clock()
+    estimate = Estimate(clock)
+    assert estimate.value() == bandwidth.INITIAL_BITRATE
+    clock.now += bandwidth.FEEDBACK_WAIT + 0.1
+    assert estimate.value() is None
+
+
+def test_a_report_replaces_the_estimate_and_a_drop_asks_for_allocation_now() -> None:
+    clock = Clock()
+    estimate = Estimate(clock)
+    assert estimate.update(2_000_000) is False  # a rise waits for the periodic allocation
+    assert estimate.update(1_950_000) is False  # a small drop too
+    assert estimate.may_raise()
+    assert estimate.update(600_000) is True
+    assert estimate.value() == 600_000
+    assert not estimate.may_raise()
+    clock.now += bandwidth.UPGRADE_HOLD
+    assert estimate.may_raise()
+
+
+def test_each_further_drop_within_a_minute_doubles_the_hold_before_going_up() -> None:
+    clock = Clock()
+    estimate = Estimate(clock)
+    holds = []
+    for bitrate in (1_000_000, 500_000, 250_000):
+        estimate.update(bitrate * 2)
+        estimate.update(bitrate)
+        held = 0.0
+        while not estimate.may_raise():
+            clock.now += 0.5
+            held += 0.5
+        holds.append(held)
+    assert holds == [bandwidth.UPGRADE_HOLD, 2 * bandwidth.UPGRADE_HOLD,
+                     4 * bandwidth.UPGRADE_HOLD]
+    clock.now += bandwidth.DROP_MEMORY
+    estimate.update(100_000)
+    clock.now += bandwidth.UPGRADE_HOLD
+    assert estimate.may_raise()
+
+
+def test_when_reports_stop_the_estimate_is_raised_step_by_step() -> None:
+    clock = Clock()
+    estimate = Estimate(clock)
+    estimate.update(100_000)
+    clock.now += bandwidth.FEEDBACK_EXPIRY - 0.5
+    assert estimate.value() == 100_000
+    clock.now += 1
+    assert estimate.value() == int(100_000 * bandwidth.RETRY_FACTOR)
+    clock.now += 1
+    assert estimate.value() == int(100_000 * bandwidth.RETRY_FACTOR)
+    clock.now += bandwidth.FEEDBACK_EXPIRY + 0.1
+    assert estimate.value() == int(int(100_000 * bandwidth.RETRY_FACTOR)
+                                   * bandwidth.RETRY_FACTOR)
+
+
+def targets(budget: int | None, demands: list[VideoDemand], may_raise: bool = True) -> list[int]:
+    return allocate(budget, demands, may_raise).targets
+
+
+def test_each_video_gets_the_highest_layer_that_fits_never_above_its_layout() -> None:
+    demands = [VideoDemand(LAYERS, 2), VideoDemand(LAYERS, 1), VideoDemand(LAYERS, 0)]
+    assert targets(None, demands) == [2, 1, 0]
+    assert targets(10_000_000, demands) == [2, 1, 0]
+    # 150k each first, then raised in turn while the new total x 1.15 fits
+    assert targets(1_000_000, demands) == [1, 0, 0]  # 800k
+    assert targets(1_350_000, demands) == [1, 1, 0]  # 1150k
+    allocation = allocate(1_000_000, demands)
+    assert (allocation.total, allocation.wanted) == (800_000, 1_150_000)
+    assert allocate(10_000_000, demands).wanted == 0
+
+
+def test_the_most_important_video_is_served_first_and_others_are_cut() -> None:
+    demands = [VideoDemand(LAYERS, 2, priority=0), VideoDemand(LAYERS, 2, priority=1)]
+    assert targets(200_000, demands) == [-1, 0]
+    assert targets(100_000, demands) == [-1, -1]
+
+
+def test_a_layer_the_producer_does_not_send_is_skipped() -> None:
+    demand = VideoDemand([150_000, 0, 1_500_000], 2)
+    assert targets(10_000_000, [demand]) == [2]
+    assert targets(1_000_000, [demand]) == [0]
+    assert targets(None, [VideoDemand([150_000, 500_000, 0], 2)]) == [1]
+
+
+def test_a_video_not_measured_yet_starts_on_its_lowest_layer() -> None:
+    assert targets(0, [VideoDemand([0, 0, 0], 2)]) == [0]
+    assert targets(0, [VideoDemand([0, 0, 0], -1)]) == [-1]
+
+
+def test_what_is_forwarded_is_kept_near_the_estimate_but_going_up_needs_a_margin() -> None:
+    # A receiver's first estimate is the throughput it measured: no reason to go down.
+    assert targets(1_450_000, [VideoDemand(LAYERS, 2, current=2)]) == [2]
+    assert targets(1_250_000, [VideoDemand(LAYERS, 2, current=2)]) == [1]  # a real drop
+    assert targets(1_500_000, [VideoDemand(LAYERS, 2, current=1)]) == [1]
+    assert targets(1_800_000, [VideoDemand(LAYERS, 2, current=1)]) == [2]
+    assert targets(10_000_000, [VideoDemand(LAYERS, 2, current=0)], may_raise=False) == [0]
+    assert targets(10_000_000, [VideoDemand(LAYERS, 2, current=2)], may_raise=False) == [2]
+
+
+def test_probes_are_sized_for_the_next_step_and_stop_when_it_fits_or_after_a_drop() -> None:
+    demands = [VideoDemand(LAYERS, 2, current=0)]
+    allocation = allocate(250_000, demands)
+    assert allocation.targets == [0] and allocation.wanted == 500_000
+    rate = bandwidth.probe_rate(250_000, allocation, may_raise=True)
+    assert rate == int(500_000 * bandwidth.UPGRADE_MARGIN / bandwidth.ESTIMATE_GROWTH) - 150_000
+    assert bandwidth.probe_rate(250_000, allocation, may_raise=False) == 0
+    assert bandwidth.probe_rate(None, allocate(None, demands), may_raise=True) == 0
+    top = allocate(10_000_000, demands)
+    assert bandwidth.probe_rate(10_000_000, top, may_raise=True) == 0
+
+
+def test_the_last_video_is_cut_only_well_below_its_lowest_layer() -> None:
+    keeping = [VideoDemand(LAYERS, 2, current=0)]
+    assert targets(110_000, keeping) == [0]  # 150k is within the cut tolerance
+    assert targets(90_000, keeping) == [-1]
+    assert targets(110_000, [VideoDemand(LAYERS, 2, current=-1)]) == [-1]  # not a new one
+    # a second video gets no such tolerance
+    both = [VideoDemand(LAYERS, 2, current=0), VideoDemand(LAYERS, 2, current=0)]
+    assert targets(200_000, both) == [0, -1]
+
+
+def test_a_retry_is_measured_before_reports_count_again() -> None:
+    clock = Clock()
+    estimate = Estimate(clock)
+    estimate.update(1_000_000)
+    estimate.update(50_000)
+    estimate.retry(200_000)
+    assert estimate.value() == 200_000
+    assert estimate.update(50_000) is False  # the receiver's old estimate, repeated
+    assert estimate.value() == 200_000
+    clock.now += bandwidth.RETRY_GRACE
+    assert estimate.update(60_000) is True
+    assert estimate.value() == 60_000
+
+
+def test_remb_feedback_is_read_from_rtcp() -> None:
+    data = rtcp.remb(0x1234, 750_000, [1, 2])
+    assert rtcp.parse(data)[0] == rtcp.Feedback("remb", 1, bitrate=750_000)
+
+
+def test_a_truncated_remb_raises_value_error() -> None:
+    data = bytearray(rtcp.remb(0x1234, 750_000, [1]))
+    data[3] -= 1  # one word shorter: the SSRC list is cut
+    try:
+        rtcp.parse(bytes(data[:-4]))
+    except ValueError as exc:
+        assert str(exc) == "RTCP REMB is truncated"
+    else:
+        raise AssertionError("no error")
