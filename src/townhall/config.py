@@ -39,6 +39,8 @@ class Config:
     #: Measure how long each forwarded packet stays in the SFU (``/metrics`` histogram
     #: ``townhall_forwarding_delay_seconds``); costs a system call per received packet.
     measure_forwarding_delay: bool = False
+    #: Protect and send forwarded packets in C (``sfu/native.py``) when that piece is built.
+    media_native_send: bool = True
     #: How long an invite link stays valid, in seconds.
     invite_ttl: int = 7 * 24 * 3600
     #: How long a participant whose connection dropped keeps their place, in seconds.

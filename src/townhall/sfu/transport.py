@@ -32,6 +32,7 @@ from townhall.errors import BadRequest
 from townhall.sfu import audio_sdp, simulcast_sdp
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
+from townhall.sfu.native import NativeSend
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +258,20 @@ def _srtp_sender(
         sendto(view[0:size[0]], remote)
         if delay is not None:
             delay.sent()
+        return True
+
+    return send_rtp
+
+
+def _held_sender(
+    session: Any, hold: Callable[[tuple[int, bytes, bytes]], None], sockaddr: bytes
+) -> Callable[[bytes], bool]:
+    """``Transport.send_rtp`` with the native piece: the socket protects and sends the packet
+    with the rest of the fan-out (``native.py``)."""
+    srtp = NativeSend.session(session)
+
+    def send_rtp(data: bytes, _session: Any = session) -> bool:
+        hold((srtp, data, sockaddr))
         return True
 
     return send_rtp
@@ -549,8 +564,12 @@ class Transport:
             return
         self._path = path
         # the packet path's one call per forwarded packet (the method stays for the others)
-        self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
-            dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
+        if path.hold is not None:
+            self.send_rtp = _held_sender(  # type: ignore[method-assign,assignment]
+                dtls._tx_srtp, path.hold, path.sockaddr)
+        else:
+            self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
+                dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
         rx = dtls._rx_srtp
         unprotect = _srtp_call(rx, _srtp_lib.srtp_unprotect, 0)
         unprotect_rtcp = _srtp_call(rx, _srtp_lib.srtp_unprotect_rtcp, 0)
