@@ -117,7 +117,8 @@ async def test_an_oversized_message_closes_with_1009(
     server: RunningServer, meeting: tuple[str, Attendee, Attendee]
 ) -> None:
     _room, host, speaker = meeting
-    code, _reason = await _closed_with(server, "x" * 200_000)
+    limit = server.running.services.config.max_message_size
+    code, _reason = await _closed_with(server, "x" * (limit + 1000))
     assert code == 1009
     await still_flowing(host, speaker)
 

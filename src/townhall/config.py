@@ -46,7 +46,7 @@ class Config:
     #: How long a participant whose connection dropped keeps their place, in seconds.
     reconnect_grace: float = 30.0
     #: Largest WebSocket message accepted, in bytes.
-    max_message_size: int = 65536
+    max_message_size: int = 262144
     #: Largest chat message, in characters.
     max_chat_length: int = 4000
     #: How many audio producers, the loudest, are forwarded when more are unmuted.
