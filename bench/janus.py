@@ -405,6 +405,7 @@ class JanusTarget:
         people: list[tuple[SyntheticProducer, SyntheticConsumer]],
         videos: int = 6,
         substream: int | None = None,
+        interval: float = 0.0,
     ) -> None:
         """Everyone publishes; then each subscribes, in one multistream subscription, to every
         other participant's audio and to the video of ``videos`` others (a fixed choice: the
@@ -430,6 +431,7 @@ class JanusTarget:
                 raise JanusError(f"publish: no SDP answer in {configured}")
             await producer.accept_answer(jsep["sdp"])
             await asyncio.wait_for(self.session.webrtcup[handle].wait(), 20)
+            await asyncio.sleep(interval)
             feeds.append((int(joined["plugindata"]["data"]["id"]), producer))
         for n, (_, consumer) in enumerate(people):
             others = feeds[n + 1:] + feeds[:n]

@@ -249,9 +249,10 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         if isinstance(target, JanusTarget):
             rids = [rid for rid, *_ in LAYERS]
             await target.join_meeting(people, videos=args.last_n,
-                                      substream=rids.index(args.janus_layer))
+                                      substream=rids.index(args.janus_layer),
+                                      interval=args.join_interval)
         else:
-            await target.join_meeting(people)
+            await target.join_meeting(people, interval=args.join_interval)
         logger.info("%s: %d participants in the meeting after %.1f s", name, size,
                     time.monotonic() - started)
         turns = asyncio.create_task(take_turns(people, args.turn))
@@ -377,6 +378,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured time per run")
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring")
     parser.add_argument("--targets", default="townhall,janus-1loop")
+    parser.add_argument("--join-interval", type=float, default=0.5,
+                        help="seconds between two participants' joins")
     parser.add_argument("--turn", type=float, default=3.0, help="seconds each speaker talks")
     parser.add_argument("--last-n", type=int, default=6, help="videos each participant gets")
     parser.add_argument("--tile", default="320x180",

@@ -26,7 +26,9 @@ second, as a browser's bandwidth estimate.
 Every use of aiortc's and aioice's private API is in this module:
 
 - ``RTCDtlsTransport._send_rtp(data)``: coroutine; SRTP-protects one RTP (or RTCP) packet and sends
-  it on the nominated ICE pair.
+  it on the nominated ICE pair (the producer's RTCP, the consumers' REMB).
+- ``RTCDtlsTransport._tx_srtp`` (pylibsrtp ``Session``, and its ``_srtp``) and
+  ``aioice.Connection._nominated``: the producer protects and sends its media itself, at once.
 - ``RTCDtlsTransport._handle_rtp_data(data, arrival_time_ms)``: coroutine the transport calls with
   each decrypted RTP packet (it normally parses and routes it to a receiver). Replaced per instance.
 - ``RTCDtlsTransport._handle_rtcp_data(data)``: coroutine the transport calls with each decrypted
@@ -50,7 +52,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 
 from clip import (
     AUDIO_FRAME_SAMPLES,
@@ -173,8 +181,12 @@ class SilentTrack(MediaStreamTrack):
 
 
 def new_peer_connection() -> RTCPeerConnection:
-    # No ICE servers: aiortc would otherwise ask a public STUN server.
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    # No ICE servers: aiortc would otherwise ask a public STUN server. max-bundle: with aiortc's
+    # default ("balanced"), answering an offer of many sections of one kind leaves some on
+    # transports the BUNDLE step then closes.
+    return RTCPeerConnection(
+        RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    )
 
 
 def _dtls_transport(pc: RTCPeerConnection) -> Any:
@@ -212,6 +224,33 @@ def _remb(sender_ssrc: int, bitrate: int) -> bytes:
         "!BBHII4sBBHI", 0x80 | RTCP_FMT_REMB, RTCP_PSFB, 5, sender_ssrc, 0, b"REMB", 1,
         (exponent << 2) | (bitrate >> 16), bitrate & 0xFFFF, sender_ssrc,
     )
+
+
+def _sender(transport: Any) -> Callable[[bytes], bool]:
+    """Protect and send one RTP packet at once, without aiortc's coroutines: libsrtp through
+    pylibsrtp's cffi binding into a buffer made once, then ``sendto`` on the nominated pair's
+    socket. One client process then plays a large meeting's producers."""
+    from pylibsrtp._binding import ffi, lib
+
+    session = transport._tx_srtp
+    srtp = session._srtp[0]
+    buffer = ffi.new("char[]", 1500)
+    view = ffi.buffer(buffer)
+    size = ffi.new("int *")
+    pairs = transport.transport._connection._nominated
+
+    def send(data: bytes, _session: Any = session) -> bool:
+        pair = pairs.get(1)
+        if pair is None or pair.protocol.transport is None or len(data) > 1300:
+            return False
+        view[0:len(data)] = data
+        size[0] = len(data)
+        if lib.srtp_protect(srtp, buffer, size):
+            return False
+        pair.protocol.transport.sendto(view[0:size[0]], pair.remote_addr)
+        return True
+
+    return send
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +331,7 @@ class SyntheticProducer:
             sdp = simulcast_offer(sdp, tuple(rid for rid, *_ in LAYERS))
         return sdp
 
-    async def accept_answer(self, sdp: str, *, timeout: float = 20.0) -> None:
+    async def accept_answer(self, sdp: str, *, timeout: float = 60.0) -> None:
         """Apply the server's answer, wait for DTLS and start replaying the clip."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         local = {s.mid: s for s in parse_media_sections(self.pc.localDescription.sdp)}
@@ -356,10 +395,8 @@ class SyntheticProducer:
             out[key] = out.get(key, 0) + s.packets
         return out
 
-    async def _send(self, transport: Any, stream: _Stream, packet: bytes) -> None:
-        try:
-            await transport._send_rtp(packet)
-        except ConnectionError:
+    def _send(self, send: Callable[[bytes], bool], stream: _Stream, packet: bytes) -> None:
+        if not send(packet):
             self.send_errors += 1
             return
         stream.packets += 1
@@ -367,6 +404,7 @@ class SyntheticProducer:
 
     async def _run(self, transport: Any) -> None:
         loop = asyncio.get_running_loop()
+        send = _sender(transport)
         video = [s for s in self._streams if s.kind == "video"]
         audio = next((s for s in self._streams if s.kind == "audio"), None)
         frames = len(self.clip.video)
@@ -386,13 +424,13 @@ class SyntheticProducer:
                         later = [k for k in self.clip.keyframes if k > frame_index]
                         frame_index = later[0] if later else self.clip.keyframes[0]
                 for stream in video:
-                    await self._send_frame(transport, stream, frame_index)
+                    self._send_frame(send, stream, frame_index)
                 frame_index = (frame_index + 1) % frames
                 next_video += 1 / VIDEO_FPS
             if audio is not None and now >= next_audio:
                 payload = self.clip.audio[audio_index]
                 level = SPEAKING_LEVEL if self.speaking else SILENT_LEVEL
-                await self._send(transport, audio, audio.header(False, level) + payload)
+                self._send(send, audio, audio.header(False, level) + payload)
                 audio.timestamp = (audio.timestamp + AUDIO_CLOCK_STEP) & 0xFFFFFFFF
                 audio_index = (audio_index + 1) % len(self.clip.audio)
                 next_audio += AUDIO_FRAME_SAMPLES / AUDIO_RATE
@@ -401,7 +439,7 @@ class SyntheticProducer:
             if delay > 0:
                 await asyncio.sleep(delay)
 
-    async def _send_frame(self, transport: Any, stream: _Stream, frame_index: int) -> None:
+    def _send_frame(self, send: Callable[[bytes], bool], stream: _Stream, frame_index: int) -> None:
         layer = self.clip.layers[stream.rid] if stream.rid else self.clip.video
         chunks = layer[frame_index]
         for n, chunk in enumerate(chunks):
@@ -412,7 +450,7 @@ class SyntheticProducer:
                 stream.tl0picidx, 0x20,
             )
             header = stream.header(marker=n == len(chunks) - 1)
-            await self._send(transport, stream, header + descriptor + chunk)
+            self._send(send, stream, header + descriptor + chunk)
         stream.timestamp = (stream.timestamp + VIDEO_CLOCK_STEP) & 0xFFFFFFFF
         stream.picture_id = (stream.picture_id + 1) & 0x7FFF
         stream.tl0picidx = (stream.tl0picidx + 1) & 0xFF
@@ -534,7 +572,7 @@ class SyntheticConsumer:
                     return
             await asyncio.sleep(1.0)
 
-    async def wait_connected(self, timeout: float = 20.0) -> None:
+    async def wait_connected(self, timeout: float = 60.0) -> None:
         await _wait_dtls_connected(_dtls_transport(self.pc), timeout)
 
     @property

@@ -183,7 +183,7 @@ class TownhallTarget:
             TOWNHALL_MEDIA_UDP_PORT=str(self.media_udp_port),
             TOWNHALL_MEDIA_TCP_PORT=str(self.media_tcp_port),
             TOWNHALL_MEDIA_ADDRESSES="127.0.0.1",
-            TOWNHALL_LOG_LEVEL="WARNING",
+            TOWNHALL_LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
             TOWNHALL_MEASURE_FORWARDING_DELAY="1" if self.measure_delay else "0",
         )
 
@@ -259,7 +259,9 @@ class TownhallTarget:
         await asyncio.wait_for(session.answered.wait(), 20)
         await consumer.wait_connected()
 
-    async def join_meeting(self, people: list[tuple[SyntheticProducer, SyntheticConsumer]]) -> None:
+    async def join_meeting(
+        self, people: list[tuple[SyntheticProducer, SyntheticConsumer]], interval: float = 0.0
+    ) -> None:
         """Everyone joins as a speaker, publishes, and receives what the room sends them (the
         room's last-N and, with ``tile``, layout hints decide which videos and layers)."""
         sessions = []
@@ -273,10 +275,25 @@ class TownhallTarget:
             answer = await session.request(
                 {"type": "publish", "sdp": offer, "tracks": tracks}, "publish-answer"
             )
-            await producer.accept_answer(answer["sdp"])
-        for session, (_, consumer) in zip(sessions, people, strict=True):
+            try:
+                await producer.accept_answer(answer["sdp"])
+            except ConnectionError as exc:
+                pc = producer.pc
+                raise ConnectionError(
+                    f"person-{n}'s publishing transport: {exc} (ICE {pc.iceConnectionState}, "
+                    f"gathering {pc.iceGatheringState}, signalling {pc.signalingState})"
+                ) from None
+            await asyncio.sleep(interval)
+        for n, (session, (_, consumer)) in enumerate(zip(sessions, people, strict=True)):
             await asyncio.wait_for(session.answered.wait(), 60)
-            await consumer.wait_connected()
+            try:
+                await consumer.wait_connected()
+            except ConnectionError as exc:
+                pc = consumer.pc
+                raise ConnectionError(
+                    f"person-{n}'s receiving transport: {exc} (ICE {pc.iceConnectionState}, "
+                    f"gathering {pc.iceGatheringState}, signalling {pc.signalingState})"
+                ) from None
 
     async def metrics(self) -> str:
         """The server's ``/metrics`` text."""
