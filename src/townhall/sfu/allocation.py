@@ -27,7 +27,7 @@ PADDING_BACKLOG = 4
 class VideoAllocation:
     """Allocation state of one transport."""
 
-    __slots__ = ("estimate", "forwarding", "low_bandwidth", "name", "probe_rate")
+    __slots__ = ("estimate", "forwarding", "growth", "low_bandwidth", "name", "probe_rate")
 
     def __init__(self, name: str, clock: Callable[[], float]) -> None:
         self.name = name
@@ -38,6 +38,8 @@ class VideoAllocation:
         self.low_bandwidth = False
         #: Bit/s of probe padding to send (0: none).
         self.probe_rate = 0
+        #: How far past what gets through the estimate can grow (see ``bandwidth.probe_rate``).
+        self.growth = bandwidth.ESTIMATE_GROWTH
 
     def run(self, consumers: Iterable[Consumer], now: float) -> bool:
         """Choose every video consumer's layer; True when ``forwarding`` or ``low_bandwidth``
@@ -48,7 +50,9 @@ class VideoAllocation:
         demands = [
             bandwidth.VideoDemand(
                 [layer.bitrate if layer.active(now) else 0 for layer in c.producer.layers],
-                c.max_layer, c.layer, c.priority)
+                # What the last run chose counts as current, reached or not: no flapping
+                # while a switch waits for its keyframe.
+                c.max_layer, c.target if c.target >= 0 else c.layer, c.priority)
             for c in video
         ]
         estimate = self.estimate
@@ -60,7 +64,7 @@ class VideoAllocation:
             estimate.retry(int(allocation.wanted * bandwidth.UPGRADE_MARGIN) + 1)
             budget = estimate.value()
             allocation = bandwidth.allocate(budget, demands, may_raise)
-        self.probe_rate = bandwidth.probe_rate(budget, allocation, may_raise)
+        self.probe_rate = bandwidth.probe_rate(budget, allocation, may_raise, self.growth)
         for consumer, target in zip(video, allocation.targets, strict=True):
             if target != consumer.target:
                 logger.debug("%s: %s of %s to layer %d (estimate %s, layers %s)",
