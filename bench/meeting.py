@@ -75,7 +75,7 @@ class MeetingResult:
     server_peak_rss_mb: float = 0.0
     server_threads: int = 0
     sent_packets: int = 0
-    delivered_packets: int = 0
+    delivered_packets: int = 0  # media only: the server's padding probes are left out
     packets_per_cpu_second: float = 0.0
     sfu_socket_drops: int = 0
     consumer_sequence_gaps: int = 0
@@ -83,6 +83,8 @@ class MeetingResult:
     delay_p50_ms: float | None = None
     delay_p99_ms: float | None = None
     delay_samples: int = 0
+    #: packets per delay bucket in the window: {upper bound in ms: count}
+    delay_histogram: dict[str, int] = field(default_factory=dict)
     client_cpu_percent: float = 0.0
     load_average_1min: float = 0.0
     sent_by_kind: dict[str, int] = field(default_factory=dict)
@@ -145,6 +147,19 @@ def delay_buckets(metrics: str) -> list[tuple[float, int]]:
     """(upper bound in seconds, cumulative count) of the forwarding-delay histogram."""
     return [(float("inf") if le == "+Inf" else float(le), int(n))
             for le, n in _BUCKET.findall(metrics)]
+
+
+def histogram(before: list[tuple[float, int]],
+              after: list[tuple[float, int]]) -> dict[str, int]:
+    """Samples per bucket added between two scrapes, keyed by the bucket's bound in ms."""
+    counts = dict(before)
+    out: dict[str, int] = {}
+    previous = 0
+    for bound, n in after:
+        added = n - counts.get(bound, 0)
+        out["inf" if bound == float("inf") else f"{bound * 1000:g}"] = added - previous
+        previous = added
+    return out
 
 
 def percentile(before: list[tuple[float, int]], after: list[tuple[float, int]],
@@ -264,7 +279,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         got = {k: n - got0.get(k, 0) for k, n in got1.items()}
         p50, samples = percentile(delay0, delay1, 0.50)
         p99, _ = percentile(delay0, delay1, 0.99)
-        delivered = sum(got.values())
+        delivered = sum(n for kind, n in got.items() if kind != "padding")
         return MeetingResult(
             target=name,
             participants=size,
@@ -283,6 +298,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
             delay_p50_ms=None if p50 is None else round(p50 * 1000, 2),
             delay_p99_ms=None if p99 is None else round(p99 * 1000, 2),
             delay_samples=samples,
+            delay_histogram=histogram(delay0, delay1),
             client_cpu_percent=round(100 * (client1 - client0) / elapsed, 1),
             load_average_1min=round(os.getloadavg()[0], 2),
             sent_by_kind=sent,

@@ -466,6 +466,9 @@ class SyntheticConsumer:
         self.raw = raw
         self.remb = remb
         self.received: dict[int, _Received] = {}
+        #: RTP packets with the padding bit: the server's bandwidth probes, not media (the
+        #: producers here never pad). Counted in ``received`` too (they take sequence numbers).
+        self.padding = 0
         self.kinds: dict[int, str] = {}  # SSRC -> kind, from the server's offers
         self.created_at = time.monotonic()
         self.first_packet_at: float | None = None
@@ -483,6 +486,8 @@ class SyntheticConsumer:
         return str(self.pc.localDescription.sdp)
 
     def _count(self, data: bytes) -> None:
+        if data[0] & 0x20:
+            self.padding += 1
         ssrc = int.from_bytes(data[8:12], "big")
         sequence = (data[2] << 8) | data[3]
         received = self.received.get(ssrc)
@@ -534,17 +539,22 @@ class SyntheticConsumer:
 
     @property
     def total_packets(self) -> int:
-        return sum(r.count for r in self.received.values())
+        """Media packets received (padding left out)."""
+        return sum(r.count for r in self.received.values()) - self.padding
 
     @property
     def lost_packets(self) -> int:
         return sum(max(0, r.lost) for r in self.received.values())
 
     def packets_by_kind(self) -> dict[str, int]:
+        """Packets received per kind; padding (probes) on its own, out of video's count."""
         out: dict[str, int] = {}
         for ssrc, received in self.received.items():
             kind = self.kinds.get(ssrc, "unknown")
             out[kind] = out.get(kind, 0) + received.count
+        if self.padding:
+            out["video"] = out.get("video", 0) - self.padding
+            out["padding"] = self.padding
         return out
 
     async def close(self) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
+from townhall.config import Config
 from townhall.sfu import rtp
 from townhall.sfu.audio_activity import AudioActivity
 from townhall.sfu.producer import Producer
@@ -59,3 +62,10 @@ async def test_only_the_speaking_producers_and_those_without_levels_are_forwarde
         assert producers[2].level_packets == 0, "the tick took the counters"
     finally:
         await router.close()
+
+
+def test_the_settings_come_from_the_environment_and_at_least_one_microphone_is_forwarded() -> None:
+    config = Config.load(env={"TOWNHALL_LOUDEST_AUDIO": "5", "TOWNHALL_AUDIO_RED": "false"})
+    assert (config.loudest_audio, config.audio_red) == (5, False)
+    with pytest.raises(ValueError, match="loudest_audio"):
+        Config.load(env={"TOWNHALL_LOUDEST_AUDIO": "0"})

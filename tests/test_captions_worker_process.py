@@ -40,13 +40,17 @@ async def until(condition: object, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def test_the_worker_is_given_the_server_a_token_and_the_models() -> None:
-    config = Config(asr_model="/srv/models/whisper-base", translation_models="/srv/models/mt")
-    assert worker_arguments(config, "http://127.0.0.1:8080", "TOKEN") == [
-        "captions", "--server", "http://127.0.0.1:8080", "--token", "TOKEN",
+def test_the_worker_is_given_the_server_the_models_and_the_languages_but_no_token() -> None:
+    config = Config(asr_model="/srv/models/whisper-base", translation_models="/srv/models/mt",
+                    speech_languages="en,ru,uk")
+    assert worker_arguments(config, "http://127.0.0.1:8080") == [
+        "captions", "--server", "http://127.0.0.1:8080",
         "--asr-model", "/srv/models/whisper-base", "--translation-models", "/srv/models/mt",
+        "--speech-languages", "en,ru,uk",
     ]
-    assert "--translation-models" not in worker_arguments(Config(), "u", "t")
+    arguments = worker_arguments(Config(), "u")
+    assert "--translation-models" not in arguments
+    assert "--token" not in arguments
     assert local_url(Config(http_host="0.0.0.0"), 8080) == "http://127.0.0.1:8080"
     assert local_url(Config(http_host="::"), 8443) == "http://[::1]:8443"
     assert local_url(Config(http_host="10.1.2.3", tls_cert="c.pem"), 443) == "https://10.1.2.3:443"
@@ -135,17 +139,17 @@ async def test_stopping_ends_the_worker_and_kills_one_that_ignores_sigterm() -> 
 
 
 STAND_IN = """
-import asyncio, json, sys
+import asyncio, json, os, sys
 import aiohttp
 
 async def main(args):
-    server, token = args[args.index('--server') + 1], args[args.index('--token') + 1]
+    server, token = args[args.index('--server') + 1], os.environ['TOWNHALL_CAPTIONS_TOKEN']
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(server.replace('http', 'ws', 1) + '/ws/captions') as ws:
             await ws.send_json({'type': 'hello', 'token': token})
             message = await ws.receive_json(timeout=10)
             with open(sys.argv[1], 'w') as f:
-                json.dump({'args': args, 'first': message}, f)
+                json.dump({'args': args, 'token': token, 'first': message}, f)
             await asyncio.sleep(60)
 
 asyncio.run(main(sys.argv[2:]))
@@ -165,8 +169,8 @@ async def test_serve_starts_a_worker_that_connects_with_its_token_and_stops_it(
         seen = json.loads(report.read_text())
         args = seen["args"]
         assert args[:3] == ["captions", "--server", f"http://127.0.0.1:{running.port}"]
-        assert args[5:] == ["--asr-model", "tiny.en"]
-        grant = tokens.verify(running.services.secret, args[4], time.time())
+        assert args[3:] == ["--asr-model", "tiny.en"], "the token is not on the command line"
+        grant = tokens.verify(running.services.secret, seen["token"], time.time())
         assert (grant.room_id, grant.role) == ("*", "caption")
         assert seen["first"]["type"] == "rooms"
         assert running.worker is not None and running.worker.process is not None

@@ -96,6 +96,7 @@ async def test_chat_hands_and_host_mute_reach_everyone(server: RunningServer) ->
         message = await host.wait_for("chat")
         assert (message["name"], message["text"]) == ("person 1", "привіт, hello")
         await speaker.send({"type": "hand", "raised": True})
+        await host.wait_for("queue", where=lambda m: m["participants"] == [speaker.id])
         await host.send({"type": "hand", "raised": True})
         queue = await host.wait_for("queue", where=lambda m: len(m["participants"]) == 2)
         assert queue["participants"] == [speaker.id, host.id]

@@ -161,8 +161,8 @@ def _browser_fixtures() -> dict[str, Any]:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {name: getattr(module, name) for name in ("chromium_endpoint", "browser", "new_page")
-            if hasattr(module, name)}
+    names = ("chromium_extra_args", "chromium_endpoint", "browser", "new_page")
+    return {name: getattr(module, name) for name in names if hasattr(module, name)}
 
 
 _BROWSER_FIXTURES = _browser_fixtures()

@@ -122,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     captions.add_argument("--threads", type=int, default=0, metavar="N",
                           help="recognition threads (default: 0, the library's choice)")
     captions.add_argument("--speech-languages", metavar="CODES",
-                          help="the languages spoken, e.g. en,ru,uk (default: detect any)")
+                          help="the languages spoken, e.g. en,ru,uk "
+                               "(default: the speech_languages setting, else any)")
     captions.set_defaults(command=_captions)
     return parser
 
@@ -164,7 +165,8 @@ def _captions(args: argparse.Namespace, config: Config) -> int:
     # Imported here so that the other commands never load the recognition stack.
     worker = importlib.import_module("townhall.captions.worker")
     models = args.translation_models or config.translation_models
-    spoken = worker.parse_languages(args.speech_languages) if args.speech_languages else None
+    languages = args.speech_languages or config.speech_languages
+    spoken = worker.parse_languages(languages) if languages else None
     worker.run(args.server, args.token, args.asr_model or config.asr_model,
                Path(models) if models else None, args.threads, config.log_level, spoken)
     return EXIT_OK

@@ -39,6 +39,8 @@ class Config:
     #: Measure how long each forwarded packet stays in the SFU (``/metrics`` histogram
     #: ``townhall_forwarding_delay_seconds``); costs a system call per received packet.
     measure_forwarding_delay: bool = False
+    #: Protect and send forwarded packets in C (``sfu/native.py``) when that piece is built.
+    media_native_send: bool = True
     #: How long an invite link stays valid, in seconds.
     invite_ttl: int = 7 * 24 * 3600
     #: How long a participant whose connection dropped keeps their place, in seconds.
@@ -61,6 +63,9 @@ class Config:
     asr_model: str = "base"
     #: Directory of the worker's CTranslate2 translation models (none: only the built-in pairs).
     translation_models: str | None = None
+    #: Languages people speak here, as ISO 639-1 codes (``"en,ru,uk"``): the worker detects only
+    #: these, which avoids misdetections on short utterances (none: any language).
+    speech_languages: str | None = None
 
     def __post_init__(self) -> None:
         if self.loudest_audio < 1:

@@ -6,7 +6,8 @@ engines); ``SpeakerPipeline`` follows one speaking participant:
 - ``feed`` (event loop, cheap) queues PCM with the unix time of its first sample;
 - ``poll`` (a worker thread, blocking) runs the VAD over the queued audio, closes utterances that
   ended (a final caption each), and while speech goes on emits a partial caption for the open
-  utterance: the first after ``first_partial`` seconds of speech, then every ``partial_interval``
+  utterance: the first after ``first_partial`` seconds of speech (later while the language is
+  unclear), then every ``partial_interval``
   seconds of new audio (none while the speaker pauses). A poll that falls behind does one partial
   for the latest audio, never one per missed second; when recognition keeps the machine more
   than 60 % busy, partials are spaced out so finals stay on time (``busy.py``);
@@ -57,6 +58,9 @@ from townhall.errors import CaptionsError
 
 logger = logging.getLogger(__name__)
 
+UNSURE = 0.5  # a language detected with less probability is unsure
+SURE_AFTER = 1.5  # seconds of speech after which a partial is sent even if unsure
+
 
 @dataclass(frozen=True)
 class Caption:
@@ -71,7 +75,7 @@ class Caption:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    first_partial: float = 0.6  # seconds of speech before the first partial
+    first_partial: float = 0.5  # seconds of speech before the first partial
     partial_interval: float = 1.0  # seconds of new audio between partials
     commit_after: float = 4.0  # unfinished audio longer than this is committed at a pause
     starved_after: float = 1.0  # no audio fed for this long (clock) closes the utterance
@@ -167,6 +171,7 @@ class _Open:
     partials: int = 0
     last_partial: int = 0  # audio position of the last partial
     last_speech: int = 0  # end of the speech the last partial heard
+    unsure: bool = False  # the last language detection was unsure
 
 
 class SpeakerPipeline:
@@ -312,10 +317,16 @@ class SpeakerPipeline:
                    and utterance.speech_end > state.last_speech)
         if not due:
             return []
+        before = state.last_partial, state.last_speech
         state.last_partial = utterance.end
         state.last_speech = utterance.speech_end
         caption = self._caption(state, final=False, languages=languages)
         if caption is None:
+            return []
+        if state.unsure and utterance.speech_end - utterance.speech_start < SURE_AFTER * RATE:
+            # The language is not clear yet: no partial in a language that may be wrong; try
+            # again at the next poll, with more audio.
+            state.last_partial, state.last_speech = before
             return []
         state.partials += 1
         return [caption]
@@ -403,12 +414,17 @@ class SpeakerPipeline:
             encoded, self._options.speech_languages
         )
         language, probability = candidates[0]
-        previous = self._speaker_language
-        if probability < 0.5 and previous is not None:
-            # Unsure: stay with the speaker's last language if it is a close contender.
-            others = dict(candidates)
-            if others.get(previous, 0.0) >= probability / 2:
+        state.unsure = False
+        if probability < UNSURE:
+            # On a second or less of speech Whisper often hesitates between several languages:
+            # stay with the speaker's last language if it is among the contenders, else say so
+            # (a partial then waits for more audio, see _progress).
+            previous = self._speaker_language
+            contenders = [code for code, p in candidates[:5] if p >= 0.05]
+            if previous is not None and previous in contenders:
                 language = previous
+            else:
+                state.unsure = True
         state.language = language
         state.language_kept = keep
         return language

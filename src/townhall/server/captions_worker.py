@@ -1,11 +1,13 @@
 """The captions worker as a child process of ``townhall serve``: started, restarted, stopped.
 
-``townhall serve`` runs ``python -m townhall captions --server URL --token TOKEN --asr-model ...``
-(unless ``captions_worker`` is off). If the worker exits, it is started again after a delay that
-doubles from :data:`FIRST_DELAY` up to :data:`MAX_DELAY` seconds, back to the first delay once a
-run lasted :data:`STABLE_AFTER` seconds. Each start gets a fresh worker token. On shutdown the
-worker gets SIGTERM, and SIGKILL if it has not exited :data:`STOP_TIMEOUT` seconds later; on Linux
-it also gets SIGTERM if the server dies without stopping it. The token is never logged.
+``townhall serve`` runs ``python -m townhall captions --server URL --asr-model ...`` (unless
+``captions_worker`` is off). The worker token goes in the ``TOWNHALL_CAPTIONS_TOKEN`` environment
+variable, so other local users cannot read it from the process list; each start gets a fresh one.
+If the worker exits, it is started again after a delay that doubles from :data:`FIRST_DELAY` up
+to :data:`MAX_DELAY` seconds, back to the first delay once a run lasted :data:`STABLE_AFTER`
+seconds. On shutdown the worker gets SIGTERM, and SIGKILL if it has not exited
+:data:`STOP_TIMEOUT` seconds later; on Linux it also gets SIGTERM if the server dies without
+stopping it. The token is never logged.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from townhall.config import Config
 
@@ -48,12 +51,17 @@ def local_url(config: Config, port: int) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def worker_arguments(config: Config, server_url: str, token: str) -> list[str]:
-    """The ``townhall captions`` arguments for a worker of this server."""
-    arguments = ["captions", "--server", server_url, "--token", token,
-                 "--asr-model", config.asr_model]
+#: The environment variable that carries the worker token to the child.
+TOKEN_VARIABLE = "TOWNHALL_CAPTIONS_TOKEN"
+
+
+def worker_arguments(config: Config, server_url: str) -> list[str]:
+    """The ``townhall captions`` arguments for a worker of this server (the token goes apart)."""
+    arguments = ["captions", "--server", server_url, "--asr-model", config.asr_model]
     if config.translation_models:
         arguments += ["--translation-models", config.translation_models]
+    if config.speech_languages:
+        arguments += ["--speech-languages", config.speech_languages]
     return arguments
 
 
@@ -79,6 +87,7 @@ class WorkerProcess:
         self,
         command: Callable[[], Sequence[str]],
         *,
+        environment: Callable[[], Mapping[str, str]] | None = None,
         first_delay: float = FIRST_DELAY,
         max_delay: float = MAX_DELAY,
         stable_after: float = STABLE_AFTER,
@@ -87,6 +96,8 @@ class WorkerProcess:
     ) -> None:
         #: called before every start: the argv (with a fresh token)
         self._command = command
+        #: called before every start: variables added to the child's environment
+        self._environment = environment
         self._first_delay = first_delay
         self._max_delay = max_delay
         self._stable_after = stable_after
@@ -118,9 +129,12 @@ class WorkerProcess:
 
     async def _run_once(self) -> int | None:
         argv = list(self._command())
+        env = None
+        if self._environment is not None:
+            env = {**os.environ, **self._environment()}
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
+                *argv, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent())
         except OSError as exc:
             logger.error("cannot start the captions worker (%s): %s", argv[0], exc)
             return None

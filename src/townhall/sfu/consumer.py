@@ -103,7 +103,7 @@ class Consumer:
         else:
             abs_send_time = self.slot.abs_send_time
             extension = b"" if abs_send_time is None else \
-                rtp.abs_send_time_block(abs_send_time, self._clock())
+                rtp.abs_send_time_for(header, abs_send_time, self._clock)
         pictures = self.pictures
         if pictures is None:
             packet = rtp.rewrite_extended(data, header, payload_type, sequence, timestamp,

@@ -60,6 +60,14 @@ class ForwardingDelay:
             self.counts[bisect.bisect_left(self._bounds_ns, delay)] += 1
             self.sum_ns += delay
 
+    def sent_many(self, copies: int) -> None:
+        """``copies`` forwarded copies of the current datagram went to the socket now."""
+        arrived = self.arrived_ns
+        if arrived and copies > 0:
+            delay = time.time_ns() - arrived
+            self.counts[bisect.bisect_left(self._bounds_ns, delay)] += copies
+            self.sum_ns += delay * copies
+
     @property
     def count(self) -> int:
         return sum(self.counts)

@@ -59,6 +59,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.icetcp import TcpFrameListener
+from townhall.sfu.native import Held, NativeSend
 
 logger = logging.getLogger(__name__)
 
@@ -369,14 +370,26 @@ class MediaPath:
     switch. DTLS and STUN keep going through aioice. :meth:`close` (idempotent) stops receiving.
     """
 
-    __slots__ = ("_protocol", "address", "delay", "sendto")
+    __slots__ = ("_protocol", "address", "delay", "hold", "sendto", "sockaddr")
 
     def __init__(self, protocol: _MuxProtocol, address: Address) -> None:
         self._protocol = protocol
         self.address = address
         self.sendto = protocol.socket.sender()
-        #: Where to count each forwarded packet's delay (``None``: not measured).
+        #: Where to count each forwarded packet's delay (``None``: not measured, or counted by
+        #: the socket when it sends what it held).
         self.delay: ForwardingDelay | None = protocol.mux.delay
+        #: With the native piece (``native.py``): ``hold((srtp, packet, sockaddr))`` queues a
+        #: plain packet that the socket protects and sends with the others of the same fan-out.
+        self.hold: Callable[[Held], None] | None = None
+        self.sockaddr = b""
+        sock = protocol.socket
+        if isinstance(sock, _UdpSocket) and sock.native is not None:
+            sockaddr = sock.native.sockaddr(address)
+            if sockaddr is not None:
+                self.hold = sock.hold
+                self.sockaddr = sockaddr
+                self.delay = None
 
     def receive(self, receiver: Callable[[bytes], None]) -> None:
         if not self._protocol.closed:
@@ -476,11 +489,16 @@ _SocketT = TypeVar("_SocketT", bound=_SharedSocket)
 class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
     transport_name = "udp"
 
-    def __init__(self, host: str, delay: ForwardingDelay | None = None) -> None:
+    def __init__(
+        self, host: str, delay: ForwardingDelay | None = None, native: NativeSend | None = None
+    ) -> None:
         super().__init__(host)
         self._transport: asyncio.DatagramTransport | None = None
         self._delay = delay
         self._fd = -1
+        self.native = native
+        self._holding = False
+        self._held: list[Held] = []
 
     async def bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -512,21 +530,43 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         # RFC 7983: 128-191 is RTP/RTCP. An IPv4 address is already a (host, port) tuple.
         if data and 127 < data[0] < 192:
-            delay = self._delay
-            if delay is None:
+            if self.native is None and self._delay is None:
                 if self.deliver_media(data, addr):
                     return
-            elif self._measured(delay, data, addr):
+            elif self._deliver_held(data, addr):
                 return
         self.deliver(data, (addr[0], addr[1]))
 
-    def _measured(self, delay: ForwardingDelay, data: bytes, addr: tuple[Any, ...]) -> bool:
-        if len(data) > 1 and not 191 < data[1] < 224:  # RTP, not RTCP
+    def _deliver_held(self, data: bytes, addr: tuple[Any, ...]) -> bool:
+        """``deliver_media``, timing the datagram if asked, and holding what its handling sends
+        until the end (native piece)."""
+        delay = self._delay
+        if delay is not None and len(data) > 1 and not 191 < data[1] < 224:  # RTP, not RTCP
             delay.arrived(self._fd)
+        self._holding = self.native is not None
         try:
             return self.deliver_media(data, addr)
         finally:
-            delay.done()
+            self._holding = False
+            if self._held:
+                self._flush()
+            if delay is not None:
+                delay.done()
+
+    def hold(self, item: Held) -> None:
+        """Queue one packet for the native piece (sent at once outside a datagram's handling)."""
+        self._held.append(item)
+        if not self._holding:
+            self._flush()
+
+    def _flush(self) -> None:
+        held, self._held = self._held, []
+        native = self.native
+        if native is None or self._transport is None or self._transport.is_closing():
+            return
+        sent = native.send(self._fd, held)
+        if self._delay is not None:
+            self._delay.sent_many(sent)
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("%s: %s", self.table.name, exc)
@@ -624,6 +664,7 @@ class IceMux:
         tcp_first_frame_timeout: float = 10.0,
         tcp_end_of_candidates_delay: float = 10.0,
         delay: ForwardingDelay | None = None,
+        native: NativeSend | None = None,
     ) -> None:
         for name, port in (("udp_port", udp_port), ("tcp_port", tcp_port)):
             if not -1 <= port <= 65535:
@@ -643,6 +684,8 @@ class IceMux:
         self._state = "new"
         #: Forwarding delays of media received on UDP, when measured.
         self.delay = delay
+        #: The native protect + sendmmsg piece, if used.
+        self.native = native
 
     @property
     def udp_port(self) -> int:
@@ -684,9 +727,9 @@ class IceMux:
             raise ValueError("IceMux found no local address to announce")
         try:
             if self._wanted_udp_port != -1:
-                delay = self.delay
+                delay, native = self.delay, self.native
                 self._udp = await self._bind_all(
-                    addresses, self._wanted_udp_port, lambda a: _UdpSocket(a, delay)
+                    addresses, self._wanted_udp_port, lambda a: _UdpSocket(a, delay, native)
                 )
             if self._wanted_tcp_port != -1:
                 timeout = self._tcp_first_frame_timeout

@@ -7,6 +7,7 @@ header and the extension block, and writes a new header for each consumer by sli
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 _FIXED = struct.Struct("!BBHII")
 _unpack_fixed = _FIXED.unpack_from
@@ -21,8 +22,8 @@ class RtpHeader:
     times as much to build.
     """
 
-    __slots__ = ("_body", "csrc_end", "extension_offset", "marker", "payload_offset",
-                 "payload_type", "sequence", "ssrc", "timestamp")
+    __slots__ = ("_abs_send_time", "_body", "_rest", "_tail", "csrc_end", "extension_offset",
+                 "marker", "payload_offset", "payload_type", "sequence", "ssrc", "timestamp")
 
     def __init__(
         self,
@@ -46,7 +47,14 @@ class RtpHeader:
         self.payload_offset = payload_offset
         #: End of the CSRC list (it starts at 12).
         self.csrc_end = csrc_end
+        # Parts of every consumer's copy that are the same for all of them, made once per
+        # packet: the payload after the header, the abs-send-time block (extension id, block),
+        # and that block followed by the payload (block, both).
         self._body: bytes | None = None
+        self._abs_send_time: tuple[int, bytes] | None = None
+        self._tail: tuple[bytes, bytes] | None = None
+        #: (bytes skipped, the payload after them): behind a rewritten VP8 descriptor.
+        self._rest: tuple[int, bytes] | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RtpHeader):
@@ -139,11 +147,19 @@ def rewrite_extended(
     fixed = _pack_fixed(0x80 | (data[0] & 0x2F) | (0x10 if extension else 0),
                         (0x80 if header.marker else 0) | payload_type, sequence, timestamp, ssrc)
     csrc_end = header.csrc_end
-    if not head and csrc_end == RTP_MIN_SIZE:
-        body = header._body
-        if body is None:
-            body = header._body = data[header.payload_offset:]
-        return fixed + extension + body
+    if csrc_end == RTP_MIN_SIZE:
+        if not head:
+            tail = header._tail
+            if tail is None or tail[0] is not extension:
+                body = header._body
+                if body is None:
+                    body = header._body = data[header.payload_offset:]
+                tail = header._tail = (extension, extension + body)
+            return fixed + tail[1]
+        rest = header._rest
+        if rest is None or rest[0] != skip:
+            rest = header._rest = (skip, data[header.payload_offset + skip:])
+        return b"".join((fixed, extension, head, rest[1]))
     return (fixed + data[RTP_MIN_SIZE:csrc_end] + extension + head
             + data[header.payload_offset + skip:])
 
@@ -164,6 +180,22 @@ def padding_packet(payload_type: int, sequence: int, timestamp: int, ssrc: int,
 
 
 _ABS_SEND_TIME_BLOCK = struct.Struct("!HHBBH")
+
+
+def abs_send_time_for(header: RtpHeader, extension_id: int, clock: Callable[[], float]) -> bytes:
+    """The abs-send-time block for the copies of the packet ``header`` describes.
+
+    Made once per packet and extension id, at the first copy: every consumer's copy of one
+    packet leaves within the same fan-out, microseconds apart, and a receiver's estimate looks
+    at how send times differ from packet to packet. The same bytes object each time, so
+    ``rewrite_extended`` can reuse what it made for the previous copy.
+    """
+    cached = header._abs_send_time
+    if cached is not None and cached[0] == extension_id:
+        return cached[1]
+    block = abs_send_time_block(extension_id, clock())
+    header._abs_send_time = (extension_id, block)
+    return block
 
 
 def abs_send_time_block(extension_id: int, now: float) -> bytes:

@@ -69,11 +69,7 @@ class SequenceRewriter:
     def rewrite(self, sequence: int, timestamp: int) -> tuple[int, int]:
         """Output (sequence, timestamp) for an input packet."""
         if not self._started:
-            if self._last_sent_at:
-                gap = max(1, int((self._clock() - self._last_sent_at) * self._clock_rate))
-                self._seq_offset = (self._last_out_seq + 1 - sequence) & 0xFFFF
-                self._ts_offset = (self._last_out_ts + gap - timestamp) & 0xFFFFFFFF
-            self._started = True
+            self._start(sequence, timestamp)
         offset = self._seq_offset
         if self._padding and ((sequence - self._last_in_seq) & 0xFFFF) >= 0x8000:
             # A late packet: padding sent after its place does not move it.
@@ -81,12 +77,23 @@ class SequenceRewriter:
                           if ((before - sequence) & 0xFFFF) < 0x8000)
         out_seq = (sequence + offset) & 0xFFFF
         out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
+        # the common case first: the next packet in order (``_last_sent_at`` is set after the
+        # first packet ever sent)
         if ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000 or not self._last_sent_at:
             self._last_out_seq = out_seq
             self._last_out_ts = out_ts
             self._last_in_seq = sequence
         self._last_sent_at = self._clock()
         return out_seq, out_ts
+
+    def _start(self, sequence: int, timestamp: int) -> None:
+        """Offsets for a new run: one sequence number after the last packet sent, and the
+        timestamp moved on by the wall-clock time since then."""
+        if self._last_sent_at:
+            gap = max(1, int((self._clock() - self._last_sent_at) * self._clock_rate))
+            self._seq_offset = (self._last_out_seq + 1 - sequence) & 0xFFFF
+            self._ts_offset = (self._last_out_ts + gap - timestamp) & 0xFFFFFFFF
+        self._started = True
 
     def input_sequence(self, out_sequence: int) -> int | None:
         """The input sequence number an output one came from, if it is in the current run."""

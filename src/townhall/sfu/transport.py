@@ -32,6 +32,7 @@ from townhall.errors import BadRequest
 from townhall.sfu import audio_sdp, simulcast_sdp, twcc
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
+from townhall.sfu.native import NativeSend
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +120,15 @@ class IncomingTrack:
 class Slot:
     """One send-only transceiver of a transport, carrying one consumer at a time."""
 
-    __slots__ = ("abs_send_time", "codec", "payload_type", "red_payload_type", "transceiver",
-                 "twcc")
+    __slots__ = ("abs_send_time", "codec", "payload_type", "red_payload_type", "ssrc",
+                 "transceiver", "twcc")
 
     def __init__(self, transceiver: Any, codec: Codec) -> None:
         self.transceiver = transceiver
         self.codec = codec
+        #: The SSRC the server sends with (aiortc picks it when the sender is made; it never
+        #: changes). Read on every forwarded packet, so kept here.
+        self.ssrc = int(transceiver.sender._ssrc)
         #: The payload type the far end accepted; None until negotiated (or if refused).
         self.payload_type: int | None = None
         #: The far end's payload type for RED over ``payload_type``, if it accepted RED.
@@ -138,10 +142,6 @@ class Slot:
     def mid(self) -> str | None:
         mid = self.transceiver.mid
         return None if mid is None else str(mid)
-
-    @property
-    def ssrc(self) -> int:
-        return int(self.transceiver.sender._ssrc)
 
 
 class _SilentTrack(MediaStreamTrack):  # type: ignore[misc]
@@ -260,6 +260,20 @@ def _srtp_sender(
         sendto(view[0:size[0]], remote)
         if delay is not None:
             delay.sent()
+        return True
+
+    return send_rtp
+
+
+def _held_sender(
+    session: Any, hold: Callable[[tuple[int, bytes, bytes]], None], sockaddr: bytes
+) -> Callable[[bytes], bool]:
+    """``Transport.send_rtp`` with the native piece: the socket protects and sends the packet
+    with the rest of the fan-out (``native.py``)."""
+    srtp = NativeSend.session(session)
+
+    def send_rtp(data: bytes, _session: Any = session) -> bool:
+        hold((srtp, data, sockaddr))
         return True
 
     return send_rtp
@@ -556,8 +570,12 @@ class Transport:
             return
         self._path = path
         # the packet path's one call per forwarded packet (the method stays for the others)
-        self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
-            dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
+        if path.hold is not None:
+            self.send_rtp = _held_sender(  # type: ignore[method-assign,assignment]
+                dtls._tx_srtp, path.hold, path.sockaddr)
+        else:
+            self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
+                dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
         rx = dtls._rx_srtp
         unprotect = _srtp_call(rx, _srtp_lib.srtp_unprotect, 0)
         unprotect_rtcp = _srtp_call(rx, _srtp_lib.srtp_unprotect_rtcp, 0)
