@@ -1,9 +1,11 @@
 """The video of one transport the SFU sends on: which consumers forward, on which layer.
 
-``bandwidth.py`` holds the estimate and the pure allocation; this module applies them to the
-transport's consumers (periodic work of the router, never per packet): it sets each video
-consumer's target layer, notes whether video had to be cut altogether, and spreads bandwidth
-probes over the forwarding consumers as padding owed after their next frames.
+``bandwidth.py`` holds the estimate and the pure allocation; this module feeds the estimate
+(REMB, or transport-wide congestion control feedback through ``twcc.py`` once the far end
+accepted it) and applies the allocation to the transport's consumers (the router's periodic
+work, and feedback, never per packet): it sets each video consumer's target layer, notes
+whether video had to be cut altogether, and spreads bandwidth probes over the forwarding
+consumers as padding owed after their next frames.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from townhall.sfu import bandwidth
+from townhall.sfu import bandwidth, twcc
 
 if TYPE_CHECKING:
     from townhall.sfu.consumer import Consumer
@@ -27,7 +29,8 @@ PADDING_BACKLOG = 4
 class VideoAllocation:
     """Allocation state of one transport."""
 
-    __slots__ = ("estimate", "forwarding", "growth", "low_bandwidth", "name", "probe_rate")
+    __slots__ = ("estimate", "forwarding", "growth", "low_bandwidth", "name", "probe_rate",
+                 "twcc")
 
     def __init__(self, name: str, clock: Callable[[], float]) -> None:
         self.name = name
@@ -40,6 +43,44 @@ class VideoAllocation:
         self.probe_rate = 0
         #: How far past what gets through the estimate can grow (see ``bandwidth.probe_rate``).
         self.growth = bandwidth.ESTIMATE_GROWTH
+        #: Transport-wide sequence numbers and their feedback, once the far end accepted them.
+        self.twcc: twcc.TwccSender | None = None
+
+    def use_twcc(self, consumers: Iterable[Consumer]) -> None:
+        """After a negotiation: the consumers whose far end accepted transport-wide congestion
+        control number their packets with the transport's sequence (the estimate then comes
+        from its feedback rather than from REMB)."""
+        consumers = list(consumers)
+        ids = {c.slot.twcc for c in consumers if c.slot.twcc is not None}
+        if not ids:
+            return
+        if self.twcc is None or self.twcc.extension_id not in ids:
+            logger.debug("%s: transport-wide congestion control", self.name)
+            self.twcc = twcc.TwccSender(min(ids))
+            self.growth = twcc.DELIVERED_SHARE
+            self.estimate.source = "transport-cc"
+        for consumer in consumers:
+            consumer.twcc = self.twcc if consumer.slot.twcc == self.twcc.extension_id else None
+
+    def transport_feedback(self, raw: bytes) -> bool:
+        """A transport feedback packet; True when the estimate dropped (allocate at once).
+        Raises ``ValueError`` if it is malformed."""
+        if self.twcc is None:
+            return False
+        estimate = self.twcc.feedback(twcc.parse_feedback(raw))
+        if estimate is None:
+            return False
+        logger.debug("%s: transport feedback: estimate %d bit/s (probing at %d)", self.name,
+                     estimate, self.probe_rate)
+        return self.estimate.update(estimate)
+
+    def remb(self, bitrate: int) -> bool:
+        """A REMB from the far end (ignored once transport feedback is used); True when the
+        estimate dropped (allocate at once)."""
+        if self.twcc is not None:
+            return False
+        logger.debug("%s: REMB %d bit/s (probing at %d)", self.name, bitrate, self.probe_rate)
+        return self.estimate.update(bitrate)
 
     def run(self, consumers: Iterable[Consumer], now: float) -> bool:
         """Choose every video consumer's layer; True when ``forwarding`` or ``low_bandwidth``

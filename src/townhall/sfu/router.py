@@ -21,14 +21,13 @@ from typing import Protocol
 
 from aiortc import RTCPeerConnection
 
-from townhall.sfu import bandwidth, rtcp, rtp, speaker, twcc
+from townhall.sfu import bandwidth, rtcp, rtp, speaker
 from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.audio_activity import AudioActivity
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
 from townhall.sfu.simulcast import Layer, layer_for_size
 from townhall.sfu.transport import IncomingTrack, Slot, Transport
-from townhall.sfu.twcc import TwccSender
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +70,6 @@ class Counters:
 class _TransportState:
     owner: str
     video: VideoAllocation
-    #: Transport-wide sequence numbers and their feedback, once the far end accepted them.
-    twcc: TwccSender | None = None
     layers_by_ssrc: dict[int, Layer] = field(default_factory=dict)
     producers_by_mid: dict[str, Producer] = field(default_factory=dict)
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
@@ -259,7 +256,7 @@ class Router:
         await transport.accept_answer(answer)
         state = self._transports.get(transport)
         if state is not None:
-            self._use_twcc(state)
+            state.video.use_twcc(state.consumers_by_ssrc.values())
         self._allocate_on(transport)  # consumers just negotiated get their first layer
         if transport.ready:
             self.transport_ready(transport)
@@ -346,14 +343,18 @@ class Router:
                     layer.reception.last_sr = (item.ntp_timestamp >> 16) & 0xFFFFFFFF
                 continue
             if item.kind == "twcc":
-                self._twcc_feedback(transport, state, item.raw)
+                try:
+                    dropped = state.video.transport_feedback(item.raw)
+                except ValueError as exc:
+                    self.counters.packets_dropped += 1
+                    logger.debug("%s: dropped transport feedback: %s", transport.name, exc)
+                    continue
+                if dropped:
+                    self._allocate_on(transport)
                 continue
             if item.kind == "remb":
-                if state.consumers_by_ssrc and state.twcc is None:
-                    logger.debug("%s: REMB %d bit/s (probing at %d)", transport.name,
-                                 item.bitrate, state.video.probe_rate)
-                    if state.video.estimate.update(item.bitrate):
-                        self._allocate_on(transport)
+                if state.consumers_by_ssrc and state.video.remb(item.bitrate):
+                    self._allocate_on(transport)
                 continue
             consumer = state.consumers_by_ssrc.get(item.media_ssrc)
             if consumer is None:
@@ -474,39 +475,6 @@ class Router:
                     consumer.redundancy = not (state.video_pauses or video.low_bandwidth)
         if self._events is not None:
             self._events.forwarding_changed(self, state.owner)
-
-    def _use_twcc(self, state: _TransportState) -> None:
-        """After a negotiation: the consumers whose far end accepted transport-wide congestion
-        control number their packets with the transport's sequence (the estimate then comes
-        from its feedback rather than from REMB)."""
-        ids = {c.slot.twcc for c in state.consumers_by_ssrc.values() if c.slot.twcc is not None}
-        if not ids:
-            return
-        if state.twcc is None or state.twcc.extension_id not in ids:
-            logger.debug("%s: transport-wide congestion control", state.video.name)
-            state.twcc = TwccSender(min(ids))
-            state.video.growth = twcc.DELIVERED_SHARE
-            state.video.estimate.source = "transport-cc"
-        for consumer in state.consumers_by_ssrc.values():
-            consumer.twcc = state.twcc if consumer.slot.twcc == state.twcc.extension_id else None
-
-    def _twcc_feedback(self, transport: Transport, state: _TransportState, raw: bytes) -> None:
-        if state.twcc is None:
-            return
-        try:
-            feedback = twcc.parse_feedback(raw)
-        except ValueError as exc:
-            self.counters.packets_dropped += 1
-            logger.debug("%s: dropped transport feedback: %s", transport.name, exc)
-            return
-        estimate = state.twcc.feedback(feedback)
-        if estimate is not None:
-            logger.debug("%s: transport feedback: estimate %d bit/s (probing at %d)",
-                         transport.name, estimate, state.video.probe_rate)
-        if estimate is not None and state.video.estimate.update(estimate):
-            logger.debug("%s: transport feedback estimate dropped to %d bit/s", transport.name,
-                         estimate)
-            self._allocate_on(transport)
 
     def _probe(self) -> None:
         """Periodic work: probe padding for the transports whose estimate should grow."""
