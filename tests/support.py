@@ -589,8 +589,9 @@ class SimulcastPublisher:
             delay = start + count / self.fps - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            # A moving bar over noise: the encoders reach their target bitrates.
-            image = rng.integers(0, 60, (360, 640, 3), dtype=np.uint8)
+            # A moving bar over a little noise: the encoders have detail to spend bits on, and
+            # keyframes stay a sensible size.
+            image = rng.integers(0, 24, (360, 640, 3), dtype=np.uint8)
             x = (count * 8) % 640
             image[:, x:x + 32, :] = 235
             full = VideoFrame.from_ndarray(image, format="bgr24")

@@ -47,6 +47,11 @@ class CaptionOutbox:
     def finals(self) -> int:
         return sum(1 for m in self._queue if m["final"])
 
+    @property
+    def unconfirmed(self) -> int:
+        """Finals not yet known to be stored: queued, or sent in the resend window."""
+        return self.finals + len(self._recent)
+
     def post(self, message: dict[str, Any], connected: bool) -> None:
         """Queue a ``caption`` message (``final`` and ``utterance`` are read from it)."""
         utterance = message["utterance"]

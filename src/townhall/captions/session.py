@@ -165,11 +165,16 @@ class RoomSession:
         if ws is not None and not ws.closed:
             with contextlib.suppress(Exception):
                 await self._send({"type": "leave"})
+            # The server closes with 1000 once it has read everything before `leave`. The
+            # session task is the socket's only reader: wait for it to see the close.
+            task = self._task
             with contextlib.suppress(Exception):
                 async with asyncio.timeout_at(max(deadline, loop.time() + 2.0)):
-                    # The server closes with 1000 once it has read everything before `leave`.
-                    while (await ws.receive()).type == aiohttp.WSMsgType.TEXT:
-                        pass
+                    if task is not None and not task.done():
+                        await asyncio.shield(task)
+                    else:
+                        while (await ws.receive()).type == aiohttp.WSMsgType.TEXT:
+                            pass
             if ws.close_code == 1000:
                 self.outbox.confirmed()
             with contextlib.suppress(Exception):

@@ -84,9 +84,9 @@ class Worker:
 
     @property
     def undelivered(self) -> int:
-        """Final captions waiting for a server to take them."""
-        return sum(s.outbox.finals for s in self.sessions.values()) + sum(
-            outbox.finals for outbox, _ in self._orphans.values())
+        """Final captions not yet known to be stored (queued, or sent just before a drop)."""
+        return sum(s.outbox.unconfirmed for s in self.sessions.values()) + sum(
+            outbox.unconfirmed for outbox, _ in self._orphans.values())
 
     async def run(self) -> None:
         """Until cancelled; :class:`~townhall.errors.Unauthorized` if the token is refused."""

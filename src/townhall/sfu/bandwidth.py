@@ -1,26 +1,30 @@
 """How much a consumer transport may carry, which video fits in it, and how to find out more.
 
-**Estimate.** Each transport the SFU sends on has an :class:`Estimate`, fed by its receiver's
-REMB (RTCP ``goog-remb``): Chromium (and aiortc) receivers estimate the bandwidth available from
-the arrival times of video packets carrying ``abs-send-time`` (the SFU writes that extension on
-every forwarded video packet) and report it about once a second while video reaches them, at once
-when it drops. Until the first report the transport is assumed to carry ``INITIAL_BITRATE``; a
-receiver that never reports is not limited; when reports stop (video was cut, so the receiver has
-nothing to measure) the estimate is raised step by step until video flows and is measured again.
-The clock is injected, so tests never sleep.
+**Estimate.** Each transport the SFU sends on has an :class:`Estimate`, fed either by the SFU's
+own estimate from transport-wide congestion control feedback (``twcc.py``, when the far end
+accepted it: Chromium does) or by the receiver's REMB (RTCP ``goog-remb``): aiortc and Chromium
+receivers estimate the bandwidth available from the arrival times of video packets carrying
+``abs-send-time`` (the SFU writes that extension on every forwarded video packet) and report it
+about once a second while video reaches them, at once when it drops. Until the first report the
+transport is assumed to carry ``INITIAL_BITRATE``; a receiver that never reports is not limited;
+when reports stop (video was cut, so the receiver has nothing to measure) the estimate is raised
+step by step until video flows and is measured again. The clock is injected, so tests never
+sleep.
 
-Such a receiver-side estimate starts at the throughput it measured and never grows beyond about
-1.5 times the throughput it sees, and it drops to 0.85 times the throughput when it sees the
-queues grow. So: what is forwarded now is kept while it stays within ``KEEP_TOLERANCE`` of the
-estimate (an estimate equal to the current rate is not a reason to go down); going up needs
-``UPGRADE_MARGIN`` over the new total; and to let the estimate grow past what is being sent the
-SFU **probes**: it sends RTP padding after frames (which receivers measure, then discard) at the
-rate the next layer needs (:func:`probe_rate`). After a drop no layer is raised and
-nothing is probed for ``UPGRADE_HOLD`` seconds, doubled for each further drop within a minute, so
-a link that is really full is not pushed every few seconds.
+Such an estimate starts at the throughput measured, never grows beyond about 1.5 times the
+throughput seen (REMB; the SFU's own goes up to what got through), and drops to 0.85 times the
+throughput when it sees the queues grow. So: what is forwarded now is kept while it stays
+within ``KEEP_TOLERANCE`` of the estimate (an estimate equal to the current rate is not a
+reason to go down); going up needs ``UPGRADE_MARGIN`` over the new total; and to let the
+estimate grow past what is being sent the SFU **probes**: it sends RTP padding after frames
+(which receivers measure, then discard) at the rate the next layer needs (:func:`probe_rate`).
+After a drop no layer is raised and nothing is probed for ``UPGRADE_HOLD`` seconds, doubled for
+each further drop within a minute, so a link that is really full is not pushed every few
+seconds.
 
-The receiver-side estimate measures video only (audio is cross traffic to it), so it is the video
-budget: audio is never dropped for video and is not counted against it.
+Both estimates measure video only (audio carries neither extension: it is cross traffic to
+them), so they are the video budget: audio is never dropped for video and is not counted
+against it.
 
 **Allocation** (:func:`allocate`, pure). Most important video first, each video gets its lowest
 layer while the budget lasts (a video whose lowest layer does not fit is not forwarded: with
@@ -69,7 +73,7 @@ class Estimate:
     """The available bandwidth of one transport the SFU sends on."""
 
     __slots__ = ("_clock", "_created", "_drops", "_ignore_until", "_updated_at", "bitrate",
-                 "reports")
+                 "reports", "source")
 
     def __init__(self, clock: Callable[[], float], initial: int = INITIAL_BITRATE) -> None:
         self._clock = clock
@@ -79,6 +83,8 @@ class Estimate:
         self._ignore_until = -1.0
         self.bitrate = initial
         self.reports = 0
+        #: Where the reports come from: "remb", or "transport-cc" (``twcc.py``).
+        self.source = "remb"
 
     def update(self, bitrate: int) -> bool:
         """A new estimate from the receiver; True when it dropped enough to reallocate now."""
@@ -203,12 +209,15 @@ def allocate(budget: int | None, demands: list[VideoDemand],
     return Allocation(targets, total, total + blocked if blocked else 0)
 
 
-def probe_rate(estimate: int | None, allocation: Allocation, may_raise: bool) -> int:
-    """Bit/s of probe packets to add, so the receiver's estimate can grow to what the next step
-    up needs (0: no probing)."""
+def probe_rate(estimate: int | None, allocation: Allocation, may_raise: bool,
+               growth: float = ESTIMATE_GROWTH) -> int:
+    """Bit/s of probe packets to add, so the estimate can grow to what the next step up needs
+    (0: no probing). ``growth``: how far past what gets through the estimate can grow (a
+    receiver's REMB: ``ESTIMATE_GROWTH``; the SFU's own from transport feedback: a little under
+    1, see ``twcc.py``)."""
     if estimate is None or not allocation.wanted or not may_raise:
         return 0
     needed = allocation.wanted * UPGRADE_MARGIN
     if estimate >= needed:
         return 0
-    return max(0, min(MAX_PROBE_RATE, int(needed / ESTIMATE_GROWTH) - allocation.total))
+    return max(0, min(MAX_PROBE_RATE, int(needed / growth) - allocation.total))

@@ -17,6 +17,7 @@ from townhall.sfu import rtcp, rtp, vp8
 from townhall.sfu.producer import Producer
 from townhall.sfu.sequence import SequenceRewriter
 from townhall.sfu.transport import Slot, Transport
+from townhall.sfu.twcc import TwccSender
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class Consumer:
     __slots__ = ("_clock", "_pauses", "_reported_packets", "closed", "id", "last_layer",
                  "layer", "max_layer", "octets", "packets", "padding", "paused", "pictures",
                  "priority", "producer", "redundancy", "rewriter", "slot", "target",
-                 "transport")
+                 "transport", "twcc")
 
     def __init__(
         self,
@@ -69,6 +70,8 @@ class Consumer:
         self.priority = 1 if producer.source == "screen" else 0
         #: Bytes of padding to send after the next frames (bandwidth probes, set by the router).
         self.padding = 0
+        #: The transport's transport-wide sequence numbers, once the far end accepted them.
+        self.twcc: TwccSender | None = None
 
     @property
     def mid(self) -> str | None:
@@ -94,9 +97,13 @@ class Consumer:
                 return False
             data, header, payload_type = variant
         sequence, timestamp = self.rewriter.rewrite(header.sequence, header.timestamp)
-        abs_send_time = self.slot.abs_send_time
-        extension = b"" if abs_send_time is None else \
-            rtp.abs_send_time_for(header, abs_send_time, self._clock)
+        twcc = self.twcc
+        if twcc is not None:
+            extension = twcc.block(len(data), self._clock())
+        else:
+            abs_send_time = self.slot.abs_send_time
+            extension = b"" if abs_send_time is None else \
+                rtp.abs_send_time_for(header, abs_send_time, self._clock)
         pictures = self.pictures
         if pictures is None:
             packet = rtp.rewrite_extended(data, header, payload_type, sequence, timestamp,
@@ -129,17 +136,26 @@ class Consumer:
         red_payload_type = self.slot.red_payload_type if self.redundancy else None
         return producer.red_variant(data, header, red_payload_type, payload_type)
 
+    def _extension(self, size: int) -> bytes:
+        """The header extension block of a packet of about ``size`` bytes sent now: its
+        transport-wide sequence number, or its abs-send-time, or nothing."""
+        twcc = self.twcc
+        if twcc is not None:
+            return twcc.block(size, self._clock())
+        abs_send_time = self.slot.abs_send_time
+        if abs_send_time is None:
+            return b""
+        return rtp.abs_send_time_block(abs_send_time, self._clock())
+
     def _send_padding(self, payload_type: int) -> None:
         """Padding packets right after the end of a frame (never inside one, where a
         receiver would take them for a hole in the frame)."""
         owed = self.padding
-        abs_send_time = self.slot.abs_send_time
         for _ in range(MAX_PADDING_PACKETS):
             if owed <= 0:
                 break
             sequence, timestamp = self.rewriter.pad()
-            extension = b"" if abs_send_time is None else \
-                rtp.abs_send_time_block(abs_send_time, self._clock())
+            extension = self._extension(min(rtp.MAX_PADDING, owed) + 12)
             packet = rtp.padding_packet(payload_type, sequence, timestamp, self.slot.ssrc,
                                         extension, min(rtp.MAX_PADDING, owed))
             if not self.transport.send_rtp(packet):
@@ -236,9 +252,7 @@ class Consumer:
                 return 0
             picture_id, tl0 = self.pictures.output(descriptor)
             head = vp8.write(descriptor, data, header.payload_offset, picture_id, tl0)
-        abs_send_time = self.slot.abs_send_time
-        extension = b"" if abs_send_time is None else \
-            rtp.abs_send_time_block(abs_send_time, self._clock())
+        extension = self._extension(len(data))
         packet = rtp.rewrite_extended(data, header, payload_type, out_sequence, timestamp,
                                       self.slot.ssrc, extension, head, len(head))
         return len(packet) if self.transport.send_rtp(packet) else 0

@@ -22,6 +22,7 @@ from typing import Protocol
 from aiortc import RTCPeerConnection
 
 from townhall.sfu import bandwidth, rtcp, rtp, speaker
+from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.audio_activity import AudioActivity
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
@@ -39,8 +40,6 @@ ALLOCATE_INTERVAL = 0.5
 TICK_INTERVAL = speaker.TICK
 #: How many audio producers (the loudest) are forwarded when more are unmuted.
 LOUDEST_AUDIO = 3
-#: Padding owed to a consumer is at most this many ticks' worth (frames may be far apart).
-PADDING_BACKLOG = 4
 
 
 class RouterEvents(Protocol):
@@ -70,17 +69,12 @@ class Counters:
 @dataclass
 class _TransportState:
     owner: str
-    estimate: bandwidth.Estimate
+    video: VideoAllocation
     layers_by_ssrc: dict[int, Layer] = field(default_factory=dict)
     producers_by_mid: dict[str, Producer] = field(default_factory=dict)
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
     #: Reasons every video consumer on this transport is paused for (``set_video_paused``).
     video_pauses: set[str] = field(default_factory=set)
-    #: Video consumers forwarding after the last allocation, and whether video was cut.
-    forwarding: frozenset[str] = frozenset()
-    low_bandwidth: bool = False
-    #: Bit/s of probe packets to send, so the receiver's estimate can grow (0: none).
-    probe_rate: int = 0
 
 
 class Router:
@@ -118,7 +112,8 @@ class Router:
     def create_transport(self, owner: str, name: str = "") -> Transport:
         transport = Transport(self, attach=self._attach, name=name or f"{self.name}/{owner}")
         transport.red = self._red
-        self._transports[transport] = _TransportState(owner, bandwidth.Estimate(self._clock))
+        self._transports[transport] = _TransportState(
+            owner, VideoAllocation(transport.name, self._clock))
         return transport
 
     def owner_of(self, transport: Transport) -> str | None:
@@ -182,7 +177,7 @@ class Router:
             for reason in state.video_pauses:
                 consumer.set_paused(True, reason)
         else:
-            consumer.redundancy = not (state.video_pauses or state.low_bandwidth)
+            consumer.redundancy = not (state.video_pauses or state.video.low_bandwidth)
         self._allocate_on(transport)
         return consumer
 
@@ -244,7 +239,7 @@ class Router:
             if consumer.producer.kind == "video":
                 consumer.set_paused(paused, reason)
             else:
-                consumer.redundancy = not (state.video_pauses or state.low_bandwidth)
+                consumer.redundancy = not (state.video_pauses or state.video.low_bandwidth)
         if before != bool(state.video_pauses) and self._events is not None:
             self._events.forwarding_changed(self, state.owner)
         self._allocate(transport, state, self._clock())
@@ -259,6 +254,9 @@ class Router:
 
     async def subscribe_answer(self, transport: Transport, answer: str) -> None:
         await transport.accept_answer(answer)
+        state = self._transports.get(transport)
+        if state is not None:
+            state.video.use_twcc(state.consumers_by_ssrc.values())
         self._allocate_on(transport)  # consumers just negotiated get their first layer
         if transport.ready:
             self.transport_ready(transport)
@@ -344,12 +342,19 @@ class Router:
                     layer.sender_report = (item.ntp_timestamp, item.rtp_timestamp)
                     layer.reception.last_sr = (item.ntp_timestamp >> 16) & 0xFFFFFFFF
                 continue
+            if item.kind == "twcc":
+                try:
+                    dropped = state.video.transport_feedback(item.raw)
+                except ValueError as exc:
+                    self.counters.packets_dropped += 1
+                    logger.debug("%s: dropped transport feedback: %s", transport.name, exc)
+                    continue
+                if dropped:
+                    self._allocate_on(transport)
+                continue
             if item.kind == "remb":
-                if state.consumers_by_ssrc:
-                    logger.debug("%s: REMB %d bit/s (probing at %d)", transport.name,
-                                 item.bitrate, state.probe_rate)
-                    if state.estimate.update(item.bitrate):
-                        self._allocate_on(transport)
+                if state.consumers_by_ssrc and state.video.remb(item.bitrate):
+                    self._allocate_on(transport)
                 continue
             consumer = state.consumers_by_ssrc.get(item.media_ssrc)
             if consumer is None:
@@ -437,12 +442,12 @@ class Router:
         """Whether video to ``transport`` is cut because even the lowest layer of one video
         does not fit its bandwidth estimate (automatic audio-only)."""
         state = self._transports.get(transport)
-        return state is not None and state.low_bandwidth
+        return state is not None and state.video.low_bandwidth
 
     def estimate(self, transport: Transport) -> bandwidth.Estimate | None:
         """The bandwidth estimate of a transport the router sends on."""
         state = self._transports.get(transport)
-        return None if state is None else state.estimate
+        return None if state is None else state.video.estimate
 
     def allocate(self) -> None:
         """Periodic work: measure every layer, then choose every transport's video layers."""
@@ -459,63 +464,23 @@ class Router:
             self._allocate(transport, state, self._clock())
 
     def _allocate(self, transport: Transport, state: _TransportState, now: float) -> None:
-        video = [c for c in state.consumers_by_ssrc.values()
-                 if c.producer.kind == "video" and not c.paused and not c.producer.paused
-                 and c.slot.payload_type is not None]
-        demands = [
-            bandwidth.VideoDemand(
-                [layer.bitrate if layer.active(now) else 0 for layer in c.producer.layers],
-                c.max_layer, c.layer, c.priority)
-            for c in video
-        ]
-        budget = state.estimate.value()
-        may_raise = state.estimate.may_raise()
-        allocation = bandwidth.allocate(budget, demands, may_raise)
-        if may_raise and allocation.total == 0 and allocation.wanted:
-            # Video is cut and the hold has passed: try the lowest layer again.
-            state.estimate.retry(int(allocation.wanted * bandwidth.UPGRADE_MARGIN) + 1)
-            budget = state.estimate.value()
-            allocation = bandwidth.allocate(budget, demands, may_raise)
-        state.probe_rate = bandwidth.probe_rate(budget, allocation, may_raise)
-        for consumer, target in zip(video, allocation.targets, strict=True):
-            if target != consumer.target:
-                logger.debug("%s: %s of %s to layer %d (estimate %s, layers %s)",
-                             transport.name, consumer.id, consumer.producer.id, target, budget,
-                             [layer.bitrate for layer in consumer.producer.layers])
-            consumer.set_target(target)
-            if target >= 0 and consumer.layer != target:
-                consumer.producer.request_keyframe(target)
-        forwarding = frozenset(c.id for c in video if c.target >= 0)
-        low = any(d.max_layer >= 0 for d in demands) and not forwarding
-        if forwarding != state.forwarding or low != state.low_bandwidth:
-            if low != state.low_bandwidth:
-                # Like audio-only mode, a transport too slow for video gets plain Opus.
-                for consumer in state.consumers_by_ssrc.values():
-                    if consumer.producer.kind != "video":
-                        consumer.redundancy = not (state.video_pauses or low)
-            state.forwarding, state.low_bandwidth = forwarding, low
-            if low:
-                logger.info("%s: video cut for lack of bandwidth (estimate %s bit/s)",
-                            transport.name, budget)
-            if self._events is not None:
-                self._events.forwarding_changed(self, state.owner)
+        video = state.video
+        was_low = video.low_bandwidth
+        if not video.run(state.consumers_by_ssrc.values(), now):
+            return
+        if video.low_bandwidth != was_low:
+            # Like audio-only mode, a transport too slow for video gets plain Opus.
+            for consumer in state.consumers_by_ssrc.values():
+                if consumer.producer.kind != "video":
+                    consumer.redundancy = not (state.video_pauses or video.low_bandwidth)
+        if self._events is not None:
+            self._events.forwarding_changed(self, state.owner)
 
     def _probe(self) -> None:
-        """Periodic work: give each probing transport's forwarding video consumers their share
-        of padding, sent after their next frames."""
+        """Periodic work: probe padding for the transports whose estimate should grow."""
         for state in self._transports.values():
-            rate = state.probe_rate
-            video = [c for c in state.consumers_by_ssrc.values()
-                     if c.producer.kind == "video" and c.layer >= 0 and not c.paused]
-            if not rate:
-                for consumer in video:
-                    consumer.padding = 0
-                continue
-            if not video:
-                continue
-            share = int(rate * TICK_INTERVAL / 8 / len(video))
-            for consumer in video:
-                consumer.padding = min(consumer.padding + share, share * PADDING_BACKLOG)
+            if state.video.probe_rate or state.video.forwarding:
+                state.video.probe(state.consumers_by_ssrc.values(), TICK_INTERVAL)
 
     @property
     def speaking(self) -> frozenset[str]:

@@ -26,12 +26,14 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
+from townhall.sfu import twcc
+
 
 @dataclass(frozen=True, slots=True)
 class Feedback:
     """One piece of feedback about a media SSRC."""
 
-    kind: str  # "nack" | "keyframe" | "report" | "sender-report" | "bye" | "remb"
+    kind: str  # "nack" | "keyframe" | "report" | "sender-report" | "bye" | "remb" | "twcc"
     media_ssrc: int
     lost: tuple[int, ...] = ()
     #: For "sender-report": (NTP timestamp, RTP timestamp, packets, octets)
@@ -40,12 +42,16 @@ class Feedback:
     fraction_lost: int = 0
     #: For "remb": the receiver's estimate of the bandwidth available to it, in bit/s.
     bitrate: int = 0
+    #: For "twcc": the transport feedback packet as it came (parsed by ``twcc.parse_feedback``).
+    raw: bytes = b""
 
 
 def parse(data: bytes) -> list[Feedback]:
     """Feedback in a compound RTCP packet; raises ``ValueError`` if it is malformed."""
-    out: list[Feedback] = []
-    for packet in RtcpPacket.parse(data):
+    transport_feedback, rest = twcc.split(data)
+    out: list[Feedback] = [Feedback("twcc", 0, raw=raw) for raw in transport_feedback]
+    packets = RtcpPacket.parse(rest) if rest else []
+    for packet in packets:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             out.append(Feedback("nack", packet.media_ssrc, lost=tuple(packet.lost)))
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):

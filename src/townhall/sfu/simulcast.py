@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 #: Least time between two keyframe requests for one layer, in seconds.
 KEYFRAME_INTERVAL = 0.5
-#: Weight of the newest measurement in a layer's smoothed bitrate.
-BITRATE_SMOOTHING = 0.5
+#: Weight of the newest measurement (every 0.5 s) in a layer's smoothed bitrate: keyframes
+#: (asked for whenever a consumer switches) make the bitrate jump for a moment.
+BITRATE_SMOOTHING = 0.25
 #: A layer that sent nothing for this long is taken as switched off by its producer.
 LAYER_TIMEOUT = 1.5
 #: A layer this much smaller than the display still counts as large enough for it.

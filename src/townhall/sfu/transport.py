@@ -29,7 +29,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest
-from townhall.sfu import audio_sdp, simulcast_sdp
+from townhall.sfu import audio_sdp, simulcast_sdp, twcc
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
 from townhall.sfu.native import NativeSend
@@ -121,7 +121,7 @@ class Slot:
     """One send-only transceiver of a transport, carrying one consumer at a time."""
 
     __slots__ = ("abs_send_time", "codec", "payload_type", "red_payload_type", "ssrc",
-                 "transceiver")
+                 "transceiver", "twcc")
 
     def __init__(self, transceiver: Any, codec: Codec) -> None:
         self.transceiver = transceiver
@@ -135,6 +135,8 @@ class Slot:
         self.red_payload_type: int | None = None
         #: The abs-send-time extension id the far end accepted (for its bandwidth estimate).
         self.abs_send_time: int | None = None
+        #: The transport-wide congestion control extension id the far end accepted.
+        self.twcc: int | None = None
 
     @property
     def mid(self) -> str | None:
@@ -410,7 +412,9 @@ class Transport:
         await self.pc.setLocalDescription(RTCSessionDescription(
             sdp=audio_sdp.complete_offer(created.sdp, self.red), type="offer"))
         self._hook()
-        return str(self.pc.localDescription.sdp)
+        # aiortc knows nothing of transport-wide congestion control: offered to the far end
+        # only (the SFU writes the extension and reads the feedback itself).
+        return twcc.complete_offer(str(self.pc.localDescription.sdp))
 
     async def accept_answer(self, answer: str) -> None:
         """Apply the participant's answer; each slot learns the payload type to send with."""
@@ -428,10 +432,12 @@ class Transport:
                         and slot.transceiver.direction == "sendonly")
             if not accepted or media is None:
                 slot.payload_type = slot.red_payload_type = slot.abs_send_time = None
+                slot.twcc = None
                 continue
             slot.payload_type = _primary(media).payloadType
             slot.red_payload_type = audio_sdp.red_payload_type(media, slot.payload_type)
             slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI)
+            slot.twcc = _extension_id(media, twcc.URI) if media.kind == "video" else None
 
     def answer_as_dtls_server(self) -> None:
         """Answer offers with ``a=setup:passive``, so that the far end starts the DTLS handshake.

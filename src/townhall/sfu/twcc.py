@@ -1,0 +1,171 @@
+"""Transport-wide congestion control (draft-holmer-rmcat-transport-wide-cc-extensions-01).
+
+When a receiving page accepts the ``transport-wide-cc`` header extension, every video packet the
+SFU sends on that transport (media, retransmissions, probe padding) carries a transport-wide
+sequence number, and the receiver reports back, every 50–100 ms, when each one arrived (RTCP
+transport feedback). A :class:`TwccSender` per transport numbers the packets, remembers when
+each left and how large it was, and feeds the reported arrivals to a send-side estimate
+(``congestion.py``: delay-based overuse detection, and the delivered rate, so that a probe that
+got through raises the estimate at once, where a receiver's REMB grows 8 % a second).
+
+Feedback about packets sent more than ``HISTORY`` packets ago is ignored. Times come in as
+arguments (the router's clock), so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from townhall.sfu.congestion import DELIVERED_SHARE, DelayBasedEstimate
+
+URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+#: The id the server offers the extension with (aiortc uses 1–3 for its own).
+EXTENSION_ID = 5
+#: Packets remembered for matching feedback (a power of two).
+HISTORY = 4096
+
+__all__ = ["DELIVERED_SHARE", "URI", "Feedback", "TwccSender", "complete_offer",
+           "parse_feedback", "split"]
+
+_BLOCK = struct.Struct("!HHBHB")
+_HEADER = struct.Struct("!HHI")
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One transport feedback packet: arrival times in microseconds (None: lost)."""
+
+    base_sequence: int
+    count: int
+    #: (sequence number, arrival time in µs on the receiver's clock) for every reported packet.
+    packets: list[tuple[int, int | None]]
+
+
+def complete_offer(sdp: str, extension_id: int = EXTENSION_ID) -> str:
+    """``sdp`` (an offer of the server's) offering transport-wide congestion control in each
+    video section: the header extension and ``a=rtcp-fb:<pt> transport-cc`` for its codecs."""
+    out: list[str] = []
+    video = False
+    payload_types: list[str] = []
+
+    def finish() -> None:
+        if video:
+            out.append(f"a=extmap:{extension_id} {URI}")
+            out.extend(f"a=rtcp-fb:{pt} transport-cc" for pt in payload_types)
+
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            finish()
+            parts = line.split()
+            video = parts[0] == "m=video" and parts[1] != "0"
+            payload_types = parts[3:]
+        elif video and line.startswith(("a=extmap:", "a=rtcp-fb:")) and URI in line:
+            video = False  # already offered
+        out.append(line)
+    finish()
+    return "\r\n".join(out) + "\r\n"
+
+
+def parse_feedback(data: bytes) -> Feedback:
+    """Read one RTCP transport feedback packet (RTPFB, FMT 15); raises ``ValueError``."""
+    if len(data) < 20:
+        raise ValueError("RTCP transport feedback is truncated")
+    base, count = struct.unpack_from("!HH", data, 12)
+    reference = int.from_bytes(data[16:19], "big", signed=True)
+    symbols: list[int] = []
+    pos = 20
+    while len(symbols) < count:
+        if pos + 2 > len(data):
+            raise ValueError("RTCP transport feedback is truncated in its status chunks")
+        chunk = (data[pos] << 8) | data[pos + 1]
+        pos += 2
+        if not chunk & 0x8000:  # run length
+            symbols.extend([(chunk >> 13) & 0x3] * (chunk & 0x1FFF))
+        elif not chunk & 0x4000:  # fourteen 1-bit symbols
+            symbols.extend((chunk >> (13 - i)) & 0x1 for i in range(14))
+        else:  # seven 2-bit symbols
+            symbols.extend((chunk >> (12 - 2 * i)) & 0x3 for i in range(7))
+    del symbols[count:]
+    arrival = reference * 64000
+    packets: list[tuple[int, int | None]] = []
+    for index, symbol in enumerate(symbols):
+        sequence = (base + index) & 0xFFFF
+        if symbol == 0:
+            packets.append((sequence, None))
+            continue
+        if symbol == 1:
+            if pos + 1 > len(data):
+                raise ValueError("RTCP transport feedback is truncated in its deltas")
+            arrival += data[pos] * 250
+            pos += 1
+        elif symbol == 2:
+            if pos + 2 > len(data):
+                raise ValueError("RTCP transport feedback is truncated in its deltas")
+            arrival += struct.unpack_from("!h", data, pos)[0] * 250
+            pos += 2
+        else:
+            raise ValueError("RTCP transport feedback has a reserved status symbol")
+        packets.append((sequence, arrival))
+    return Feedback(base, count, packets)
+
+
+def split(data: bytes) -> tuple[list[bytes], bytes]:
+    """The transport feedback packets of a compound RTCP packet, and the rest of it (aiortc's
+    RTCP parser cannot read transport feedback and refuses the whole compound)."""
+    found: list[bytes] = []
+    if b"\xcd" not in data:  # no RTPFB at all: the common case
+        return found, data
+    rest = b""
+    pos = 0
+    while pos + 4 <= len(data):
+        first, packet_type = data[pos], data[pos + 1]
+        length = ((data[pos + 2] << 8) | data[pos + 3]) * 4 + 4
+        if packet_type == 205 and first & 0x1F == 15:
+            found.append(data[pos:pos + length])
+        else:
+            rest += data[pos:pos + length]
+        pos += length
+    return found, rest + data[pos:]
+
+
+class TwccSender:
+    """Transport-wide sequence numbers for one transport, and the estimate from its feedback."""
+
+    __slots__ = ("_estimate", "_sent_at", "_sequence", "_sequences", "_sizes", "extension_id")
+
+    def __init__(self, extension_id: int) -> None:
+        self.extension_id = extension_id
+        self._sequence = 0
+        self._sent_at = [0.0] * HISTORY
+        self._sizes = [0] * HISTORY
+        self._sequences = [-1] * HISTORY
+        self._estimate = DelayBasedEstimate()
+
+    def block(self, size: int, now: float) -> bytes:
+        """The extension block for the next packet sent (``size`` bytes, at ``now``)."""
+        sequence = self._sequence
+        self._sequence = (sequence + 1) & 0xFFFF
+        index = sequence & (HISTORY - 1)
+        self._sent_at[index] = now
+        self._sizes[index] = size
+        self._sequences[index] = sequence
+        return _BLOCK.pack(0xBEDE, 1, (self.extension_id << 4) | 1, sequence, 0)
+
+    def feedback(self, feedback: Feedback) -> int | None:
+        """Take one feedback packet; returns the estimate in bit/s when there is one."""
+        estimate = self._estimate
+        sequences, sent_at, sizes = self._sequences, self._sent_at, self._sizes
+        newest = None
+        for sequence, arrival in feedback.packets:
+            if arrival is None:
+                continue
+            index = sequence & (HISTORY - 1)
+            if sequences[index] != sequence:
+                continue  # sent too long ago, or never
+            newest = arrival / 1000
+            estimate.packet(sent_at[index] * 1000, newest, sizes[index])
+        if newest is None:
+            return None
+        result = estimate.update(newest)
+        return None if result is None else int(result)

@@ -1,0 +1,166 @@
+"""Transport-wide congestion control: feedback parsing, the offer, and the estimate from it."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from townhall.sfu import rtcp, twcc
+
+# A feedback packet as Chromium sends it: base 100, 6 packets, reference time 2 (128 ms),
+# feedback count 7; one two-bit status vector chunk (small, small, lost, large, small, small
+# as 01 01 00 10 01 01 00) then the deltas: 4 (1 ms), 8 (2 ms), -4 (-1 ms, two bytes), 0, 40.
+FEEDBACK = bytes.fromhex(
+    "8f cd 00 06"  # RTPFB fmt 15, length 6 words
+    "00 00 00 01"  # sender SSRC
+    "00 00 00 02"  # media SSRC
+    "00 64 00 06"  # base sequence 100, status count 6
+    "00 00 02 07"  # reference time 2, feedback count 7
+    "d4 94"        # 1 1 01 01 00 10 01 01 00
+    "04 08 ff fc 00 28"  # deltas
+)
+
+
+def test_a_two_bit_status_vector_with_small_large_and_lost_packets_is_read() -> None:
+    feedback = twcc.parse_feedback(FEEDBACK)
+    assert (feedback.base_sequence, feedback.count) == (100, 6)
+    assert feedback.packets == [
+        (100, 128_000 + 1000), (101, 128_000 + 3000), (102, None), (103, 128_000 + 2000),
+        (104, 128_000 + 2000), (105, 128_000 + 12000)]
+
+
+def test_run_length_and_one_bit_chunks_are_read() -> None:
+    data = bytes.fromhex(
+        "8f cd 00 07" "00000001" "00000002"
+        "ff fe 00 13"  # base 65534 (wraps), 19 packets
+        "00 00 01 00"  # reference time 1 (64 ms)
+        "20 03"        # run length: 3 packets received with small deltas
+        "00 02"        # run length: 2 lost
+        "a0 00"        # 1-bit vector: received, then 13 lost (14 symbols, only 14 needed)
+        "01 02 03 04"  # deltas of the 4 received packets
+        "00 00"        # padding to a word
+    )
+    packets = twcc.parse_feedback(data).packets
+    assert [s for s, _ in packets][:6] == [65534, 65535, 0, 1, 2, 3]
+    assert packets[:6] == [(65534, 64_250), (65535, 64_750), (0, 65_500), (1, None), (2, None),
+                           (3, 66_500)]
+    assert all(arrival is None for _, arrival in packets[6:])
+    assert len(packets) == 19
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (FEEDBACK[:19], "RTCP transport feedback is truncated"),
+        (FEEDBACK[:21], "RTCP transport feedback is truncated in its status chunks"),
+        (FEEDBACK[:25], "RTCP transport feedback is truncated in its deltas"),
+        (FEEDBACK[:20] + b"\xf0\x00" + b"\x00" * 4,  # 2-bit vector starting with 3
+         "RTCP transport feedback has a reserved status symbol"),
+    ],
+)
+def test_malformed_feedback_raises_value_error_with_exact_messages(
+    data: bytes, message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        twcc.parse_feedback(data)
+    assert str(info.value) == message
+
+
+def test_feedback_inside_a_compound_rtcp_packet_is_found() -> None:
+    receiver_report = bytes.fromhex("80 c9 00 01 00 00 00 01")
+    found = rtcp.parse(receiver_report + FEEDBACK)
+    assert [f.kind for f in found] == ["twcc"]
+    assert found[0].raw == FEEDBACK
+
+
+def test_the_offer_adds_the_extension_and_feedback_to_video_sections_only() -> None:
+    offer = "\r\n".join([
+        "v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 96", "a=mid:0", "a=rtpmap:96 opus/48000/2",
+        "m=video 9 UDP/TLS/RTP/SAVPF 97 99", "a=mid:1", "a=rtcp-fb:97 goog-remb",
+        "m=video 0 UDP/TLS/RTP/SAVPF 97", "a=mid:2", ""])
+    completed = twcc.complete_offer(offer)
+    audio, video, closed = completed.split("m=")[1:]
+    assert twcc.URI not in audio and twcc.URI not in closed
+    assert f"a=extmap:5 {twcc.URI}\r\na=rtcp-fb:97 transport-cc\r\na=rtcp-fb:99 transport-cc" \
+        in video
+    assert twcc.complete_offer(completed) == completed
+
+
+def build_feedback(base: int, arrivals: list[int | None], count: int = 0) -> bytes:
+    """A feedback packet with two-bit status vectors (what a receiver could send)."""
+    received = [a for a in arrivals if a is not None]
+    reference = (received[0] // 64000) if received else 0
+    symbols, deltas = [], b""
+    previous = reference * 64000
+    for arrival in arrivals:
+        if arrival is None:
+            symbols.append(0)
+            continue
+        delta = (arrival - previous) // 250
+        previous += delta * 250
+        if 0 <= delta <= 255:
+            symbols.append(1)
+            deltas += bytes([delta])
+        else:
+            symbols.append(2)
+            deltas += struct.pack("!h", delta)
+    chunks = b""
+    for start in range(0, len(symbols), 7):
+        group = (symbols[start:start + 7] + [0] * 7)[:7]
+        value = 0xC000
+        for i, symbol in enumerate(group):
+            value |= symbol << (12 - 2 * i)
+        chunks += struct.pack("!H", value)
+    body = struct.pack("!HH", base, len(arrivals)) + \
+        reference.to_bytes(3, "big") + bytes([count & 0xFF]) + chunks + deltas
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack("!BBH", 0x8F, 205, (len(body) + 8) // 4) + b"\x00" * 8 + body
+
+
+def test_built_feedback_reads_back() -> None:
+    arrivals = [1_000_000, 1_000_500, None, 1_200_000, 1_100_000]
+    feedback = twcc.parse_feedback(build_feedback(7, arrivals))
+    assert [a for _, a in feedback.packets] == arrivals
+
+
+def simulate(sender: twcc.TwccSender, send_rate: int, capacity: int, seconds: float,
+             start: float = 100.0, size: int = 1000) -> list[int]:
+    """Send ``size``-byte packets at ``send_rate`` through a bottleneck of ``capacity`` bit/s
+    (its queue delays them), with feedback every 100 ms; returns the estimates."""
+    interval = size * 8 / send_rate
+    service = size * 8 / capacity
+    now, queue_free = start, 0.0
+    pending: list[tuple[int, int]] = []
+    estimates: list[int] = []
+    next_feedback = start + 0.1
+    while now < start + seconds:
+        block = sender.block(size, now)
+        sequence = struct.unpack_from("!H", block, 5)[0]
+        arrival = max(now, queue_free) + service + 0.02
+        queue_free = arrival - 0.02
+        pending.append((sequence, int(arrival * 1_000_000)))
+        now += interval
+        if now >= next_feedback:
+            next_feedback += 0.1
+            done = [p for p in pending if p[1] <= now * 1_000_000]
+            pending = [p for p in pending if p[1] > now * 1_000_000]
+            if done:
+                result = sender.feedback(twcc.parse_feedback(
+                    build_feedback(done[0][0], [a for _, a in done])))
+                if result is not None:
+                    estimates.append(result)
+    return estimates
+
+
+def test_what_gets_through_without_queueing_is_taken_as_available_at_once() -> None:
+    sender = twcc.TwccSender(5)
+    estimates = simulate(sender, send_rate=800_000, capacity=5_000_000, seconds=1.5)
+    assert estimates and estimates[-1] >= 0.9 * 800_000
+
+
+def test_a_queue_growing_at_the_bottleneck_brings_the_estimate_below_its_capacity() -> None:
+    sender = twcc.TwccSender(5)
+    estimates = simulate(sender, send_rate=2_000_000, capacity=600_000, seconds=6)
+    assert estimates
+    assert estimates[-1] < 600_000 * 1.1, estimates[-10:]
