@@ -54,6 +54,7 @@ class DelayBasedEstimate:
         "_accumulated",
         "_arrival_origin",
         "_delivered",
+        "_delivered_bytes",
         "_dropped_at",
         "_group",
         "_overuse_count",
@@ -90,6 +91,8 @@ class DelayBasedEstimate:
         self._pending_groups = 0
         self._pending_send = 0.0
         self._delivered: deque[tuple[float, int]] = deque()
+        #: The sum of the sizes in ``_delivered``, kept as packets come and go.
+        self._delivered_bytes = 0
         self._dropped_at = -1e12
         self._updated_at: float | None = None
         self.deltas = 0
@@ -100,6 +103,7 @@ class DelayBasedEstimate:
     def packet(self, send_ms: float, arrival_ms: float, size: int) -> None:
         """One packet the receiver reported (in the order of sending)."""
         self._delivered.append((arrival_ms, size))
+        self._delivered_bytes += size
         group = self._group
         if group is None:
             self._group = [send_ms, send_ms, arrival_ms, size]
@@ -166,11 +170,11 @@ class DelayBasedEstimate:
             return None
         newest = delivered[-1][0]
         while delivered and delivered[0][0] < newest - DELIVERED_WINDOW_MS:
-            delivered.popleft()
+            self._delivered_bytes -= delivered.popleft()[1]
         span = newest - delivered[0][0]
         if len(delivered) < 10 or span < DELIVERED_WINDOW_MS / 2:
             return None
-        return sum(size for _, size in delivered) * 8000 / span
+        return self._delivered_bytes * 8000 / span
 
     def update(self, now_ms: float) -> float | None:
         """After a feedback packet: detect overuse over the groups it completed (once, which
