@@ -239,7 +239,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
     target = make_target(name, size, args)
     people: People = [
         (SyntheticProducer(clip, simulcast=not args.no_simulcast),
-         SyntheticConsumer(raw=True, remb=args.remb or None))
+         SyntheticConsumer(raw=True, remb=args.remb or None, twcc=not args.no_twcc))
         for _ in range(size)
     ]
     turns: asyncio.Task[None] | None = None
@@ -386,6 +386,8 @@ def main() -> None:
                         help="size the pages report for every video (townhall; '' for none)")
     parser.add_argument("--janus-layer", default="h", help="Janus subscribers' substream")
     parser.add_argument("--remb", type=int, default=2_500_000, help="consumers' REMB, bit/s")
+    parser.add_argument("--no-twcc", action="store_true",
+                        help="consumers do not accept transport-wide congestion control")
     parser.add_argument("--no-simulcast", action="store_true", help="one video layer only")
     parser.add_argument("--no-delay", action="store_true",
                         help="do not turn on townhall's forwarding-delay measurement")

@@ -86,6 +86,9 @@ SIMULCAST_RID_ID = 10
 SPEAKING_LEVEL = 25
 SILENT_LEVEL = 127
 
+TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+RTCP_RTPFB = 205
+RTCP_FMT_TWCC = 15
 RTCP_PSFB = 206
 RTCP_FMT_PLI = 1
 RTCP_FMT_FIR = 4
@@ -251,6 +254,72 @@ def _sender(transport: Any) -> Callable[[bytes], bool]:
         return True
 
     return send
+
+
+def accept_twcc(offer: str, answer: str) -> tuple[str, int | None]:
+    """``answer`` with transport-wide congestion control accepted in each video section where
+    ``offer`` offers it (aiortc's answers leave it out), and the extension id."""
+    offered: dict[str, tuple[int, list[str]]] = {}
+    mid, ext_id, pts = "", None, []
+    for line in [*offer.splitlines(), "m="]:
+        if line.startswith("m="):
+            if ext_id is not None:
+                offered[mid] = (ext_id, pts)
+            mid, ext_id, pts = "", None, []
+        elif line.startswith("a=mid:"):
+            mid = line[6:]
+        elif line.startswith("a=extmap:") and TWCC_URI in line:
+            ext_id = int(line[9:].split()[0].split("/")[0])
+        elif line.startswith("a=rtpmap:"):
+            pts.append(line[9:].split()[0])
+    out: list[str] = []
+    found: int | None = None
+    for line in answer.splitlines():
+        out.append(line)
+        if line.startswith("a=mid:") and line[6:] in offered:
+            found, answered_pts = offered[line[6:]]
+            out.append(f"a=extmap:{found} {TWCC_URI}")
+            out += [f"a=rtcp-fb:{pt} transport-cc" for pt in answered_pts]
+    return "\r\n".join(out) + "\r\n", found
+
+
+def twcc_feedback(sender: int, media: int, count: int, arrivals: list[tuple[int, int]]) -> bytes:
+    """An RTCP transport feedback packet (RTPFB 15) reporting ``arrivals``: (extended transport
+    sequence number, arrival in µs), in order of sequence number."""
+    base = arrivals[0][0]
+    last = arrivals[-1][0]
+    when = dict(arrivals)
+    reference = arrivals[0][1] // 64000
+    previous = reference * 64000
+    symbols: list[int] = []
+    deltas = bytearray()
+    for sequence in range(base, last + 1):
+        arrival = when.get(sequence)
+        if arrival is None:
+            symbols.append(0)
+            continue
+        delta = (arrival - previous) // 250
+        if 0 <= delta <= 255:
+            symbols.append(1)
+            deltas.append(delta)
+        else:
+            delta = max(-32768, min(32767, delta))
+            symbols.append(2)
+            deltas += struct.pack("!h", delta)
+        previous += delta * 250
+    chunks = bytearray()
+    start = 0
+    while start < len(symbols):  # run-length chunks
+        end = start
+        while end < len(symbols) and symbols[end] == symbols[start] and end - start < 8191:
+            end += 1
+        chunks += struct.pack("!H", (symbols[start] << 13) | (end - start))
+        start = end
+    body = (struct.pack("!IIHH", sender, media, base & 0xFFFF, len(symbols))
+            + (((reference & 0xFFFFFF) << 8) | (count & 0xFF)).to_bytes(4, "big")
+            + chunks + deltas)
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack("!BBH", 0x80 | RTCP_FMT_TWCC, RTCP_RTPFB, len(body) // 4) + body
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,10 +568,18 @@ class _Received:
 class SyntheticConsumer:
     """Answers the server's offers and counts received RTP per SSRC without decoding."""
 
-    def __init__(self, *, raw: bool = False, remb: int | None = None) -> None:
+    def __init__(self, *, raw: bool = False, remb: int | None = None, twcc: bool = False) -> None:
         self.pc = new_peer_connection()
         self.raw = raw
         self.remb = remb
+        #: Accept transport-wide congestion control where offered and send its feedback every
+        #: 100 ms, as a browser does (raw consumers only: the sequence numbers are read from
+        #: each packet's header extension, which SRTP leaves in the clear).
+        self.twcc = twcc and raw
+        self._twcc_id: int | None = None
+        self._twcc_highest = -1
+        self._twcc_arrivals: list[tuple[int, int]] = []
+        self._twcc_task: asyncio.Task[None] | None = None
         self.received: dict[int, _Received] = {}
         #: RTP packets with the padding bit: the server's bandwidth probes, not media (the
         #: producers here never pad). Counted in ``received`` too (they take sequence numbers).
@@ -521,9 +598,14 @@ class SyntheticConsumer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._hook(_dtls_transport(self.pc))
-        return str(self.pc.localDescription.sdp)
+        answer = str(self.pc.localDescription.sdp)
+        if self.twcc:
+            answer, self._twcc_id = accept_twcc(offer_sdp, answer)
+        return answer
 
     def _count(self, data: bytes) -> None:
+        if data[0] & 0x10 and self._twcc_id is not None:
+            self._twcc_arrived(data)
         if data[0] & 0x20:
             self.padding += 1
         ssrc = int.from_bytes(data[8:12], "big")
@@ -534,6 +616,46 @@ class SyntheticConsumer:
             if self.first_packet_at is None:
                 self.first_packet_at = time.monotonic()
         received.add(sequence)
+
+    def _twcc_arrived(self, data: bytes) -> None:
+        """Note the arrival of a packet carrying a transport-wide sequence number."""
+        offset = 12 + 4 * (data[0] & 0x0F)
+        if len(data) < offset + 4 or data[offset] != 0xBE or data[offset + 1] != 0xDE:
+            return
+        end = offset + 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
+        pos = offset + 4
+        while pos < end and pos < len(data):
+            byte = data[pos]
+            if byte == 0:
+                pos += 1
+                continue
+            if byte >> 4 == self._twcc_id and pos + 2 < len(data):
+                sequence = (data[pos + 1] << 8) | data[pos + 2]
+                if self._twcc_highest < 0:
+                    extended = sequence
+                else:
+                    delta = (sequence - self._twcc_highest) & 0xFFFF
+                    extended = self._twcc_highest + (delta if delta < 0x8000 else delta - 0x10000)
+                self._twcc_highest = max(self._twcc_highest, extended)
+                self._twcc_arrivals.append((extended, time.monotonic_ns() // 1000))
+                return
+            pos += 2 + (byte & 0x0F)
+
+    async def _send_twcc(self, transport: Any) -> None:
+        sender = random.randint(1, 0xFFFFFFFF)
+        count = 0
+        while True:
+            await asyncio.sleep(0.1)
+            arrivals, self._twcc_arrivals = self._twcc_arrivals, []
+            if not arrivals or transport.state != "connected":
+                continue
+            arrivals.sort()
+            media = next((ssrc for ssrc, kind in self.kinds.items() if kind == "video"), 0)
+            try:
+                await transport._send_rtp(twcc_feedback(sender, media, count, arrivals))
+            except ConnectionError:
+                return
+            count += 1
 
     def _hook(self, transport: Any) -> None:
         if id(transport) in self._hooked:
@@ -561,6 +683,8 @@ class SyntheticConsumer:
             transport._handle_rtp_data = handle_rtp_data
         if self.remb is not None and self._remb_task is None:
             self._remb_task = asyncio.create_task(self._send_remb(transport, self.remb))
+        if self.twcc and self._twcc_task is None:
+            self._twcc_task = asyncio.create_task(self._send_twcc(transport))
 
     async def _send_remb(self, transport: Any, bitrate: int) -> None:
         packet = _remb(random.randint(1, 0xFFFFFFFF), bitrate)
@@ -596,9 +720,10 @@ class SyntheticConsumer:
         return out
 
     async def close(self) -> None:
-        if self._remb_task is not None:
-            self._remb_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._remb_task
-            self._remb_task = None
+        for task in (self._remb_task, self._twcc_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._remb_task = self._twcc_task = None
         await self.pc.close()

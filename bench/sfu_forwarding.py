@@ -191,7 +191,8 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         await target.connect_producer(producer)
         t_producer = time.monotonic()
         for _ in range(consumers):
-            consumer = SyntheticConsumer(raw=args.raw_consumers, remb=args.remb or None)
+            consumer = SyntheticConsumer(raw=args.raw_consumers, remb=args.remb or None,
+                                         twcc=args.twcc)
             subscribed.append(consumer)
             await target.connect_consumer(consumer)
         logger.info(
@@ -397,6 +398,9 @@ def main() -> None:
                         help="with --simulcast: the layer each consumer should receive")
     parser.add_argument("--raw-consumers", action="store_true",
                         help="consumers count SRTP datagrams by their clear header, undecrypted")
+    parser.add_argument("--twcc", action="store_true",
+                        help="raw consumers accept transport-wide congestion control where "
+                        "offered and send its feedback every 100 ms, as browsers do")
     parser.add_argument("--remb", type=int, default=0, metavar="BIT/S",
                         help="consumers send a REMB with this bitrate every second")
     parser.add_argument("--profile", choices=("python", "native", "perf"), default=None,
