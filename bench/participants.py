@@ -480,8 +480,10 @@ class SyntheticProducer:
         frame_index = 0
         audio_index = 0
         start = loop.time()
-        next_video = start
-        next_audio = start
+        # Participants' capture clocks are independent: a random phase for each, so that a
+        # meeting's producers (joined at round intervals) do not send every frame in step.
+        next_video = start + random.uniform(0, 1 / VIDEO_FPS)
+        next_audio = start + random.uniform(0, AUDIO_FRAME_SAMPLES / AUDIO_RATE)
         last_keyframe_jump = -1.0
         while True:
             now = loop.time()
