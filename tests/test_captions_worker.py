@@ -37,8 +37,10 @@ from townhall.server import app as server_app
 class CountingPipeline:
     """Says how many samples it was fed: a partial per poll with news, a final on finish."""
 
-    def __init__(self, turn_time: float = 0.0) -> None:
+    def __init__(self, turn_time: float = 0.0, hold: threading.Event | None = None) -> None:
         self.turn_time = turn_time
+        #: While set up and not yet set, ``finish`` waits for it (a final held back).
+        self.hold = hold
         self.samples = 0
         self.feeds: list[float] = []
         self.finishes = 0
@@ -76,6 +78,8 @@ class CountingPipeline:
     def finish(self, languages: frozenset[str]) -> list[Caption]:
         self._enter()
         try:
+            if self.hold is not None:
+                self.hold.wait(30)
             self.finishes += 1
             if self.start is None:
                 return []
@@ -442,11 +446,12 @@ async def test_a_speaker_who_mutes_has_their_utterance_closed_and_is_heard_again
 class Pipelines:
     """Makes a :class:`CountingPipeline` per speaker and keeps them."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: threading.Event | None = None) -> None:
         self.made: list[CountingPipeline] = []
+        self.hold = hold
 
     def __call__(self) -> CountingPipeline:
-        self.made.append(CountingPipeline())
+        self.made.append(CountingPipeline(hold=self.hold))
         return self.made[-1]
 
 
@@ -537,7 +542,10 @@ async def test_a_final_cut_off_by_a_server_restart_is_stored_after_it_and_captio
     room = await server.create_room("durable")
     await running.services.store.set_captions(room, True)
     token = server.token(room, "host")
-    pipelines = Pipelines()
+    # Finals wait until the server is down, however its shutdown orders the host's leaving and
+    # the worker's socket closing: the utterance is cut off by the restart.
+    server_down = threading.Event()
+    pipelines = Pipelines(hold=server_down)
     worker = Worker(server.base_url, server.token("*", "caption"), pipelines)
     task = await _running(worker)
     host = Attendee(server.ws_url, token, "Ганна")
@@ -548,6 +556,7 @@ async def test_a_final_cut_off_by_a_server_restart_is_stored_after_it_and_captio
         partial = await host.wait_for("caption", timeout=15, where=lambda m: not m["final"])
         before = host.id
         await running.stop()  # mid-utterance: its final cannot be sent now
+        server_down.set()
         await host.close()
         await _until(lambda: bool(pipelines.made) and pipelines.made[0].finishes > 0, 10,
                      "the cut utterance closed")
@@ -567,6 +576,7 @@ async def test_a_final_cut_off_by_a_server_restart_is_stored_after_it_and_captio
         assert [(c.utterance, c.participant_id) for c in stored][:1] == [
             (partial["utterance"], before)]
     finally:
+        server_down.set()
         await _stop(task)
         await host.close()
         await running.stop()

@@ -46,6 +46,10 @@ REFUSED = frozenset({4401, 4403, 4404})
 #: How long ``close`` waits for open utterances to be captioned and sent (``townhall serve``
 #: gives its worker 5 s after SIGTERM).
 CLOSE_TIMEOUT = 3.0
+#: The same when the room is left while the worker goes on (captions turned off, the meeting
+#: over, the server restarting): long enough for the last utterance's recognition on a busy
+#: machine, whose final is kept for delivery after that.
+LEAVE_TIMEOUT = 20.0
 
 
 def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
@@ -121,6 +125,8 @@ class RoomSession:
         self._pc: RTCPeerConnection | None = None
         self._consumers: dict[str, dict[str, Any]] = {}
         self._speakers: dict[str, Speaker] = {}
+        #: Speakers gone whose last utterance is still being captioned (its final is to come).
+        self._finishing: set[Speaker] = set()
         self._pulls: dict[str, asyncio.Task[None]] = {}
         self._sender: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -155,6 +161,7 @@ class RoomSession:
         speakers = list(self._speakers.values())
         for speaker in speakers:
             self._scheduler.finish(speaker, retire=True)
+        speakers += [s for s in self._finishing if not s.done.is_set()]
         if speakers:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
@@ -404,6 +411,12 @@ class RoomSession:
             self._scheduler.finish(speaker, retire=True)
             if self._speakers.get(mid) is speaker:
                 del self._speakers[mid]
+            if not speaker.done.is_set():
+                self._finishing.add(speaker)
+                try:
+                    await speaker.done.wait()
+                finally:
+                    self._finishing.discard(speaker)
 
     def _emit(self, speaker: Speaker, caption: Caption) -> None:
         self.outbox.post({

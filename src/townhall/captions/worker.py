@@ -33,7 +33,7 @@ import aiohttp
 
 from townhall.captions.outbox import CaptionOutbox
 from townhall.captions.scheduler import Pipeline, Scheduler
-from townhall.captions.session import RoomSession, backoff
+from townhall.captions.session import CLOSE_TIMEOUT, LEAVE_TIMEOUT, RoomSession, backoff
 from townhall.errors import BadRequest, Unauthorized
 from townhall.languages import is_language
 
@@ -111,12 +111,22 @@ class Worker:
         """Leave every room (closing open utterances), then stop the threads. Idempotent."""
         sessions = list(self.sessions.values())
         self.sessions.clear()
-        await asyncio.gather(*(s.close() for s in sessions), *self._closing,
+        await asyncio.gather(*(s.close() for s in sessions), self._stop_leaving(),
                              return_exceptions=True)
         await self.scheduler.close(timeout=1.0)
         if self._http is not None:
             await self._http.close()
             self._http = None
+
+    async def _stop_leaving(self) -> None:
+        """Rooms being left get the time a closing room gets, not the longer leaving time."""
+        leaving = set(self._closing)
+        if not leaving:
+            return
+        _, late = await asyncio.wait(leaving, timeout=CLOSE_TIMEOUT)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     # -- the control socket ---------------------------------------------------------------------
 
@@ -188,7 +198,7 @@ class Worker:
 
     def _leave(self, session: RoomSession) -> None:
         async def leave() -> None:
-            await session.close()
+            await session.close(LEAVE_TIMEOUT)
             if session.outbox.finals:
                 successor = self.sessions.get(session.room_id)
                 if successor is not None:  # the room came back while this one was leaving
