@@ -43,6 +43,47 @@ async def test_three_participants_each_decode_the_others_audio_and_video(
             await p.close()
 
 
+async def test_a_receiver_gets_sender_reports_of_every_stream_stacked_in_one_rtcp_packet(
+    server: RunningServer,
+) -> None:
+    from aiortc.rtp import RtcpPacket, RtcpSrPacket
+
+    room = await server.create_room("reports")
+    host, listener = await _attendees(server, room, ["host", "speaker"])
+    try:
+        await host.publish()
+        await listener.wait_frames((host.id, "camera"), 10)
+        await listener.wait_frames((host.id, "microphone"), 10)
+        live = server.running.services.registry.find(room)
+        assert live is not None
+        consumers = list(live.participants[listener.id].consumers.values())
+        transport = consumers[0].transport
+        sent: list[bytes] = []
+        original = transport.send_rtcp
+
+        def recording(data: bytes) -> bool:
+            sent.append(data)
+            return original(data)
+
+        transport.send_rtcp = recording  # type: ignore[method-assign]
+        await asyncio.sleep(2.5)  # the router reports every second
+        stacks = [[q for q in RtcpPacket.parse(data) if isinstance(q, RtcpSrPacket)]
+                  for data in sent]
+        wanted = {c.slot.ssrc for c in consumers}
+        # Both streams' reports in one packet (a stream whose producer has not reported yet
+        # has no report to give, so a round may carry one).
+        assert any({q.ssrc for q in stack} == wanted for stack in stacks), stacks
+        assert all({q.ssrc for q in stack} <= wanted for stack in stacks)
+        # aiortc read them: the far end knows what each stream sent (remote-outbound-rtp).
+        stats = await listener.subscribe_pc.getStats()  # type: ignore[union-attr]
+        remote = [s for s in stats.values() if s.type == "remote-outbound-rtp"]
+        assert {s.kind for s in remote} == {"audio", "video"}
+        assert all(s.packetsSent > 0 for s in remote)
+    finally:
+        await host.close()
+        await listener.close()
+
+
 def _lossy(every: int) -> object:
     """A subscribe-side hook that loses every ``every``-th incoming RTP datagram on the wire,
     before SRTP (as a network would, so retransmissions are not taken for replays)."""

@@ -257,16 +257,17 @@ class Consumer:
                                       self.slot.ssrc, extension, head, len(head))
         return len(packet) if self.transport.send_rtp(packet) else 0
 
-    def send_sender_report(self) -> None:
+    def sender_report(self) -> bytes | None:
+        """This consumer's RTCP sender report now, None when it has none to give."""
         if self.last_layer < 0:
-            return
+            return None
         report = self.producer.layers[self.last_layer].sender_report
         # A consumer that sent nothing since its last report is not a sender (RFC 3550 6.4):
         # paused consumers cost a receiver no reports.
         if report is None or self.packets == self._reported_packets:
-            return
+            return None
         self._reported_packets = self.packets
         ntp, rtp_timestamp = report
-        self.transport.send_rtcp(rtcp.sender_report(
-            self.slot.ssrc, ntp, self.rewriter.output_timestamp(rtp_timestamp),
-            self.packets, self.octets))
+        return rtcp.sender_report(self.slot.ssrc, ntp,
+                                  self.rewriter.output_timestamp(rtp_timestamp),
+                                  self.packets, self.octets)

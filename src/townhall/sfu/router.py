@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 #: Bandwidth the SFU tells video producers they may use, in bit/s.
 DEFAULT_BITRATE = 2_500_000
 REPORT_INTERVAL = 1.0
+#: Periodic work gives the event loop back to packets after this long (seconds).
+STEP_TIME = 0.001
+#: Sender reports (28 bytes each) stacked in one compound RTCP packet: under 1,200 bytes.
+REPORTS_PER_PACKET = 40
 ALLOCATE_INTERVAL = 0.5
 #: Period of the router's short periodic work: held-back keyframe requests, audio levels,
 #: bandwidth probes.
@@ -103,7 +107,7 @@ class Router:
         self._closed = False
         self._tasks = [
             asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
-            asyncio.ensure_future(self._every(ALLOCATE_INTERVAL, self.allocate)),
+            asyncio.ensure_future(self._every(ALLOCATE_INTERVAL, self._allocation_steps)),
             asyncio.ensure_future(self._every(TICK_INTERVAL, self._tick)),
         ]
 
@@ -395,21 +399,38 @@ class Router:
 
     # -- periodic work -------------------------------------------------------------------------
 
-    async def _every(self, interval: float, work: Callable[[], None]) -> None:
+    async def _every(self, interval: float, work: Callable[[], Iterator[None] | None]) -> None:
+        """Run ``work`` every ``interval``. Work done in steps (a generator) lets the event
+        loop read packets between its steps: a sweep over a large meeting's consumers in one
+        go would hold every packet arriving meanwhile for as long as the sweep takes."""
         while True:
             await asyncio.sleep(interval)
             try:
-                work()
+                steps = work()
+                if steps is not None:
+                    since = time.perf_counter()
+                    for _ in steps:
+                        if time.perf_counter() - since > STEP_TIME:
+                            await asyncio.sleep(0)
+                            since = time.perf_counter()
             except Exception:
                 logger.exception("%s: periodic work failed", self.name)
 
-    def _send_reports(self) -> None:
-        for producer in self.producers.values():
-            producer.send_reports(DEFAULT_BITRATE)
-        for consumer in self.consumers.values():
-            consumer.send_sender_report()
+    def _send_reports(self) -> Iterator[None]:
+        """Receiver reports to producers; each transport's consumers' sender reports stacked in
+        compound RTCP packets (one per transport and second, not one per consumer)."""
+        for producer in list(self.producers.values()):
+            if not producer.closed:
+                producer.send_reports(DEFAULT_BITRATE)
+        yield
+        for transport, state in list(self._transports.items()):
+            reports = [report for consumer in list(state.consumers_by_ssrc.values())
+                       if (report := consumer.sender_report()) is not None]
+            for start in range(0, len(reports), REPORTS_PER_PACKET):
+                transport.send_rtcp(b"".join(reports[start:start + REPORTS_PER_PACKET]))
+            yield
 
-    def _tick(self) -> None:
+    def _tick(self) -> Iterator[None]:
         for producer in self.producers.values():
             if producer.keyframe_pending:
                 producer.flush_keyframe_request()
@@ -422,7 +443,7 @@ class Router:
             self._active_speaker = activity.dominant
             if self._events is not None:
                 self._events.active_speaker_changed(self, activity.dominant)
-        self._probe()
+        yield from self._probe()
 
     # -- allocation ----------------------------------------------------------------------------
 
@@ -450,13 +471,19 @@ class Router:
         return None if state is None else state.video.estimate
 
     def allocate(self) -> None:
-        """Periodic work: measure every layer, then choose every transport's video layers."""
+        """Measure every layer, then choose every transport's video layers."""
+        for _ in self._allocation_steps():
+            pass
+
+    def _allocation_steps(self) -> Iterator[None]:
+        """``allocate`` as periodic work: one step per transport."""
         now = self._clock()
-        for producer in self.producers.values():
+        for producer in list(self.producers.values()):
             producer.measure(now)
         for transport, state in list(self._transports.items()):
-            if state.consumers_by_ssrc:
-                self._allocate(transport, state, now)
+            yield
+            if state.consumers_by_ssrc and self._transports.get(transport) is state:
+                self._allocate(transport, state, self._clock())
 
     def _allocate_on(self, transport: Transport) -> None:
         state = self._transports.get(transport)
@@ -476,10 +503,11 @@ class Router:
         if self._events is not None:
             self._events.forwarding_changed(self, state.owner)
 
-    def _probe(self) -> None:
+    def _probe(self) -> Iterator[None]:
         """Periodic work: probe padding for the transports whose estimate should grow."""
-        for state in self._transports.values():
+        for state in list(self._transports.values()):
             if state.video.probe_rate or state.video.forwarding:
+                yield
                 state.video.probe(state.consumers_by_ssrc.values(), TICK_INTERVAL)
 
     @property

@@ -20,7 +20,6 @@ from aiortc.rtp import (
     RtcpReceiverInfo,
     RtcpRrPacket,
     RtcpRtpfbPacket,
-    RtcpSenderInfo,
     RtcpSrPacket,
     pack_remb_fci,
     unpack_remb_fci,
@@ -120,16 +119,16 @@ def receiver_report(sender_ssrc: int, media_ssrc: int, stats: ReceptionStats) ->
     return bytes(RtcpRrPacket(ssrc=sender_ssrc, reports=[info]))
 
 
+#: A sender report without report blocks (RFC 3550 6.4.1): V=2, PT=200, length 6 words.
+_SENDER_REPORT = struct.Struct("!BBHIQIII")
+
+
 def sender_report(
     ssrc: int, ntp_timestamp: int, rtp_timestamp: int, packets: int, octets: int
 ) -> bytes:
-    info = RtcpSenderInfo(
-        ntp_timestamp=ntp_timestamp,
-        rtp_timestamp=rtp_timestamp,
-        packet_count=packets & 0xFFFFFFFF,
-        octet_count=octets & 0xFFFFFFFF,
-    )
-    return bytes(RtcpSrPacket(ssrc=ssrc, sender_info=info))
+    return _SENDER_REPORT.pack(0x80, 200, 6, ssrc, ntp_timestamp & 0xFFFFFFFFFFFFFFFF,
+                               rtp_timestamp & 0xFFFFFFFF, packets & 0xFFFFFFFF,
+                               octets & 0xFFFFFFFF)
 
 
 class ReceptionStats:
