@@ -34,12 +34,20 @@ from townhall.errors import BadRequest, Unauthorized
 from townhall.server import app as server_app
 
 
+class Hold:
+    """Once armed, finals wait (on the recognition thread) until released."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.released = threading.Event()
+
+
 class CountingPipeline:
     """Says how many samples it was fed: a partial per poll with news, a final on finish."""
 
-    def __init__(self, turn_time: float = 0.0, hold: threading.Event | None = None) -> None:
+    def __init__(self, turn_time: float = 0.0, hold: Hold | None = None) -> None:
         self.turn_time = turn_time
-        #: While set up and not yet set, ``finish`` waits for it (a final held back).
+        #: Finals wait while it holds them (see :class:`Hold`).
         self.hold = hold
         self.samples = 0
         self.feeds: list[float] = []
@@ -78,8 +86,8 @@ class CountingPipeline:
     def finish(self, languages: frozenset[str]) -> list[Caption]:
         self._enter()
         try:
-            if self.hold is not None:
-                self.hold.wait(30)
+            if self.hold is not None and self.hold.armed:
+                self.hold.released.wait(30)
             self.finishes += 1
             if self.start is None:
                 return []
@@ -440,13 +448,53 @@ async def test_a_speaker_who_mutes_has_their_utterance_closed_and_is_heard_again
             await scheduler.close()
 
 
+async def test_a_close_cancelled_while_finals_are_awaited_still_leaves_nothing_running(
+    server: RunningServer,
+) -> None:
+    import aiohttp
+
+    room = await server.create_room("cancelled close")
+    speaker = Attendee(server.ws_url, server.token(room, "speaker"), "Olena")
+    await speaker.join()
+    await speaker.publish(video=False)
+    hold = Hold()
+    pipelines: list[CountingPipeline] = []
+
+    def pipeline() -> CountingPipeline:
+        pipelines.append(CountingPipeline(hold=hold))
+        return pipelines[-1]
+
+    scheduler = Scheduler()
+    async with aiohttp.ClientSession() as http:
+        session = RoomSession(server.ws_url, room, server.token(room, "caption", 60),
+                              http=http, scheduler=scheduler, pipelines=pipeline)
+        session.start()
+        try:
+            await _until(lambda: bool(pipelines) and pipelines[0].samples > 8000, 15,
+                         "the speaker is heard")
+            hold.armed = True  # the last final takes its time
+            closing = asyncio.ensure_future(session.close(timeout=20))
+            await asyncio.sleep(0.5)
+            assert not closing.done()
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+            assert not session.connected and session.speakers == []
+            left = await speaker.wait_for("participant-left", timeout=10)
+            assert left["participant"] == session.participant
+        finally:
+            hold.released.set()
+            await speaker.close()
+            await session.close()
+            await scheduler.close()
+
+
 # -- the worker over the real server ---------------------------------------------------------
 
 
 class Pipelines:
     """Makes a :class:`CountingPipeline` per speaker and keeps them."""
 
-    def __init__(self, hold: threading.Event | None = None) -> None:
+    def __init__(self, hold: Hold | None = None) -> None:
         self.made: list[CountingPipeline] = []
         self.hold = hold
 
@@ -544,7 +592,7 @@ async def test_a_final_cut_off_by_a_server_restart_is_stored_after_it_and_captio
     token = server.token(room, "host")
     # Finals wait until the server is down, however its shutdown orders the host's leaving and
     # the worker's socket closing: the utterance is cut off by the restart.
-    server_down = threading.Event()
+    server_down = Hold()
     pipelines = Pipelines(hold=server_down)
     worker = Worker(server.base_url, server.token("*", "caption"), pipelines)
     task = await _running(worker)
@@ -555,8 +603,9 @@ async def test_a_final_cut_off_by_a_server_restart_is_stored_after_it_and_captio
         await host.publish(video=False)
         partial = await host.wait_for("caption", timeout=15, where=lambda m: not m["final"])
         before = host.id
+        server_down.armed = True
         await running.stop()  # mid-utterance: its final cannot be sent now
-        server_down.set()
+        server_down.released.set()
         await host.close()
         await _until(lambda: bool(pipelines.made) and pipelines.made[0].finishes > 0, 10,
                      "the cut utterance closed")
@@ -576,7 +625,7 @@ async def test_a_final_cut_off_by_a_server_restart_is_stored_after_it_and_captio
         assert [(c.utterance, c.participant_id) for c in stored][:1] == [
             (partial["utterance"], before)]
     finally:
-        server_down.set()
+        server_down.released.set()
         await _stop(task)
         await host.close()
         await running.stop()

@@ -156,6 +156,17 @@ class RoomSession:
         if self._closing:
             return
         self._closing = True
+        try:
+            await self._leave(timeout)
+        finally:  # even when cancelled: nothing of the session is left running
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            await self._detach()
+
+    async def _leave(self, timeout: float) -> None:
+        """Close open utterances, send what is left and say ``leave`` (up to ``timeout``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         speakers = list(self._speakers.values())
@@ -186,11 +197,6 @@ class RoomSession:
                 self.outbox.confirmed()
             with contextlib.suppress(Exception):
                 await ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._detach()
 
     async def _run(self) -> None:
         attempt = 0
@@ -411,12 +417,9 @@ class RoomSession:
             self._scheduler.finish(speaker, retire=True)
             if self._speakers.get(mid) is speaker:
                 del self._speakers[mid]
-            if not speaker.done.is_set():
+            if not speaker.done.is_set():  # ``close`` waits for its final
+                self._finishing = {s for s in self._finishing if not s.done.is_set()}
                 self._finishing.add(speaker)
-                try:
-                    await speaker.done.wait()
-                finally:
-                    self._finishing.discard(speaker)
 
     def _emit(self, speaker: Speaker, caption: Caption) -> None:
         self.outbox.post({
