@@ -66,14 +66,19 @@ async def test_a_receiver_gets_sender_reports_of_every_stream_stacked_in_one_rtc
             return original(data)
 
         transport.send_rtcp = recording  # type: ignore[method-assign]
-        await asyncio.sleep(2.5)  # the router reports every second
-        stacks = [[q for q in RtcpPacket.parse(data) if isinstance(q, RtcpSrPacket)]
-                  for data in sent]
         wanted = {c.slot.ssrc for c in consumers}
-        # Both streams' reports in one packet (a stream whose producer has not reported yet
-        # has no report to give, so a round may carry one).
-        assert any({q.ssrc for q in stack} == wanted for stack in stacks), stacks
-        assert all({q.ssrc for q in stack} <= wanted for stack in stacks)
+
+        def stacks() -> list[list[RtcpSrPacket]]:
+            return [[q for q in RtcpPacket.parse(data) if isinstance(q, RtcpSrPacket)]
+                    for data in sent]
+
+        # Both streams' reports in one packet (the router reports every second; a stream
+        # whose producer has not reported yet has no report to give, so a round may carry one).
+        deadline = time.monotonic() + 8
+        while not any({q.ssrc for q in stack} == wanted for stack in stacks()):
+            assert time.monotonic() < deadline, stacks()
+            await asyncio.sleep(0.2)
+        assert all({q.ssrc for q in stack} <= wanted for stack in stacks())
         # aiortc read them: the far end knows what each stream sent (remote-outbound-rtp).
         stats = await listener.subscribe_pc.getStats()  # type: ignore[union-attr]
         remote = [s for s in stats.values() if s.type == "remote-outbound-rtp"]

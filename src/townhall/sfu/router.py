@@ -408,11 +408,11 @@ class Router:
             try:
                 steps = work()
                 if steps is not None:
-                    since = time.perf_counter()
+                    since = self._clock()
                     for _ in steps:
-                        if time.perf_counter() - since > STEP_TIME:
+                        if self._clock() - since > STEP_TIME:
                             await asyncio.sleep(0)
-                            since = time.perf_counter()
+                            since = self._clock()
             except Exception:
                 logger.exception("%s: periodic work failed", self.name)
 
