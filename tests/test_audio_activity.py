@@ -64,8 +64,77 @@ async def test_only_the_speaking_producers_and_those_without_levels_are_forwarde
         await router.close()
 
 
+async def test_audio_only_listeners_get_the_loudest_of_those_forwarded_and_those_without_levels(
+) -> None:
+    clock = Clock()
+    router = Router("room", clock=clock)
+    try:
+        transport = router.create_transport("owner")
+        producers = []
+        for n in range(5):
+            level_id = None if n == 4 else 1
+            track = IncomingTrack(mid=str(n), kind="audio", codec=OPUS, ssrcs=(100 + n,),
+                                  mid_extension=None, audio_level_extension=level_id,
+                                  rtcp_ssrc=1)
+            producers.append(Producer(f"person {n}", "microphone", track, transport, clock))
+        activity = AudioActivity(clock, loudest=3, audio_only=1)
+        levels = [40, 20, 30, 127, None]  # -dBov: person 1 loudest, person 3 silent
+        result = None
+        for tick in range(8):
+            clock.now += TICK
+            for producer, level in zip(producers, levels, strict=True):
+                for k in range(5):
+                    producer.forward(*_packet(tick * 5 + k, level))
+            result = activity.tick(producers)
+        assert result is not None
+        assert result.forwarded == {producers[n].id for n in (0, 1, 2)}
+        assert result.narrow == {producers[1].id, producers[4].id}
+    finally:
+        await router.close()
+
+
+async def test_in_silence_an_audio_only_listener_keeps_the_last_one_heard() -> None:
+    clock = Clock()
+    router = Router("room", clock=clock)
+    try:
+        transport = router.create_transport("owner")
+        producers = []
+        for n in range(3):
+            track = IncomingTrack(mid=str(n), kind="audio", codec=OPUS, ssrcs=(100 + n,),
+                                  mid_extension=None, audio_level_extension=1, rtcp_ssrc=1)
+            producers.append(Producer(f"person {n}", "microphone", track, transport, clock))
+        activity = AudioActivity(clock, loudest=3, audio_only=1)
+        sequence = 0
+
+        def tick(levels: list[int]) -> frozenset[str]:
+            nonlocal sequence
+            clock.now += TICK
+            for producer, level in zip(producers, levels, strict=True):
+                for _ in range(5):
+                    sequence += 1
+                    producer.forward(*_packet(sequence, level))
+            return activity.tick(producers).narrow
+
+        assert tick([127, 127, 127]) == frozenset()  # nobody has spoken yet
+        for _ in range(5):
+            narrow = tick([127, 25, 127])
+        assert narrow == {producers[1].id}
+        for _ in range(30):  # three seconds of silence: all three stay forwarded (few unmuted)
+            narrow = tick([127, 127, 127])
+        assert narrow == {producers[1].id}
+        for _ in range(5):
+            narrow = tick([30, 127, 127])
+        assert narrow == {producers[0].id}
+    finally:
+        await router.close()
+
+
 def test_the_settings_come_from_the_environment_and_at_least_one_microphone_is_forwarded() -> None:
-    config = Config.load(env={"TOWNHALL_LOUDEST_AUDIO": "5", "TOWNHALL_AUDIO_RED": "false"})
-    assert (config.loudest_audio, config.audio_red) == (5, False)
+    config = Config.load(env={"TOWNHALL_LOUDEST_AUDIO": "5", "TOWNHALL_AUDIO_RED": "false",
+                              "TOWNHALL_AUDIO_ONLY_LOUDEST": "2"})
+    assert (config.loudest_audio, config.audio_red, config.audio_only_loudest) == (5, False, 2)
+    assert Config().audio_only_loudest == 1
     with pytest.raises(ValueError, match="loudest_audio"):
         Config.load(env={"TOWNHALL_LOUDEST_AUDIO": "0"})
+    with pytest.raises(ValueError, match="audio_only_loudest"):
+        Config.load(env={"TOWNHALL_AUDIO_ONLY_LOUDEST": "0"})

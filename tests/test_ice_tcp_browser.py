@@ -65,7 +65,7 @@ BROWSER_ANSWERS = """async sdp => {
 
 ROUND_TRIP = """async answer => {
   if (answer) await pc.setRemoteDescription({type: 'answer', sdp: answer});
-  const deadline = timeout(15000);
+  const deadline = timeout(30000);  // generous: the suite loads both cores
   const ch = await Promise.race([channel, deadline]);
   if (ch.readyState !== 'open') {
     await Promise.race([new Promise(resolve => ch.onopen = resolve), deadline]);

@@ -51,6 +51,9 @@ class Config:
     max_chat_length: int = 4000
     #: How many audio producers, the loudest, are forwarded when more are unmuted.
     loudest_audio: int = 3
+    #: How many of those a participant in audio-only mode receives at once: one Opus stream
+    #: keeps them under 64 kbit/s; with more, people talking over each other are all heard.
+    audio_only_loudest: int = 1
     #: Ask browsers for RED audio (RFC 2198: each packet repeats the previous frame), forwarded
     #: to pages that can receive it; costs about twice the audio bit rate, rides over loss.
     audio_red: bool = True
@@ -70,6 +73,9 @@ class Config:
     def __post_init__(self) -> None:
         if self.loudest_audio < 1:
             raise ValueError("setting loudest_audio: at least one audio producer is forwarded")
+        if self.audio_only_loudest < 1:
+            raise ValueError("setting audio_only_loudest: an audio-only participant hears at "
+                             "least one microphone")
 
     @property
     def database(self) -> str:

@@ -105,7 +105,7 @@ async def open_services(config: Config) -> Services:
         attach = ice.attach if ice is not None else None
         return Router(room_id, events=_RouterEvents(services_ref, room_id), attach=attach,
                       counters=counters, loudest_audio=config.loudest_audio,
-                      red=config.audio_red)
+                      audio_only_loudest=config.audio_only_loudest, red=config.audio_red)
 
     registry = RoomRegistry(store, router_factory, config.reconnect_grace)
     services = Services(config, secret_for(config), store, registry, counters, ice)

@@ -44,6 +44,10 @@ ALLOCATE_INTERVAL = 0.5
 TICK_INTERVAL = speaker.TICK
 #: How many audio producers (the loudest) are forwarded when more are unmuted.
 LOUDEST_AUDIO = 3
+#: Audio streams a participant in audio-only mode receives at once (the loudest).
+AUDIO_ONLY_LOUDEST = 1
+#: The pause reason of the audio consumers an audio-only transport does not get now.
+NARROW_AUDIO = "audio-only-loudest"
 
 
 class RouterEvents(Protocol):
@@ -90,6 +94,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         counters: Counters | None = None,
         loudest_audio: int = LOUDEST_AUDIO,
+        audio_only_loudest: int = AUDIO_ONLY_LOUDEST,
         red: bool = True,
     ) -> None:
         self.name = name
@@ -101,7 +106,11 @@ class Router:
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self._speaking: frozenset[str] = frozenset()
-        self._audio = AudioActivity(clock, loudest_audio)
+        self._audio = AudioActivity(clock, loudest_audio, audio_only_loudest)
+        #: The audio producers audio-only transports receive, as last applied; stale when a
+        #: transport's audio-only state or its consumers changed since.
+        self._narrow: frozenset[str] = frozenset()
+        self._narrow_stale = False
         self._red = red
         self._active_speaker: str | None = None
         self._closed = False
@@ -182,6 +191,7 @@ class Router:
                 consumer.set_paused(True, reason)
         else:
             consumer.redundancy = not (state.video_pauses or state.video.low_bandwidth)
+            self._narrow_stale = True
         self._allocate_on(transport)
         return consumer
 
@@ -246,6 +256,7 @@ class Router:
                 consumer.redundancy = not (state.video_pauses or state.video.low_bandwidth)
         if before != bool(state.video_pauses) and self._events is not None:
             self._events.forwarding_changed(self, state.owner)
+        self._narrow_stale = True
         self._allocate(transport, state, self._clock())
 
     def video_paused(self, transport: Transport) -> bool:
@@ -443,7 +454,21 @@ class Router:
             self._active_speaker = activity.dominant
             if self._events is not None:
                 self._events.active_speaker_changed(self, activity.dominant)
+        if activity.narrow != self._narrow or self._narrow_stale:
+            self._narrow, self._narrow_stale = activity.narrow, False
+            self._narrow_audio()
         yield from self._probe()
+
+    def _narrow_audio(self) -> None:
+        """Audio-only transports (asked for, or cut to audio by the allocation) get only the
+        loudest audio (``AUDIO_ONLY_LOUDEST``): one Opus stream fits 64 kbit/s, three do not."""
+        narrow = self._narrow
+        for state in self._transports.values():
+            audio_only = bool(state.video_pauses) or state.video.low_bandwidth
+            for consumer in state.consumers_by_ssrc.values():
+                if consumer.producer.kind == "audio":
+                    consumer.set_paused(audio_only and consumer.producer.id not in narrow,
+                                        NARROW_AUDIO)
 
     # -- allocation ----------------------------------------------------------------------------
 
@@ -496,6 +521,7 @@ class Router:
         if not video.run(state.consumers_by_ssrc.values(), now):
             return
         if video.low_bandwidth != was_low:
+            self._narrow_stale = True
             # Like audio-only mode, a transport too slow for video gets plain Opus.
             for consumer in state.consumers_by_ssrc.values():
                 if consumer.producer.kind != "video":
