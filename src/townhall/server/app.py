@@ -21,7 +21,7 @@ from townhall.auth import tokens
 from townhall.auth.secret import secret_for
 from townhall.config import Config
 from townhall.rooms.registry import RoomRegistry
-from townhall.server import api, captions, captions_worker, metrics, session
+from townhall.server import api, captions, captions_worker, metrics, pauses, session
 from townhall.server.keys import SERVICES
 from townhall.sfu.router import Counters, Router
 from townhall.sfu.transport import Transport
@@ -219,6 +219,7 @@ def serve(config: Config) -> None:
     # Young generations keep their defaults; full collections come 100 times less often.
     gen0, gen1, _ = gc.get_threshold()
     gc.set_threshold(gen0, gen1, 1000)
+    pauses.watch()
     asyncio.run(_serve(config))
 
 
