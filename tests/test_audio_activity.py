@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -33,18 +34,23 @@ def _packet(sequence: int, level: int | None) -> tuple[bytes, rtp.RtpHeader]:
     return data, rtp.parse_header(data)
 
 
+def _producers(transport: Any, clock: Clock, levels: list[bool]) -> list[Producer]:
+    """An audio producer per entry, with the audio-level extension where it is True."""
+    producers = []
+    for n, with_levels in enumerate(levels):
+        track = IncomingTrack(mid=str(n), kind="audio", codec=OPUS, ssrcs=(100 + n,),
+                              mid_extension=None,
+                              audio_level_extension=1 if with_levels else None, rtcp_ssrc=1)
+        producers.append(Producer(f"person {n}", "microphone", track, transport, clock))
+    return producers
+
+
 async def test_only_the_speaking_producers_and_those_without_levels_are_forwarded() -> None:
     clock = Clock()
     router = Router("room", clock=clock)
     try:
         transport = router.create_transport("owner")
-        producers = []
-        for n in range(6):
-            level_id = None if n == 5 else 1
-            track = IncomingTrack(mid=str(n), kind="audio", codec=OPUS, ssrcs=(100 + n,),
-                                  mid_extension=None, audio_level_extension=level_id,
-                                  rtcp_ssrc=1)
-            producers.append(Producer(f"person {n}", "microphone", track, transport, clock))
+        producers = _producers(transport, clock, [n != 5 for n in range(6)])
         activity = AudioActivity(clock, loudest=3)
         result = None
         for tick in range(6):
@@ -70,13 +76,7 @@ async def test_audio_only_listeners_get_the_loudest_of_those_forwarded_and_those
     router = Router("room", clock=clock)
     try:
         transport = router.create_transport("owner")
-        producers = []
-        for n in range(5):
-            level_id = None if n == 4 else 1
-            track = IncomingTrack(mid=str(n), kind="audio", codec=OPUS, ssrcs=(100 + n,),
-                                  mid_extension=None, audio_level_extension=level_id,
-                                  rtcp_ssrc=1)
-            producers.append(Producer(f"person {n}", "microphone", track, transport, clock))
+        producers = _producers(transport, clock, [n != 4 for n in range(5)])
         activity = AudioActivity(clock, loudest=3, audio_only=1)
         levels = [40, 20, 30, 127, None]  # -dBov: person 1 loudest, person 3 silent
         result = None
@@ -98,11 +98,7 @@ async def test_in_silence_an_audio_only_listener_keeps_the_last_one_heard() -> N
     router = Router("room", clock=clock)
     try:
         transport = router.create_transport("owner")
-        producers = []
-        for n in range(3):
-            track = IncomingTrack(mid=str(n), kind="audio", codec=OPUS, ssrcs=(100 + n,),
-                                  mid_extension=None, audio_level_extension=1, rtcp_ssrc=1)
-            producers.append(Producer(f"person {n}", "microphone", track, transport, clock))
+        producers = _producers(transport, clock, [True] * 3)
         activity = AudioActivity(clock, loudest=3, audio_only=1)
         sequence = 0
 

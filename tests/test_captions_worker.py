@@ -8,13 +8,14 @@ engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import os
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -412,80 +413,63 @@ async def test_a_room_session_hears_each_speaker_under_their_own_id_and_refuses_
             await scheduler.close()
 
 
-async def test_a_speaker_who_mutes_has_their_utterance_closed_and_is_heard_again_after(
-    server: RunningServer,
-) -> None:
+@contextlib.asynccontextmanager
+async def _one_speaker(
+    server: RunningServer, room_name: str, hold: Hold | None = None,
+) -> AsyncIterator[tuple[Attendee, RoomSession, Pipelines]]:
+    """A room with one speaker publishing audio, and a worker's session in it."""
     import aiohttp
 
-    room = await server.create_room("muting")
+    room = await server.create_room(room_name)
     speaker = Attendee(server.ws_url, server.token(room, "speaker"), "Olena")
     await speaker.join()
     await speaker.publish(video=False)
-    pipelines: list[CountingPipeline] = []
-
-    def pipeline() -> CountingPipeline:
-        pipelines.append(CountingPipeline())
-        return pipelines[-1]
-
+    pipelines = Pipelines(hold)
     scheduler = Scheduler()
     async with aiohttp.ClientSession() as http:
         session = RoomSession(server.ws_url, room, server.token(room, "caption", 60),
-                              http=http, scheduler=scheduler, pipelines=pipeline)
+                              http=http, scheduler=scheduler, pipelines=pipelines)
         session.start()
         try:
-            await _until(lambda: bool(pipelines) and pipelines[0].samples > 8000, 15,
+            await _until(lambda: bool(pipelines.made) and pipelines.made[0].samples > 8000, 15,
                          "the speaker is heard")
-            await speaker.send({"type": "media", "source": "microphone", "enabled": False})
-            await _until(lambda: pipelines[0].finishes >= 1, 5, "the utterance closed")
-            assert len(session.speakers) == 1  # still in the meeting, still a speaker
-            heard = pipelines[0].samples
-            await speaker.send({"type": "media", "source": "microphone", "enabled": True})
-            await _until(lambda: pipelines[0].samples > heard + 8000, 10, "heard again")
-            assert len(pipelines) == 1
+            yield speaker, session, pipelines
         finally:
+            if hold is not None:
+                hold.released.set()
             await speaker.close()
             await session.close()
             await scheduler.close()
+
+
+async def test_a_speaker_who_mutes_has_their_utterance_closed_and_is_heard_again_after(
+    server: RunningServer,
+) -> None:
+    async with _one_speaker(server, "muting") as (speaker, session, pipelines):
+        pipeline = pipelines.made[0]
+        await speaker.send({"type": "media", "source": "microphone", "enabled": False})
+        await _until(lambda: pipeline.finishes >= 1, 5, "the utterance closed")
+        assert len(session.speakers) == 1  # still in the meeting, still a speaker
+        heard = pipeline.samples
+        await speaker.send({"type": "media", "source": "microphone", "enabled": True})
+        await _until(lambda: pipeline.samples > heard + 8000, 10, "heard again")
+        assert len(pipelines.made) == 1
 
 
 async def test_a_close_cancelled_while_finals_are_awaited_still_leaves_nothing_running(
     server: RunningServer,
 ) -> None:
-    import aiohttp
-
-    room = await server.create_room("cancelled close")
-    speaker = Attendee(server.ws_url, server.token(room, "speaker"), "Olena")
-    await speaker.join()
-    await speaker.publish(video=False)
     hold = Hold()
-    pipelines: list[CountingPipeline] = []
-
-    def pipeline() -> CountingPipeline:
-        pipelines.append(CountingPipeline(hold=hold))
-        return pipelines[-1]
-
-    scheduler = Scheduler()
-    async with aiohttp.ClientSession() as http:
-        session = RoomSession(server.ws_url, room, server.token(room, "caption", 60),
-                              http=http, scheduler=scheduler, pipelines=pipeline)
-        session.start()
-        try:
-            await _until(lambda: bool(pipelines) and pipelines[0].samples > 8000, 15,
-                         "the speaker is heard")
-            hold.armed = True  # the last final takes its time
-            closing = asyncio.ensure_future(session.close(timeout=20))
-            await asyncio.sleep(0.5)
-            assert not closing.done()
-            closing.cancel()
-            await asyncio.gather(closing, return_exceptions=True)
-            assert not session.connected and session.speakers == []
-            left = await speaker.wait_for("participant-left", timeout=10)
-            assert left["participant"] == session.participant
-        finally:
-            hold.released.set()
-            await speaker.close()
-            await session.close()
-            await scheduler.close()
+    async with _one_speaker(server, "cancelled close", hold) as (speaker, session, _):
+        hold.armed = True  # the last final takes its time
+        closing = asyncio.ensure_future(session.close(timeout=20))
+        await asyncio.sleep(0.5)
+        assert not closing.done()
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+        assert not session.connected and session.speakers == []
+        left = await speaker.wait_for("participant-left", timeout=10)
+        assert left["participant"] == session.participant
 
 
 # -- the worker over the real server ---------------------------------------------------------
