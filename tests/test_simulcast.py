@@ -178,6 +178,15 @@ class Layer:
         return out
 
 
+def consumed(clock: Clock) -> tuple[Producer, FakeTransport, FakeTransport, Consumer]:
+    """A simulcast producer (and its publisher's transport), and one consumer of it."""
+    producer, publisher = simulcast_producer(clock)
+    out = FakeTransport()
+    consumer = Consumer(producer, out, FakeSlot(), clock)  # type: ignore[arg-type]
+    producer.consumers.append(consumer)
+    return producer, publisher, out, consumer
+
+
 def feed(producer: Producer, packets: list[bytes], index: int) -> None:
     for data in packets:
         producer.forward(data, parse_header(data), producer.layers[index])
@@ -201,10 +210,7 @@ def plis(transport: FakeTransport) -> list[int]:
 
 def test_a_consumer_starts_at_a_keyframe_of_its_target_layer_and_asks_for_one() -> None:
     clock = Clock()
-    producer, publisher = simulcast_producer(clock)
-    out = FakeTransport()
-    consumer = Consumer(producer, out, FakeSlot(), clock)  # type: ignore[arg-type]
-    producer.consumers.append(consumer)
+    producer, publisher, out, consumer = consumed(clock)
     layers = [Layer(0, 1000, 100, 5000, 10, 160), Layer(1, 2000, 9000, 777, 2000, 320),
               Layer(2, 3000, 60000, 4_000_000_000, 30000, 640)]
     consumer.set_target(2)
@@ -221,10 +227,7 @@ def test_a_consumer_starts_at_a_keyframe_of_its_target_layer_and_asks_for_one() 
 
 def test_switching_layers_waits_for_a_keyframe_and_keeps_every_counter_continuous() -> None:
     clock = Clock()
-    producer, publisher = simulcast_producer(clock)
-    out = FakeTransport()
-    consumer = Consumer(producer, out, FakeSlot(), clock)  # type: ignore[arg-type]
-    producer.consumers.append(consumer)
+    producer, publisher, out, consumer = consumed(clock)
     high = Layer(2, 3000, 65534, 4_294_960_000, 0x7FFE, 640)
     low = Layer(0, 1000, 100, 5000, 10, 160)
     consumer.set_target(2)
@@ -260,10 +263,7 @@ def test_switching_layers_waits_for_a_keyframe_and_keeps_every_counter_continuou
 
 def test_retransmissions_after_a_switch_carry_the_rewritten_picture_id() -> None:
     clock = Clock()
-    producer, _ = simulcast_producer(clock)
-    out = FakeTransport()
-    consumer = Consumer(producer, out, FakeSlot(), clock)  # type: ignore[arg-type]
-    producer.consumers.append(consumer)
+    producer, _, out, consumer = consumed(clock)
     high, low = Layer(2, 3000, 10, 0, 500, 640), Layer(0, 1000, 7000, 0, 9000, 160)
     consumer.set_target(2)
     feed(producer, high.frame(keyframe=True), 2)
@@ -280,10 +280,7 @@ def test_retransmissions_after_a_switch_carry_the_rewritten_picture_id() -> None
 
 def test_a_target_of_minus_one_stops_forwarding_at_once() -> None:
     clock = Clock()
-    producer, _ = simulcast_producer(clock)
-    out = FakeTransport()
-    consumer = Consumer(producer, out, FakeSlot(), clock)  # type: ignore[arg-type]
-    producer.consumers.append(consumer)
+    producer, _, out, consumer = consumed(clock)
     layer = Layer(1, 2000, 1, 0, 1, 320)
     consumer.set_target(1)
     feed(producer, layer.frame(keyframe=True), 1)
@@ -295,10 +292,7 @@ def test_a_target_of_minus_one_stops_forwarding_at_once() -> None:
 
 def test_forwarded_video_carries_abs_send_time_for_the_receivers_estimate() -> None:
     clock = Clock()
-    producer, _ = simulcast_producer(clock)
-    out = FakeTransport()
-    consumer = Consumer(producer, out, FakeSlot(), clock)  # type: ignore[arg-type]
-    producer.consumers.append(consumer)
+    producer, _, out, consumer = consumed(clock)
     consumer.set_target(0)
     feed(producer, Layer(0, 1000, 1, 0, 1, 160).frame(keyframe=True), 0)
     data = out.rtp[0]
@@ -311,10 +305,7 @@ def test_forwarded_video_carries_abs_send_time_for_the_receivers_estimate() -> N
 
 def test_probe_padding_follows_the_end_of_a_frame_and_never_splits_one() -> None:
     clock = Clock()
-    producer, _ = simulcast_producer(clock)
-    out = FakeTransport()
-    consumer = Consumer(producer, out, FakeSlot(), clock)  # type: ignore[arg-type]
-    producer.consumers.append(consumer)
+    producer, _, out, consumer = consumed(clock)
     layer = Layer(0, 1000, 500, 0, 1, 160)
     consumer.set_target(0)
     consumer.padding = 600
