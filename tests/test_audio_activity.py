@@ -87,8 +87,15 @@ async def test_audio_only_listeners_get_the_loudest_of_those_forwarded_and_those
                     producer.forward(*_packet(tick * 5 + k, level))
             result = activity.tick(producers)
         assert result is not None
-        assert result.forwarded == {producers[n].id for n in (0, 1, 2)}
-        assert result.narrow == {producers[1].id, producers[4].id}
+        ids = [p.id for p in producers]
+        assert result.forwarded == {ids[0], ids[1], ids[2]}
+        # Someone receiving everyone: the loudest, and whoever cannot be judged.
+        assert activity.for_audio_only(result, [ids[0], ids[1], ids[2], ids[4]]) == {
+            ids[1], ids[4]}
+        # The loudest speaker in audio-only mode: the next loudest (never their own voice).
+        assert activity.for_audio_only(result, [ids[0], ids[2], ids[4]]) == {ids[2], ids[4]}
+        # No more to hear than audio_only: all of it, speaking or not.
+        assert activity.for_audio_only(result, [ids[3]]) == {ids[3]}
     finally:
         await router.close()
 
@@ -103,13 +110,14 @@ async def test_in_silence_an_audio_only_listener_keeps_the_last_one_heard() -> N
         sequence = 0
 
         def tick(levels: list[int]) -> frozenset[str]:
+            """What someone receiving all three in audio-only mode gets after this tick."""
             nonlocal sequence
             clock.now += TICK
             for producer, level in zip(producers, levels, strict=True):
                 for _ in range(5):
                     sequence += 1
                     producer.forward(*_packet(sequence, level))
-            return activity.tick(producers).narrow
+            return activity.for_audio_only(activity.tick(producers), [p.id for p in producers])
 
         assert tick([127, 127, 127]) == frozenset()  # nobody has spoken yet
         for _ in range(5):

@@ -10,7 +10,7 @@ mode receive: the router pauses their other audio consumers (``Router._tick``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,9 +29,11 @@ class Activity:
     dominant: str | None
     #: Ids of the audio producers forwarded now.
     forwarded: frozenset[str]
-    #: Ids of the audio producers an audio-only participant receives now: the loudest
-    #: ``audio_only`` of ``forwarded``, and those without audio levels.
-    narrow: frozenset[str] = frozenset()
+    #: The loudest of ``forwarded``, the longest held first (one more than an audio-only
+    #: participant receives, since one may be their own): see ``AudioActivity.for_audio_only``.
+    ranked: tuple[str, ...] = ()
+    #: Producers without audio levels (always forwarded: nothing tells speech from silence).
+    unlevelled: frozenset[str] = frozenset()
 
 
 class AudioActivity:
@@ -40,8 +42,9 @@ class AudioActivity:
         self.speaker = DominantSpeaker(clock)
         self.voices = Voices()
         self.selection = AudioSelection(loudest, clock)
-        self.narrow = AudioSelection(min(loudest, audio_only), clock)
-        self._last_narrow: frozenset[str] = frozenset()
+        self.audio_only = audio_only
+        self.narrow = AudioSelection(min(loudest, audio_only + 1), clock, everyone_when_few=False)
+        self._last_ranked: tuple[str, ...] = ()
 
     def tick(self, producers: Iterable[Producer]) -> Activity:
         scores: dict[str, float] = {}
@@ -66,15 +69,26 @@ class AudioActivity:
         self.voices.update(scores, self._clock())
         dominant = self.speaker.update(by_owner)
         forwarded = self.selection.update(scores.keys(), self.voices)
-        narrow = self.narrow.update(forwarded, self.voices)  # the loudest of the loudest
-        if not narrow:  # in silence the last one heard stays, so their next words are whole
-            narrow = self._last_narrow & forwarded
-        self._last_narrow = narrow
+        self.narrow.update(forwarded, self.voices)  # the loudest of the loudest
+        ranked = self.narrow.ranked
+        if not ranked:  # in silence the last ones heard stay, so their next words are whole
+            ranked = tuple(k for k in self._last_ranked if k in forwarded)
+        self._last_ranked = ranked
         for producer in unmuted:
             producer.set_selected(producer.id in forwarded)
         return Activity(
             speaking=frozenset(p.owner for p in unmuted if p.speaking),
             dominant=dominant,
             forwarded=forwarded,
-            narrow=narrow | unlevelled,
+            ranked=ranked,
+            unlevelled=frozenset(unlevelled),
         )
+
+    def for_audio_only(self, activity: Activity, candidates: Collection[str]) -> frozenset[str]:
+        """Which of ``candidates`` (the forwarded producers a transport consumes: never its own)
+        an audio-only transport receives: all while there are no more than ``audio_only``,
+        else the loudest ``audio_only`` of them, and always those without audio levels."""
+        if len(candidates) <= self.audio_only:
+            return frozenset(candidates)
+        loudest = [k for k in activity.ranked if k in candidates][:self.audio_only]
+        return frozenset(loudest) | (activity.unlevelled & frozenset(candidates))

@@ -31,6 +31,7 @@ class AudioSelection:
         hangover: float = 1.0,
         hold: float = 0.5,
         margin: float = 6.0,
+        everyone_when_few: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError("at least one audio producer must be forwarded")
@@ -39,6 +40,9 @@ class AudioSelection:
         self.hangover = hangover
         self.hold = hold
         self.margin = margin
+        #: With no more keys than places, select them all, speaking or not (False: only
+        #: speakers ever get a place).
+        self.everyone_when_few = everyone_when_few
         #: selected key → when it was selected
         self._selected: dict[str, float] = {}
 
@@ -46,10 +50,16 @@ class AudioSelection:
     def selected(self) -> frozenset[str]:
         return frozenset(self._selected)
 
+    @property
+    def ranked(self) -> tuple[str, ...]:
+        """The selected keys, the longest held first (of those selected together, the
+        loudest first): an order that changes only when the selection does."""
+        return tuple(sorted(self._selected, key=self._selected.__getitem__))
+
     def update(self, keys: Collection[str], voices: Voices) -> frozenset[str]:
         """Choose among ``keys`` (the unmuted producers) after ``voices`` took this tick."""
         now = self._clock()
-        if len(keys) <= self.size:
+        if self.everyone_when_few and len(keys) <= self.size:
             self._selected = {k: self._selected.get(k, now) for k in keys}
             return self.selected
 

@@ -23,7 +23,7 @@ from aiortc import RTCPeerConnection
 
 from townhall.sfu import bandwidth, rtcp, rtp, speaker
 from townhall.sfu.allocation import VideoAllocation
-from townhall.sfu.audio_activity import AudioActivity
+from townhall.sfu.audio_activity import Activity, AudioActivity
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
 from townhall.sfu.simulcast import Layer, layer_for_size
@@ -109,7 +109,7 @@ class Router:
         self._audio = AudioActivity(clock, loudest_audio, audio_only_loudest)
         #: The audio producers audio-only transports receive, as last applied; stale when a
         #: transport's audio-only state or its consumers changed since.
-        self._narrow: frozenset[str] = frozenset()
+        self._narrow: tuple[frozenset[str], tuple[str, ...], frozenset[str]] | None = None
         self._narrow_stale = False
         self._red = red
         self._active_speaker: str | None = None
@@ -454,21 +454,26 @@ class Router:
             self._active_speaker = activity.dominant
             if self._events is not None:
                 self._events.active_speaker_changed(self, activity.dominant)
-        if activity.narrow != self._narrow or self._narrow_stale:
-            self._narrow, self._narrow_stale = activity.narrow, False
-            self._narrow_audio()
+        narrow = (activity.forwarded, activity.ranked, activity.unlevelled)
+        if narrow != self._narrow or self._narrow_stale:
+            self._narrow, self._narrow_stale = narrow, False
+            self._narrow_audio(activity)
         yield from self._probe()
 
-    def _narrow_audio(self) -> None:
+    def _narrow_audio(self, activity: Activity) -> None:
         """Audio-only transports (asked for, or cut to audio by the allocation) get only the
         loudest audio (``AUDIO_ONLY_LOUDEST``): one Opus stream fits 64 kbit/s, three do not."""
-        narrow = self._narrow
         for state in self._transports.values():
-            audio_only = bool(state.video_pauses) or state.video.low_bandwidth
-            for consumer in state.consumers_by_ssrc.values():
-                if consumer.producer.kind == "audio":
-                    consumer.set_paused(audio_only and consumer.producer.id not in narrow,
-                                        NARROW_AUDIO)
+            audio = [c for c in state.consumers_by_ssrc.values() if c.producer.kind == "audio"]
+            if bool(state.video_pauses) or state.video.low_bandwidth:
+                heard = self._audio.for_audio_only(
+                    activity, [c.producer.id for c in audio
+                               if c.producer.selected and not c.producer.paused])
+            else:
+                heard = None
+            for consumer in audio:
+                consumer.set_paused(heard is not None and consumer.producer.id not in heard,
+                                    NARROW_AUDIO)
 
     # -- allocation ----------------------------------------------------------------------------
 
