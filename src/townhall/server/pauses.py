@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ LONG = 0.02
 
 
 class PauseWatch:
-    def __init__(self, long: float = LONG, clock: Any = time.perf_counter) -> None:
+    def __init__(self, long: float = LONG, clock: Callable[[], float] = time.perf_counter) -> None:
         self.long = long
         self._clock = clock
         self._started = 0.0
