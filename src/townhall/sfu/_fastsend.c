@@ -1,15 +1,26 @@
-/* townhall.sfu._fastsend: protect RTP packets with libsrtp and send them in one sendmmsg().
- *
- * The optional native piece of the packet path (see native.py). Python builds each consumer's
- * copy of a packet as before; instead of protecting and sending copies one at a time, the UDP
- * socket holds them while one received datagram is handled and hands them here together:
+/* townhall.sfu._fastsend: the native piece of the packet path (see native.py).
  *
  *     send(fd, protect, [(srtp, packet, sockaddr), ...]) -> number sent
  *
- * `protect` is the address of libsrtp's srtp_protect() and `srtp` the address of an srtp_t,
- * both from pylibsrtp's own cffi binding (its statically linked libsrtp: the sessions aiortc
- * keyed), `sockaddr` a packed struct sockaddr_in or sockaddr_in6. Datagrams the socket cannot
- * take now (EAGAIN) are counted as not sent; a packet libsrtp refuses is skipped.
+ * protects plain RTP packets that Python built and writes them with one sendmmsg().
+ *
+ *     fanout(consumers, data, header, layer, codec_payload_type, descriptor, now) -> copies
+ *
+ * is a producer's whole fan-out of one received packet: for each consumer in the steady state
+ * it rewrites the header (sequence number, timestamp, SSRC, payload type), adds the
+ * transport-wide sequence number or abs-send-time block, rewrites the VP8 picture id and
+ * TL0PICIDX, protects the copy with libsrtp and queues it; the queued copies leave in one
+ * sendmmsg() per socket. The state stays in the Python objects (Consumer, SequenceRewriter,
+ * TwccSender, PictureRewriter), read and updated here exactly as their Python methods do, so the
+ * two paths mix freely. Anything else (a paused or switching consumer, RED, a first packet after
+ * a restart, padding due, a late packet behind padding, a transport without a native route) is
+ * handed to the consumer's own Python `send`.
+ *
+ * `protect` (set once with setup()) is the address of libsrtp's srtp_protect() and `srtp` the
+ * address of an srtp_t, both from pylibsrtp's own cffi binding (its statically linked libsrtp:
+ * the sessions aiortc keyed), `sockaddr` a packed struct sockaddr_in or sockaddr_in6. A transport's
+ * route is (srtp, fd, sockaddr, session). Datagrams the socket cannot take now (EAGAIN) are lost,
+ * as a full queue loses them; a packet libsrtp refuses is skipped.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -87,10 +98,537 @@ static PyObject *fastsend_send(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(sent);
 }
 
+/* --- fanout ------------------------------------------------------------------------------ */
+
+enum {
+    N_PAUSED, N_LAYER, N_SLOT, N_PAYLOAD_TYPE, N_SSRC, N_ABS_SEND_TIME, N_PADDING, N_TRANSPORT,
+    N_ROUTE, N_REWRITER, N_STARTED, N_PADDINGS, N_SEQ_OFFSET, N_TS_OFFSET, N_LAST_IN_SEQ,
+    N_LAST_OUT_SEQ, N_LAST_OUT_TS, N_LAST_SENT_AT, N_TWCC, N_SEQUENCE, N_EXTENSION_ID, N_SENT_AT,
+    N_SIZES, N_SEQUENCES, N_PICTURES, N_PICTURE_OFFSET, N_TL0_OFFSET, N_LAST_PICTURE_ID,
+    N_LAST_TL0, N_ACTIVE, N_PACKETS, N_OCTETS, N_SEND, N_MARKER, N_TIMESTAMP, N_CSRC_END,
+    N_PAYLOAD_OFFSET, N_SIZE, N_PICTURE_ID, N_PICTURE_ID_BITS, N_TL0PICIDX, N_HEADER_SEQUENCE,
+    N_COUNT
+};
+
+static const char *name_texts[N_COUNT] = {
+    "paused", "layer", "slot", "payload_type", "ssrc", "abs_send_time", "padding", "transport",
+    "route", "rewriter", "_started", "_padding", "_seq_offset", "_ts_offset", "_last_in_seq",
+    "_last_out_seq", "_last_out_ts", "_last_sent_at", "twcc", "_sequence", "extension_id",
+    "_sent_at", "_sizes", "_sequences", "pictures", "_picture_offset", "_tl0_offset",
+    "_last_picture_id", "_last_tl0", "active", "packets", "octets", "send", "marker",
+    "timestamp", "csrc_end", "payload_offset", "size", "picture_id", "picture_id_bits",
+    "tl0picidx", "sequence",
+};
+
+static PyObject *names[N_COUNT];
+
+static protect_fn fan_protect = NULL;
+static unsigned long long fan_sent = 0;  /* copies sent since take_sent() */
+static int fan_busy = 0;
+
+/* The copies of one fan-out waiting for sendmmsg(): all for one socket. */
+static int fan_batch = 0;
+static int fan_fd = -1;
+static unsigned char fan_buffers[MAX_BATCH][PACKET_SIZE];
+static unsigned char fan_addresses[MAX_BATCH][32];
+static struct mmsghdr fan_messages[MAX_BATCH];
+static struct iovec fan_vectors[MAX_BATCH];
+
+static void fan_flush(void) {
+    int offset = 0;
+    while (offset < fan_batch) {
+        int n = sendmmsg(fan_fd, fan_messages + offset, (unsigned int)(fan_batch - offset), 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+                break;
+            offset++;
+            continue;
+        }
+        offset += n;
+        fan_sent += (unsigned long long)n;
+    }
+    fan_batch = 0;
+}
+
+/* One attribute as a C long / double; -1 with an exception set if it is missing or no number. */
+static int get_long(PyObject *object, int name, long *out) {
+    PyObject *value = PyObject_GetAttr(object, names[name]);
+    if (value == NULL)
+        return -1;
+    long result = PyLong_AsLong(value);
+    Py_DECREF(value);
+    if (result == -1 && PyErr_Occurred())
+        return -1;
+    *out = result;
+    return 0;
+}
+
+static int get_double(PyObject *object, int name, double *out) {
+    PyObject *value = PyObject_GetAttr(object, names[name]);
+    if (value == NULL)
+        return -1;
+    double result = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    if (result == -1.0 && PyErr_Occurred())
+        return -1;
+    *out = result;
+    return 0;
+}
+
+/* An attribute that may be None: 1 and the number, 0 for None, -1 on error. */
+static int get_optional_long(PyObject *object, int name, long *out) {
+    PyObject *value = PyObject_GetAttr(object, names[name]);
+    if (value == NULL)
+        return -1;
+    if (value == Py_None) {
+        Py_DECREF(value);
+        return 0;
+    }
+    long result = PyLong_AsLong(value);
+    Py_DECREF(value);
+    if (result == -1 && PyErr_Occurred())
+        return -1;
+    *out = result;
+    return 1;
+}
+
+static int set_long(PyObject *object, int name, long value) {
+    PyObject *number = PyLong_FromLong(value);
+    if (number == NULL)
+        return -1;
+    int status = PyObject_SetAttr(object, names[name], number);
+    Py_DECREF(number);
+    return status;
+}
+
+static int set_double(PyObject *object, int name, double value) {
+    PyObject *number = PyFloat_FromDouble(value);
+    if (number == NULL)
+        return -1;
+    int status = PyObject_SetAttr(object, names[name], number);
+    Py_DECREF(number);
+    return status;
+}
+
+static int set_item(PyObject *list, long index, PyObject *value) {
+    if (value == NULL)
+        return -1;
+    return PyList_SetItem(list, index, value);  /* steals the reference */
+}
+
+/* What every copy of the received packet shares. */
+typedef struct {
+    const unsigned char *data;
+    Py_ssize_t length;
+    long layer, payload_type, sequence, timestamp, csrc_end, payload_offset;
+    int marker, codec_payload_type;
+    int has_descriptor;
+    long descriptor_size, picture_id, picture_id_bits, tl0picidx;
+    double now;
+} Incoming;
+
+#define COPY_QUEUED 1
+#define COPY_NOT_SENT 0
+#define COPY_PYTHON (-2)
+#define COPY_ERROR (-1)
+
+/* The rewriter's, TWCC sender's and picture rewriter's state for one copy. */
+typedef struct {
+    PyObject *rewriter, *twcc, *pictures, *sent_at, *sizes, *sequences;
+} Parts;
+
+static void parts_clear(Parts *parts) {
+    Py_CLEAR(parts->rewriter);
+    Py_CLEAR(parts->twcc);
+    Py_CLEAR(parts->pictures);
+    Py_CLEAR(parts->sent_at);
+    Py_CLEAR(parts->sizes);
+    Py_CLEAR(parts->sequences);
+}
+
+static int put16(unsigned char *at, long value) {
+    at[0] = (unsigned char)((value >> 8) & 0xFF);
+    at[1] = (unsigned char)(value & 0xFF);
+    return 2;
+}
+
+static int put32(unsigned char *at, unsigned long value) {
+    at[0] = (unsigned char)((value >> 24) & 0xFF);
+    at[1] = (unsigned char)((value >> 16) & 0xFF);
+    at[2] = (unsigned char)((value >> 8) & 0xFF);
+    at[3] = (unsigned char)(value & 0xFF);
+    return 4;
+}
+
+/* One consumer's copy: queued, not sent, or COPY_PYTHON for the consumer's own send(). Reads
+ * everything first and changes state only once the copy is certain to be made. */
+static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
+    long value;
+    PyObject *object = PyObject_GetAttr(consumer, names[N_PAUSED]);
+    if (object == NULL)
+        return COPY_ERROR;
+    int paused = PyObject_IsTrue(object);
+    Py_DECREF(object);
+    if (paused)
+        return paused < 0 ? COPY_ERROR : COPY_NOT_SENT;
+    if (get_long(consumer, N_LAYER, &value) < 0)
+        return COPY_ERROR;
+    if (value != in->layer || in->payload_type != in->codec_payload_type)
+        return COPY_PYTHON;  /* a layer switch, or RED */
+    long padding;
+    if (get_long(consumer, N_PADDING, &padding) < 0)
+        return COPY_ERROR;
+    if (padding && in->marker)
+        return COPY_PYTHON;  /* padding follows this packet */
+
+    PyObject *slot = PyObject_GetAttr(consumer, names[N_SLOT]);
+    if (slot == NULL)
+        return COPY_ERROR;
+    long payload_type, ssrc, abs_send_time = 0;
+    int has_payload_type = get_optional_long(slot, N_PAYLOAD_TYPE, &payload_type);
+    int has_abs_send_time = has_payload_type <= 0 ? 0 :
+        get_optional_long(slot, N_ABS_SEND_TIME, &abs_send_time);
+    int status = has_payload_type < 0 || has_abs_send_time < 0 ? -1 :
+        get_long(slot, N_SSRC, &ssrc);
+    Py_DECREF(slot);
+    if (status < 0 || has_payload_type < 0)
+        return COPY_ERROR;
+    if (!has_payload_type)
+        return COPY_NOT_SENT;
+
+    /* the transport's native route: (srtp, fd, sockaddr, session) */
+    PyObject *transport = PyObject_GetAttr(consumer, names[N_TRANSPORT]);
+    if (transport == NULL)
+        return COPY_ERROR;
+    PyObject *route = PyObject_GetAttr(transport, names[N_ROUTE]);
+    Py_DECREF(transport);
+    if (route == NULL)
+        return COPY_ERROR;
+    if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) < 3 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(route, 2)) ||
+            PyBytes_GET_SIZE(PyTuple_GET_ITEM(route, 2)) > 32) {
+        Py_DECREF(route);
+        return COPY_PYTHON;
+    }
+    void *srtp = PyLong_AsVoidPtr(PyTuple_GET_ITEM(route, 0));
+    long fd = PyLong_AsLong(PyTuple_GET_ITEM(route, 1));
+    PyObject *address = PyTuple_GET_ITEM(route, 2);
+    Py_ssize_t address_length = PyBytes_GET_SIZE(address);
+    unsigned char address_bytes[32];
+    memcpy(address_bytes, PyBytes_AS_STRING(address), (size_t)address_length);
+    Py_DECREF(route);
+    if (PyErr_Occurred())
+        return COPY_ERROR;
+
+    /* the sequence rewriter (SequenceRewriter.rewrite) */
+    PyObject *rewriter = parts->rewriter = PyObject_GetAttr(consumer, names[N_REWRITER]);
+    if (rewriter == NULL)
+        return COPY_ERROR;
+    long started, seq_offset, ts_offset, last_in_seq, last_out_seq, last_out_ts;
+    double last_sent_at;
+    if (get_long(rewriter, N_STARTED, &started) < 0)
+        return COPY_ERROR;
+    if (!started)
+        return COPY_PYTHON;  /* a new run starts: offsets to work out */
+    object = PyObject_GetAttr(rewriter, names[N_PADDINGS]);
+    if (object == NULL)
+        return COPY_ERROR;
+    Py_ssize_t paddings = PyObject_Length(object);
+    Py_DECREF(object);
+    if (paddings < 0 || get_long(rewriter, N_SEQ_OFFSET, &seq_offset) < 0 ||
+            get_long(rewriter, N_TS_OFFSET, &ts_offset) < 0 ||
+            get_long(rewriter, N_LAST_IN_SEQ, &last_in_seq) < 0 ||
+            get_long(rewriter, N_LAST_OUT_SEQ, &last_out_seq) < 0 ||
+            get_long(rewriter, N_LAST_OUT_TS, &last_out_ts) < 0 ||
+            get_double(rewriter, N_LAST_SENT_AT, &last_sent_at) < 0)
+        return COPY_ERROR;
+    if (paddings && ((in->sequence - last_in_seq) & 0xFFFF) >= 0x8000)
+        return COPY_PYTHON;  /* a late packet behind padding */
+
+    /* transport-wide sequence number, or abs-send-time */
+    PyObject *twcc = parts->twcc = PyObject_GetAttr(consumer, names[N_TWCC]);
+    if (twcc == NULL)
+        return COPY_ERROR;
+    long twcc_sequence = 0, twcc_id = 0;
+    Py_ssize_t history = 0;
+    if (twcc != Py_None) {
+        if (get_long(twcc, N_SEQUENCE, &twcc_sequence) < 0 ||
+                get_long(twcc, N_EXTENSION_ID, &twcc_id) < 0)
+            return COPY_ERROR;
+        parts->sent_at = PyObject_GetAttr(twcc, names[N_SENT_AT]);
+        parts->sizes = PyObject_GetAttr(twcc, names[N_SIZES]);
+        parts->sequences = PyObject_GetAttr(twcc, names[N_SEQUENCES]);
+        if (parts->sent_at == NULL || parts->sizes == NULL || parts->sequences == NULL)
+            return COPY_ERROR;
+        if (!PyList_Check(parts->sent_at) || !PyList_Check(parts->sizes) ||
+                !PyList_Check(parts->sequences))
+            return COPY_PYTHON;
+        history = PyList_GET_SIZE(parts->sent_at);
+        if (history == 0 || (history & (history - 1)) != 0 ||
+                PyList_GET_SIZE(parts->sizes) != history ||
+                PyList_GET_SIZE(parts->sequences) != history)
+            return COPY_PYTHON;
+    }
+
+    /* the VP8 picture id and TL0PICIDX (PictureRewriter.rewrite) */
+    PyObject *pictures = parts->pictures = PyObject_GetAttr(consumer, names[N_PICTURES]);
+    if (pictures == NULL)
+        return COPY_ERROR;
+    long picture_offset = 0, tl0_offset = 0, last_picture_id = -1, last_tl0 = -1, active = 0;
+    if (pictures != Py_None) {
+        if (!in->has_descriptor)
+            return COPY_PYTHON;
+        long pictures_started;
+        if (get_long(pictures, N_STARTED, &pictures_started) < 0)
+            return COPY_ERROR;
+        if (!pictures_started)
+            return COPY_PYTHON;
+        if (get_long(pictures, N_PICTURE_OFFSET, &picture_offset) < 0 ||
+                get_long(pictures, N_TL0_OFFSET, &tl0_offset) < 0 ||
+                get_long(pictures, N_LAST_PICTURE_ID, &last_picture_id) < 0 ||
+                get_long(pictures, N_LAST_TL0, &last_tl0) < 0 ||
+                get_long(pictures, N_ACTIVE, &active) < 0)
+            return COPY_ERROR;
+    }
+
+    long packets, octets;
+    if (get_long(consumer, N_PACKETS, &packets) < 0 || get_long(consumer, N_OCTETS, &octets) < 0)
+        return COPY_ERROR;
+
+    Py_ssize_t extension_length = twcc != Py_None || has_abs_send_time ? 8 : 0;
+    Py_ssize_t payload_length = in->length - in->payload_offset;
+    Py_ssize_t length = in->csrc_end + extension_length + payload_length;
+    if (length > PACKET_SIZE - MAX_TRAILER || fan_protect == NULL)
+        return COPY_PYTHON;  /* the Python path says why it cannot send it */
+
+    /* everything is known: build the copy */
+    if (fan_batch > 0 && fan_fd != fd)
+        fan_flush();
+    fan_fd = (int)fd;
+    unsigned char *out = fan_buffers[fan_batch];
+    long out_sequence = (in->sequence + seq_offset) & 0xFFFF;
+    unsigned long out_timestamp = (unsigned long)((in->timestamp + ts_offset) & 0xFFFFFFFFL);
+    out[0] = (unsigned char)(0x80 | (in->data[0] & 0x2F) | (extension_length ? 0x10 : 0));
+    out[1] = (unsigned char)((in->marker ? 0x80 : 0) | (payload_type & 0x7F));
+    put16(out + 2, out_sequence);
+    put32(out + 4, out_timestamp);
+    put32(out + 8, (unsigned long)ssrc);
+    Py_ssize_t pos = 12;
+    memcpy(out + pos, in->data + 12, (size_t)(in->csrc_end - 12));
+    pos = in->csrc_end;
+    if (twcc != Py_None) {
+        pos += put16(out + pos, 0xBEDE);
+        pos += put16(out + pos, 1);
+        out[pos++] = (unsigned char)((twcc_id << 4) | 1);
+        pos += put16(out + pos, twcc_sequence);
+        out[pos++] = 0;
+    } else if (has_abs_send_time) {
+        unsigned long send_time = (unsigned long)(long long)(in->now * 262144.0) & 0xFFFFFF;
+        pos += put16(out + pos, 0xBEDE);
+        pos += put16(out + pos, 1);
+        out[pos++] = (unsigned char)((abs_send_time << 4) | 2);
+        out[pos++] = (unsigned char)(send_time >> 16);
+        pos += put16(out + pos, (long)(send_time & 0xFFFF));
+    }
+    Py_ssize_t payload_at = pos;
+    memcpy(out + pos, in->data + in->payload_offset, (size_t)payload_length);
+    pos += payload_length;
+
+    long out_picture = -1, out_tl0 = -1;
+    if (pictures != Py_None) {
+        long mask = in->picture_id_bits == 15 ? 0x7FFF : 0x7F;
+        out_picture = in->picture_id >= 0 ? (in->picture_id + picture_offset) & mask : -1;
+        out_tl0 = in->tl0picidx >= 0 ? (in->tl0picidx + tl0_offset) & 0xFF : -1;
+        if (active && in->descriptor_size >= 2) {
+            /* vp8.write: the descriptor's length never changes */
+            unsigned char *descriptor = out + payload_at;
+            long at = 2;
+            if (in->picture_id_bits == 15) {
+                descriptor[2] = (unsigned char)(0x80 | ((out_picture >> 8) & 0x7F));
+                descriptor[3] = (unsigned char)(out_picture & 0xFF);
+                at = 4;
+            } else if (in->picture_id_bits == 7) {
+                descriptor[2] = (unsigned char)(out_picture & 0x7F);
+                at = 3;
+            }
+            if (in->tl0picidx >= 0 && at < in->descriptor_size)
+                descriptor[at] = (unsigned char)(out_tl0 & 0xFF);
+        }
+        if (out_picture >= 0 && (last_picture_id < 0 ||
+                ((out_picture - last_picture_id) & mask) < (mask >> 1)) &&
+                set_long(pictures, N_LAST_PICTURE_ID, out_picture) < 0)
+            return COPY_ERROR;
+        if (out_tl0 >= 0 && (last_tl0 < 0 || ((out_tl0 - last_tl0) & 0xFF) < 0x80) &&
+                set_long(pictures, N_LAST_TL0, out_tl0) < 0)
+            return COPY_ERROR;
+    }
+
+    /* the rewriter's and TWCC sender's state, as their Python methods leave it */
+    if (((out_sequence - last_out_seq) & 0xFFFF) < 0x8000 || last_sent_at == 0.0) {
+        if (set_long(rewriter, N_LAST_OUT_SEQ, out_sequence) < 0 ||
+                set_long(rewriter, N_LAST_OUT_TS, (long)out_timestamp) < 0 ||
+                set_long(rewriter, N_LAST_IN_SEQ, in->sequence) < 0)
+            return COPY_ERROR;
+    }
+    if (set_double(rewriter, N_LAST_SENT_AT, in->now) < 0)
+        return COPY_ERROR;
+    if (twcc != Py_None) {
+        long index = twcc_sequence & (long)(history - 1);
+        if (set_long(twcc, N_SEQUENCE, (twcc_sequence + 1) & 0xFFFF) < 0 ||
+                set_item(parts->sent_at, index, PyFloat_FromDouble(in->now)) < 0 ||
+                set_item(parts->sizes, index, PyLong_FromSsize_t(in->length)) < 0 ||
+                set_item(parts->sequences, index, PyLong_FromLong(twcc_sequence)) < 0)
+            return COPY_ERROR;
+    }
+
+    int protected_length = (int)pos;
+    if (fan_protect(srtp, out, &protected_length) != 0)
+        return COPY_NOT_SENT;
+    if (set_long(consumer, N_PACKETS, packets + 1) < 0 ||
+            set_long(consumer, N_OCTETS, octets + (long)payload_length) < 0)
+        return COPY_ERROR;
+    memcpy(fan_addresses[fan_batch], address_bytes, (size_t)address_length);
+    fan_vectors[fan_batch].iov_base = out;
+    fan_vectors[fan_batch].iov_len = (size_t)protected_length;
+    memset(&fan_messages[fan_batch].msg_hdr, 0, sizeof(struct msghdr));
+    fan_messages[fan_batch].msg_hdr.msg_name = fan_addresses[fan_batch];
+    fan_messages[fan_batch].msg_hdr.msg_namelen = (socklen_t)address_length;
+    fan_messages[fan_batch].msg_hdr.msg_iov = &fan_vectors[fan_batch];
+    fan_messages[fan_batch].msg_hdr.msg_iovlen = 1;
+    fan_batch++;
+    if (fan_batch == MAX_BATCH)
+        fan_flush();
+    return COPY_QUEUED;
+}
+
+/* consumer.send(data, header, layer) -> 1 if it sent, 0 if not, -1 on an exception. */
+static int python_send(PyObject *consumer, PyObject *data, PyObject *header, PyObject *layer) {
+    PyObject *result = PyObject_CallMethodObjArgs(consumer, names[N_SEND], data, header, layer,
+                                                  NULL);
+    if (result == NULL)
+        return -1;
+    int sent = PyObject_IsTrue(result);
+    Py_DECREF(result);
+    return sent;
+}
+
+static int read_header(PyObject *header, Incoming *in) {
+    long marker;
+    if (get_long(header, N_MARKER, &marker) < 0 ||
+            get_long(header, N_PAYLOAD_TYPE, &in->payload_type) < 0 ||
+            get_long(header, N_HEADER_SEQUENCE, &in->sequence) < 0 ||
+            get_long(header, N_TIMESTAMP, &in->timestamp) < 0 ||
+            get_long(header, N_CSRC_END, &in->csrc_end) < 0 ||
+            get_long(header, N_PAYLOAD_OFFSET, &in->payload_offset) < 0)
+        return -1;
+    in->marker = marker != 0;
+    if (in->csrc_end < 12 || in->csrc_end > in->length || in->payload_offset < in->csrc_end ||
+            in->payload_offset > in->length) {
+        PyErr_SetString(PyExc_ValueError, "header does not fit the packet");
+        return -1;
+    }
+    return 0;
+}
+
+static int read_descriptor(PyObject *descriptor, Incoming *in) {
+    in->has_descriptor = descriptor != Py_None;
+    if (!in->has_descriptor)
+        return 0;
+    if (get_long(descriptor, N_SIZE, &in->descriptor_size) < 0 ||
+            get_long(descriptor, N_PICTURE_ID, &in->picture_id) < 0 ||
+            get_long(descriptor, N_PICTURE_ID_BITS, &in->picture_id_bits) < 0 ||
+            get_long(descriptor, N_TL0PICIDX, &in->tl0picidx) < 0)
+        return -1;
+    if (in->descriptor_size > in->length - in->payload_offset)
+        in->has_descriptor = 0;  /* cannot be: leave such a packet to Python */
+    return 0;
+}
+
+static PyObject *fastsend_fanout(PyObject *self, PyObject *args) {
+    PyObject *consumers, *data, *header, *layer, *descriptor;
+    int codec_payload_type;
+    double now;
+    if (!PyArg_ParseTuple(args, "O!O!OO!iOd", &PyList_Type, &consumers, &PyBytes_Type, &data,
+                          &header, &PyLong_Type, &layer, &codec_payload_type, &descriptor, &now))
+        return NULL;
+    Incoming in;
+    memset(&in, 0, sizeof in);
+    in.data = (const unsigned char *)PyBytes_AS_STRING(data);
+    in.length = PyBytes_GET_SIZE(data);
+    in.layer = PyLong_AsLong(layer);
+    in.codec_payload_type = codec_payload_type;
+    in.now = now;
+    if ((in.layer == -1 && PyErr_Occurred()) || read_header(header, &in) < 0 ||
+            read_descriptor(descriptor, &in) < 0)
+        return NULL;
+    /* Python that a consumer's own send() runs may come back here (another thread's loop):
+     * that fan-out goes all the Python way, leaving this one's batch alone. */
+    int native = !fan_busy;
+    fan_busy = 1;
+    Py_ssize_t copies = 0;
+    PyObject *failed = NULL;
+    Py_INCREF(consumers);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(consumers); i++) {
+        PyObject *consumer = PyList_GET_ITEM(consumers, i);
+        Py_INCREF(consumer);
+        int result = COPY_PYTHON;
+        if (native) {
+            Parts parts = {NULL, NULL, NULL, NULL, NULL, NULL};
+            result = fan_copy(consumer, &in, &parts);
+            parts_clear(&parts);
+            if (result == COPY_ERROR) {
+                PyErr_Clear();  /* the consumer's own send() says what is wrong */
+                result = COPY_PYTHON;
+            }
+        }
+        if (result == COPY_PYTHON) {
+            result = python_send(consumer, data, header, layer);
+            if (result < 0) {
+                Py_DECREF(consumer);
+                failed = consumer;
+                break;
+            }
+        }
+        copies += result;
+        Py_DECREF(consumer);
+    }
+    Py_DECREF(consumers);
+    if (native) {
+        if (fan_batch > 0)
+            fan_flush();
+        fan_busy = 0;
+    }
+    if (failed != NULL)
+        return NULL;
+    return PyLong_FromSsize_t(copies);
+}
+
+static PyObject *fastsend_setup(PyObject *self, PyObject *args) {
+    unsigned long long protect_address;
+    if (!PyArg_ParseTuple(args, "K", &protect_address))
+        return NULL;
+    fan_protect = (protect_fn)(uintptr_t)protect_address;
+    Py_RETURN_NONE;
+}
+
+static PyObject *fastsend_take_sent(PyObject *self, PyObject *args) {
+    unsigned long long sent = fan_sent;
+    fan_sent = 0;
+    return PyLong_FromUnsignedLongLong(sent);
+}
+
 static PyMethodDef methods[] = {
     {"send", fastsend_send, METH_VARARGS,
      "send(fd, protect, [(srtp, packet, sockaddr), ...]) -> sent: protect each packet and "
      "send them all with sendmmsg()."},
+    {"fanout", fastsend_fanout, METH_VARARGS,
+     "fanout(consumers, data, header, layer, codec_payload_type, descriptor, now) -> copies: "
+     "one received packet to every consumer (see the top of _fastsend.c)."},
+    {"setup", fastsend_setup, METH_VARARGS, "setup(protect): libsrtp's srtp_protect address."},
+    {"take_sent", fastsend_take_sent, METH_NOARGS,
+     "take_sent() -> copies fanout() sent since the last call."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -99,4 +637,10 @@ static struct PyModuleDef module = {
     methods,
 };
 
-PyMODINIT_FUNC PyInit__fastsend(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastsend(void) {
+    for (int i = 0; i < N_COUNT; i++) {
+        if (names[i] == NULL && (names[i] = PyUnicode_InternFromString(name_texts[i])) == NULL)
+            return NULL;
+    }
+    return PyModule_Create(&module);
+}

@@ -370,7 +370,7 @@ class MediaPath:
     switch. DTLS and STUN keep going through aioice. :meth:`close` (idempotent) stops receiving.
     """
 
-    __slots__ = ("_protocol", "address", "delay", "hold", "sendto", "sockaddr")
+    __slots__ = ("_protocol", "address", "delay", "fd", "hold", "sendto", "sockaddr")
 
     def __init__(self, protocol: _MuxProtocol, address: Address) -> None:
         self._protocol = protocol
@@ -383,10 +383,13 @@ class MediaPath:
         #: plain packet that the socket protects and sends with the others of the same fan-out.
         self.hold: Callable[[Held], None] | None = None
         self.sockaddr = b""
+        #: The UDP socket's descriptor, for the native fan-out (-1: none).
+        self.fd = -1
         sock = protocol.socket
         if isinstance(sock, _UdpSocket) and sock.native is not None:
             sockaddr = sock.native.sockaddr(address)
-            if sockaddr is not None:
+            if sockaddr is not None and sock.fd >= 0:
+                self.fd = sock.fd
                 self.hold = sock.hold
                 self.sockaddr = sockaddr
                 self.delay = None
@@ -495,7 +498,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         super().__init__(host)
         self._transport: asyncio.DatagramTransport | None = None
         self._delay = delay
-        self._fd = -1
+        self.fd = -1
         self.native = native
         self._holding = False
         self._held: list[Held] = []
@@ -510,7 +513,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         self.table.name = f"ICE udp {self.host}:{self.port}"
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            self._fd = sock.fileno()
+            self.fd = sock.fileno()
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_SIZE)
         if hasattr(transport, "max_size"):  # asyncio reads into a 256 KiB buffer by default
@@ -542,7 +545,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         until the end (native piece)."""
         delay = self._delay
         if delay is not None and len(data) > 1 and not 191 < data[1] < 224:  # RTP, not RTCP
-            delay.arrived(self._fd)
+            delay.arrived(self.fd)
         self._holding = self.native is not None
         try:
             return self.deliver_media(data, addr)
@@ -551,6 +554,8 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
             if self._held:
                 self._flush()
             if delay is not None:
+                if self.native is not None:
+                    delay.sent_many(self.native.take_sent())
                 delay.done()
 
     def hold(self, item: Held) -> None:
@@ -564,7 +569,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         native = self.native
         if native is None or self._transport is None or self._transport.is_closing():
             return
-        sent = native.send(self._fd, held)
+        sent = native.send(self.fd, held)
         if self._delay is not None:
             self._delay.sent_many(sent)
 

@@ -1,13 +1,19 @@
-"""The optional native piece of the packet path: libsrtp protect + ``sendmmsg`` in C.
+"""The native piece of the packet path: a producer's fan-out in C (``_fastsend.c``).
 
-Python builds every consumer's copy of a forwarded packet; the UDP socket holds the copies while
-one received datagram is handled and then hands them all to ``_fastsend.send``, which protects
-each with libsrtp and writes them with one ``sendmmsg()`` (``_fastsend.c``). It is not built by
-default: ``python -m townhall.sfu.native`` compiles it next to this module (a C compiler and the
-Python headers are needed). Without it, or with ``media_native_send = false``, the pure-Python
-path is used. The libsrtp it calls is pylibsrtp's own (through the addresses of its cffi
-binding's ``srtp_protect`` and of each session's ``srtp_t``), so the SRTP state stays the one
-aiortc keyed.
+``fanout`` takes one received packet to every consumer of a producer: for each consumer in the
+steady state it makes the rewritten copy, protects it with libsrtp and queues it, and the copies
+leave in one ``sendmmsg()``. The state it reads and updates is the Python objects' own
+(``Consumer``, ``SequenceRewriter``, ``TwccSender``, ``PictureRewriter``), so whatever it leaves
+to them (a layer switch, RED, padding, the first packet of a run, a transport without a native
+route: TCP) goes through the consumer's ``send`` in the same loop. ``send`` protects and writes
+the copies that Python built (retransmissions, padding, those left to Python) with one
+``sendmmsg()`` at the end of each received datagram.
+
+``pip install`` builds it when a C compiler and the Python headers are there (setup.py marks it
+optional); ``python -m townhall.sfu.native`` builds it next to this module. Without it, or with
+``media_native_send = false``, the pure-Python path does all of it. The libsrtp it calls is
+pylibsrtp's own (through the addresses of its cffi binding's ``srtp_protect`` and of each
+session's ``srtp_t``), so the SRTP state stays the one aiortc keyed.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ SOURCE = Path(__file__).with_name("_fastsend.c")
 
 #: (srtp session address, plain RTP packet, packed sockaddr)
 Held = tuple[int, bytes, bytes]
+#: A transport's native route: (srtp session address, socket fd, packed sockaddr, the pylibsrtp
+#: session, kept alive with it).
+Route = tuple[int, int, bytes, Any]
+#: ``fanout(consumers, data, header, layer, codec payload type, VP8 descriptor, now)``
+Fanout = Callable[[list[Any], bytes, Any, int, int, Any, float], int]
 
 
 class NativeSend:
@@ -38,6 +49,10 @@ class NativeSend:
         self._send: Callable[[int, int, list[Held]], int] = module.send
         self.protect = int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib,
                                                                             "srtp_protect")))
+        module.setup(self.protect)
+        self.fanout: Fanout = module.fanout
+        #: How many copies ``fanout`` sent since the last call (for the delay histogram).
+        self.take_sent: Callable[[], int] = module.take_sent
 
     def send(self, fd: int, held: list[Held]) -> int:
         """Protect and send ``held``; returns how many datagrams the socket took."""
@@ -47,6 +62,11 @@ class NativeSend:
     def session(session: Any) -> int:
         """The address of a pylibsrtp ``Session``'s ``srtp_t`` (the session must stay alive)."""
         return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
+
+    @staticmethod
+    def route(session: Any, fd: int, sockaddr: bytes) -> Route:
+        """What ``fanout`` needs to protect and send a transport's copies itself."""
+        return (NativeSend.session(session), fd, sockaddr, session)
 
     @staticmethod
     def sockaddr(address: tuple[Any, ...]) -> bytes | None:
@@ -65,13 +85,25 @@ class NativeSend:
                 + struct.pack("=I", 0))
 
 
+_loaded: NativeSend | None = None
+
+
 def load() -> NativeSend | None:
     """The native piece if it has been built, else None."""
-    try:
-        module = importlib.import_module("townhall.sfu._fastsend")
-    except ImportError:
-        return None
-    return NativeSend(module)
+    global _loaded
+    if _loaded is None:
+        try:
+            module = importlib.import_module("townhall.sfu._fastsend")
+        except ImportError:
+            return None
+        _loaded = NativeSend(module)
+    return _loaded
+
+
+def fanout() -> Fanout | None:
+    """The native fan-out if the piece has been built, else None."""
+    native = load()
+    return None if native is None else native.fanout
 
 
 def build(directory: Path | None = None) -> Path:

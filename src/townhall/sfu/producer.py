@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from townhall.sfu import red, rtcp, rtp, vp8
+from townhall.sfu import native, red, rtcp, rtp, vp8
 from townhall.sfu.simulcast import KEYFRAME_INTERVAL, Layer
 from townhall.sfu.transport import Codec, IncomingTrack, Transport
 
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
+
+#: The fan-out in C when the native piece is built (``native.py``); None: every consumer's own
+#: ``send`` in Python.
+fanout = native.fanout()
 
 #: Audio louder than this (in -dBov; 0 is loudest) counts as speech.
 SPEAKING_LEVEL = 50
@@ -136,6 +140,9 @@ class Producer:
         if self.paused or not self.selected:
             return 0
         index = layer.index
+        if fanout is not None and type(data) is bytes:
+            return fanout(self.consumers, data, header, index, self.codec.payload_type,
+                          self.descriptor, self._clock())
         sent = 0
         for consumer in self.consumers:
             if consumer.send(data, header, index):

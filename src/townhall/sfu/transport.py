@@ -32,7 +32,7 @@ from townhall.errors import BadRequest
 from townhall.sfu import audio_sdp, simulcast_sdp, twcc
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
-from townhall.sfu.native import NativeSend
+from townhall.sfu.native import NativeSend, Route
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +317,9 @@ class Transport:
         #: Set once SRTP is ready and the nominated pair is on an IceMux socket: the packet path
         #: then goes straight between the socket and the handler (see ``_link``).
         self._path: MediaPath | None = None
+        #: Where the native fan-out sends this transport's copies itself (``native.py``); None
+        #: when it cannot (no native piece, an ICE-TCP or aioice pair, not linked yet).
+        self.route: Route | None = None
         self.pc.on("connectionstatechange", self._state_changed)
 
     # -- negotiation -----------------------------------------------------------------------
@@ -573,6 +576,7 @@ class Transport:
         if path.hold is not None:
             self.send_rtp = _held_sender(  # type: ignore[method-assign,assignment]
                 dtls._tx_srtp, path.hold, path.sockaddr)
+            self.route = NativeSend.route(dtls._tx_srtp, path.fd, path.sockaddr)
         else:
             self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
                 dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
@@ -595,6 +599,7 @@ class Transport:
         path.receive(srtp_received)
 
     def _unlink(self) -> None:
+        self.route = None
         if self._path is not None:
             self._path.close()
             vars(self).pop("send_rtp", None)

@@ -1,0 +1,10 @@
+"""The native piece of the packet path (``townhall.sfu._fastsend``), built when it can be.
+
+Everything else about the package is in pyproject.toml. Without a C compiler or the Python
+headers the build skips the extension and townhall forwards in pure Python.
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("townhall.sfu._fastsend", ["src/townhall/sfu/_fastsend.c"],
+                             optional=True)])
