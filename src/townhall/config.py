@@ -39,7 +39,8 @@ class Config:
     #: Measure how long each forwarded packet stays in the SFU (``/metrics`` histogram
     #: ``townhall_forwarding_delay_seconds``); costs a system call per received packet.
     measure_forwarding_delay: bool = False
-    #: Protect and send forwarded packets in C (``sfu/native.py``) when that piece is built.
+    #: Make, protect and send forwarded copies in C (``sfu/native.py``) when that piece is
+    #: built; false gives no transport a native route, so every copy is made in Python.
     media_native_send: bool = True
     #: How long an invite link stays valid, in seconds.
     invite_ttl: int = 7 * 24 * 3600
