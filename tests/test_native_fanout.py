@@ -18,7 +18,8 @@ import pytest
 from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
-from townhall.sfu import native, producer as producer_module
+from townhall.sfu import native
+from townhall.sfu import producer as producer_module
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
 from townhall.sfu.rtp import parse_header
