@@ -26,6 +26,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -74,6 +75,9 @@ class RunResult:
     load_average_1min: float = 0.0
     sent_by_kind: dict[str, int] | None = None
     delivered_by_kind: dict[str, int] | None = None
+    #: townhall with the native fan-out: copies it made in C and consumers it left to Python,
+    #: since the server started (``/metrics``).
+    copies: dict[str, int] | None = None
     error: str | None = None
 
 
@@ -222,6 +226,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         sent_kinds = _diff(producer.packets_sent_by_kind(), sent_kinds0)
         got_kinds = _diff(_sum_kinds(c.packets_by_kind() for c in subscribed), got_kinds0)
         threads = process_threads(target.pid)
+        copies = await _copies(target)
         if profiler is not None:
             await asyncio.to_thread(profiler.wait)
 
@@ -257,12 +262,22 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
             load_average_1min=round(os.getloadavg()[0], 2),
             sent_by_kind=sent_kinds,
             delivered_by_kind=got_kinds,
+            copies=copies,
         )
     finally:
         for consumer in subscribed:
             await consumer.close()
         await producer.close()
         await target.stop()
+
+
+async def _copies(target: Any) -> dict[str, int] | None:
+    """The native fan-out's counters from a townhall server's ``/metrics``, if it has them."""
+    if not hasattr(target, "metrics"):
+        return None
+    text = await target.metrics()
+    found = dict(re.findall(r"^townhall_copies_(native|python)_total (\d+)$", text, re.MULTILINE))
+    return {kind: int(n) for kind, n in found.items()} or None
 
 
 def _sum_kinds(counts: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from townhall.server.app import Services
 
 from townhall.server.keys import SERVICES
+from townhall.sfu import native
 
 routes = web.RouteTableDef()
 
@@ -60,6 +61,14 @@ async def metrics(request: web.Request) -> web.Response:
          "Keyframe requests from consumers."),
     ):
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    fast = native.load()
+    if fast is not None:
+        made, left = fast.counts()
+        for name, value, text in (
+                ("townhall_copies_native_total", made, "Copies the native fan-out made."),
+                ("townhall_copies_python_total", left,
+                 "Consumers the native fan-out left to Python (switches, RED, padding, TCP).")):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {value}"]
     delay = services.ice.delay if services.ice is not None else None
     if delay is not None:
         lines += _histogram("townhall_forwarding_delay_seconds",

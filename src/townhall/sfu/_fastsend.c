@@ -107,7 +107,7 @@ enum {
     N_SIZES, N_SEQUENCES, N_PICTURES, N_PICTURE_OFFSET, N_TL0_OFFSET, N_LAST_PICTURE_ID,
     N_LAST_TL0, N_ACTIVE, N_PACKETS, N_OCTETS, N_SEND, N_MARKER, N_TIMESTAMP, N_CSRC_END,
     N_PAYLOAD_OFFSET, N_SIZE, N_PICTURE_ID, N_PICTURE_ID_BITS, N_TL0PICIDX, N_HEADER_SEQUENCE,
-    N_COUNT
+    N_TARGET, N_COUNT
 };
 
 static const char *name_texts[N_COUNT] = {
@@ -117,13 +117,15 @@ static const char *name_texts[N_COUNT] = {
     "_sent_at", "_sizes", "_sequences", "pictures", "_picture_offset", "_tl0_offset",
     "_last_picture_id", "_last_tl0", "active", "packets", "octets", "send", "marker",
     "timestamp", "csrc_end", "payload_offset", "size", "picture_id", "picture_id_bits",
-    "tl0picidx", "sequence",
+    "tl0picidx", "sequence", "target",
 };
 
 static PyObject *names[N_COUNT];
 
 static protect_fn fan_protect = NULL;
 static unsigned long long fan_sent = 0;  /* copies sent since take_sent() */
+static unsigned long long fan_native_total = 0;  /* copies made here */
+static unsigned long long fan_python_total = 0;  /* consumers handed to their own send() */
 static int fan_busy = 0;
 
 /* The copies of one fan-out waiting for sendmmsg(): all for one socket. */
@@ -275,8 +277,13 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         return paused < 0 ? COPY_ERROR : COPY_NOT_SENT;
     if (get_long(consumer, N_LAYER, &value) < 0)
         return COPY_ERROR;
-    if (value != in->layer || in->payload_type != in->codec_payload_type)
-        return COPY_PYTHON;  /* a layer switch, or RED */
+    if (value != in->layer) {
+        if (get_long(consumer, N_TARGET, &value) < 0)
+            return COPY_ERROR;
+        return value == in->layer ? COPY_PYTHON : COPY_NOT_SENT;  /* a switch, or not its layer */
+    }
+    if (in->payload_type != in->codec_payload_type)
+        return COPY_PYTHON;  /* RED */
     long padding;
     if (get_long(consumer, N_PADDING, &padding) < 0)
         return COPY_ERROR;
@@ -583,7 +590,10 @@ static PyObject *fastsend_fanout(PyObject *self, PyObject *args) {
                 result = COPY_PYTHON;
             }
         }
+        if (result == COPY_QUEUED)
+            fan_native_total++;
         if (result == COPY_PYTHON) {
+            fan_python_total++;
             result = python_send(consumer, data, header, layer);
             if (result < 0) {
                 Py_DECREF(consumer);
@@ -613,6 +623,10 @@ static PyObject *fastsend_setup(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *fastsend_counts(PyObject *self, PyObject *args) {
+    return Py_BuildValue("(KK)", fan_native_total, fan_python_total);
+}
+
 static PyObject *fastsend_take_sent(PyObject *self, PyObject *args) {
     unsigned long long sent = fan_sent;
     fan_sent = 0;
@@ -627,6 +641,8 @@ static PyMethodDef methods[] = {
      "fanout(consumers, data, header, layer, codec_payload_type, descriptor, now) -> copies: "
      "one received packet to every consumer (see the top of _fastsend.c)."},
     {"setup", fastsend_setup, METH_VARARGS, "setup(protect): libsrtp's srtp_protect address."},
+    {"counts", fastsend_counts, METH_NOARGS,
+     "counts() -> (copies made in C, consumers left to Python) since the start."},
     {"take_sent", fastsend_take_sent, METH_NOARGS,
      "take_sent() -> copies fanout() sent since the last call."},
     {NULL, NULL, 0, NULL},
