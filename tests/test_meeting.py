@@ -286,6 +286,9 @@ async def test_metrics_count_participants_and_forwarded_packets(server: RunningS
         assert values["townhall_consumers"] == 2
         assert values["townhall_packets_forwarded_total"] >= 10
         assert values["townhall_bytes_forwarded_total"] > values["townhall_packets_forwarded_total"]
+        if producer_module.fanout is not None:  # the native fan-out made the steady copies
+            assert values["townhall_copies_native_total"] >= 5
+            assert "townhall_copies_python_total" in values
     finally:
         await sender.close()
         await receiver.close()
