@@ -661,3 +661,19 @@ async def send_remb(attendee: Attendee, bitrate: int) -> None:
     packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=0x5EED, media_ssrc=0,
                             fci=pack_remb_fci(bitrate, [0x5EED]))
     await dtls._send_rtp(bytes(packet))
+
+
+def require_native_fanout() -> None:
+    """Skip (fail on CI, where ``pip install`` builds it) when the native fan-out is not built."""
+    import os
+
+    import pytest
+
+    from townhall.sfu import producer
+
+    if producer.fanout is None:
+        reason = ("the native fan-out is not built "
+                  "(pip install -e ., or python -m townhall.sfu.native)")
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from support import Attendee, RunningServer, make_config
+from support import Attendee, RunningServer, make_config, require_native_fanout
 from townhall.auth import tokens
 from townhall.server import app as server_app
 from townhall.sfu import producer as producer_module
@@ -32,11 +31,8 @@ async def test_three_participants_each_decode_the_others_audio_and_video(
 ) -> None:
     if fan_out == "python":
         monkeypatch.setattr(producer_module, "fanout", None)
-    elif producer_module.fanout is None:
-        reason = "the native fan-out is not built (pip install -e .)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    else:
+        require_native_fanout()
     room = await server.create_room("three")
     people = await _attendees(server, room, ["host", "speaker", "speaker"])
     try:

@@ -18,8 +18,8 @@ import pytest
 from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
+from support import require_native_fanout
 from townhall.sfu import native
-from townhall.sfu import producer as producer_module
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
 from townhall.sfu.rtp import parse_header
@@ -32,11 +32,7 @@ VP8 = Codec("video/VP8", 90000, 97)
 
 @pytest.fixture(autouse=True)
 def _needs_native() -> None:
-    if native.load() is None or producer_module.fanout is None:
-        reason = "the native piece is not built (pip install -e . or python -m townhall.sfu.native)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_native_fanout()
 
 
 class Clock:
@@ -147,8 +143,8 @@ class Pair:
             self.producer.forward(data, parse_header(data), self.producer.layers[index])
         expected, self.plain.rtp = self.plain.rtp, []
         assert self.routed.received(len(expected)) == expected
+        self.routed.receiver.settimeout(0.05)
         with pytest.raises(TimeoutError):
-            self.routed.receiver.settimeout(0.05)
             self.routed.receiver.recv(2048)
         self.routed.receiver.settimeout(2)
         self.same_state()
@@ -268,8 +264,7 @@ def _audio(sequence: int, level: int, payload_type: int = 111,
                        timestamp=(sequence * 960) & 0xFFFFFFFF, ssrc=7)
     packet.extensions.audio_level = (True, level)
     packet.payload = payload
-    data = bytearray(packet.serialize())
-    return bytes(data)
+    return bytes(packet.serialize())
 
 
 def test_audio_copies_with_and_without_red_are_the_same_in_c(pairs: list[Pair]) -> None:

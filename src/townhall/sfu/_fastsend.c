@@ -293,14 +293,15 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     PyObject *slot = PyObject_GetAttr(consumer, names[N_SLOT]);
     if (slot == NULL)
         return COPY_ERROR;
-    long payload_type, ssrc, abs_send_time = 0;
+    long payload_type = 0, ssrc = 0, abs_send_time = 0;
     int has_payload_type = get_optional_long(slot, N_PAYLOAD_TYPE, &payload_type);
-    int has_abs_send_time = has_payload_type <= 0 ? 0 :
-        get_optional_long(slot, N_ABS_SEND_TIME, &abs_send_time);
-    int status = has_payload_type < 0 || has_abs_send_time < 0 ? -1 :
-        get_long(slot, N_SSRC, &ssrc);
+    int has_abs_send_time = 0, status = has_payload_type;
+    if (has_payload_type > 0) {
+        has_abs_send_time = get_optional_long(slot, N_ABS_SEND_TIME, &abs_send_time);
+        status = has_abs_send_time < 0 ? -1 : get_long(slot, N_SSRC, &ssrc);
+    }
     Py_DECREF(slot);
-    if (status < 0 || has_payload_type < 0)
+    if (status < 0)
         return COPY_ERROR;
     if (!has_payload_type)
         return COPY_NOT_SENT;
