@@ -25,6 +25,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -154,9 +155,74 @@ static void fan_flush(void) {
     fan_batch = 0;
 }
 
+/* Attributes. The classes the fan-out reads declare __slots__: a slot's value sits at a fixed
+ * offset in the object, found once per (attribute, type) from the type's member descriptor and
+ * kept while the type's version tag says the type is unchanged. Anything else (a __dict__
+ * attribute, a property, a changed class) goes through PyObject_GetAttr/SetAttr. */
+typedef struct {
+    PyTypeObject *type;
+    unsigned int version;
+    Py_ssize_t offset;  /* 0: not a writable object slot of this type */
+} SlotPlace;
+
+#define SLOT_PLACES 2  /* one name, two types: "started" of two rewriters, "payload_type" */
+static SlotPlace slot_places[N_COUNT][SLOT_PLACES];
+
+static PyObject **slot_of(PyObject *object, int name) {
+    PyTypeObject *type = Py_TYPE(object);
+    SlotPlace *places = slot_places[name];
+    int i;
+    for (i = 0; i < SLOT_PLACES; i++) {
+        if (places[i].type == type && places[i].version == type->tp_version_tag &&
+                PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG))
+            return places[i].offset ? (PyObject **)((char *)object + places[i].offset) : NULL;
+    }
+    PyObject *descriptor = _PyType_Lookup(type, names[name]);  /* borrowed; assigns the tag */
+    if (!PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG))
+        return NULL;
+    Py_ssize_t offset = 0;
+    if (descriptor != NULL && Py_TYPE(descriptor) == &PyMemberDescr_Type) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descriptor)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
+            offset = member->offset;
+    }
+    for (i = 0; i < SLOT_PLACES - 1 && places[i].type != NULL && places[i].type != type; i++)
+        ;
+    places[i].type = type;
+    places[i].version = type->tp_version_tag;
+    places[i].offset = offset;
+    return offset ? (PyObject **)((char *)object + offset) : NULL;
+}
+
+/* A new reference to the attribute, or NULL with an exception set. */
+static PyObject *get_attr(PyObject *object, int name) {
+    PyObject **slot = slot_of(object, name);
+    if (slot != NULL && *slot != NULL) {
+        Py_INCREF(*slot);
+        return *slot;
+    }
+    return PyObject_GetAttr(object, names[name]);  /* an empty slot raises AttributeError */
+}
+
+/* Sets the attribute, taking the reference to `value`; -1 with an exception set on failure. */
+static int set_attr(PyObject *object, int name, PyObject *value) {
+    if (value == NULL)
+        return -1;
+    PyObject **slot = slot_of(object, name);
+    if (slot != NULL) {
+        PyObject *old = *slot;
+        *slot = value;
+        Py_XDECREF(old);
+        return 0;
+    }
+    int status = PyObject_SetAttr(object, names[name], value);
+    Py_DECREF(value);
+    return status;
+}
+
 /* One attribute as a C long / double; -1 with an exception set if it is missing or no number. */
 static int get_long(PyObject *object, int name, long *out) {
-    PyObject *value = PyObject_GetAttr(object, names[name]);
+    PyObject *value = get_attr(object, name);
     if (value == NULL)
         return -1;
     long result = PyLong_AsLong(value);
@@ -168,7 +234,7 @@ static int get_long(PyObject *object, int name, long *out) {
 }
 
 static int get_double(PyObject *object, int name, double *out) {
-    PyObject *value = PyObject_GetAttr(object, names[name]);
+    PyObject *value = get_attr(object, name);
     if (value == NULL)
         return -1;
     double result = PyFloat_AsDouble(value);
@@ -181,7 +247,7 @@ static int get_double(PyObject *object, int name, double *out) {
 
 /* An attribute that may be None: 1 and the number, 0 for None, -1 on error. */
 static int get_optional_long(PyObject *object, int name, long *out) {
-    PyObject *value = PyObject_GetAttr(object, names[name]);
+    PyObject *value = get_attr(object, name);
     if (value == NULL)
         return -1;
     if (value == Py_None) {
@@ -197,21 +263,13 @@ static int get_optional_long(PyObject *object, int name, long *out) {
 }
 
 static int set_long(PyObject *object, int name, long value) {
-    PyObject *number = PyLong_FromLong(value);
-    if (number == NULL)
-        return -1;
-    int status = PyObject_SetAttr(object, names[name], number);
-    Py_DECREF(number);
-    return status;
+    return set_attr(object, name, PyLong_FromLong(value));
 }
 
-static int set_double(PyObject *object, int name, double value) {
-    PyObject *number = PyFloat_FromDouble(value);
-    if (number == NULL)
-        return -1;
-    int status = PyObject_SetAttr(object, names[name], number);
-    Py_DECREF(number);
-    return status;
+/* Sets the attribute to a shared object (one made once per fan-out). */
+static int set_shared(PyObject *object, int name, PyObject *value) {
+    Py_INCREF(value);
+    return set_attr(object, name, value);
 }
 
 static int set_item(PyObject *list, long index, PyObject *value) {
@@ -229,7 +287,15 @@ typedef struct {
     int has_descriptor;
     long descriptor_size, picture_id, picture_id_bits, tl0picidx;
     double now;
+    /* the same value in every consumer's state: made once per fan-out */
+    PyObject *now_object, *length_object, *sequence_object;
 } Incoming;
+
+static void incoming_clear(Incoming *in) {
+    Py_CLEAR(in->now_object);
+    Py_CLEAR(in->length_object);
+    Py_CLEAR(in->sequence_object);
+}
 
 #define COPY_QUEUED 1
 #define COPY_NOT_SENT 0
@@ -268,7 +334,7 @@ static int put32(unsigned char *at, unsigned long value) {
  * everything first and changes state only once the copy is certain to be made. */
 static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     long value;
-    PyObject *object = PyObject_GetAttr(consumer, names[N_PAUSED]);
+    PyObject *object = get_attr(consumer, N_PAUSED);
     if (object == NULL)
         return COPY_ERROR;
     int paused = PyObject_IsTrue(object);
@@ -290,7 +356,7 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     if (padding && in->marker)
         return COPY_PYTHON;  /* padding follows this packet */
 
-    PyObject *slot = PyObject_GetAttr(consumer, names[N_SLOT]);
+    PyObject *slot = get_attr(consumer, N_SLOT);
     if (slot == NULL)
         return COPY_ERROR;
     long payload_type = 0, ssrc = 0, abs_send_time = 0;
@@ -307,10 +373,10 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         return COPY_NOT_SENT;
 
     /* the transport's native route: (srtp, fd, sockaddr, session) */
-    PyObject *transport = PyObject_GetAttr(consumer, names[N_TRANSPORT]);
+    PyObject *transport = get_attr(consumer, N_TRANSPORT);
     if (transport == NULL)
         return COPY_ERROR;
-    PyObject *route = PyObject_GetAttr(transport, names[N_ROUTE]);
+    PyObject *route = get_attr(transport, N_ROUTE);
     Py_DECREF(transport);
     if (route == NULL)
         return COPY_ERROR;
@@ -331,7 +397,7 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         return COPY_ERROR;
 
     /* the sequence rewriter (SequenceRewriter.rewrite) */
-    PyObject *rewriter = parts->rewriter = PyObject_GetAttr(consumer, names[N_REWRITER]);
+    PyObject *rewriter = parts->rewriter = get_attr(consumer, N_REWRITER);
     if (rewriter == NULL)
         return COPY_ERROR;
     long started, seq_offset, ts_offset, last_in_seq, last_out_seq, last_out_ts;
@@ -340,7 +406,7 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         return COPY_ERROR;
     if (!started)
         return COPY_PYTHON;  /* a new run starts: offsets to work out */
-    object = PyObject_GetAttr(rewriter, names[N_PADDINGS]);
+    object = get_attr(rewriter, N_PADDINGS);
     if (object == NULL)
         return COPY_ERROR;
     Py_ssize_t paddings = PyObject_Length(object);
@@ -356,7 +422,7 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         return COPY_PYTHON;  /* a late packet behind padding */
 
     /* transport-wide sequence number, or abs-send-time */
-    PyObject *twcc = parts->twcc = PyObject_GetAttr(consumer, names[N_TWCC]);
+    PyObject *twcc = parts->twcc = get_attr(consumer, N_TWCC);
     if (twcc == NULL)
         return COPY_ERROR;
     long twcc_sequence = 0, twcc_id = 0;
@@ -365,9 +431,9 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         if (get_long(twcc, N_SEQUENCE, &twcc_sequence) < 0 ||
                 get_long(twcc, N_EXTENSION_ID, &twcc_id) < 0)
             return COPY_ERROR;
-        parts->sent_at = PyObject_GetAttr(twcc, names[N_SENT_AT]);
-        parts->sizes = PyObject_GetAttr(twcc, names[N_SIZES]);
-        parts->sequences = PyObject_GetAttr(twcc, names[N_SEQUENCES]);
+        parts->sent_at = get_attr(twcc, N_SENT_AT);
+        parts->sizes = get_attr(twcc, N_SIZES);
+        parts->sequences = get_attr(twcc, N_SEQUENCES);
         if (parts->sent_at == NULL || parts->sizes == NULL || parts->sequences == NULL)
             return COPY_ERROR;
         if (!PyList_Check(parts->sent_at) || !PyList_Check(parts->sizes) ||
@@ -381,7 +447,7 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     }
 
     /* the VP8 picture id and TL0PICIDX (PictureRewriter.rewrite) */
-    PyObject *pictures = parts->pictures = PyObject_GetAttr(consumer, names[N_PICTURES]);
+    PyObject *pictures = parts->pictures = get_attr(consumer, N_PICTURES);
     if (pictures == NULL)
         return COPY_ERROR;
     long picture_offset = 0, tl0_offset = 0, last_picture_id = -1, last_tl0 = -1, active = 0;
@@ -477,16 +543,16 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     if (((out_sequence - last_out_seq) & 0xFFFF) < 0x8000 || last_sent_at == 0.0) {
         if (set_long(rewriter, N_LAST_OUT_SEQ, out_sequence) < 0 ||
                 set_long(rewriter, N_LAST_OUT_TS, (long)out_timestamp) < 0 ||
-                set_long(rewriter, N_LAST_IN_SEQ, in->sequence) < 0)
+                set_shared(rewriter, N_LAST_IN_SEQ, in->sequence_object) < 0)
             return COPY_ERROR;
     }
-    if (set_double(rewriter, N_LAST_SENT_AT, in->now) < 0)
+    if (set_shared(rewriter, N_LAST_SENT_AT, in->now_object) < 0)
         return COPY_ERROR;
     if (twcc != Py_None) {
         long index = twcc_sequence & (long)(history - 1);
         if (set_long(twcc, N_SEQUENCE, (twcc_sequence + 1) & 0xFFFF) < 0 ||
-                set_item(parts->sent_at, index, PyFloat_FromDouble(in->now)) < 0 ||
-                set_item(parts->sizes, index, PyLong_FromSsize_t(in->length)) < 0 ||
+                set_item(parts->sent_at, index, Py_NewRef(in->now_object)) < 0 ||
+                set_item(parts->sizes, index, Py_NewRef(in->length_object)) < 0 ||
                 set_item(parts->sequences, index, PyLong_FromLong(twcc_sequence)) < 0)
             return COPY_ERROR;
     }
@@ -571,6 +637,13 @@ static PyObject *fastsend_fanout(PyObject *self, PyObject *args) {
     if ((in.layer == -1 && PyErr_Occurred()) || read_header(header, &in) < 0 ||
             read_descriptor(descriptor, &in) < 0)
         return NULL;
+    in.now_object = PyFloat_FromDouble(now);
+    in.length_object = PyLong_FromSsize_t(in.length);
+    in.sequence_object = PyLong_FromLong(in.sequence);
+    if (in.now_object == NULL || in.length_object == NULL || in.sequence_object == NULL) {
+        incoming_clear(&in);
+        return NULL;
+    }
     /* Python that a consumer's own send() runs may come back here (another thread's loop):
      * that fan-out goes all the Python way, leaving this one's batch alone. */
     int native = !fan_busy;
@@ -606,6 +679,7 @@ static PyObject *fastsend_fanout(PyObject *self, PyObject *args) {
         Py_DECREF(consumer);
     }
     Py_DECREF(consumers);
+    incoming_clear(&in);
     if (native) {
         if (fan_batch > 0)
             fan_flush();
