@@ -56,6 +56,7 @@ from sfu_forwarding import (  # noqa: E402
     machine,
     process_cpu_times,
     self_cpu_seconds,
+    start_profile,
 )
 from townhall_target import DEFAULT_COMMAND, TownhallTarget  # noqa: E402
 
@@ -263,10 +264,13 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         gaps0 = sum(c.lost_packets for _, c in people)
         drops0, client_drops0 = udp_drops(pid), udp_drops(os.getpid())
         delay0 = await _scrape(target)
+        profiler = start_profile(target, size, args) if args.profile else None
         server0, client0 = process_cpu_times(pid), self_cpu_seconds()
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
+        if profiler is not None:
+            await asyncio.to_thread(profiler.wait)
         server1, client1 = process_cpu_times(pid), self_cpu_seconds()
         delay1 = await _scrape(target)
         drops1, client_drops1 = udp_drops(pid), udp_drops(os.getpid())
@@ -394,6 +398,9 @@ def main() -> None:
     parser.add_argument("--cpu-limit", type=float, default=70.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=SRC")
+    parser.add_argument("--profile", choices=("python", "native", "perf"), default=None,
+                        help="record the server during the window (townhall only; see "
+                             "sfu_forwarding.py's start_profile)")
     parser.add_argument("--out", default=str(OUT_DIR))
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
