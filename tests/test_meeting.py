@@ -288,3 +288,40 @@ async def test_metrics_count_participants_and_forwarded_packets(server: RunningS
     finally:
         await sender.close()
         await receiver.close()
+
+
+async def test_a_media_connection_closed_unnoticed_does_not_break_another_participants_publish(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("closed unnoticed")
+    host, lost = await _attendees(server, room, ["host", "speaker"])
+    late: Attendee | None = None
+    try:
+        await host.publish()
+        await lost.wait_for("subscribe-offer")
+        live = server.running.services.registry.find(room)
+        assert live is not None
+        gone = live.participants[lost.id]
+        for _ in range(100):
+            if not gone.offer_pending:
+                break
+            await asyncio.sleep(0.05)
+        transport = gone.subscribe_transport
+        assert transport is not None and not gone.offer_pending
+        # Its connection dies, and the room has not heard yet when the next publish comes.
+        transport.pc.remove_all_listeners("connectionstatechange")
+        await transport.pc.close()
+
+        late = Attendee(server.ws_url, server.token(room, "speaker"), "late")
+        await late.join()
+        answer = await late.publish()
+        assert "m=video" in answer["sdp"]
+        await host.wait_for("subscribe-offer", where=lambda m: any(
+            c["participant"] == late.id for c in m["consumers"]))
+        assert late.closed is None and host.closed is None
+        assert not gone.offer_pending
+        assert gone.subscribe_transport is None, "the closed transport is forgotten"
+    finally:
+        for p in (host, lost, late):
+            if p is not None:
+                await p.close()

@@ -10,6 +10,7 @@
     │   └── Removed          a host removed this participant
     ├── NotFound             unknown room, meeting, participant or resource
     ├── Conflict             the request clashes with the current state
+    │   └── MediaClosed      the media connection it needs has closed (ICE gave up, say)
     └── CaptionsError        the captions engine cannot start or run: a missing or invalid model,
                              a model that cannot be downloaded, a broken translation engine
 """
@@ -54,6 +55,10 @@ class NotFound(TownhallError):
 
 
 class Conflict(TownhallError):
+    pass
+
+
+class MediaClosed(Conflict):
     pass
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from townhall.errors import BadRequest, Forbidden, NotFound, Removed, RoomLocked
+from townhall.errors import BadRequest, Forbidden, MediaClosed, NotFound, Removed, RoomLocked
 from townhall.rooms.captions import RoomCaptions, is_worker
 from townhall.rooms.forwarding import SpeakerOrder, cameras_for
 from townhall.rooms.media import MediaRouter
@@ -249,8 +249,13 @@ class LiveRoom:
                 participant.id, f"{self.id}/{participant.id}/subscribe")
             if not participant.receive_video:
                 self.router.set_video_paused(participant.subscribe_transport, AUDIO_ONLY, True)
-        participant.consumers[producer.id] = self.router.consume(
-            participant.subscribe_transport, producer)
+        transport = participant.subscribe_transport
+        try:
+            participant.consumers[producer.id] = self.router.consume(transport, producer)
+        except MediaClosed:
+            # Their connection died and the room has not heard yet; it hears now.
+            logger.info("%s: %s's media connection has closed", self.id, participant.id)
+            self._spawn(self.router.close_transport(transport))
 
     async def _consume_all(self, participant: Participant) -> None:
         added = False
@@ -286,7 +291,16 @@ class LiveRoom:
             return
         participant.offer_pending = True
         participant.offer_wanted = False
-        sdp = await self.router.subscribe_offer(transport)
+        try:
+            sdp = await self.router.subscribe_offer(transport)
+        except MediaClosed:
+            # As in _consume: whoever caused this renegotiation (another participant's
+            # publish, say) carries on.
+            participant.offer_pending = False
+            logger.info("%s: %s's media connection has closed; no new offer", self.id,
+                        participant.id)
+            await self.router.close_transport(transport)
+            return
         consumers = [
             {"mid": c.mid, "participant": c.producer.owner, "source": c.producer.source,
              "kind": c.producer.kind, "producer": c.producer.id}

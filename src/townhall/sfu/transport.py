@@ -25,10 +25,11 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
+from aiortc.exceptions import InvalidStateError
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
-from townhall.errors import BadRequest
+from townhall.errors import BadRequest, MediaClosed
 from townhall.sfu import audio_sdp, simulcast_sdp, twcc
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
@@ -392,8 +393,9 @@ class Transport:
 
         Its mid and negotiated payload type are known after the next offer/answer. Inactive
         transceivers are not reused: a receiver that saw its track end may not announce a new
-        one on the same transceiver.
+        one on the same transceiver. Raises ``MediaClosed`` if the peer connection has closed.
         """
+        self._check_open()
         transceiver = self.pc.addTransceiver(_SilentTrack(codec.kind), direction="sendonly")
         transceiver.setCodecPreferences(
             [c for c in _forwardable(codec.kind) if codec.matches(_codec_of_capability(c))]
@@ -410,10 +412,21 @@ class Transport:
         slot.transceiver.direction = "inactive"
         slot.payload_type = None
 
+    def _check_open(self) -> None:
+        if self._closed or self.pc.signalingState == "closed":
+            raise MediaClosed(f"{self.name}: the media connection has closed")
+
     async def offer(self) -> str:
-        created = await self.pc.createOffer()
-        await self.pc.setLocalDescription(RTCSessionDescription(
-            sdp=audio_sdp.complete_offer(created.sdp, self.red), type="offer"))
+        """A new offer; raises ``MediaClosed`` if the peer connection has closed (it may close
+        before this transport has heard of it, or while the offer is being made)."""
+        self._check_open()
+        try:
+            created = await self.pc.createOffer()
+            await self.pc.setLocalDescription(RTCSessionDescription(
+                sdp=audio_sdp.complete_offer(created.sdp, self.red), type="offer"))
+        except InvalidStateError:
+            self._check_open()
+            raise
         self._hook()
         # aiortc knows nothing of transport-wide congestion control: offered to the far end
         # only (the SFU writes the extension and reads the feedback itself).
