@@ -16,6 +16,7 @@ import re
 import time
 import wave
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -661,6 +662,15 @@ async def send_remb(attendee: Attendee, bitrate: int) -> None:
     packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=0x5EED, media_ssrc=0,
                             fci=pack_remb_fci(bitrate, [0x5EED]))
     await dtls._send_rtp(bytes(packet))
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait for ``condition``; fails with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
 
 
 def require_native_fanout() -> None:

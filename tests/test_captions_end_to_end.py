@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from support import (
     SpeechTrack,
     Spoken,
     make_config,
+    until,
     word_error_rate,
     words,
 )
@@ -100,14 +100,6 @@ async def captioned_room(server: RunningServer, name: str) -> str:
     room = await server.create_room(name)
     await server.running.services.store.set_captions(room, True)
     return room
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def worker_hears(server: server_app.Running, room: str, speaker: str) -> Callable[[], bool]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from support import Attendee, RunningServer, make_config, require_native_fanout
+from support import Attendee, RunningServer, make_config, require_native_fanout, until
 from townhall.auth import tokens
 from townhall.server import app as server_app
 from townhall.sfu import producer as producer_module
@@ -302,12 +302,9 @@ async def test_a_media_connection_closed_unnoticed_does_not_break_another_partic
         live = server.running.services.registry.find(room)
         assert live is not None
         gone = live.participants[lost.id]
-        for _ in range(100):
-            if not gone.offer_pending:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: not gone.offer_pending, 5, "the subscription is answered")
         transport = gone.subscribe_transport
-        assert transport is not None and not gone.offer_pending
+        assert transport is not None
         # Its connection dies, and the room has not heard yet when the next publish comes.
         transport.pc.remove_all_listeners("connectionstatechange")
         await transport.pc.close()
