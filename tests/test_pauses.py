@@ -1,4 +1,5 @@
-"""Long garbage-collector pauses are reported, short ones are not."""
+"""Long garbage-collector pauses are reported, short ones are not; a meeting's own objects
+stay few enough that full collections stay short."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import logging
 import pytest
 
 from townhall.server.pauses import PauseWatch, watch
+from townhall.sfu.transport import Codec, Transport
+
+#: Video slots added to measure one's share of the objects.
+SLOTS = 20
 
 
 class Clock:
@@ -42,3 +47,32 @@ def test_watching_follows_real_collections() -> None:
     finally:
         gc.callbacks.remove(pause_watch)
     assert any(generation == 2 for generation, _ in pause_watch.long_pauses)
+
+
+class _NoMedia:
+    def rtp_received(self, transport: Transport, data: bytes) -> None: ...
+
+    def rtcp_received(self, transport: Transport, data: bytes) -> None: ...
+
+    def transport_ready(self, transport: Transport) -> None: ...
+
+    def transport_closed(self, transport: Transport) -> None: ...
+
+
+async def test_each_video_consumer_leaves_few_objects_for_a_full_collection_to_walk() -> None:
+    # A meeting has one such slot per pair of participants, and a full collection walks
+    # every object they hold: 1,000 each would make a 50-person meeting's collections last
+    # seconds.
+    transport = Transport(_NoMedia(), name="objects")
+    vp8 = Codec("video/VP8", 90000, 96)
+    try:
+        transport.add_outgoing(vp8)
+        gc.collect()
+        before = len(gc.get_objects())
+        for _ in range(SLOTS):
+            transport.add_outgoing(vp8)
+        gc.collect()
+        per_slot = (len(gc.get_objects()) - before) / SLOTS
+    finally:
+        await transport.close()
+    assert per_slot < 250, f"{per_slot:.0f} objects per video slot"

@@ -49,6 +49,7 @@ PRIVATE_ATTRIBUTES = (
     ("aiortc.rtcrtpsender.RTCRtpSender", "_run_rtcp"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_started"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_exited"),
+    ("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_RTCRtpReceiver__remote_bitrate_estimator"),
     ("pylibsrtp.Session", "_srtp"),
 )
 
@@ -167,6 +168,31 @@ async def _quiet_rtcp(sender: Any) -> None:
         pass
     finally:
         sender._RTCRtpSender__rtcp_exited.set()
+
+
+def _drop_estimator(transceiver: Any) -> None:
+    """Free the receive-side bandwidth estimator aiortc gives every video transceiver.
+
+    The SFU takes packets before aiortc's receiver sees them and estimates bandwidth itself,
+    so the estimator is never used; it holds a 1,000-slot rate window of small objects, which
+    made three quarters of a meeting's objects (one per participant pair) and so most of what
+    every full garbage collection had to walk. aiortc skips a receiver's estimator that is None.
+    """
+    setattr(transceiver.receiver,  # noqa: B010
+            "_RTCRtpReceiver__remote_bitrate_estimator", None)
+
+
+def _sending_transceiver(pc: RTCPeerConnection, codec: Codec) -> Any:
+    """A new send-only transceiver of ``pc`` for ``codec``, on a track that never yields."""
+    transceiver = pc.addTransceiver(_SilentTrack(codec.kind), direction="sendonly")
+    transceiver.setCodecPreferences(
+        [c for c in _forwardable(codec.kind) if codec.matches(_codec_of_capability(c))]
+    )
+    # aiortc's own sender reports would describe packets it never sent.
+    setattr(transceiver.sender, "_run_rtcp",  # noqa: B010
+            functools.partial(_quiet_rtcp, transceiver.sender))
+    _drop_estimator(transceiver)
+    return transceiver
 
 
 def _codec_of(parameters: Any) -> Codec:
@@ -333,6 +359,7 @@ class Transport:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             for transceiver in self.pc.getTransceivers():
+                _drop_estimator(transceiver)
                 transceiver.direction = "recvonly"
                 transceiver.setCodecPreferences(_forwardable(transceiver.kind))
             created = await self.pc.createAnswer()
@@ -396,14 +423,7 @@ class Transport:
         one on the same transceiver. Raises ``MediaClosed`` if the peer connection has closed.
         """
         self._check_open()
-        transceiver = self.pc.addTransceiver(_SilentTrack(codec.kind), direction="sendonly")
-        transceiver.setCodecPreferences(
-            [c for c in _forwardable(codec.kind) if codec.matches(_codec_of_capability(c))]
-        )
-        # aiortc's own sender reports would describe packets it never sent.
-        setattr(transceiver.sender, "_run_rtcp",  # noqa: B010
-                functools.partial(_quiet_rtcp, transceiver.sender))
-        slot = Slot(transceiver, codec)
+        slot = Slot(_sending_transceiver(self.pc, codec), codec)
         self._slots.append(slot)
         return slot
 
@@ -488,13 +508,7 @@ class Transport:
         slots: dict[str, Slot] = {}
         for kind in dict.fromkeys(kinds):
             codec = codecs[kind]
-            transceiver = self.pc.addTransceiver(_SilentTrack(kind), direction="sendonly")
-            transceiver.setCodecPreferences(
-                [c for c in _forwardable(kind) if codec.matches(_codec_of_capability(c))]
-            )
-            setattr(transceiver.sender, "_run_rtcp",  # noqa: B010
-                    functools.partial(_quiet_rtcp, transceiver.sender))
-            slots[kind] = Slot(transceiver, codec)
+            slots[kind] = Slot(_sending_transceiver(self.pc, codec), codec)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             await self.pc.setLocalDescription(await self.pc.createAnswer())
