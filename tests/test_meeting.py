@@ -14,6 +14,7 @@ from support import Attendee, RunningServer, make_config, require_native_fanout,
 from townhall.auth import tokens
 from townhall.server import app as server_app
 from townhall.sfu import producer as producer_module
+from townhall.sfu import router as router_module
 
 
 async def _attendees(server: RunningServer, room: str, roles: list[str]) -> list[Attendee]:
@@ -31,6 +32,7 @@ async def test_three_participants_each_decode_the_others_audio_and_video(
 ) -> None:
     if fan_out == "python":
         monkeypatch.setattr(producer_module, "fanout", None)
+        monkeypatch.setattr(router_module, "receive", None)
     else:
         require_native_fanout()
     room = await server.create_room("three")

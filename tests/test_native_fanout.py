@@ -21,7 +21,7 @@ from pylibsrtp import Policy, Session
 from support import require_native_fanout
 from townhall.sfu import native
 from townhall.sfu.consumer import Consumer
-from townhall.sfu.producer import Producer
+from townhall.sfu.producer import SPEAKING_LEVEL, Producer
 from townhall.sfu.rtp import parse_header
 from townhall.sfu.transport import Codec, IncomingTrack
 from townhall.sfu.twcc import TwccSender
@@ -277,3 +277,102 @@ def test_audio_copies_with_and_without_red_are_the_same_in_c(pairs: list[Pair]) 
     pair.consumers[0].slot.payload_type = pair.consumers[1].slot.payload_type = None
     pair.feed([_audio(n, 127) for n in range(30, 33)])  # not negotiated: nothing sent
     assert pair.consumers[0].packets == 36 + 5 + 25
+
+
+class Twins:
+    """Two identical producers with their consumers: one takes packets through ``receive`` in C
+    (header, layer bookkeeping and fan-out), the other through ``Producer.forward`` after
+    ``parse_header`` in Python."""
+
+    def __init__(self, simulcast: bool, pairs: list[Pair]) -> None:
+        self.c, self.python = Pair(simulcast=simulcast, twcc=True), Pair(simulcast, twcc=True)
+        pairs.extend((self.c, self.python))
+        receive = native.receive(SPEAKING_LEVEL)
+        assert receive is not None
+        self.receive = receive
+        if simulcast:
+            self.table = {layer.ssrc: layer for layer in self.c.producer.layers}
+        else:
+            self.table = {7: self.c.producer.layers[0]}  # the audio packets' SSRC
+
+    def feed(self, packets: list[bytes]) -> None:
+        for data in packets:
+            self.c.clock.now += 0.01
+            self.python.clock.now += 0.01
+            header = parse_header(data)
+            layer = next(x for x in self.python.producer.layers
+                         if x.ssrc == header.ssrc or not self.python.producer.simulcast)
+            sent = self.python.producer.forward(data, header, layer)
+            assert self.receive(data, self.table, self.c.clock()) == sent
+        copies = self.python.plain.rtp
+        assert self.c.plain.rtp == copies
+        assert self.c.routed.received(len(copies)) == self.python.routed.received(len(copies))
+        self.c.plain.rtp, self.python.plain.rtp = [], []
+        self.same_state()
+
+    def same_state(self) -> None:
+        a, b = self.c.producer, self.python.producer
+        assert (a.descriptor, a.level_packets, a.loudness) == \
+            (b.descriptor, b.level_packets, b.loudness)
+        for x, y in zip(a.layers, b.layers, strict=True):
+            assert (x.octets, x.width, x.height) == (y.octets, y.width, y.height)
+            for name in x.reception.__slots__:
+                assert getattr(x.reception, name) == getattr(y.reception, name), name
+            assert (x.cache._packets, x.cache._sequences) == \
+                (y.cache._packets, y.cache._sequences)
+        for x, y in zip(self.c.consumers, self.python.consumers, strict=True):
+            assert (x.packets, x.octets, x.layer) == (y.packets, y.octets, y.layer)
+
+
+def test_receiving_in_c_keeps_the_layers_books_and_sends_what_python_sends(
+    pairs: list[Pair],
+) -> None:
+    twins = Twins(simulcast=True, pairs=pairs)
+    high, low = Layer(3000, 65533, 0, 0x7FFE), Layer(1000, 7, 0, 3)
+    for consumer in twins.c.consumers + twins.python.consumers:
+        consumer.set_target(2)
+    twins.feed(low.frame(keyframe=True) + high.frame(keyframe=False))  # not yet: no keyframe
+    twins.feed(high.frame(keyframe=True))  # the switch, with the keyframe's size
+    twins.feed(high.frame(keyframe=False) + low.frame(keyframe=False))  # sequence wraps
+    late = high.frame(keyframe=False)
+    twins.feed([late[0], late[2], late[1]])  # out of order: reception counts no new cycle
+    for producer in (twins.c.producer, twins.python.producer):
+        producer.set_paused(True)
+    twins.feed(high.frame(keyframe=False))  # paused: books kept, nothing sent
+    assert twins.c.producer.layers[2].width == 640
+    assert twins.c.producer.layers[2].reception.extended_highest == 0x10000 + high.sequence - 1
+    assert twins.c.consumers[0].packets == 9
+
+
+def _levelled(sequence: int, level: int) -> bytes:
+    """Opus with the audio level in a one-byte extension of id 1, as the tracks negotiate."""
+    fixed = struct.pack("!BBHII", 0x90, 111, sequence, sequence * 960, 7)
+    return fixed + b"\xbe\xde\x00\x01" + bytes([0x10, 0x80 | level, 0, 0]) + b"\xfc" + bytes(60)
+
+
+def test_receiving_audio_in_c_scores_the_level_as_python_does(pairs: list[Pair]) -> None:
+    twins = Twins(simulcast=False, pairs=pairs)
+    twins.feed([_levelled(n, 20) for n in range(10)] + [_levelled(n, 90) for n in range(10, 15)])
+    assert twins.c.producer.level_packets == 15
+    assert twins.c.producer.loudness == 10 * (SPEAKING_LEVEL + 1 - 20)
+
+
+def test_receiving_in_c_leaves_what_it_cannot_read_to_python_untouched(
+    pairs: list[Pair],
+) -> None:
+    twins = Twins(simulcast=True, pairs=pairs)
+    layer = Layer(1000, 1, 0, 1)
+    packet = layer.frame(keyframe=True, packets=1)[0]
+    unknown = bytearray(packet)
+    unknown[8:12] = (99).to_bytes(4, "big")
+    header = parse_header(packet)
+    for data in (packet[:10],  # shorter than a header
+                 bytes([0x40]) + packet[1:],  # version 1
+                 bytes(unknown),  # an SSRC the table does not have
+                 packet[:header.payload_offset]):  # no VP8 payload to read
+        assert twins.receive(data, twins.table, 1.0) == -1
+    books = twins.c.producer.layers[0]
+    assert (books.octets, books.reception._received, books.cache.get(header.sequence)) == \
+        (0, 0, None)
+    assert twins.receive(packet, twins.table, 1.0) == 2  # a keyframe of layer 0: both start
+    assert books.cache.get(header.sequence) == packet

@@ -108,7 +108,10 @@ enum {
     N_SIZES, N_SEQUENCES, N_PICTURES, N_PICTURE_OFFSET, N_TL0_OFFSET, N_LAST_PICTURE_ID,
     N_LAST_TL0, N_ACTIVE, N_PACKETS, N_OCTETS, N_SEND, N_MARKER, N_TIMESTAMP, N_CSRC_END,
     N_PAYLOAD_OFFSET, N_SIZE, N_PICTURE_ID, N_PICTURE_ID_BITS, N_TL0PICIDX, N_HEADER_SEQUENCE,
-    N_TARGET, N_COUNT
+    N_TARGET, N_PRODUCER, N_SIMULCAST, N_RECEPTION, N_CACHE, N_INDEX, N_WIDTH, N_HEIGHT,
+    N_DESCRIPTOR, N_BASE, N_HIGHEST, N_CYCLES, N_RECEIVED, N_MASK, N_PACKETS_RING,
+    N_LEVEL_EXTENSION, N_LEVEL_PACKETS, N_LOUDNESS, N_SELECTED, N_CONSUMERS, N_CODEC, N_START,
+    N_KEYFRAME, N_TEMPORAL_ID, N_COUNT
 };
 
 static const char *name_texts[N_COUNT] = {
@@ -118,7 +121,10 @@ static const char *name_texts[N_COUNT] = {
     "_sent_at", "_sizes", "_sequences", "pictures", "_picture_offset", "_tl0_offset",
     "_last_picture_id", "_last_tl0", "active", "packets", "octets", "send", "marker",
     "timestamp", "csrc_end", "payload_offset", "size", "picture_id", "picture_id_bits",
-    "tl0picidx", "sequence", "target",
+    "tl0picidx", "sequence", "target", "producer", "simulcast", "reception", "cache", "index",
+    "width", "height", "descriptor", "_base", "_highest", "_cycles", "_received", "_mask",
+    "_packets", "level_extension", "level_packets", "loudness", "selected", "consumers", "codec",
+    "start", "keyframe", "temporal_id",
 };
 
 static PyObject *names[N_COUNT];
@@ -165,7 +171,7 @@ typedef struct {
     Py_ssize_t offset;  /* 0: not a writable object slot of this type */
 } SlotPlace;
 
-#define SLOT_PLACES 2  /* one name, two types: "started" of two rewriters, "payload_type" */
+#define SLOT_PLACES 3  /* one name, several types: "_started", "payload_type", "octets" */
 static SlotPlace slot_places[N_COUNT][SLOT_PLACES];
 
 static PyObject **slot_of(PyObject *object, int name) {
@@ -577,8 +583,31 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     return COPY_QUEUED;
 }
 
+/* The received packet's RtpHeader, for consumers left to their own send(): the caller's, or
+ * one made from the fields the first time a consumer needs it. */
+typedef struct {
+    PyObject *object;  /* owned, or NULL until made */
+    unsigned long ssrc;
+    long extension_offset;
+} Header;
+
+static PyObject *header_type = NULL;      /* rtp.RtpHeader */
+static PyObject *descriptor_type = NULL;  /* vp8.Descriptor */
+static long speaking_level = 0;           /* producer.SPEAKING_LEVEL */
+
+static PyObject *header_of(Header *header, const Incoming *in) {
+    if (header->object == NULL)
+        header->object = PyObject_CallFunction(
+            header_type, "(Nllkklll)", PyBool_FromLong(in->marker), in->payload_type,
+            in->sequence, (unsigned long)in->timestamp, header->ssrc, header->extension_offset,
+            in->payload_offset, in->csrc_end);
+    return header->object;
+}
+
 /* consumer.send(data, header, layer) -> 1 if it sent, 0 if not, -1 on an exception. */
 static int python_send(PyObject *consumer, PyObject *data, PyObject *header, PyObject *layer) {
+    if (header == NULL)
+        return -1;
     PyObject *result = PyObject_CallMethodObjArgs(consumer, names[N_SEND], data, header, layer,
                                                   NULL);
     if (result == NULL)
@@ -620,36 +649,23 @@ static int read_descriptor(PyObject *descriptor, Incoming *in) {
     return 0;
 }
 
-static PyObject *fastsend_fanout(PyObject *self, PyObject *args) {
-    PyObject *consumers, *data, *header, *layer, *descriptor;
-    int codec_payload_type;
-    double now;
-    if (!PyArg_ParseTuple(args, "O!O!OO!iOd", &PyList_Type, &consumers, &PyBytes_Type, &data,
-                          &header, &PyLong_Type, &layer, &codec_payload_type, &descriptor, &now))
-        return NULL;
-    Incoming in;
-    memset(&in, 0, sizeof in);
-    in.data = (const unsigned char *)PyBytes_AS_STRING(data);
-    in.length = PyBytes_GET_SIZE(data);
-    in.layer = PyLong_AsLong(layer);
-    in.codec_payload_type = codec_payload_type;
-    in.now = now;
-    if ((in.layer == -1 && PyErr_Occurred()) || read_header(header, &in) < 0 ||
-            read_descriptor(descriptor, &in) < 0)
-        return NULL;
-    in.now_object = PyFloat_FromDouble(now);
-    in.length_object = PyLong_FromSsize_t(in.length);
-    in.sequence_object = PyLong_FromLong(in.sequence);
-    if (in.now_object == NULL || in.length_object == NULL || in.sequence_object == NULL) {
-        incoming_clear(&in);
-        return NULL;
+/* Every consumer's copy of the packet `in` describes; the number sent, or -1 with an
+ * exception set (a consumer's own send() raised). */
+static Py_ssize_t fan_all(PyObject *consumers, PyObject *data, Incoming *in, PyObject *layer,
+                          Header *header) {
+    in->now_object = PyFloat_FromDouble(in->now);
+    in->length_object = PyLong_FromSsize_t(in->length);
+    in->sequence_object = PyLong_FromLong(in->sequence);
+    if (in->now_object == NULL || in->length_object == NULL || in->sequence_object == NULL) {
+        incoming_clear(in);
+        return -1;
     }
     /* Python that a consumer's own send() runs may come back here (another thread's loop):
      * that fan-out goes all the Python way, leaving this one's batch alone. */
     int native = !fan_busy;
     fan_busy = 1;
     Py_ssize_t copies = 0;
-    PyObject *failed = NULL;
+    int failed = 0;
     Py_INCREF(consumers);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(consumers); i++) {
         PyObject *consumer = PyList_GET_ITEM(consumers, i);
@@ -657,7 +673,7 @@ static PyObject *fastsend_fanout(PyObject *self, PyObject *args) {
         int result = COPY_PYTHON;
         if (native) {
             Parts parts = {NULL, NULL, NULL, NULL, NULL, NULL};
-            result = fan_copy(consumer, &in, &parts);
+            result = fan_copy(consumer, in, &parts);
             parts_clear(&parts);
             if (result == COPY_ERROR) {
                 PyErr_Clear();  /* the consumer's own send() says what is wrong */
@@ -668,10 +684,10 @@ static PyObject *fastsend_fanout(PyObject *self, PyObject *args) {
             fan_native_total++;
         if (result == COPY_PYTHON) {
             fan_python_total++;
-            result = python_send(consumer, data, header, layer);
+            result = python_send(consumer, data, header_of(header, in), layer);
             if (result < 0) {
                 Py_DECREF(consumer);
-                failed = consumer;
+                failed = 1;
                 break;
             }
         }
@@ -679,22 +695,395 @@ static PyObject *fastsend_fanout(PyObject *self, PyObject *args) {
         Py_DECREF(consumer);
     }
     Py_DECREF(consumers);
-    incoming_clear(&in);
+    incoming_clear(in);
     if (native) {
         if (fan_batch > 0)
             fan_flush();
         fan_busy = 0;
     }
-    if (failed != NULL)
+    return failed ? -1 : copies;
+}
+
+static PyObject *fastsend_fanout(PyObject *self, PyObject *args) {
+    PyObject *consumers, *data, *header_object, *layer, *descriptor;
+    int codec_payload_type;
+    double now;
+    if (!PyArg_ParseTuple(args, "O!O!OO!iOd", &PyList_Type, &consumers, &PyBytes_Type, &data,
+                          &header_object, &PyLong_Type, &layer, &codec_payload_type,
+                          &descriptor, &now))
         return NULL;
-    return PyLong_FromSsize_t(copies);
+    Incoming in;
+    memset(&in, 0, sizeof in);
+    in.data = (const unsigned char *)PyBytes_AS_STRING(data);
+    in.length = PyBytes_GET_SIZE(data);
+    in.layer = PyLong_AsLong(layer);
+    in.codec_payload_type = codec_payload_type;
+    in.now = now;
+    if ((in.layer == -1 && PyErr_Occurred()) || read_header(header_object, &in) < 0 ||
+            read_descriptor(descriptor, &in) < 0)
+        return NULL;
+    Py_INCREF(header_object);
+    Header header = {header_object, 0, 0};
+    Py_ssize_t copies = fan_all(consumers, data, &in, layer, &header);
+    Py_DECREF(header_object);
+    return copies < 0 ? NULL : PyLong_FromSsize_t(copies);
+}
+
+/* --- receive ----------------------------------------------------------------------------- */
+
+/* What rtp.parse_header checks; 0 if the packet is well formed, -1 if not. */
+static int parse_rtp(const unsigned char *p, Py_ssize_t size, Incoming *in, Header *header) {
+    if (size < 12 || p[0] >> 6 != 2)
+        return -1;
+    Py_ssize_t offset = 12 + 4 * (p[0] & 0x0F);
+    in->csrc_end = (long)offset;
+    header->extension_offset = -1;
+    if (p[0] & 0x10) {
+        if (size < offset + 4)
+            return -1;
+        header->extension_offset = (long)offset;
+        offset += 4 + 4 * ((p[offset + 2] << 8) | p[offset + 3]);
+    }
+    if (offset > size)
+        return -1;
+    if (p[0] & 0x20) {
+        unsigned char padding = p[size - 1];
+        if (padding == 0 || offset + padding > size)
+            return -1;
+    }
+    in->marker = p[1] >> 7;
+    in->payload_type = p[1] & 0x7F;
+    in->sequence = (p[2] << 8) | p[3];
+    in->timestamp = (long)(((unsigned long)p[4] << 24) | ((unsigned long)p[5] << 16) |
+                           ((unsigned long)p[6] << 8) | p[7]);
+    header->ssrc = ((unsigned long)p[8] << 24) | ((unsigned long)p[9] << 16) |
+                   ((unsigned long)p[10] << 8) | p[11];
+    in->payload_offset = (long)offset;
+    return 0;
+}
+
+/* What vp8.parse reads from the payload descriptor; 0, or -1 if it is empty or truncated. */
+typedef struct {
+    long size, picture_id, picture_id_bits, tl0picidx, temporal_id;
+    int start, keyframe;
+} Vp8;
+
+static int parse_vp8(const unsigned char *p, Py_ssize_t offset, Py_ssize_t end, Vp8 *out) {
+    if (offset >= end)
+        return -1;
+    unsigned char first = p[offset];
+    Py_ssize_t pos = offset + 1;
+    out->picture_id = out->tl0picidx = out->temporal_id = -1;
+    out->picture_id_bits = 0;
+    if (first & 0x80) {
+        if (pos >= end)
+            return -1;
+        unsigned char extended = p[pos++];
+        if (extended & 0x80) {
+            if (pos >= end)
+                return -1;
+            if (p[pos] & 0x80) {
+                if (pos + 1 >= end)
+                    return -1;
+                out->picture_id = ((p[pos] & 0x7F) << 8) | p[pos + 1];
+                out->picture_id_bits = 15;
+                pos += 2;
+            } else {
+                out->picture_id = p[pos];
+                out->picture_id_bits = 7;
+                pos += 1;
+            }
+        }
+        if (extended & 0x40) {
+            if (pos >= end)
+                return -1;
+            out->tl0picidx = p[pos++];
+        }
+        if (extended & 0x30) {
+            if (pos >= end)
+                return -1;
+            if (extended & 0x20)
+                out->temporal_id = p[pos] >> 6;
+            pos += 1;
+        }
+    }
+    out->start = (first & 0x1F) == 0x10;
+    out->keyframe = out->start && pos < end && !(p[pos] & 0x01);
+    out->size = (long)(pos - offset);
+    return 0;
+}
+
+/* A vp8.Descriptor with these fields: written straight into its slots (it is a frozen
+ * dataclass with __slots__), or made by calling the class if they are not slots. */
+static PyObject *make_descriptor(const Vp8 *d) {
+    PyTypeObject *type = (PyTypeObject *)descriptor_type;
+    PyObject *made = type->tp_alloc(type, 0);
+    if (made == NULL)
+        return NULL;
+    if (slot_of(made, N_SIZE) != NULL && slot_of(made, N_START) != NULL &&
+            slot_of(made, N_KEYFRAME) != NULL && slot_of(made, N_PICTURE_ID) != NULL &&
+            slot_of(made, N_PICTURE_ID_BITS) != NULL && slot_of(made, N_TL0PICIDX) != NULL &&
+            slot_of(made, N_TEMPORAL_ID) != NULL) {
+        if (set_long(made, N_SIZE, d->size) == 0 &&
+                set_shared(made, N_START, d->start ? Py_True : Py_False) == 0 &&
+                set_shared(made, N_KEYFRAME, d->keyframe ? Py_True : Py_False) == 0 &&
+                set_long(made, N_PICTURE_ID, d->picture_id) == 0 &&
+                set_long(made, N_PICTURE_ID_BITS, d->picture_id_bits) == 0 &&
+                set_long(made, N_TL0PICIDX, d->tl0picidx) == 0 &&
+                set_long(made, N_TEMPORAL_ID, d->temporal_id) == 0)
+            return made;
+        Py_DECREF(made);
+        return NULL;
+    }
+    Py_DECREF(made);
+    PyErr_Clear();
+    return PyObject_CallFunction(descriptor_type, "(lOOllll)", d->size,
+                                 d->start ? Py_True : Py_False, d->keyframe ? Py_True : Py_False,
+                                 d->picture_id, d->picture_id_bits, d->tl0picidx,
+                                 d->temporal_id);
+}
+
+/* rtp.audio_level_at: the RFC 6464 level in extension `id`, or -1. */
+static long audio_level(const unsigned char *p, long offset, long end, long id) {
+    if (offset < 0)
+        return -1;
+    long pos = offset + 4;
+    if (p[offset] == 0xBE && p[offset + 1] == 0xDE) {
+        while (pos < end) {
+            unsigned char byte = p[pos];
+            if (byte == 0) {
+                pos++;
+                continue;
+            }
+            long found = byte >> 4;
+            if (found == 15 || pos + 2 + (byte & 0x0F) > end)
+                return -1;
+            if (found == id)
+                return p[pos + 1] & 0x7F;
+            pos += 2 + (byte & 0x0F);
+        }
+        return -1;
+    }
+    if (p[offset] == 0x10 && (p[offset + 1] & 0xF0) == 0) {
+        while (pos + 1 < end) {
+            long found = p[pos];
+            if (found == 0) {
+                pos++;
+                continue;
+            }
+            long length = p[pos + 1];
+            if (pos + 2 + length > end)
+                return -1;
+            if (found == id)
+                return length ? (p[pos + 2] & 0x7F) : -1;
+            pos += 2 + length;
+        }
+    }
+    return -1;
+}
+
+/* Adds `amount` to an int attribute. */
+static int add_long(PyObject *object, int name, long amount) {
+    long value;
+    if (get_long(object, name, &value) < 0)
+        return -1;
+    return set_long(object, name, value + amount);
+}
+
+/* ReceptionStats.add(sequence) */
+static int reception_add(PyObject *reception, long sequence, PyObject *sequence_object) {
+    long base, highest;
+    if (get_long(reception, N_BASE, &base) < 0 || get_long(reception, N_HIGHEST, &highest) < 0)
+        return -1;
+    if (base < 0) {
+        if (set_shared(reception, N_BASE, sequence_object) < 0 ||
+                set_shared(reception, N_HIGHEST, sequence_object) < 0)
+            return -1;
+    } else if (((sequence - highest) & 0xFFFF) < 0x8000) {
+        if (sequence < highest && add_long(reception, N_CYCLES, 0x10000) < 0)
+            return -1;
+        if (set_shared(reception, N_HIGHEST, sequence_object) < 0)
+            return -1;
+    }
+    return add_long(reception, N_RECEIVED, 1);
+}
+
+/* PacketCache.store(sequence, data) */
+static int cache_store(PyObject *cache, long sequence, PyObject *sequence_object,
+                       PyObject *data) {
+    long mask;
+    if (get_long(cache, N_MASK, &mask) < 0)
+        return -1;
+    PyObject *packets = get_attr(cache, N_PACKETS_RING);
+    if (packets == NULL)
+        return -1;
+    PyObject *sequences = get_attr(cache, N_SEQUENCES);
+    int status = -1;
+    long index = sequence & mask;
+    if (sequences != NULL && PyList_Check(packets) && PyList_Check(sequences) &&
+            index < PyList_GET_SIZE(packets) && index < PyList_GET_SIZE(sequences)) {
+        Py_INCREF(data);
+        Py_INCREF(sequence_object);
+        status = set_item(packets, index, data) < 0 ? -1 :
+                 set_item(sequences, index, sequence_object);
+    } else if (sequences != NULL) {
+        PyErr_SetString(PyExc_TypeError, "packet cache is not two lists of its size");
+    }
+    Py_DECREF(packets);
+    Py_XDECREF(sequences);
+    return status;
+}
+
+/* The receive side of Producer.forward for a layer: reception, cache, bytes, VP8 descriptor
+ * and keyframe size, audio level. 1 to fan out, 0 not to, -1 on error. */
+static int take_in(PyObject *layer, PyObject *producer, PyObject *data, Incoming *in,
+                   const Header *header, int simulcast, const Vp8 *vp8) {
+    PyObject *sequence_object = PyLong_FromLong(in->sequence);
+    if (sequence_object == NULL)
+        return -1;
+    PyObject *reception = get_attr(layer, N_RECEPTION);
+    int status = reception == NULL ? -1 : reception_add(reception, in->sequence, sequence_object);
+    Py_XDECREF(reception);
+    if (status == 0) {
+        PyObject *cache = get_attr(layer, N_CACHE);
+        status = cache == NULL ? -1 : cache_store(cache, in->sequence, sequence_object, data);
+        Py_XDECREF(cache);
+    }
+    Py_DECREF(sequence_object);
+    if (status < 0 || add_long(layer, N_OCTETS, (long)in->length - in->payload_offset) < 0)
+        return -1;
+    if (simulcast) {
+        if (set_attr(producer, N_DESCRIPTOR, make_descriptor(vp8)) < 0)
+            return -1;
+        in->has_descriptor = 1;
+        in->descriptor_size = vp8->size;
+        in->picture_id = vp8->picture_id;
+        in->picture_id_bits = vp8->picture_id_bits;
+        in->tl0picidx = vp8->tl0picidx;
+        long frame = in->payload_offset + vp8->size;
+        const unsigned char *p = in->data;
+        if (vp8->keyframe && in->length >= frame + 10 && p[frame + 3] == 0x9d &&
+                p[frame + 4] == 0x01 && p[frame + 5] == 0x2a) {
+            if (set_long(layer, N_WIDTH, (p[frame + 6] | (p[frame + 7] << 8)) & 0x3FFF) < 0 ||
+                    set_long(layer, N_HEIGHT, (p[frame + 8] | (p[frame + 9] << 8)) & 0x3FFF) < 0)
+                return -1;
+        }
+    } else {
+        long id;
+        int has_id = get_optional_long(producer, N_LEVEL_EXTENSION, &id);
+        if (has_id < 0)
+            return -1;
+        if (has_id && header->extension_offset >= 0) {
+            long level = audio_level(in->data, header->extension_offset, in->payload_offset, id);
+            if (level >= 0) {
+                if (add_long(producer, N_LEVEL_PACKETS, 1) < 0)
+                    return -1;
+                if (level <= speaking_level &&
+                        add_long(producer, N_LOUDNESS, speaking_level + 1 - level) < 0)
+                    return -1;
+            }
+        }
+    }
+    PyObject *object = get_attr(producer, N_PAUSED);
+    if (object == NULL)
+        return -1;
+    int paused = PyObject_IsTrue(object);
+    Py_DECREF(object);
+    if (paused)
+        return paused < 0 ? -1 : 0;
+    object = get_attr(producer, N_SELECTED);
+    if (object == NULL)
+        return -1;
+    int selected = PyObject_IsTrue(object);
+    Py_DECREF(object);
+    return selected;
+}
+
+/* receive(data, layers_by_ssrc, now) -> copies sent, or -1 when the packet is left to Python
+ * (malformed, an SSRC not in the table, a VP8 payload without a readable descriptor). */
+static PyObject *fastsend_receive(PyObject *self, PyObject *args) {
+    PyObject *data, *layers;
+    double now;
+    if (!PyArg_ParseTuple(args, "O!O!d", &PyBytes_Type, &data, &PyDict_Type, &layers, &now))
+        return NULL;
+    if (header_type == NULL || descriptor_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "setup() has not been called");
+        return NULL;
+    }
+    Incoming in;
+    memset(&in, 0, sizeof in);
+    in.data = (const unsigned char *)PyBytes_AS_STRING(data);
+    in.length = PyBytes_GET_SIZE(data);
+    in.now = now;
+    Header header = {NULL, 0, -1};
+    if (parse_rtp(in.data, in.length, &in, &header) < 0)
+        return PyLong_FromLong(-1);
+    PyObject *key = PyLong_FromUnsignedLong(header.ssrc);
+    if (key == NULL)
+        return NULL;
+    PyObject *layer = PyDict_GetItemWithError(layers, key);  /* borrowed */
+    Py_DECREF(key);
+    if (layer == NULL)
+        return PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
+    Py_INCREF(layer);
+    PyObject *producer = get_attr(layer, N_PRODUCER);
+    PyObject *result = NULL, *index = NULL, *codec = NULL, *consumers = NULL, *object = NULL;
+    Vp8 vp8 = {0, 0, 0, 0, 0, 0, 0};
+    long payload_type;
+    int simulcast, go;
+    Py_ssize_t copies;
+    if (producer == NULL || (object = get_attr(producer, N_SIMULCAST)) == NULL)
+        goto done;
+    simulcast = PyObject_IsTrue(object);
+    Py_DECREF(object);
+    if (simulcast < 0)
+        goto done;
+    if (simulcast && parse_vp8(in.data, in.payload_offset, in.length, &vp8) < 0) {
+        result = PyLong_FromLong(-1);  /* Python counts it and forwards nothing */
+        goto done;
+    }
+    if ((index = get_attr(layer, N_INDEX)) == NULL ||
+            ((in.layer = PyLong_AsLong(index)) == -1 && PyErr_Occurred()) ||
+            (codec = get_attr(producer, N_CODEC)) == NULL ||
+            get_long(codec, N_PAYLOAD_TYPE, &payload_type) < 0 ||
+            (consumers = get_attr(producer, N_CONSUMERS)) == NULL)
+        goto done;
+    if (!PyList_Check(consumers)) {
+        PyErr_SetString(PyExc_TypeError, "producer.consumers is not a list");
+        goto done;
+    }
+    in.codec_payload_type = (int)payload_type;
+    go = take_in(layer, producer, data, &in, &header, simulcast, &vp8);
+    if (go < 0)
+        goto done;
+    copies = go ? fan_all(consumers, data, &in, index, &header) : 0;
+    if (copies >= 0)
+        result = PyLong_FromSsize_t(copies);
+done:
+    Py_XDECREF(header.object);
+    Py_XDECREF(consumers);
+    Py_XDECREF(codec);
+    Py_XDECREF(index);
+    Py_XDECREF(producer);
+    Py_DECREF(layer);
+    return result;
 }
 
 static PyObject *fastsend_setup(PyObject *self, PyObject *args) {
     unsigned long long protect_address;
-    if (!PyArg_ParseTuple(args, "K", &protect_address))
+    PyObject *header = NULL, *descriptor = NULL;
+    long level = 0;
+    if (!PyArg_ParseTuple(args, "K|O!O!l", &protect_address, &PyType_Type, &header,
+                          &PyType_Type, &descriptor, &level))
         return NULL;
     fan_protect = (protect_fn)(uintptr_t)protect_address;
+    if (header != NULL && descriptor != NULL) {
+        Py_INCREF(header);
+        Py_INCREF(descriptor);
+        Py_XSETREF(header_type, header);
+        Py_XSETREF(descriptor_type, descriptor);
+        speaking_level = level;
+    }
     Py_RETURN_NONE;
 }
 
@@ -715,7 +1104,12 @@ static PyMethodDef methods[] = {
     {"fanout", fastsend_fanout, METH_VARARGS,
      "fanout(consumers, data, header, layer, codec_payload_type, descriptor, now) -> copies: "
      "one received packet to every consumer (see the top of _fastsend.c)."},
-    {"setup", fastsend_setup, METH_VARARGS, "setup(protect): libsrtp's srtp_protect address."},
+    {"receive", fastsend_receive, METH_VARARGS,
+     "receive(data, layers_by_ssrc, now) -> copies, or -1 to leave the packet to Python: "
+     "Producer.forward for one received packet (see the top of _fastsend.c)."},
+    {"setup", fastsend_setup, METH_VARARGS,
+     "setup(protect[, RtpHeader, Descriptor, speaking_level]): libsrtp's srtp_protect address; "
+     "the classes and the level receive() needs."},
     {"counts", fastsend_counts, METH_NOARGS,
      "counts() -> (copies made in C, consumers left to Python) since the start."},
     {"take_sent", fastsend_take_sent, METH_NOARGS,

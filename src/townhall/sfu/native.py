@@ -31,6 +31,8 @@ from typing import Any
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from townhall.sfu import rtp, vp8
+
 SOURCE = Path(__file__).with_name("_fastsend.c")
 
 #: (srtp session address, plain RTP packet, packed sockaddr)
@@ -40,12 +42,15 @@ Held = tuple[int, bytes, bytes]
 Route = tuple[int, int, bytes, Any]
 #: ``fanout(consumers, data, header, layer, codec payload type, VP8 descriptor, now)``
 Fanout = Callable[[list[Any], bytes, Any, int, int, Any, float], int]
+#: ``receive(data, layers by SSRC, now)``: copies sent, or -1 for the Python path
+Receive = Callable[[bytes, dict[int, Any], float], int]
 
 
 class NativeSend:
     """The compiled module and what calling it needs."""
 
     def __init__(self, module: Any) -> None:
+        self.module = module
         self._send: Callable[[int, int, list[Held]], int] = module.send
         self.protect = int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib,
                                                                             "srtp_protect")))
@@ -106,6 +111,23 @@ def fanout() -> Fanout | None:
     """The native fan-out if the piece has been built, else None."""
     native = load()
     return None if native is None else native.fanout
+
+
+def receive(speaking_level: int) -> Receive | None:
+    """``Producer.forward`` in C from a received packet's bytes, if the piece has been built.
+
+    For a packet whose SSRC is in the table: the header, the layer's reception statistics,
+    packet cache and byte count, the VP8 descriptor (``producer.descriptor``) and keyframe size,
+    the audio level (louder than ``speaking_level`` counts as speech), then the fan-out.
+    Anything it cannot read (a malformed packet, an unknown SSRC, an unreadable VP8 descriptor)
+    it leaves untouched and returns -1, for the Python path to do.
+    """
+    native = load()
+    if native is None:
+        return None
+    native.module.setup(native.protect, rtp.RtpHeader, vp8.Descriptor, speaking_level)
+    function: Receive = native.module.receive
+    return function
 
 
 def build(directory: Path | None = None) -> Path:

@@ -29,6 +29,9 @@ fanout = native.fanout()
 
 #: Audio louder than this (in -dBov; 0 is loudest) counts as speech.
 SPEAKING_LEVEL = 50
+#: ``forward`` in C from a received packet's bytes, header parsing included (``native.py``);
+#: None without the native piece. The router calls it when it has the packet's layer table.
+receive = native.receive(SPEAKING_LEVEL)
 #: How long a producer counts as speaking after its last loud packet, in seconds.
 SPEAKING_HOLD = 0.6
 

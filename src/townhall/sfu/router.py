@@ -25,7 +25,7 @@ from townhall.sfu import bandwidth, rtcp, rtp, speaker
 from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.audio_activity import Activity, AudioActivity
 from townhall.sfu.consumer import Consumer
-from townhall.sfu.producer import Producer
+from townhall.sfu.producer import Producer, receive
 from townhall.sfu.simulcast import Layer, layer_for_size
 from townhall.sfu.transport import IncomingTrack, Slot, Transport
 
@@ -281,6 +281,15 @@ class Router:
     def rtp_received(self, transport: Transport, data: bytes) -> None:
         counters = self.counters
         counters.packets_received += 1
+        if receive is not None:  # the whole of it in C, unless it leaves the packet to Python
+            state = self._transports.get(transport)
+            if state is None:
+                return
+            sent = receive(data, state.layers_by_ssrc, self._clock())
+            if sent >= 0:
+                counters.packets_forwarded += sent
+                counters.bytes_forwarded += sent * len(data)
+                return
         try:
             header = rtp.parse_header(data)
         except ValueError as exc:
