@@ -16,6 +16,16 @@
  * a restart, padding due, a late packet behind padding, a transport without a native route) is
  * handed to the consumer's own Python `send`.
  *
+ *     receive(data, layers_by_ssrc, now) -> copies, or -1
+ *
+ * is Producer.forward for one received (unprotected) packet from its bytes: it reads the RTP
+ * header, finds the layer by SSRC, updates the layer's reception statistics, packet cache and
+ * byte count, reads the VP8 descriptor (producer.descriptor) and a keyframe's size, or scores
+ * the audio level, and fans the packet out as above. A packet it cannot read (malformed, an
+ * SSRC not in the table, a VP8 payload without a descriptor) it leaves untouched and returns
+ * -1: the router's Python path then does all of it, as it does without this module. The
+ * RtpHeader object that consumers' own send() takes is made only when one needs it.
+ *
  * `protect` (set once with setup()) is the address of libsrtp's srtp_protect() and `srtp` the
  * address of an srtp_t, both from pylibsrtp's own cffi binding (its statically linked libsrtp:
  * the sessions aiortc keyed), `sockaddr` a packed struct sockaddr_in or sockaddr_in6. A transport's

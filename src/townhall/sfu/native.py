@@ -9,6 +9,11 @@ route: TCP) goes through the consumer's ``send`` in the same loop. ``send`` prot
 the copies that Python built (retransmissions, padding, those left to Python) with one
 ``sendmmsg()`` at the end of each received datagram.
 
+``receive`` goes one step earlier: the router hands it each received RTP packet's bytes and
+the transport's layer table, and it does what ``parse_header`` and ``Producer.forward`` do
+(reception statistics, packet cache, VP8 descriptor, audio level) before the same fan-out; what
+it cannot read it leaves to that Python path.
+
 ``pip install`` builds it when a C compiler and the Python headers are there (setup.py marks it
 optional); ``python -m townhall.sfu.native`` builds it next to this module. Without it, or with
 ``media_native_send = false``, the pure-Python path does all of it. The libsrtp it calls is
