@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from support import Attendee, RunningServer
-from townhall.sfu.producer import Producer
+from townhall.sfu.router import Router
 
 pytestmark = pytest.mark.browser
 
@@ -78,15 +79,14 @@ async def test_a_page_switched_to_audio_only_receives_no_video_packets_while_ano
 async def test_red_audio_from_a_browser_reaches_a_browser_as_red_and_aiortc_as_opus(
     server: RunningServer, new_page: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    red_packets: list[int] = []
-    forward = Producer.forward
+    payload_types: Counter[int] = Counter()  # of the RTP packets the router received
+    received = Router.rtp_received
 
-    def counting(producer: Producer, data: bytes, header: Any, layer: Any = None) -> int:
-        if header.payload_type == producer.red_payload_type:
-            red_packets.append(len(data))
-        return forward(producer, data, header, layer)
+    def counting(router: Router, transport: Any, data: bytes) -> None:
+        payload_types[data[1] & 0x7F] += 1
+        received(router, transport, data)
 
-    monkeypatch.setattr(Producer, "forward", counting)
+    monkeypatch.setattr(Router, "rtp_received", counting)
     room = await server.create_room("red")
     alice, bob = await new_page(), await new_page()
     alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
@@ -96,12 +96,12 @@ async def test_red_audio_from_a_browser_reaches_a_browser_as_red_and_aiortc_as_o
     try:
         await wait_receiving(bob, "audio")
         await plain.wait_frames((alice_id, "microphone"), 100)
-        assert len(red_packets) > 50, "the browser sends RED once the answer puts it first"
-
         live = server.running.services.registry.find(room)
         assert live is not None
         microphone = live.participants[alice_id].producers["microphone"]
         assert microphone.red_payload_type is not None
+        assert payload_types[microphone.red_payload_type] > 50, \
+            "the browser sends RED once the answer puts it first"
         consumers = {p.name: p.consumers[microphone.id] for p in live.participants.values()
                      if microphone.id in p.consumers}
         assert consumers["Bob"].slot.red_payload_type is not None, "Chromium accepted RED"
