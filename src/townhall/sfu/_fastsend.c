@@ -824,33 +824,30 @@ static int parse_vp8(const unsigned char *p, Py_ssize_t offset, Py_ssize_t end, 
 }
 
 /* A vp8.Descriptor with these fields: written straight into its slots (it is a frozen
- * dataclass with __slots__), or made by calling the class if they are not slots. */
+ * dataclass with __slots__, so its fields are all slots or none is), or made by calling the
+ * class if they are not. */
 static PyObject *make_descriptor(const Vp8 *d) {
     PyTypeObject *type = (PyTypeObject *)descriptor_type;
     PyObject *made = type->tp_alloc(type, 0);
     if (made == NULL)
         return NULL;
-    if (slot_of(made, N_SIZE) != NULL && slot_of(made, N_START) != NULL &&
-            slot_of(made, N_KEYFRAME) != NULL && slot_of(made, N_PICTURE_ID) != NULL &&
-            slot_of(made, N_PICTURE_ID_BITS) != NULL && slot_of(made, N_TL0PICIDX) != NULL &&
-            slot_of(made, N_TEMPORAL_ID) != NULL) {
-        if (set_long(made, N_SIZE, d->size) == 0 &&
-                set_shared(made, N_START, d->start ? Py_True : Py_False) == 0 &&
-                set_shared(made, N_KEYFRAME, d->keyframe ? Py_True : Py_False) == 0 &&
-                set_long(made, N_PICTURE_ID, d->picture_id) == 0 &&
-                set_long(made, N_PICTURE_ID_BITS, d->picture_id_bits) == 0 &&
-                set_long(made, N_TL0PICIDX, d->tl0picidx) == 0 &&
-                set_long(made, N_TEMPORAL_ID, d->temporal_id) == 0)
-            return made;
+    if (slot_of(made, N_SIZE) == NULL) {
         Py_DECREF(made);
-        return NULL;
+        return PyObject_CallFunction(descriptor_type, "(lOOllll)", d->size,
+                                     d->start ? Py_True : Py_False,
+                                     d->keyframe ? Py_True : Py_False, d->picture_id,
+                                     d->picture_id_bits, d->tl0picidx, d->temporal_id);
     }
+    if (set_long(made, N_SIZE, d->size) == 0 &&
+            set_shared(made, N_START, d->start ? Py_True : Py_False) == 0 &&
+            set_shared(made, N_KEYFRAME, d->keyframe ? Py_True : Py_False) == 0 &&
+            set_long(made, N_PICTURE_ID, d->picture_id) == 0 &&
+            set_long(made, N_PICTURE_ID_BITS, d->picture_id_bits) == 0 &&
+            set_long(made, N_TL0PICIDX, d->tl0picidx) == 0 &&
+            set_long(made, N_TEMPORAL_ID, d->temporal_id) == 0)
+        return made;
     Py_DECREF(made);
-    PyErr_Clear();
-    return PyObject_CallFunction(descriptor_type, "(lOOllll)", d->size,
-                                 d->start ? Py_True : Py_False, d->keyframe ? Py_True : Py_False,
-                                 d->picture_id, d->picture_id_bits, d->tl0picidx,
-                                 d->temporal_id);
+    return NULL;
 }
 
 /* rtp.audio_level_at: the RFC 6464 level in extension `id`, or -1. */
