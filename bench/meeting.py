@@ -90,6 +90,8 @@ class MeetingResult:
     load_average_1min: float = 0.0
     sent_by_kind: dict[str, int] = field(default_factory=dict)
     delivered_by_kind: dict[str, int] = field(default_factory=dict)
+    #: Receiving connections the server lost and offered again (townhall), over the whole run.
+    receiving_restarts: int = 0
     error: str | None = None
 
     @property
@@ -308,6 +310,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
             load_average_1min=round(os.getloadavg()[0], 2),
             sent_by_kind=sent,
             delivered_by_kind=got,
+            receiving_restarts=target.restarts if isinstance(target, TownhallTarget) else 0,
         )
     finally:
         if turns is not None:

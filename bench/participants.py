@@ -701,6 +701,15 @@ class SyntheticConsumer:
     async def wait_connected(self, timeout: float = 60.0) -> None:
         await _wait_dtls_connected(_dtls_transport(self.pc), timeout)
 
+    async def restart(self) -> None:
+        """The server lost the receiving connection and offers a new one: answer the next
+        offer on a new peer connection (what was counted so far stays counted)."""
+        await self.close()
+        self.pc = new_peer_connection()
+        self._hooked.clear()
+        self._twcc_highest = -1
+        self._twcc_arrivals = []
+
     @property
     def total_packets(self) -> int:
         """Media packets received (padding left out)."""

@@ -57,6 +57,9 @@ class _Signalling:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.consumer: SyntheticConsumer | None = None
         self.answered = asyncio.Event()  # set after the first subscribe-answer is sent
+        #: The server's number for the receiving connection, and how often it offered a new one.
+        self.connection: int | None = None
+        self.restarts = 0
         #: Tell the server each video is shown at this size (the page's ``layout``), or not.
         self.tile: tuple[int, int] | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -107,12 +110,20 @@ class _Signalling:
         assert self.ws is not None
         if self.consumer is None:
             self.consumer = SyntheticConsumer()  # the producer's own: not counted
+        connection = offer.get("connection")
         try:
+            if self.connection is not None and connection != self.connection:
+                logger.warning("%s: the server offers a new receiving connection (%s)",
+                               self.name, connection)
+                self.restarts += 1
+                await self.consumer.restart()
+            self.connection = connection
             answer = await self.consumer.answer(offer["sdp"])
         except Exception:
             logger.exception("%s: could not answer a subscribe-offer", self.name)
             return
-        await self.ws.send_str(json.dumps({"type": "subscribe-answer", "sdp": answer}))
+        await self.ws.send_str(json.dumps({"type": "subscribe-answer", "sdp": answer,
+                                           "connection": connection}))
         if self.tile is not None:
             width, height = self.tile
             sizes = {c["mid"]: {"width": width, "height": height}
@@ -287,13 +298,33 @@ class TownhallTarget:
         for n, (session, (_, consumer)) in enumerate(zip(sessions, people, strict=True)):
             await asyncio.wait_for(session.answered.wait(), 60)
             try:
-                await consumer.wait_connected()
+                await self._receiving(session, consumer)
             except ConnectionError as exc:
                 pc = consumer.pc
                 raise ConnectionError(
                     f"person-{n}'s receiving transport: {exc} (ICE {pc.iceConnectionState}, "
                     f"gathering {pc.iceGatheringState}, signalling {pc.signalingState})"
                 ) from None
+
+    @staticmethod
+    async def _receiving(session: _Signalling, consumer: SyntheticConsumer) -> None:
+        """Wait for ``consumer`` to connect; a connection the server lost meanwhile is
+        offered again on a new one (``subscribe-offer`` with the next ``connection``)."""
+        for _ in range(3):
+            pc = consumer.pc
+            try:
+                await consumer.wait_connected()
+                return
+            except ConnectionError:
+                await asyncio.sleep(5)
+                if consumer.pc is pc:
+                    raise
+        await consumer.wait_connected()
+
+    @property
+    def restarts(self) -> int:
+        """New receiving connections the server offered (each after it lost one)."""
+        return sum(s.restarts for s in self._sessions)
 
     async def metrics(self) -> str:
         """The server's ``/metrics`` text."""

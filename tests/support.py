@@ -315,6 +315,8 @@ class Attendee:
         self.received_at: list[float] = []
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc: RTCPeerConnection | None = None
+        #: The server's number for ``subscribe_pc`` (``connection`` in its offers).
+        self.subscribe_connection: int | None = None
         self.consumers: dict[str, dict[str, Any]] = {}
         #: (participant id, source) → decoded frames
         self.frames: dict[tuple[str, str], int] = defaultdict(int)
@@ -350,8 +352,10 @@ class Attendee:
         await self.ws.send_json(message)
 
     async def wait_for(self, kind: str, timeout: float = 10.0,
-                       where: Any = None) -> dict[str, Any]:
-        for message in self.messages:
+                       where: Any = None, since: int = 0) -> dict[str, Any]:
+        """The first message of ``kind`` (matching ``where``) from the ``since``-th on, waiting
+        for it if none has come yet."""
+        for message in self.messages[since:]:
             if message.get("type") == kind and (where is None or where(message)):
                 return message
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -381,8 +385,12 @@ class Attendee:
     async def publish(self, video: bool = True, audio: bool = True,
                       video_codec: str | None = None,
                       audio_track: MediaStreamTrack | None = None,
-                      pattern: PatternTrack | None = None) -> dict[str, Any]:
-        """Publish a tone (or ``audio_track``) and a test pattern (or ``pattern``)."""
+                      pattern: PatternTrack | None = None,
+                      restart: bool = False) -> dict[str, Any]:
+        """Publish a tone (or ``audio_track``) and a test pattern (or ``pattern``); with
+        ``restart``, on a new connection after ``publish-restart``, as a page does."""
+        if restart and self.publish_pc is not None:
+            await self.publish_pc.close()
         self.publish_pc = pc = RTCPeerConnection(pc_config())
         sources = []
         if audio:
@@ -396,13 +404,25 @@ class Attendee:
                     if c.mimeType == video_codec])
             sources.append((transceiver, "camera"))
         await pc.setLocalDescription(await pc.createOffer())
-        await self.send({"type": "publish", "sdp": pc.localDescription.sdp,
-                         "tracks": [{"mid": t.mid, "source": s} for t, s in sources]})
-        answer = await self.wait_for("publish-answer")
+        message: dict[str, Any] = {
+            "type": "publish", "sdp": pc.localDescription.sdp,
+            "tracks": [{"mid": t.mid, "source": s} for t, s in sources]}
+        if restart:
+            message["restart"] = True
+        since = len(self.messages)
+        await self.send(message)
+        answer = await self.wait_for("publish-answer", since=since)
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         return answer
 
     async def _answer(self, offer: dict[str, Any]) -> None:
+        connection = offer.get("connection")
+        if self.subscribe_pc is not None and connection != self.subscribe_connection:
+            # the server lost the receiving connection and offers a new one, as a page sees
+            old, self.subscribe_pc = self.subscribe_pc, None
+            self.consumers.clear()
+            await old.close()
+        self.subscribe_connection = connection
         if self.subscribe_pc is None:
             self.subscribe_pc = RTCPeerConnection(pc_config())
             self.subscribe_pc.on("track", self._track)
@@ -419,7 +439,10 @@ class Attendee:
         if not self.estimates_bandwidth:
             sdp = "".join(line for line in sdp.splitlines(keepends=True)
                           if ABS_SEND_TIME_URI not in line)
-        await self.send({"type": "subscribe-answer", "sdp": sdp})
+        answer: dict[str, Any] = {"type": "subscribe-answer", "sdp": sdp}
+        if connection is not None:
+            answer["connection"] = connection
+        await self.send(answer)
 
     def _count(self, pc: RTCPeerConnection) -> None:
         """Count what reaches each receiver instead of decoding it."""

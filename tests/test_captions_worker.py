@@ -456,6 +456,25 @@ async def test_a_speaker_who_mutes_has_their_utterance_closed_and_is_heard_again
         assert len(pipelines.made) == 1
 
 
+async def test_a_worker_whose_receiving_connection_is_lost_hears_the_speaker_on_a_new_one(
+    server: RunningServer,
+) -> None:
+    async with _one_speaker(server, "lost receiving") as (speaker, session, pipelines):
+        first = pipelines.made[0]
+        live = server.running.services.registry.find(session.room_id)
+        assert live is not None
+        worker = live.participants[session.participant or ""]
+        lost = worker.subscribe_transport
+        assert lost is not None
+        await lost.close()  # as when ICE gives up
+        await _until(lambda: first.finishes >= 1, 5, "the utterance on the lost one closed")
+        await _until(lambda: len(pipelines.made) == 2 and pipelines.made[1].samples > 8000, 15,
+                     "the speaker heard on the new connection")
+        assert worker.subscribe_connection == 2
+        assert session.participant == worker.id, "the same place: no drop and join again"
+        assert [s.participant for s in session.speakers] == [speaker.id]
+
+
 async def test_a_close_cancelled_while_finals_are_awaited_still_leaves_nothing_running(
     server: RunningServer,
 ) -> None:

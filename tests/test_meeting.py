@@ -318,9 +318,82 @@ async def test_a_media_connection_closed_unnoticed_does_not_break_another_partic
         await host.wait_for("subscribe-offer", where=lambda m: any(
             c["participant"] == late.id for c in m["consumers"]))
         assert late.closed is None and host.closed is None
-        assert not gone.offer_pending
-        assert gone.subscribe_transport is None, "the closed transport is forgotten"
+        # The room hears of it, and offers everything again on a new connection.
+        await lost.wait_for("subscribe-offer", where=lambda m: m["connection"] == 2)
+        assert gone.subscribe_transport is not transport
+        await lost.wait_frames((late.id, "camera"), 10)
     finally:
         for p in (host, lost, late):
             if p is not None:
                 await p.close()
+
+
+async def test_a_lost_receiving_connection_is_offered_again_and_the_video_comes_back(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("lost receiving")
+    host, watcher = await _attendees(server, room, ["host", "speaker"])
+    try:
+        await host.publish()
+        await watcher.wait_frames((host.id, "camera"), 10)
+        first = await watcher.wait_for("subscribe-offer")
+        assert first["connection"] == 1
+        live = server.running.services.registry.find(room)
+        assert live is not None
+        lost = live.participants[watcher.id].subscribe_transport
+        assert lost is not None
+        # What the transport does when ICE gives up (connection state "failed").
+        await lost.close()
+
+        again = await watcher.wait_for("subscribe-offer", where=lambda m: m["connection"] == 2)
+        assert {(c["participant"], c["kind"]) for c in again["consumers"]} == \
+            {(host.id, "audio"), (host.id, "video")}
+        before = watcher.frames[(host.id, "camera")]
+        await watcher.wait_frames((host.id, "camera"), before + 15)
+        await watcher.wait_frames((host.id, "microphone"), 25)
+        assert live.participants[watcher.id].subscribe_transport is not lost
+
+        # An answer meant for the lost connection changes nothing and is no error.
+        await watcher.send({"type": "subscribe-answer", "sdp": "v=0\r\n", "connection": 1})
+        since = len(watcher.messages)
+        await watcher.send({"type": "ping"})
+        await watcher.wait_for("pong", since=since)
+        assert not [m for m in watcher.messages if m["type"] == "error"]
+        assert watcher.closed is None and host.closed is None
+    finally:
+        await host.close()
+        await watcher.close()
+
+
+async def test_a_lost_publishing_connection_asks_the_page_to_publish_again(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("lost publishing")
+    host, watcher = await _attendees(server, room, ["host", "speaker"])
+    try:
+        await host.publish()
+        await watcher.wait_frames((host.id, "camera"), 10)
+        live = server.running.services.registry.find(room)
+        assert live is not None
+        lost = live.participants[host.id].publish_transport
+        assert lost is not None
+        await lost.close()
+
+        await host.wait_for("publish-restart")
+        # Everyone is told the camera and microphone are gone, and stops receiving them.
+        await watcher.wait_for("participant-updated", where=lambda m: (
+            m["participant"]["id"] == host.id and not m["participant"]["video"]
+            and not m["participant"]["audio"]))
+        await watcher.wait_for("subscribe-offer", where=lambda m: not m["consumers"])
+
+        answer = await host.publish(restart=True)
+        assert "m=video" in answer["sdp"]
+        assert live.participants[host.id].publish_transport is not lost
+        await watcher.wait_for("participant-updated", where=lambda m: (
+            m["participant"]["id"] == host.id and m["participant"]["video"]))
+        before = watcher.frames[(host.id, "camera")]
+        await watcher.wait_frames((host.id, "camera"), before + 15)
+        assert watcher.closed is None and host.closed is None
+    finally:
+        await host.close()
+        await watcher.close()

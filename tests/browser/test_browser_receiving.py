@@ -109,3 +109,42 @@ async def test_red_audio_from_a_browser_reaches_a_browser_as_red_and_aiortc_as_o
         assert await growth(bob, "audio") > 40
     finally:
         await plain.close()
+
+
+async def test_pages_connect_again_when_the_server_loses_their_media_connections(
+    server: RunningServer, new_page: Any,
+) -> None:
+    room = await server.create_room("lost connections")
+    alice, bob = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    bob_id = await join(bob, await server.invite(room, "speaker"), "Bob")
+    await wait_receiving(bob, "video")
+    live = server.running.services.registry.find(room)
+    assert live is not None
+    first_video = bob.locator(f'figure[data-participant="{alice_id}"] video')
+
+    # Bob's receiving connection dies (what the server does when ICE gives up on it).
+    lost = live.participants[bob_id].subscribe_transport
+    assert lost is not None
+    await lost.close()
+    await bob.wait_for_function("window.townhall._subscribeConnection === 2")
+    await wait_receiving(bob, "video")
+    assert await growth(bob, "video") > 20, "Alice's video comes back on the new connection"
+    assert await first_video.count() == 1, "one tile for Alice, not a stale one beside it"
+
+    # Alice's publishing connection dies: her page publishes again on a new one.
+    lost = live.participants[alice_id].publish_transport
+    assert lost is not None
+    await alice.evaluate("window.lostTransport = window.townhall.publishTransport")
+    await lost.close()
+    await alice.wait_for_function(
+        "window.townhall.publishTransport && "
+        "window.townhall.publishTransport !== window.lostTransport && "
+        "window.townhall.publishTransport.connectionState === 'connected'")
+    assert live.participants[alice_id].publish_transport is not lost
+    await bob.wait_for_function(
+        "(id) => window.townhall.forwarded && window.townhall.forwarded.has(id)", arg=alice_id)
+    await bob.wait_for_timeout(1000)
+    assert await growth(bob, "video") > 20, "Bob receives Alice's new video"
+    assert await growth(bob, "audio") > 10, "and her audio"
+    assert await first_video.count() == 1

@@ -123,6 +123,8 @@ class RoomSession:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._send_lock = asyncio.Lock()
         self._pc: RTCPeerConnection | None = None
+        #: The server's number for ``_pc`` (``connection`` in its offers).
+        self._connection: int | None = None
         self._consumers: dict[str, dict[str, Any]] = {}
         self._speakers: dict[str, Speaker] = {}
         #: Speakers gone whose last utterance is still being captioned (its final is to come).
@@ -369,6 +371,15 @@ class RoomSession:
             if isinstance(c, dict) and isinstance(c.get("mid"), str)
             and isinstance(c.get("participant"), str)
         }
+        connection = offer.get("connection")
+        if self._pc is not None and connection != self._connection:
+            # The server lost the receiving connection and offers everything on a new one.
+            for task in self._pulls.values():
+                task.cancel()
+            self._pulls.clear()
+            old, self._pc = self._pc, None
+            await old.close()
+        self._connection = connection if isinstance(connection, int) else None
         for mid in set(self._pulls) - set(consumers):
             self._pulls.pop(mid).cancel()
         self._consumers = consumers
@@ -384,7 +395,10 @@ class RoomSession:
             if consumers.get(transceiver.mid or "", {}).get("kind") != "audio":
                 transceiver.direction = "inactive"
         await pc.setLocalDescription(await pc.createAnswer())
-        await self._send({"type": "subscribe-answer", "sdp": pc.localDescription.sdp})
+        answer: dict[str, Any] = {"type": "subscribe-answer", "sdp": pc.localDescription.sdp}
+        if self._connection is not None:
+            answer["connection"] = self._connection
+        await self._send(answer)
 
     def _track(self, track: Any) -> None:
         if track.kind != "audio" or self._pc is None:

@@ -42,6 +42,10 @@ class Participant:
     # subscribe negotiation: one offer in flight at a time
     offer_pending: bool = False
     offer_wanted: bool = False
+    #: The number of the receiving connection now in use (0: none yet); each new subscribe
+    #: transport gets the next one, so the page knows to answer on a new connection and an
+    #: answer meant for a lost one is recognised.
+    subscribe_connection: int = 0
     # receiving preferences (``receive``, ``pin``) and the last ``forwarding`` sent
     receive_video: bool = True
     pins: frozenset[str] = frozenset()

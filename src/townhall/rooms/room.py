@@ -209,7 +209,10 @@ class LiveRoom:
 
     # -- media ---------------------------------------------------------------------------------
 
-    async def publish(self, participant: Participant, offer: str, tracks: dict[str, str]) -> str:
+    async def publish(self, participant: Participant, offer: str, tracks: dict[str, str],
+                      restart: bool = False) -> str:
+        """Negotiate the page's publishing connection; ``restart``: the offer is a new
+        connection's (after ``publish-restart``), so any earlier one is closed first."""
         if not participant.can("publish"):
             raise Forbidden("this role cannot publish")
         for source in tracks.values():
@@ -217,6 +220,8 @@ class LiveRoom:
                 raise BadRequest(f"unknown source: {source!r}")
         if len(set(tracks.values())) != len(tracks):
             raise BadRequest("each source may be published once")
+        if restart and participant.publish_transport is not None:
+            await self._unpublish(participant)
         if participant.publish_transport is None:
             participant.publish_transport = self.router.create_transport(
                 participant.id, f"{self.id}/{participant.id}/publish")
@@ -245,8 +250,10 @@ class LiveRoom:
 
     def _consume(self, participant: Participant, producer: Any) -> None:
         if participant.subscribe_transport is None:
+            participant.subscribe_connection += 1
             participant.subscribe_transport = self.router.create_transport(
-                participant.id, f"{self.id}/{participant.id}/subscribe")
+                participant.id,
+                f"{self.id}/{participant.id}/subscribe-{participant.subscribe_connection}")
             if not participant.receive_video:
                 self.router.set_video_paused(participant.subscribe_transport, AUDIO_ONLY, True)
         transport = participant.subscribe_transport
@@ -306,9 +313,17 @@ class LiveRoom:
              "kind": c.producer.kind, "producer": c.producer.id}
             for c in participant.consumers.values() if c.mid is not None
         ]
-        await participant.send({"type": "subscribe-offer", "sdp": sdp, "consumers": consumers})
+        await participant.send({"type": "subscribe-offer", "sdp": sdp, "consumers": consumers,
+                                "connection": participant.subscribe_connection})
 
-    async def subscribe_answer(self, participant: Participant, answer: str) -> None:
+    async def subscribe_answer(self, participant: Participant, answer: str,
+                               connection: int | None = None) -> None:
+        """The page's answer to the last ``subscribe-offer``; ``connection`` (when given) is the
+        offer's, and an answer meant for a receiving connection since lost is ignored."""
+        if connection is not None and connection != participant.subscribe_connection:
+            logger.info("%s: %s answered for receiving connection %d, now %d; ignored",
+                        self.id, participant.id, connection, participant.subscribe_connection)
+            return
         if not participant.offer_pending or participant.subscribe_transport is None:
             raise BadRequest("no subscribe offer is waiting for an answer")
         try:
@@ -347,14 +362,47 @@ class LiveRoom:
             await self._producer_closed(producer)
 
     def transport_lost(self, owner: str, transport: Any) -> None:
-        """The router saw a transport fail (ICE gave up): treat it as gone."""
+        """The router saw a transport close that the room did not close (ICE gave up, say):
+        the participant gets a new one, and their page is told to connect again."""
         participant = self.participants.get(owner)
         if participant is None:
             return
         if transport is participant.publish_transport:
             participant.publish_transport = None
+            self._spawn(self._publishing_lost(participant))
         elif transport is participant.subscribe_transport:
             participant.subscribe_transport = None
+            self._spawn(self._receiving_lost(participant))
+
+    async def _publishing_lost(self, participant: Participant) -> None:
+        """Others stop receiving what the lost connection carried; the page publishes again
+        (``publish-restart``) and its next ``publish`` makes a new connection."""
+        logger.info("%s: %s's publishing connection was lost", self.id, participant.id)
+        await self._unpublish(participant)
+        if participant.connected:
+            await participant.send({"type": "publish-restart"})
+            await self._updated(participant)
+
+    async def _unpublish(self, participant: Participant) -> None:
+        producers = list(participant.producers.values())
+        participant.producers.clear()
+        transport, participant.publish_transport = participant.publish_transport, None
+        if transport is not None:  # closing it closes its producers at the router
+            await self.router.close_transport(transport)
+        for producer in producers:
+            await self._producer_closed(producer)
+
+    async def _receiving_lost(self, participant: Participant) -> None:
+        """Everything the participant received is offered again on a new connection (the
+        offer's ``connection`` number tells the page it is a new one)."""
+        logger.info("%s: %s's receiving connection was lost", self.id, participant.id)
+        for consumer in participant.consumers.values():
+            self.router.close_consumer(consumer)
+        participant.consumers.clear()
+        participant.offer_pending = participant.offer_wanted = False
+        if participant.connected:
+            await self._consume_all(participant)
+            self._apply_forwarding([participant])
 
     def layout(self, participant: Participant, sizes: dict[str, tuple[int, int]]) -> None:
         """The page shows the video of each consumer (by mid) at this size (0×0: hidden)."""

@@ -187,13 +187,22 @@ class Session:
             and isinstance(t.get("source"), str) for t in tracks
         ):
             raise errors.BadRequest("tracks must be a list of {mid, source}")
-        answer = await room.publish(p, sdp, {t["mid"]: t["source"] for t in tracks})
-        await self.outbox.send({"type": "publish-answer", "sdp": answer})
+        restart = message.get("restart", False)
+        if not isinstance(restart, bool):
+            raise errors.BadRequest("restart must be true or false")
+        answer = await room.publish(p, sdp, {t["mid"]: t["source"] for t in tracks}, restart)
+        reply: dict[str, Any] = {"type": "publish-answer", "sdp": answer}
+        if restart:  # so the page can tell it from an answer meant for the lost connection
+            reply["restart"] = True
+        await self.outbox.send(reply)
 
     async def _subscribe_answer(self, room: LiveRoom, p: Participant,
                                 message: dict[str, Any]) -> None:
         sdp = _text(message, "sdp", self.services.config.max_message_size, strip=False)
-        await room.subscribe_answer(p, sdp)
+        connection = message.get("connection")
+        if connection is not None and (type(connection) is not int or connection < 1):
+            raise errors.BadRequest("connection must be a positive whole number")
+        await room.subscribe_answer(p, sdp, connection)
 
     async def _media(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
         await room.set_media(p, _text(message, "source", 20), _flag(message, "enabled"))

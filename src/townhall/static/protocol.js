@@ -196,6 +196,10 @@ export class ServerConnection {
         this.publishTransport = null;
         /** @type {RTCPeerConnection|null} the transport this page receives on */
         this.subscribeTransport = null;
+        /** @type {number|null} the server's number for `subscribeTransport` */
+        this._subscribeConnection = null;
+        /** @type {boolean} the next publish offer starts a new connection (`restart`) */
+        this._publishRestart = false;
         /** @type {Map<string, ConsumerInfo>} by mid, as last announced to the UI */
         this.consumers = new Map();
         /** @type {Map<Source, LocalSource>} */
@@ -219,7 +223,7 @@ export class ServerConnection {
         this._publishChain = Promise.resolve();
         /** @type {boolean} */
         this._publishWanted = false;
-        /** @type {{resolve: (sdp: string) => void, reject: (e: Error) => void}|null} */
+        /** @type {{resolve: (sdp: string) => void, reject: (e: Error) => void, restart: boolean}|null} */
         this._publishPending = null;
         /** @type {Promise<void>} subscribe offers are answered in order */
         this._subscribeChain = Promise.resolve();
@@ -475,6 +479,7 @@ export class ServerConnection {
         switch (m.type) {
         case 'joined': this._gotJoined(m); break;
         case 'publish-answer': this._gotPublishAnswer(m); break;
+        case 'publish-restart': this._restartPublishing(); break;
         case 'subscribe-offer': this._gotSubscribeOffer(m); break;
         case 'participant-joined': this._upsert('joined', m.participant); break;
         case 'participant-updated': this._upsert('updated', m.participant); break;
@@ -585,7 +590,7 @@ export class ServerConnection {
 
     /** @param {ProtocolError} m */
     _gotError(m) {
-        if (m.request === 'publish' && this._publishPending) {
+        if (m.request === 'publish' && this._publishPending && !this._publishPending.restart) {
             const pending = this._publishPending;
             this._publishPending = null;
             pending.reject(new Error(`${m.code}: ${m.message}`));
@@ -891,13 +896,19 @@ export class ServerConnection {
                 listed.push(source);
             }
         }
+        const restart = this._publishRestart;
         const answer = new Promise((resolve, reject) => {
-            this._publishPending = {resolve, reject};
+            this._publishPending = {resolve, reject, restart};
         });
-        if (!this.send({type: 'publish', sdp: pc.localDescription ? pc.localDescription.sdp : offer.sdp, tracks})) {
+        /** @type {Record<string, unknown>} */
+        const message = {type: 'publish', sdp: pc.localDescription ? pc.localDescription.sdp : offer.sdp, tracks};
+        if (restart)
+            message.restart = true;
+        if (!this.send(message)) {
             this._publishPending = null;
             throw new Error('not connected');
         }
+        this._publishRestart = false;
         const sdp = /** @type {string} */ (await answer);
         if (pc !== this.publishTransport || pc.signalingState === 'closed')
             return;
@@ -913,12 +924,35 @@ export class ServerConnection {
         }
     }
 
-    /** @param {{sdp: string}} m */
+    /** @param {{sdp: string, restart?: boolean}} m */
     _gotPublishAnswer(m) {
         const pending = this._publishPending;
+        // An answer to an offer of the lost connection may still come; it is not this one's.
+        if (!pending || (pending.restart && !m.restart))
+            return;
         this._publishPending = null;
-        if (pending)
-            pending.resolve(m.sdp);
+        pending.resolve(m.sdp);
+    }
+
+    /**
+     * The server lost the connection this page published on (`publish-restart`):
+     * publish every kept track again on a new one.
+     */
+    _restartPublishing() {
+        if (this._publishPending) {
+            const pending = this._publishPending;
+            this._publishPending = null;
+            pending.reject(new Error('publishing connection lost'));
+        }
+        if (this.publishTransport)
+            this.publishTransport.close();
+        this.publishTransport = null;
+        for (const local of this.local.values()) {
+            local.transceiver = null;
+            local.announced = false;
+        }
+        this._publishRestart = true;
+        this._startPublishing();
     }
 
     // ---- receiving -------------------------------------------------------------
@@ -935,20 +969,35 @@ export class ServerConnection {
         });
     }
 
-    /** @param {{sdp: string, consumers: ConsumerInfo[]}} m */
+    /** @param {{sdp: string, consumers: ConsumerInfo[], connection?: number}} m */
     async _answerSubscribe(m) {
         let pc = this.subscribeTransport;
+        const connection = typeof m.connection === 'number' ? m.connection : null;
+        if (pc && connection !== this._subscribeConnection) {
+            // The server lost the receiving connection and offers everything on a new one.
+            for (const info of this.consumers.values())
+                if (this.onconsumerclose)
+                    this.onconsumerclose(info);
+            this.consumers.clear();
+            pc.close();
+            pc = null;
+        }
         if (!pc) {
             pc = new RTCPeerConnection({iceServers: this.iceServers});
             this.subscribeTransport = pc;
+            this._subscribeConnection = connection;
         }
         await pc.setRemoteDescription({type: 'offer', sdp: m.sdp});
         const answer = await pc.createAnswer();
         await pc.setLocalDescription(answer);
-        this.send({
+        /** @type {Record<string, unknown>} */
+        const reply = {
             type: 'subscribe-answer',
             sdp: pc.localDescription ? pc.localDescription.sdp : answer.sdp,
-        });
+        };
+        if (connection !== null)
+            reply.connection = connection;
+        this.send(reply);
 
         /** @type {Map<string, ConsumerInfo>} */
         const wanted = new Map();
@@ -989,6 +1038,8 @@ export class ServerConnection {
                 pc.close();
         this.publishTransport = null;
         this.subscribeTransport = null;
+        this._subscribeConnection = null;
+        this._publishRestart = false;
         this._subscribeChain = Promise.resolve();
         for (const local of this.local.values()) {
             local.transceiver = null;
