@@ -176,6 +176,30 @@ async def test_malformed_sdp_gets_an_error_and_the_meeting_goes_on(
     await still_flowing(host, speaker)
 
 
+@pytest.mark.parametrize(
+    ("message", "kind", "text"),
+    [
+        ({"type": "publish", "sdp": "v=0\r\n", "tracks": [], "restart": "yes"}, "publish",
+         "restart must be true or false"),
+        ({"type": "subscribe-answer", "sdp": "v=0\r\n", "connection": "2"}, "subscribe-answer",
+         "connection must be a positive whole number"),
+        ({"type": "subscribe-answer", "sdp": "v=0\r\n", "connection": 0}, "subscribe-answer",
+         "connection must be a positive whole number"),
+        ({"type": "subscribe-answer", "sdp": "v=0\r\n", "connection": True},
+         "subscribe-answer", "connection must be a positive whole number"),
+    ],
+)
+async def test_a_malformed_restart_or_connection_number_gets_an_error_and_the_meeting_goes_on(
+    meeting: tuple[str, Attendee, Attendee], message: dict[str, object], kind: str,
+    text: str,
+) -> None:
+    _room, host, speaker = meeting
+    await host.send(message)
+    error = await host.wait_for("error", where=lambda m: m["request"] == kind)
+    assert (error["code"], error["message"]) == ("bad-request", text)
+    await still_flowing(host, speaker)
+
+
 async def test_a_listener_cannot_publish_and_a_speaker_cannot_moderate(
     server: RunningServer, meeting: tuple[str, Attendee, Attendee]
 ) -> None:
