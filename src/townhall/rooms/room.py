@@ -347,19 +347,17 @@ class LiveRoom:
         await self._updated(participant)
 
     async def _drop_media(self, participant: Participant) -> None:
+        self._forget_consumers(participant)
+        transport, participant.subscribe_transport = participant.subscribe_transport, None
+        if transport is not None:
+            await self.router.close_transport(transport)
+        await self._unpublish(participant)
+
+    def _forget_consumers(self, participant: Participant) -> None:
         for consumer in participant.consumers.values():
             self.router.close_consumer(consumer)
         participant.consumers.clear()
-        producers = list(participant.producers.values())
-        participant.producers.clear()
         participant.offer_pending = participant.offer_wanted = False
-        for attribute in ("publish_transport", "subscribe_transport"):
-            transport = getattr(participant, attribute)
-            setattr(participant, attribute, None)
-            if transport is not None:
-                await self.router.close_transport(transport)
-        for producer in producers:
-            await self._producer_closed(producer)
 
     def transport_lost(self, owner: str, transport: Any) -> None:
         """The router saw a transport close that the room did not close (ICE gave up, say):
@@ -396,10 +394,7 @@ class LiveRoom:
         """Everything the participant received is offered again on a new connection (the
         offer's ``connection`` number tells the page it is a new one)."""
         logger.info("%s: %s's receiving connection was lost", self.id, participant.id)
-        for consumer in participant.consumers.values():
-            self.router.close_consumer(consumer)
-        participant.consumers.clear()
-        participant.offer_pending = participant.offer_wanted = False
+        self._forget_consumers(participant)
         if participant.connected:
             await self._consume_all(participant)
             self._apply_forwarding([participant])

@@ -187,9 +187,7 @@ class Session:
             and isinstance(t.get("source"), str) for t in tracks
         ):
             raise errors.BadRequest("tracks must be a list of {mid, source}")
-        restart = message.get("restart", False)
-        if not isinstance(restart, bool):
-            raise errors.BadRequest("restart must be true or false")
+        restart = "restart" in message and _flag(message, "restart")
         answer = await room.publish(p, sdp, {t["mid"]: t["source"] for t in tracks}, restart)
         reply: dict[str, Any] = {"type": "publish-answer", "sdp": answer}
         if restart:  # so the page can tell it from an answer meant for the lost connection

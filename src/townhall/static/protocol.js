@@ -939,18 +939,7 @@ export class ServerConnection {
      * publish every kept track again on a new one.
      */
     _restartPublishing() {
-        if (this._publishPending) {
-            const pending = this._publishPending;
-            this._publishPending = null;
-            pending.reject(new Error('publishing connection lost'));
-        }
-        if (this.publishTransport)
-            this.publishTransport.close();
-        this.publishTransport = null;
-        for (const local of this.local.values()) {
-            local.transceiver = null;
-            local.announced = false;
-        }
+        this._closePublishing('publishing connection lost');
         this._publishRestart = true;
         this._startPublishing();
     }
@@ -975,11 +964,7 @@ export class ServerConnection {
         const connection = typeof m.connection === 'number' ? m.connection : null;
         if (pc && connection !== this._subscribeConnection) {
             // The server lost the receiving connection and offers everything on a new one.
-            for (const info of this.consumers.values())
-                if (this.onconsumerclose)
-                    this.onconsumerclose(info);
-            this.consumers.clear();
-            pc.close();
+            this._closeReceiving();
             pc = null;
         }
         if (!pc) {
@@ -1024,23 +1009,39 @@ export class ServerConnection {
     }
 
     _closeTransports() {
+        this._closeReceiving();
+        this._closePublishing('connection lost');
+        this._publishRestart = false;
+        this._subscribeChain = Promise.resolve();
+    }
+
+    /** Close the receiving transport; every received track is announced closed. */
+    _closeReceiving() {
         for (const info of this.consumers.values())
             if (this.onconsumerclose)
                 this.onconsumerclose(info);
         this.consumers.clear();
+        if (this.subscribeTransport)
+            this.subscribeTransport.close();
+        this.subscribeTransport = null;
+        this._subscribeConnection = null;
+    }
+
+    /**
+     * Close the publishing transport (a publish waiting for its answer fails with
+     * `why`); local tracks are kept for the next one.
+     *
+     * @param {string} why
+     */
+    _closePublishing(why) {
         if (this._publishPending) {
             const pending = this._publishPending;
             this._publishPending = null;
-            pending.reject(new Error('connection lost'));
+            pending.reject(new Error(why));
         }
-        for (const pc of [this.publishTransport, this.subscribeTransport])
-            if (pc)
-                pc.close();
+        if (this.publishTransport)
+            this.publishTransport.close();
         this.publishTransport = null;
-        this.subscribeTransport = null;
-        this._subscribeConnection = null;
-        this._publishRestart = false;
-        this._subscribeChain = Promise.resolve();
         for (const local of this.local.values()) {
             local.transceiver = null;
             local.announced = false;
