@@ -6,5 +6,6 @@ headers the build skips the extension and townhall forwards in pure Python.
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("townhall.sfu._fastsend", ["src/townhall/sfu/_fastsend.c"],
-                             optional=True)])
+setup(ext_modules=[Extension("townhall.sfu._fastsend",
+                             ["src/townhall/sfu/_fastsend.c", "src/townhall/sfu/_twcc.c"],
+                             depends=["src/townhall/sfu/_twcc.h"], optional=True)])

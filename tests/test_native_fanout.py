@@ -160,7 +160,7 @@ class Pair:
             for name in a.pictures.__slots__:
                 assert getattr(a.pictures, name) == getattr(b.pictures, name), name
         if a.twcc is not None and b.twcc is not None:
-            for name in ("_sequence", "_sent_at", "_sizes", "_sequences"):
+            for name in ("_sequence", "history"):
                 assert getattr(a.twcc, name) == getattr(b.twcc, name), name
 
     def close(self) -> None:

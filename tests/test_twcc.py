@@ -1,12 +1,26 @@
-"""Transport-wide congestion control: feedback parsing, the offer, and the estimate from it."""
+"""Transport-wide congestion control: feedback parsing, the offer, and the estimate from it.
+
+The estimate's tests run on both paths: feedback read in Python, and in C (``_twcc.c``) when the
+native piece is built; a twin test feeds both the same traffic and wants the same numbers.
+"""
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
 
+from support import require_native_fanout
 from townhall.sfu import rtcp, twcc
+
+
+@pytest.fixture(params=["python", "c"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Whether a sender reads feedback in C."""
+    if request.param == "c":
+        require_native_fanout()
+    return bool(request.param == "c")
 
 # A feedback packet as Chromium sends it: base 100, 6 packets, reference time 2 (128 ms),
 # feedback count 7; one two-bit status vector chunk (small, small, lost, large, small, small
@@ -60,11 +74,22 @@ def test_run_length_and_one_bit_chunks_are_read() -> None:
     ],
 )
 def test_malformed_feedback_raises_value_error_with_exact_messages(
-    data: bytes, message: str
+    data: bytes, message: str, native: bool
 ) -> None:
     with pytest.raises(ValueError) as info:
         twcc.parse_feedback(data)
     assert str(info.value) == message
+    sender, untouched = twcc.TwccSender(5, native=native), twcc.TwccSender(5, native=native)
+    for each in (sender, untouched):
+        for index in range(120):
+            each.block(1000, 1.0 + index * 0.01)
+    with pytest.raises(ValueError) as info:
+        sender.feedback(data)
+    assert str(info.value) == message
+    # ... and the bad packet changed nothing: what follows reads as if it never came
+    arrivals = [2_000_000 + index * 10_000 for index in range(100)]
+    assert sender.feedback(build_feedback(0, arrivals)) == \
+        untouched.feedback(build_feedback(0, arrivals)) is not None
 
 
 def test_feedback_inside_a_compound_rtcp_packet_is_found() -> None:
@@ -146,21 +171,82 @@ def simulate(sender: twcc.TwccSender, send_rate: int, capacity: int, seconds: fl
             done = [p for p in pending if p[1] <= now * 1_000_000]
             pending = [p for p in pending if p[1] > now * 1_000_000]
             if done:
-                result = sender.feedback(twcc.parse_feedback(
-                    build_feedback(done[0][0], [a for _, a in done])))
+                result = sender.feedback(build_feedback(done[0][0], [a for _, a in done]))
                 if result is not None:
                     estimates.append(result)
     return estimates
 
 
-def test_what_gets_through_without_queueing_is_taken_as_available_at_once() -> None:
-    sender = twcc.TwccSender(5)
+def test_what_gets_through_without_queueing_is_taken_as_available_at_once(native: bool) -> None:
+    sender = twcc.TwccSender(5, native=native)
     estimates = simulate(sender, send_rate=800_000, capacity=5_000_000, seconds=1.5)
     assert estimates and estimates[-1] >= 0.9 * 800_000
 
 
-def test_a_queue_growing_at_the_bottleneck_brings_the_estimate_below_its_capacity() -> None:
-    sender = twcc.TwccSender(5)
+def test_a_queue_growing_at_the_bottleneck_brings_the_estimate_below_its_capacity(
+    native: bool
+) -> None:
+    sender = twcc.TwccSender(5, native=native)
     estimates = simulate(sender, send_rate=2_000_000, capacity=600_000, seconds=6)
     assert estimates
     assert estimates[-1] < 600_000 * 1.1, estimates[-10:]
+
+
+def test_feedback_read_in_c_gives_the_estimate_python_gives() -> None:
+    """Loss, reordering, a sequence number wrap, late and repeated feedback, feedback about
+    packets long gone, a queue that grows and drains: step for step the same estimate."""
+    require_native_fanout()
+    c, python = twcc.TwccSender(5, native=True), twcc.TwccSender(5, native=False)
+    assert c._native is not None and python._native is None
+    c._sequence = python._sequence = 65_000
+    chance = random.Random(7)
+    now, queue_free, capacity = 10.0, 0.0, 3_000_000
+    sent: list[tuple[int, float]] = []
+    results: list[tuple[int | None, int | None]] = []
+    for step in range(400):
+        if step % 100 == 50:
+            capacity = 800_000 if capacity > 1_000_000 else 4_000_000
+        for _ in range(chance.randint(1, 12)):  # a frame's packets, sent together
+            size = chance.randint(200, 1200)
+            assert c.block(size, now) == python.block(size, now)
+            queue_free = max(now, queue_free) + size * 8 / capacity
+            sequence = (c._sequence - 1) & 0xFFFF
+            sent.append((sequence, queue_free + 0.02 + chance.random() * 0.003))
+            now += chance.random() * 0.004
+        now += 0.033
+        if step % 3:
+            continue
+        report, sent = sent, []
+        if chance.random() < 0.1:
+            report.reverse()  # arrivals out of order: negative deltas
+        arrivals: list[int | None] = [
+            None if chance.random() < 0.05 else int(arrival * 1_000_000)
+            for _, arrival in report]
+        feedback = build_feedback(report[0][0], arrivals, step)
+        if chance.random() < 0.05:
+            feedback = build_feedback((report[0][0] - 5000) & 0xFFFF, arrivals)  # long gone
+        results.append((c.feedback(feedback), python.feedback(feedback)))
+        if chance.random() < 0.05:
+            results.append((c.feedback(feedback), python.feedback(feedback)))  # repeated
+    assert [a for a, _ in results] == [b for _, b in results]
+    assert sum(a is not None for a, _ in results) > 100
+    assert min(a for a, _ in results if a is not None) < 1_000_000 < \
+        max(a for a, _ in results if a is not None)  # the drops and recoveries happened
+    for name in ("estimate", "usage", "deltas", "_threshold", "_accumulated", "_smoothed",
+                 "_points", "_dropped_at", "_updated_at"):
+        assert getattr(c._estimate, name) == getattr(python._estimate, name), name
+
+
+def test_feedback_in_c_keeps_a_rate_when_more_packets_arrive_than_its_window_holds() -> None:
+    """The C window holds 2048 packets: past that the oldest leave early, and the rate over
+    what is left is still the rate."""
+    require_native_fanout()
+    sender = twcc.TwccSender(5, native=True)
+    result = None
+    for batch in range(8):  # 8 x 600 packets of 500 bytes, one every 0.1 ms: 40 Mbit/s
+        first = batch * 600
+        for index in range(600):
+            sender.block(500, 1.0 + (first + index) * 0.0001)
+        arrivals = [2_000_000 + (first + index) * 100 for index in range(600)]
+        result = sender.feedback(build_feedback(first, arrivals))
+    assert result is not None and 0.9 * 40_000_000 <= result <= 1.6 * 40_000_000

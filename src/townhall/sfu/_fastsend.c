@@ -33,8 +33,8 @@
  * as a full queue loses them; a packet libsrtp refuses is skipped.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_twcc.h"
+
 #include <structmember.h>
 #include <errno.h>
 #include <string.h>
@@ -114,8 +114,8 @@ static PyObject *fastsend_send(PyObject *self, PyObject *args) {
 enum {
     N_PAUSED, N_LAYER, N_SLOT, N_PAYLOAD_TYPE, N_SSRC, N_ABS_SEND_TIME, N_PADDING, N_TRANSPORT,
     N_ROUTE, N_REWRITER, N_STARTED, N_PADDINGS, N_SEQ_OFFSET, N_TS_OFFSET, N_LAST_IN_SEQ,
-    N_LAST_OUT_SEQ, N_LAST_OUT_TS, N_LAST_SENT_AT, N_TWCC, N_SEQUENCE, N_EXTENSION_ID, N_SENT_AT,
-    N_SIZES, N_SEQUENCES, N_PICTURES, N_PICTURE_OFFSET, N_TL0_OFFSET, N_LAST_PICTURE_ID,
+    N_LAST_OUT_SEQ, N_LAST_OUT_TS, N_LAST_SENT_AT, N_TWCC, N_SEQUENCE, N_EXTENSION_ID, N_HISTORY,
+    N_SEQUENCES, N_PICTURES, N_PICTURE_OFFSET, N_TL0_OFFSET, N_LAST_PICTURE_ID,
     N_LAST_TL0, N_ACTIVE, N_PACKETS, N_OCTETS, N_SEND, N_MARKER, N_TIMESTAMP, N_CSRC_END,
     N_PAYLOAD_OFFSET, N_SIZE, N_PICTURE_ID, N_PICTURE_ID_BITS, N_TL0PICIDX, N_HEADER_SEQUENCE,
     N_TARGET, N_PRODUCER, N_SIMULCAST, N_RECEPTION, N_CACHE, N_INDEX, N_WIDTH, N_HEIGHT,
@@ -128,7 +128,7 @@ static const char *name_texts[N_COUNT] = {
     "paused", "layer", "slot", "payload_type", "ssrc", "abs_send_time", "padding", "transport",
     "route", "rewriter", "_started", "_padding", "_seq_offset", "_ts_offset", "_last_in_seq",
     "_last_out_seq", "_last_out_ts", "_last_sent_at", "twcc", "_sequence", "extension_id",
-    "_sent_at", "_sizes", "_sequences", "pictures", "_picture_offset", "_tl0_offset",
+    "history", "_sequences", "pictures", "_picture_offset", "_tl0_offset",
     "_last_picture_id", "_last_tl0", "active", "packets", "octets", "send", "marker",
     "timestamp", "csrc_end", "payload_offset", "size", "picture_id", "picture_id_bits",
     "tl0picidx", "sequence", "target", "producer", "simulcast", "reception", "cache", "index",
@@ -304,12 +304,11 @@ typedef struct {
     long descriptor_size, picture_id, picture_id_bits, tl0picidx;
     double now;
     /* the same value in every consumer's state: made once per fan-out */
-    PyObject *now_object, *length_object, *sequence_object;
+    PyObject *now_object, *sequence_object;
 } Incoming;
 
 static void incoming_clear(Incoming *in) {
     Py_CLEAR(in->now_object);
-    Py_CLEAR(in->length_object);
     Py_CLEAR(in->sequence_object);
 }
 
@@ -320,16 +319,14 @@ static void incoming_clear(Incoming *in) {
 
 /* The rewriter's, TWCC sender's and picture rewriter's state for one copy. */
 typedef struct {
-    PyObject *rewriter, *twcc, *pictures, *sent_at, *sizes, *sequences;
+    PyObject *rewriter, *twcc, *pictures, *history;
 } Parts;
 
 static void parts_clear(Parts *parts) {
     Py_CLEAR(parts->rewriter);
     Py_CLEAR(parts->twcc);
     Py_CLEAR(parts->pictures);
-    Py_CLEAR(parts->sent_at);
-    Py_CLEAR(parts->sizes);
-    Py_CLEAR(parts->sequences);
+    Py_CLEAR(parts->history);
 }
 
 static int put16(unsigned char *at, long value) {
@@ -447,18 +444,11 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         if (get_long(twcc, N_SEQUENCE, &twcc_sequence) < 0 ||
                 get_long(twcc, N_EXTENSION_ID, &twcc_id) < 0)
             return COPY_ERROR;
-        parts->sent_at = get_attr(twcc, N_SENT_AT);
-        parts->sizes = get_attr(twcc, N_SIZES);
-        parts->sequences = get_attr(twcc, N_SEQUENCES);
-        if (parts->sent_at == NULL || parts->sizes == NULL || parts->sequences == NULL)
+        parts->history = get_attr(twcc, N_HISTORY);
+        if (parts->history == NULL)
             return COPY_ERROR;
-        if (!PyList_Check(parts->sent_at) || !PyList_Check(parts->sizes) ||
-                !PyList_Check(parts->sequences))
-            return COPY_PYTHON;
-        history = PyList_GET_SIZE(parts->sent_at);
-        if (history == 0 || (history & (history - 1)) != 0 ||
-                PyList_GET_SIZE(parts->sizes) != history ||
-                PyList_GET_SIZE(parts->sequences) != history)
+        history = twcc_history_size(parts->history);
+        if (history == 0)
             return COPY_PYTHON;
     }
 
@@ -566,11 +556,12 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         return COPY_ERROR;
     if (twcc != Py_None) {
         long index = twcc_sequence & (long)(history - 1);
-        if (set_long(twcc, N_SEQUENCE, (twcc_sequence + 1) & 0xFFFF) < 0 ||
-                set_item(parts->sent_at, index, Py_NewRef(in->now_object)) < 0 ||
-                set_item(parts->sizes, index, Py_NewRef(in->length_object)) < 0 ||
-                set_item(parts->sequences, index, PyLong_FromLong(twcc_sequence)) < 0)
+        if (set_long(twcc, N_SEQUENCE, (twcc_sequence + 1) & 0xFFFF) < 0)
             return COPY_ERROR;
+        TwccSent *record = (TwccSent *)PyByteArray_AS_STRING(parts->history) + index;
+        record->sent_at = in->now;
+        record->size = (int32_t)in->length;
+        record->sequence = (int32_t)twcc_sequence;
     }
 
     int protected_length = (int)pos;
@@ -664,9 +655,8 @@ static int read_descriptor(PyObject *descriptor, Incoming *in) {
 static Py_ssize_t fan_all(PyObject *consumers, PyObject *data, Incoming *in, PyObject *layer,
                           Header *header) {
     in->now_object = PyFloat_FromDouble(in->now);
-    in->length_object = PyLong_FromSsize_t(in->length);
     in->sequence_object = PyLong_FromLong(in->sequence);
-    if (in->now_object == NULL || in->length_object == NULL || in->sequence_object == NULL) {
+    if (in->now_object == NULL || in->sequence_object == NULL) {
         incoming_clear(in);
         return -1;
     }
@@ -682,7 +672,7 @@ static Py_ssize_t fan_all(PyObject *consumers, PyObject *data, Incoming *in, PyO
         Py_INCREF(consumer);
         int result = COPY_PYTHON;
         if (native) {
-            Parts parts = {NULL, NULL, NULL, NULL, NULL, NULL};
+            Parts parts = {NULL, NULL, NULL, NULL};
             result = fan_copy(consumer, in, &parts);
             parts_clear(&parts);
             if (result == COPY_ERROR) {
@@ -1121,6 +1111,9 @@ static PyMethodDef methods[] = {
      "counts() -> (copies made in C, consumers left to Python) since the start."},
     {"take_sent", fastsend_take_sent, METH_NOARGS,
      "take_sent() -> copies fanout() sent since the last call."},
+    {"twcc_feedback", twcc_feedback, METH_VARARGS,
+     "twcc_feedback(data, history, state, burst_ms, window_ms, min_packets) -> (groups, "
+     "newest_ms, delivered): one transport feedback packet (see _twcc.c)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1134,5 +1127,8 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
         if (names[i] == NULL && (names[i] = PyUnicode_InternFromString(name_texts[i])) == NULL)
             return NULL;
     }
-    return PyModule_Create(&module);
+    PyObject *made = PyModule_Create(&module);
+    if (made != NULL && PyModule_AddIntConstant(made, "TWCC_STATE_SIZE", twcc_state_size) < 0)
+        Py_CLEAR(made);
+    return made;
 }

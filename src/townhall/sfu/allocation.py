@@ -67,7 +67,7 @@ class VideoAllocation:
         Raises ``ValueError`` if it is malformed."""
         if self.twcc is None:
             return False
-        estimate = self.twcc.feedback(twcc.parse_feedback(raw))
+        estimate = self.twcc.feedback(raw)
         if estimate is None:
             return False
         logger.debug("%s: transport feedback: estimate %d bit/s (probing at %d)", self.name,

@@ -34,6 +34,8 @@ K_UP, K_DOWN = 0.0087, 0.039
 #: Overuse must last this long (ms) over more than one group.
 OVERUSE_TIME_MS = 10.0
 DELIVERED_WINDOW_MS = 500.0
+#: Fewer packets than this in the window give no delivered rate.
+DELIVERED_MIN_PACKETS = 10
 DELIVERED_SHARE = 0.95
 DECREASE = 0.85
 INCREASE_PER_SECOND = 1.08
@@ -115,10 +117,11 @@ class DelayBasedEstimate:
                 group[2] = arrival_ms
             group[3] += size
             return
-        self._group_done(group[1], group[2])
+        self.group(group[1], group[2])
         self._group = [send_ms, send_ms, arrival_ms, size]
 
-    def _group_done(self, send_ms: float, arrival_ms: float) -> None:
+    def group(self, send_ms: float, arrival_ms: float) -> None:
+        """A group of packets is complete: its last send and arrival times."""
         previous = self._previous
         self._previous = (send_ms, arrival_ms)
         if previous is None:
@@ -172,7 +175,7 @@ class DelayBasedEstimate:
         while delivered and delivered[0][0] < newest - DELIVERED_WINDOW_MS:
             self._delivered_bytes -= delivered.popleft()[1]
         span = newest - delivered[0][0]
-        if len(delivered) < 10 or span < DELIVERED_WINDOW_MS / 2:
+        if len(delivered) < DELIVERED_MIN_PACKETS or span < DELIVERED_WINDOW_MS / 2:
             return None
         return self._delivered_bytes * 8000 / span
 
@@ -180,11 +183,15 @@ class DelayBasedEstimate:
         """After a feedback packet: detect overuse over the groups it completed (once, which
         keeps the cost per packet small), run the rate control; returns the estimate in bit/s.
         """
+        return self.update_with(now_ms, self.delivered())
+
+    def update_with(self, now_ms: float, rate: float | None) -> float | None:
+        """:meth:`update` with the delivered rate worked out elsewhere (by the native piece,
+        which keeps the packets' side of the estimate: see ``twcc.py``)."""
         if self._pending_groups and len(self._points) >= 2:
             self._detect(_slope(self._points), self._pending_send, self._pending_groups, now_ms)
             self._pending_send = 0.0
             self._pending_groups = 0
-        rate = self.delivered()
         if rate is None:
             return self.estimate
         elapsed = 0.0 if self._updated_at is None else max(0.0, now_ms - self._updated_at)

@@ -14,6 +14,9 @@ the transport's layer table, and it does what ``parse_header`` and ``Producer.fo
 (reception statistics, packet cache, VP8 descriptor, audio level) before the same fan-out; what
 it cannot read it leaves to that Python path.
 
+``twcc_feedback`` reads a consumer's transport feedback packet and does the per-packet part of
+the delay-based estimate (``twcc.py``, ``congestion.py``) over the history the fan-out writes.
+
 ``pip install`` builds it when a C compiler and the Python headers are there (setup.py marks it
 optional); ``python -m townhall.sfu.native`` builds it next to this module. Without it, or with
 ``media_native_send = false``, the pure-Python path does all of it. The libsrtp it calls is
@@ -38,7 +41,7 @@ from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.sfu import rtp, vp8
 
-SOURCE = Path(__file__).with_name("_fastsend.c")
+SOURCES = (Path(__file__).with_name("_fastsend.c"), Path(__file__).with_name("_twcc.c"))
 
 #: (srtp session address, plain RTP packet, packed sockaddr)
 Held = tuple[int, bytes, bytes]
@@ -49,6 +52,10 @@ Route = tuple[int, int, bytes, Any]
 Fanout = Callable[[list[Any], bytes, Any, int, int, Any, float], int]
 #: ``receive(data, layers by SSRC, now)``: copies sent, or -1 for the Python path
 Receive = Callable[[bytes, dict[int, Any], float], int]
+#: ``twcc_feedback(data, history, state, burst ms, window ms, min packets)``: (completed groups
+#: as [send ms, arrival ms, ...], the newest arrival in ms or None, the delivered bit/s or None)
+TwccFeedback = Callable[[bytes, bytearray, bytearray, float, float, int],
+                        tuple[list[float], float | None, float | None]]
 
 
 class NativeSend:
@@ -135,15 +142,24 @@ def receive(speaking_level: int) -> Receive | None:
     return function
 
 
+def twcc_feedback() -> tuple[TwccFeedback, int] | None:
+    """The transport feedback read and the per-packet part of the delay-based estimate in C
+    (``_twcc.c``), and the size of the state it keeps per transport; None without the piece."""
+    native = load()
+    if native is None:
+        return None
+    return native.module.twcc_feedback, int(native.module.TWCC_STATE_SIZE)
+
+
 def build(directory: Path | None = None) -> Path:
-    """Compile ``_fastsend.c`` into ``directory`` (default: next to this module, where
-    :func:`load` finds it); returns the shared library's path."""
+    """Compile ``_fastsend.c`` and ``_twcc.c`` into ``directory`` (default: next to this
+    module, where :func:`load` finds it); returns the shared library's path."""
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    target = (directory or SOURCE.parent) / ("_fastsend" + suffix)
+    target = (directory or SOURCES[0].parent) / ("_fastsend" + suffix)
     compiler = (sysconfig.get_config_var("CC") or "cc").split()
     command = [
         *compiler, "-O2", "-shared", "-fPIC", "-Wall",
-        f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o", str(target),
+        f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES), "-o", str(target),
     ]
     subprocess.run(command, check=True)
     return target

@@ -10,6 +10,12 @@ got through raises the estimate at once, where a receiver's REMB grows 8 % a sec
 
 Feedback about packets sent more than ``HISTORY`` packets ago is ignored. Times come in as
 arguments (the router's clock), so tests never sleep.
+
+The history is one ``bytearray`` of ``(sent at, size, sequence number)`` records, so that the
+native piece (``native.py``) writes it as it sends copies and reads it when feedback comes: with
+the piece built, a feedback packet is read, matched and grouped in C (``_twcc.c``), and only the
+completed groups (a few per packet) and the delivered rate reach the Python estimate. Without
+it, :func:`parse_feedback` and :class:`~townhall.sfu.congestion.DelayBasedEstimate` do all of it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from townhall.sfu.congestion import DELIVERED_SHARE, DelayBasedEstimate
+from townhall.sfu import native
+from townhall.sfu.congestion import (
+    BURST_MS,
+    DELIVERED_MIN_PACKETS,
+    DELIVERED_SHARE,
+    DELIVERED_WINDOW_MS,
+    DelayBasedEstimate,
+)
 
 URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 #: The id the server offers the extension with (aiortc uses 1–3 for its own).
@@ -30,6 +43,12 @@ __all__ = ["DELIVERED_SHARE", "URI", "Feedback", "TwccSender", "complete_offer",
 
 _BLOCK = struct.Struct("!HHBHB")
 _HEADER = struct.Struct("!HHI")
+#: One record of ``TwccSender.history`` (``TwccSent`` in ``_twcc.h``): sent at (s), size,
+#: sequence number (-1: never used).
+_SENT = struct.Struct("=dii")
+
+#: The feedback in C and the size of its state, when the native piece is built.
+native_feedback = native.twcc_feedback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,40 +151,54 @@ def split(data: bytes) -> tuple[list[bytes], bytes]:
 class TwccSender:
     """Transport-wide sequence numbers for one transport, and the estimate from its feedback."""
 
-    __slots__ = ("_estimate", "_sent_at", "_sequence", "_sequences", "_sizes", "extension_id")
+    __slots__ = ("_estimate", "_native", "_sequence", "_state", "extension_id", "history")
 
-    def __init__(self, extension_id: int) -> None:
+    def __init__(self, extension_id: int, *, native: bool = True) -> None:
+        """``native``: read feedback in C when the native piece is built."""
         self.extension_id = extension_id
         self._sequence = 0
-        self._sent_at = [0.0] * HISTORY
-        self._sizes = [0] * HISTORY
-        self._sequences = [-1] * HISTORY
+        self.history = bytearray(_SENT.pack(0.0, 0, -1) * HISTORY)
         self._estimate = DelayBasedEstimate()
+        found = native_feedback if native else None
+        self._native = None if found is None else found[0]
+        self._state = bytearray(0 if found is None else found[1])
 
     def block(self, size: int, now: float) -> bytes:
         """The extension block for the next packet sent (``size`` bytes, at ``now``)."""
         sequence = self._sequence
         self._sequence = (sequence + 1) & 0xFFFF
-        index = sequence & (HISTORY - 1)
-        self._sent_at[index] = now
-        self._sizes[index] = size
-        self._sequences[index] = sequence
+        _SENT.pack_into(self.history, (sequence & (HISTORY - 1)) * _SENT.size, now, size,
+                        sequence)
         return _BLOCK.pack(0xBEDE, 1, (self.extension_id << 4) | 1, sequence, 0)
 
-    def feedback(self, feedback: Feedback) -> int | None:
-        """Take one feedback packet; returns the estimate in bit/s when there is one."""
+    def feedback(self, data: bytes) -> int | None:
+        """Take one transport feedback packet as it came; returns the estimate in bit/s when
+        there is one. Raises ``ValueError`` if the packet is malformed (nothing changes)."""
         estimate = self._estimate
-        sequences, sent_at, sizes = self._sequences, self._sent_at, self._sizes
+        if self._native is None:
+            newest = self._match(parse_feedback(data))
+            result = None if newest is None else estimate.update(newest)
+        else:
+            groups, newest, rate = self._native(data, self.history, self._state, BURST_MS,
+                                                DELIVERED_WINDOW_MS, DELIVERED_MIN_PACKETS)
+            if newest is None:
+                return None
+            for index in range(0, len(groups), 2):
+                estimate.group(groups[index], groups[index + 1])
+            result = estimate.update_with(newest, rate)
+        return None if result is None else int(result)
+
+    def _match(self, feedback: Feedback) -> float | None:
+        """Hand the estimate every reported packet still in the history; the newest arrival
+        (ms), or None if there was none."""
+        estimate, history, unpack = self._estimate, self.history, _SENT.unpack_from
         newest = None
         for sequence, arrival in feedback.packets:
             if arrival is None:
                 continue
-            index = sequence & (HISTORY - 1)
-            if sequences[index] != sequence:
+            sent_at, size, sent = unpack(history, (sequence & (HISTORY - 1)) * _SENT.size)
+            if sent != sequence:
                 continue  # sent too long ago, or never
             newest = arrival / 1000
-            estimate.packet(sent_at[index] * 1000, newest, sizes[index])
-        if newest is None:
-            return None
-        result = estimate.update(newest)
-        return None if result is None else int(result)
+            estimate.packet(sent_at * 1000, newest, size)
+        return newest
