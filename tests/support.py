@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import fractions
+import itertools
 import json
 import math
 import re
@@ -296,6 +297,10 @@ class PacketCounts:
         return dict(self.packets)
 
 
+#: Request ids for ``publish`` (the server echoes them in ``publish-answer``).
+_request_ids = itertools.count(1)
+
+
 class Attendee:
     """One participant in a meeting, driven from a test.
 
@@ -404,14 +409,15 @@ class Attendee:
                     if c.mimeType == video_codec])
             sources.append((transceiver, "camera"))
         await pc.setLocalDescription(await pc.createOffer())
+        request_id = next(_request_ids)
         message: dict[str, Any] = {
-            "type": "publish", "sdp": pc.localDescription.sdp,
+            "type": "publish", "id": request_id, "sdp": pc.localDescription.sdp,
             "tracks": [{"mid": t.mid, "source": s} for t, s in sources]}
         if restart:
             message["restart"] = True
-        since = len(self.messages)
         await self.send(message)
-        answer = await self.wait_for("publish-answer", since=since)
+        # the answer to this offer, not an earlier one's, as a page tells them apart
+        answer = await self.wait_for("publish-answer", where=lambda m: m.get("id") == request_id)
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         return answer
 

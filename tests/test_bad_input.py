@@ -200,6 +200,26 @@ async def test_a_malformed_restart_or_connection_number_gets_an_error_and_the_me
     await still_flowing(host, speaker)
 
 
+async def test_a_request_id_comes_back_with_its_error_and_a_malformed_one_stops_the_request(
+    meeting: tuple[str, Attendee, Attendee],
+) -> None:
+    _room, host, speaker = meeting
+    await speaker.send({"type": "mute", "participant": host.id, "id": 41})
+    error = await speaker.wait_for("error", where=lambda m: m["request"] == "mute")
+    assert (error["code"], error["id"]) == ("forbidden", 41)
+    for bad in ("7", -1, 2**53, True, 1.5):
+        since = len(host.messages)
+        await host.send({"type": "chat", "text": f"not sent {bad!r}", "id": bad})
+        error = await host.wait_for("error", since=since, where=lambda m: m["request"] == "chat")
+        assert (error["code"], error["message"]) == (
+            "bad-request", "id must be a whole number from 0 to 9007199254740991")
+        assert "id" not in error
+    await host.send({"type": "chat", "text": "sent", "id": 2**53 - 1})
+    await speaker.wait_for("chat", where=lambda m: m["text"] == "sent")
+    assert not [m for m in speaker.messages if m["type"] == "chat" and m["text"] != "sent"]
+    await still_flowing(host, speaker)
+
+
 async def test_a_listener_cannot_publish_and_a_speaker_cannot_moderate(
     server: RunningServer, meeting: tuple[str, Attendee, Attendee]
 ) -> None:

@@ -63,6 +63,21 @@ def _flag(message: dict[str, Any], name: str) -> bool:
     return value
 
 
+#: The largest request ``id``: what a page's JavaScript counts exactly.
+MAX_REQUEST_ID = 2**53 - 1
+
+
+def _request_id(message: dict[str, Any]) -> int | None:
+    """The ``id`` a request carries for its reply and its ``error`` to echo, if any."""
+    value = message.get("id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not 0 <= value <= MAX_REQUEST_ID:
+        raise errors.BadRequest(f"id must be a whole number from 0 to {MAX_REQUEST_ID}")
+    return value
+
+
 async def receive_message(ws: web.WebSocketResponse) -> dict[str, Any] | None:
     """The next message, or None when the socket closed; malformed input raises."""
     msg = await ws.receive()
@@ -163,13 +178,15 @@ class Session:
         room, participant = self.room, self.participant
         assert room is not None and participant is not None
         handler = self._handlers.get(kind)
+        request_id = None
         try:
+            request_id = _request_id(message)
             if handler is None:
                 raise errors.UnknownMessage(f"unknown message type: {kind[:40]!r}")
             await handler(room, participant, message)
         except errors.TownhallError as exc:
             logger.debug("request %s failed: %s", kind[:40], exc)
-            await self.outbox.send(error_message(exc, kind[:40]))
+            await self.outbox.send(error_message(exc, kind[:40], request_id))
 
     async def close(self) -> None:
         """Always runs when the socket ends, however it ended."""
@@ -190,8 +207,10 @@ class Session:
         restart = "restart" in message and _flag(message, "restart")
         answer = await room.publish(p, sdp, {t["mid"]: t["source"] for t in tracks}, restart)
         reply: dict[str, Any] = {"type": "publish-answer", "sdp": answer}
-        if restart:  # so the page can tell it from an answer meant for the lost connection
+        if restart:
             reply["restart"] = True
+        if "id" in message:  # checked in _dispatch
+            reply["id"] = message["id"]
         await self.outbox.send(reply)
 
     async def _subscribe_answer(self, room: LiveRoom, p: Participant,

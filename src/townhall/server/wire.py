@@ -31,8 +31,15 @@ def _lookup(error: errors.TownhallError) -> tuple[str, int, int]:
     return "internal", 500, 1011
 
 
-def error_message(error: errors.TownhallError, request: str | None) -> dict[str, Any]:
-    return {"type": "error", "code": _lookup(error)[0], "message": str(error), "request": request}
+def error_message(error: errors.TownhallError, request: str | None,
+                  request_id: int | None = None) -> dict[str, Any]:
+    """The ``error`` for a failed request (``request``: its type; ``request_id``: the ``id`` it
+    carried, echoed so that the sender can tell which of its requests failed)."""
+    message: dict[str, Any] = {"type": "error", "code": _lookup(error)[0],
+                               "message": str(error), "request": request}
+    if request_id is not None:
+        message["id"] = request_id
+    return message
 
 
 def close_for(error: errors.TownhallError) -> tuple[int, str]:

@@ -71,6 +71,7 @@
  * @property {string} code
  * @property {string} message
  * @property {string} [request]
+ * @property {number} [id]  the `id` of the failed request, when it carried one
  *
  * @typedef {Record<string, {width: number, height: number}>} Layout  video size by consumer mid
  *
@@ -223,8 +224,10 @@ export class ServerConnection {
         this._publishChain = Promise.resolve();
         /** @type {boolean} */
         this._publishWanted = false;
-        /** @type {{resolve: (sdp: string) => void, reject: (e: Error) => void, restart: boolean}|null} */
+        /** @type {{resolve: (sdp: string) => void, reject: (e: Error) => void, id: number}|null} */
         this._publishPending = null;
+        /** @type {number} the last request `id` used (the server echoes it in the reply) */
+        this._requestId = 0;
         /** @type {Promise<void>} subscribe offers are answered in order */
         this._subscribeChain = Promise.resolve();
         /** @type {number} increments for every socket, so stale work can notice */
@@ -590,7 +593,7 @@ export class ServerConnection {
 
     /** @param {ProtocolError} m */
     _gotError(m) {
-        if (m.request === 'publish' && this._publishPending && !this._publishPending.restart) {
+        if (m.request === 'publish' && this._publishPending && m.id === this._publishPending.id) {
             const pending = this._publishPending;
             this._publishPending = null;
             pending.reject(new Error(`${m.code}: ${m.message}`));
@@ -896,13 +899,15 @@ export class ServerConnection {
                 listed.push(source);
             }
         }
-        const restart = this._publishRestart;
+        // The id tells this offer's answer (or error) from a late one meant for an earlier
+        // offer, such as one on a connection the server has since lost.
+        const id = ++this._requestId;
         const answer = new Promise((resolve, reject) => {
-            this._publishPending = {resolve, reject, restart};
+            this._publishPending = {resolve, reject, id};
         });
         /** @type {Record<string, unknown>} */
-        const message = {type: 'publish', sdp: pc.localDescription ? pc.localDescription.sdp : offer.sdp, tracks};
-        if (restart)
+        const message = {type: 'publish', id, sdp: pc.localDescription ? pc.localDescription.sdp : offer.sdp, tracks};
+        if (this._publishRestart)
             message.restart = true;
         if (!this.send(message)) {
             this._publishPending = null;
@@ -924,11 +929,10 @@ export class ServerConnection {
         }
     }
 
-    /** @param {{sdp: string, restart?: boolean}} m */
+    /** @param {{sdp: string, id?: number}} m */
     _gotPublishAnswer(m) {
         const pending = this._publishPending;
-        // An answer to an offer of the lost connection may still come; it is not this one's.
-        if (!pending || (pending.restart && !m.restart))
+        if (!pending || m.id !== pending.id)
             return;
         this._publishPending = null;
         pending.resolve(m.sdp);
