@@ -7,6 +7,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aioice.ice
 import pytest
@@ -337,6 +338,41 @@ async def test_three_transports_share_one_udp_port_and_each_gets_only_its_own_da
             await pairing.client.close()
             await pairing.server.close()
     assert mux.connection_count == 0
+
+
+async def test_a_peer_whose_consent_answers_come_a_second_late_keeps_its_connection(
+    mux: IceMux, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A late answer is still an answer (RFC 7675 counts 30 s without one). Consent is checked
+    every 0.2 s here instead of 5 s, so six failed checks would take about 4 s."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    pairing = await pair_client_offers(mux, 0)
+    try:
+        await exchange([pairing])
+        loop = asyncio.get_running_loop()
+        client_ice = pairing.client.sctp.transport.transport._connection
+        for pair in client_ice._nominated.values():
+            protocol = pair.protocol
+            send = protocol.send_stun
+
+            def late(message: stun.Message, addr: tuple[str, int], send: Any = send) -> None:
+                if message.message_class == stun.Class.RESPONSE:
+                    loop.call_later(1.0, send, message, addr)
+                else:
+                    send(message, addr)
+
+            protocol.send_stun = late
+        await asyncio.sleep(8)
+        assert pairing.server.connectionState == "connected"
+        pairing.client_channel.result().send("still here")
+        for _ in range(50):
+            if "still here" in pairing.server_received:
+                break
+            await asyncio.sleep(0.1)
+        assert "still here" in pairing.server_received
+    finally:
+        await pairing.client.close()
+        await pairing.server.close()
 
 
 async def test_garbage_on_the_shared_port_is_dropped_without_disturbing_a_session(

@@ -73,6 +73,14 @@ _END_HOOK = "add_remote_candidate"
 #: other-pref 8191), below any UDP host candidate's 65535.
 _TCP_PASSIVE_LOCAL_PREF = (1 << 13) * 4 + 8191
 
+#: aioice sends each consent check (RFC 7675: every 5 s, consent lost after 30 s without an
+#: answer) once, with no retransmission, and counts it failed 0.5 s later. A peer whose answers
+#: take longer than that (a congested mobile uplink, a busy machine) lost its connection after
+#: six checks, though it answered every one. Here a check is sent again after 0.5 and 1.5 s,
+#: and an answer up to 3.5 s after it counts; a peer that is really gone is found about 50 s
+#: after its last answer instead of 30 s.
+CONSENT_RETRANSMISSIONS = 2
+
 _SOCKET_BUFFER_SIZE = 4 << 20
 _DATAGRAM_READ_SIZE = 65536
 _BIND_ATTEMPTS = 5
@@ -329,6 +337,8 @@ class _MuxProtocol(StunProtocol):
         integrity_key: bytes | None = None,
         retransmissions: int | None = None,
     ) -> tuple[stun.Message, tuple[str, int]]:
+        if retransmissions == 0:  # only aioice's consent check asks for none
+            retransmissions = CONSENT_RETRANSMISSIONS
         self.socket.table.expect_response(request.transaction_id, self)
         try:
             return await super().request(request, addr, integrity_key, retransmissions)
