@@ -274,12 +274,17 @@ class TownhallTarget:
         self, people: list[tuple[SyntheticProducer, SyntheticConsumer]], interval: float = 0.0
     ) -> None:
         """Everyone joins as a speaker, publishes, and receives what the room sends them (the
-        room's last-N and, with ``tile``, layout hints decide which videos and layers)."""
-        sessions = []
+        room's last-N and, with ``tile``, layout hints decide which videos and layers).
+
+        Each person's receiving connection is up before the next one joins. Every join
+        renegotiates everyone's receiving connection; when joins overlapped with connections
+        still being set up, the benchmark's aiortc clients raised ``IndexError`` in their
+        connect task and some of their connections closed before connecting (50 people)."""
+        #: (n, session, consumer) whose receiving connection is not known to be up yet
+        waiting: list[tuple[int, _Signalling, SyntheticConsumer]] = []
         for n, (producer, consumer) in enumerate(people):
             session = await self._join("speaker", f"person-{n}", consumer)
             session.tile = self.tile
-            sessions.append(session)
             offer = await producer.create_offer()
             sources = {"audio": "microphone", "video": "camera"}
             tracks = [{"mid": mid, "source": sources[kind]} for kind, mid in producer.mids.items()]
@@ -294,32 +299,37 @@ class TownhallTarget:
                     f"person-{n}'s publishing transport: {exc} (ICE {pc.iceConnectionState}, "
                     f"gathering {pc.iceGatheringState}, signalling {pc.signalingState})"
                 ) from None
+            waiting.append((n, session, consumer))
+            if n == 0:
+                continue  # nothing to receive until someone else publishes
+            for n_waiting, session_waiting, consumer_waiting in waiting:
+                await asyncio.wait_for(session_waiting.answered.wait(), 60)
+                await self._receiving(n_waiting, consumer_waiting)
+            waiting.clear()
             await asyncio.sleep(interval)
-        for n, (session, (_, consumer)) in enumerate(zip(sessions, people, strict=True)):
-            await asyncio.wait_for(session.answered.wait(), 60)
-            try:
-                await self._receiving(session, consumer)
-            except ConnectionError as exc:
-                pc = consumer.pc
-                raise ConnectionError(
-                    f"person-{n}'s receiving transport: {exc} (ICE {pc.iceConnectionState}, "
-                    f"gathering {pc.iceGatheringState}, signalling {pc.signalingState})"
-                ) from None
 
     @staticmethod
-    async def _receiving(session: _Signalling, consumer: SyntheticConsumer) -> None:
-        """Wait for ``consumer`` to connect; a connection the server lost meanwhile is
-        offered again on a new one (``subscribe-offer`` with the next ``connection``)."""
-        for _ in range(3):
+    async def _receiving(n: int, consumer: SyntheticConsumer) -> None:
+        """Wait for person ``n``'s ``consumer`` to connect; a connection the server lost
+        meanwhile is offered again on a new one (``subscribe-offer`` with the next
+        ``connection``)."""
+        try:
+            for _ in range(3):
+                pc = consumer.pc
+                try:
+                    await consumer.wait_connected()
+                    return
+                except ConnectionError:
+                    await asyncio.sleep(5)
+                    if consumer.pc is pc:
+                        raise
+            await consumer.wait_connected()
+        except ConnectionError as exc:
             pc = consumer.pc
-            try:
-                await consumer.wait_connected()
-                return
-            except ConnectionError:
-                await asyncio.sleep(5)
-                if consumer.pc is pc:
-                    raise
-        await consumer.wait_connected()
+            raise ConnectionError(
+                f"person-{n}'s receiving transport: {exc} (ICE {pc.iceConnectionState}, "
+                f"gathering {pc.iceGatheringState}, signalling {pc.signalingState})"
+            ) from None
 
     @property
     def restarts(self) -> int:
