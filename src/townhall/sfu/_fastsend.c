@@ -26,6 +26,11 @@
  * -1: the router's Python path then does all of it, as it does without this module. The
  * RtpHeader object that consumers' own send() takes is made only when one needs it.
  *
+ *     twcc_feedback(data, history, state, burst_ms, window_ms, min_packets)
+ *
+ * (in _twcc.c) reads a consumer's transport feedback against TwccSender.history, which the
+ * fan-out above writes one TwccSent record into per copy.
+ *
  * `protect` (set once with setup()) is the address of libsrtp's srtp_protect() and `srtp` the
  * address of an srtp_t, both from pylibsrtp's own cffi binding (its statically linked libsrtp:
  * the sessions aiortc keyed), `sockaddr` a packed struct sockaddr_in or sockaddr_in6. A transport's
