@@ -92,6 +92,19 @@ class MeetingResult:
     delivered_by_kind: dict[str, int] = field(default_factory=dict)
     #: Receiving connections the server lost and offered again (townhall), over the whole run.
     receiving_restarts: int = 0
+    #: Where gaps come from. The namespace's UDP error counters (/proc/net/snmp: RcvbufErrors,
+    #: SndbufErrors, NoPorts, InErrors), the server's own counts (townhall: packets it dropped
+    #: as malformed or unroutable, copies its native path could not send), and every jump
+    #: forward in a consumer's sequence numbers: sequence numbers skipped per kind, jumps, and
+    #: how many of them came within a second of the speaker changing.
+    udp_errors: dict[str, int] = field(default_factory=dict)
+    server_packets_dropped: int = 0
+    server_copies_unsent: int = 0
+    skipped_by_kind: dict[str, int] = field(default_factory=dict)
+    jumps: int = 0
+    jumps_after_turn: int = 0
+    #: The first jumps: (seconds into the window, seconds since the turn changed, kind, skipped).
+    jump_sample: list[tuple[float, float, str, int]] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -117,10 +130,11 @@ def socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def udp_drops(pid: int) -> int:
-    """Datagrams the kernel dropped at the UDP sockets of process ``pid`` (full receive queue)."""
+def udp_drops(pid: int) -> dict[str, int]:
+    """Datagrams the kernel dropped at each UDP socket of process ``pid`` (full receive
+    queue), by socket inode."""
     inodes = socket_inodes(pid)
-    total = 0
+    drops = {}
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -129,8 +143,31 @@ def udp_drops(pid: int) -> int:
         for line in lines:
             fields = line.split()
             if len(fields) >= 13 and fields[9] in inodes:
-                total += int(fields[12])
-    return total
+                drops[fields[9]] = int(fields[12])
+    return drops
+
+
+def drops_between(before: dict[str, int], after: dict[str, int]) -> int:
+    """Drops added between two readings, socket by socket: a socket closed in between takes
+    its count with it (so a total could go down), one opened counts from zero."""
+    return sum(max(0, n - before.get(inode, 0)) for inode, n in after.items())
+
+
+def udp_counters() -> dict[str, int]:
+    """The network namespace's UDP counters (/proc/net/snmp)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+             if line.startswith("Udp:")]
+    if len(lines) < 2:
+        return {}
+    return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=False)}
+
+
+_COUNTER = re.compile(r"^(townhall_packets_dropped_total|townhall_copies_unsent_total) (\d+)$",
+                      re.M)
+
+
+def server_counters(metrics: str) -> dict[str, int]:
+    return {name: int(value) for name, value in _COUNTER.findall(metrics)}
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -211,14 +248,33 @@ def make_target(name: str, size: int, args: argparse.Namespace) -> Any:
     raise SystemExit(f"unknown target {name!r} (townhall, townhall:LABEL, janus, janus-1loop)")
 
 
-async def take_turns(people: People, turn: float) -> None:
-    """One participant speaks at a time; the turn passes to the next every ``turn`` seconds."""
+async def take_turns(people: People, turn: float, changes: list[float]) -> None:
+    """One participant speaks at a time; the turn passes to the next every ``turn`` seconds
+    (the times it changed go to ``changes``)."""
     n = 0
     while True:
         for index, (producer, _) in enumerate(people):
             producer.speaking = index == n % len(people)
+        changes.append(time.monotonic())
         n += 1
         await asyncio.sleep(turn)
+
+
+def jump_summary(people: People, since: float, until: float,
+                 changes: list[float]) -> tuple[dict[str, int], int, int, list[Any]]:
+    """Jumps in the consumers' sequence numbers between ``since`` and ``until``: numbers
+    skipped per kind, jumps, jumps within 1 s after a turn change, and the first 40."""
+    found = sorted(j for _, consumer in people for j in consumer.jumps(since) if j[0] < until)
+    skipped: dict[str, int] = {}
+    after_turn = 0
+    sample = []
+    for at, kind, missing in found:
+        skipped[kind] = skipped.get(kind, 0) + missing
+        turned = max((c for c in changes if c <= at), default=since)
+        after_turn += at - turned < 1.0
+        if len(sample) < 40:
+            sample.append((round(at - since, 3), round(at - turned, 3), kind, missing))
+    return skipped, len(found), after_turn, sample
 
 
 def _kinds(people: People) -> tuple[dict[str, int], dict[str, int]]:
@@ -232,10 +288,12 @@ def _kinds(people: People) -> tuple[dict[str, int], dict[str, int]]:
     return sent, got
 
 
-async def _scrape(target: Any) -> list[tuple[float, int]]:
-    if isinstance(target, TownhallTarget) and target.measure_delay:
-        return delay_buckets(await target.metrics())
-    return []
+async def _scrape(target: Any) -> tuple[list[tuple[float, int]], dict[str, int]]:
+    """The delay histogram and the server's loss counters (townhall)."""
+    if not isinstance(target, TownhallTarget):
+        return [], {}
+    metrics = await target.metrics()
+    return delay_buckets(metrics) if target.measure_delay else [], server_counters(metrics)
 
 
 async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) -> MeetingResult:
@@ -246,6 +304,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         for _ in range(size)
     ]
     turns: asyncio.Task[None] | None = None
+    changes: list[float] = []
     try:
         started = time.monotonic()
         await target.start()
@@ -258,14 +317,15 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
             await target.join_meeting(people, interval=args.join_interval)
         logger.info("%s: %d participants in the meeting after %.1f s", name, size,
                     time.monotonic() - started)
-        turns = asyncio.create_task(take_turns(people, args.turn))
+        turns = asyncio.create_task(take_turns(people, args.turn, changes))
         await asyncio.sleep(args.warmup)
 
         pid = target.pid
         sent0, got0 = _kinds(people)
         gaps0 = sum(c.lost_packets for _, c in people)
         drops0, client_drops0 = udp_drops(pid), udp_drops(os.getpid())
-        delay0 = await _scrape(target)
+        errors0 = udp_counters()
+        delay0, counters0 = await _scrape(target)
         profiler = start_profile(target, size, args) if args.profile else None
         server0, client0 = process_cpu_times(pid), self_cpu_seconds()
         t0 = time.monotonic()
@@ -274,8 +334,11 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         if profiler is not None:
             await asyncio.to_thread(profiler.wait)
         server1, client1 = process_cpu_times(pid), self_cpu_seconds()
-        delay1 = await _scrape(target)
+        t1 = time.monotonic()
+        delay1, counters1 = await _scrape(target)
         drops1, client_drops1 = udp_drops(pid), udp_drops(os.getpid())
+        errors1 = udp_counters()
+        skipped, jumps, after_turn, sample = jump_summary(people, t0, t1, changes)
         gaps1 = sum(c.lost_packets for _, c in people)
         sent1, got1 = _kinds(people)
         rss, peak = memory_mb(pid)
@@ -299,9 +362,9 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
             sent_packets=sum(sent.values()),
             delivered_packets=delivered,
             packets_per_cpu_second=round(delivered / cpu) if cpu > 0 else 0,
-            sfu_socket_drops=drops1 - drops0,
+            sfu_socket_drops=drops_between(drops0, drops1),
             consumer_sequence_gaps=gaps1 - gaps0,
-            client_socket_drops=client_drops1 - client_drops0,
+            client_socket_drops=drops_between(client_drops0, client_drops1),
             delay_p50_ms=None if p50 is None else round(p50 * 1000, 2),
             delay_p99_ms=None if p99 is None else round(p99 * 1000, 2),
             delay_samples=samples,
@@ -311,6 +374,17 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
             sent_by_kind=sent,
             delivered_by_kind=got,
             receiving_restarts=target.restarts if isinstance(target, TownhallTarget) else 0,
+            udp_errors={name: errors1[name] - errors0.get(name, 0)
+                        for name in ("RcvbufErrors", "SndbufErrors", "NoPorts", "InErrors")
+                        if name in errors1},
+            server_packets_dropped=(counters1.get("townhall_packets_dropped_total", 0)
+                                    - counters0.get("townhall_packets_dropped_total", 0)),
+            server_copies_unsent=(counters1.get("townhall_copies_unsent_total", 0)
+                                  - counters0.get("townhall_copies_unsent_total", 0)),
+            skipped_by_kind=skipped,
+            jumps=jumps,
+            jumps_after_turn=after_turn,
+            jump_sample=sample,
         )
     finally:
         if turns is not None:
@@ -347,6 +421,16 @@ def markdown(results: list[MeetingResult], cpu_limit: float) -> str:
             f" - {r.client_socket_drops} at the client) | {delay} | {r.client_cpu_percent} "
             f"| {r.load_average_1min} |"
         )
+    lines += ["", "| target | participants | sequence jumps (within 1 s of a turn change) "
+              "| numbers skipped by kind | UDP errors in the namespace "
+              "| server: dropped / unsent |", "|---|---:|---:|---|---|---:|"]
+    for r in results:
+        if not r.error:
+            skipped = ", ".join(f"{k} {n}" for k, n in sorted(r.skipped_by_kind.items()))
+            errors = ", ".join(f"{k} {n}" for k, n in r.udp_errors.items() if n)
+            lines.append(f"| {r.target} | {r.participants} | {r.jumps} ({r.jumps_after_turn}) "
+                         f"| {skipped or '—'} | {errors or '—'} "
+                         f"| {r.server_packets_dropped} / {r.server_copies_unsent} |")
     for target in dict.fromkeys(r.target for r in results):
         fits = [r.participants for r in results if r.target == target and not r.error
                 and r.server_cpu_percent <= cpu_limit and r.sfu_loss == 0]

@@ -554,19 +554,23 @@ class SyntheticProducer:
 
 
 class _Received:
-    """Packets of one SSRC: how many, and the extended sequence numbers seen."""
+    """Packets of one SSRC: how many, the extended sequence numbers seen, and each jump
+    forward past missing numbers (when, and how many were missing then)."""
 
-    __slots__ = ("count", "first", "highest")
+    __slots__ = ("count", "first", "highest", "jumps")
 
     def __init__(self, sequence: int) -> None:
         self.count = 0
         self.first = sequence
         self.highest = sequence
+        self.jumps: list[tuple[float, int]] = []
 
     def add(self, sequence: int) -> None:
         self.count += 1
         delta = (sequence - self.highest) & 0xFFFF
         if delta < 0x8000:
+            if delta > 1:
+                self.jumps.append((time.monotonic(), delta - 1))
             self.highest += delta
 
     @property
@@ -727,6 +731,13 @@ class SyntheticConsumer:
     @property
     def lost_packets(self) -> int:
         return sum(max(0, r.lost) for r in self.received.values())
+
+    def jumps(self, since: float) -> list[tuple[float, str, int]]:
+        """(when, kind, sequence numbers skipped) for each jump forward since ``since``; a
+        number skipped that arrives later still shows here (``lost_packets`` has the count)."""
+        return [(at, self.kinds.get(ssrc, "unknown"), missing)
+                for ssrc, received in self.received.items()
+                for at, missing in received.jumps if at >= since]
 
     def packets_by_kind(self) -> dict[str, int]:
         """Packets received per kind; padding (probes) on its own, out of video's count."""

@@ -287,6 +287,7 @@ async def test_metrics_count_participants_and_forwarded_packets(server: RunningS
         if producer_module.fanout is not None:  # the native fan-out made the steady copies
             assert values["townhall_copies_native_total"] >= 5
             assert "townhall_copies_python_total" in values
+            assert values["townhall_copies_unsent_total"] == 0
     finally:
         await sender.close()
         await receiver.close()

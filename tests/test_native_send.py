@@ -49,8 +49,9 @@ def test_every_packet_arrives_protected_for_its_own_session_and_address(tmp_path
         assert [rx_b.unprotect(b.recv(2048)) for _ in range(150)] == packets[1::2]
 
 
-def test_a_packet_too_long_to_protect_is_skipped_not_sent(tmp_path: Path) -> None:
+def test_a_packet_too_long_to_protect_is_skipped_not_sent_and_counted(tmp_path: Path) -> None:
     native = _native(tmp_path)
+    unsent = native.counts()[2]
     tx, rx = _sessions()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
@@ -63,6 +64,29 @@ def test_a_packet_too_long_to_protect_is_skipped_not_sent(tmp_path: Path) -> Non
         held = [(native.session(tx), huge, address), (native.session(tx), small, address)]
         assert native.send(sender.fileno(), held) == 1
         assert rx.unprotect(receiver.recv(2048)) == small
+    assert native.counts()[2] == unsent + 1
+
+
+def test_a_datagram_the_socket_refuses_is_counted_unsent_and_the_rest_still_go(
+    tmp_path: Path,
+) -> None:
+    native = _native(tmp_path)
+    unsent = native.counts()[2]
+    tx, rx = _sessions()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(2)
+        address = native.sockaddr(receiver.getsockname())
+        elsewhere = native.sockaddr(("::1", receiver.getsockname()[1]))  # not for an IPv4 socket
+        assert address is not None and elsewhere is not None
+        packets = [struct.pack("!BBHII", 0x80, 96, n, 960 * n, 7) + b"media" for n in range(3)]
+        held = [(native.session(tx), packets[0], address),
+                (native.session(tx), packets[1], elsewhere),
+                (native.session(tx), packets[2], address)]
+        assert native.send(sender.fileno(), held) == 2
+        assert [rx.unprotect(receiver.recv(2048)) for _ in range(2)] == [packets[0], packets[2]]
+    assert native.counts()[2] == unsent + 1
 
 
 def test_addresses_pack_as_the_kernel_reads_them() -> None:

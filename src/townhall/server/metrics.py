@@ -63,11 +63,13 @@ async def metrics(request: web.Request) -> web.Response:
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
     fast = native.load()
     if fast is not None:
-        made, left = fast.counts()
+        made, left, unsent = fast.counts()
         for name, value, text in (
                 ("townhall_copies_native_total", made, "Copies the native fan-out made."),
                 ("townhall_copies_python_total", left,
-                 "Consumers the native fan-out left to Python (switches, RED, padding, TCP).")):
+                 "Consumers the native fan-out left to Python (switches, RED, padding, TCP)."),
+                ("townhall_copies_unsent_total", unsent,
+                 "Copies the native path could not send (socket full, send or SRTP failed).")):
             lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {value}"]
     delay = services.ice.delay if services.ice is not None else None
     if delay is not None:

@@ -35,7 +35,7 @@
  * address of an srtp_t, both from pylibsrtp's own cffi binding (its statically linked libsrtp:
  * the sessions aiortc keyed), `sockaddr` a packed struct sockaddr_in or sockaddr_in6. A transport's
  * route is (srtp, fd, sockaddr, session). Datagrams the socket cannot take now (EAGAIN) are lost,
- * as a full queue loses them; a packet libsrtp refuses is skipped.
+ * as a full queue loses them; a packet libsrtp refuses is skipped. Both are counted (counts()).
  */
 
 #include "_twcc.h"
@@ -50,6 +50,10 @@
 #define MAX_TRAILER 148
 
 typedef int (*protect_fn)(void *session, void *packet, int *length);
+
+/* Copies lost here, by send() and fanout(): the socket was full, the send failed, or libsrtp
+ * refused the packet (counts()). */
+static unsigned long long fan_unsent = 0;
 
 static unsigned char buffers[MAX_BATCH][PACKET_SIZE];
 static struct mmsghdr messages[MAX_BATCH];
@@ -81,12 +85,16 @@ static PyObject *fastsend_send(PyObject *self, PyObject *args) {
             }
             void *srtp = PyLong_AsVoidPtr(session);
             Py_ssize_t length = PyBytes_GET_SIZE(packet);
-            if (length > PACKET_SIZE - MAX_TRAILER)
+            if (length > PACKET_SIZE - MAX_TRAILER) {
+                fan_unsent++;
                 continue;
+            }
             memcpy(buffers[batch], PyBytes_AS_STRING(packet), (size_t)length);
             int protected_length = (int)length;
-            if (protect(srtp, buffers[batch], &protected_length) != 0)
+            if (protect(srtp, buffers[batch], &protected_length) != 0) {
+                fan_unsent++;
                 continue;
+            }
             vectors[batch].iov_base = buffers[batch];
             vectors[batch].iov_len = (size_t)protected_length;
             memset(&messages[batch].msg_hdr, 0, sizeof(struct msghdr));
@@ -102,9 +110,13 @@ static PyObject *fastsend_send(PyObject *self, PyObject *args) {
             if (n < 0) {
                 if (errno == EINTR)
                     continue;
-                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
-                    break;  /* the socket is full: these are lost, as a full queue loses them */
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
+                    /* the socket is full: these are lost, as a full queue loses them */
+                    fan_unsent += (unsigned long long)(batch - offset);
+                    break;
+                }
                 offset++;  /* this one datagram failed (say, unreachable); go on */
+                fan_unsent++;
                 continue;
             }
             offset += n;
@@ -165,9 +177,12 @@ static void fan_flush(void) {
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
+                fan_unsent += (unsigned long long)(fan_batch - offset);
                 break;
+            }
             offset++;
+            fan_unsent++;
             continue;
         }
         offset += n;
@@ -570,8 +585,10 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     }
 
     int protected_length = (int)pos;
-    if (fan_protect(srtp, out, &protected_length) != 0)
+    if (fan_protect(srtp, out, &protected_length) != 0) {
+        fan_unsent++;  /* numbered and recorded for feedback, but never sent */
         return COPY_NOT_SENT;
+    }
     if (set_long(consumer, N_PACKETS, packets + 1) < 0 ||
             set_long(consumer, N_OCTETS, octets + (long)payload_length) < 0)
         return COPY_ERROR;
@@ -1090,7 +1107,7 @@ static PyObject *fastsend_setup(PyObject *self, PyObject *args) {
 }
 
 static PyObject *fastsend_counts(PyObject *self, PyObject *args) {
-    return Py_BuildValue("(KK)", fan_native_total, fan_python_total);
+    return Py_BuildValue("(KKK)", fan_native_total, fan_python_total, fan_unsent);
 }
 
 static PyObject *fastsend_take_sent(PyObject *self, PyObject *args) {
@@ -1113,7 +1130,8 @@ static PyMethodDef methods[] = {
      "setup(protect[, RtpHeader, Descriptor, speaking_level]): libsrtp's srtp_protect address; "
      "the classes and the level receive() needs."},
     {"counts", fastsend_counts, METH_NOARGS,
-     "counts() -> (copies made in C, consumers left to Python) since the start."},
+     "counts() -> (copies made in C, consumers left to Python, copies lost unsent) since "
+     "the start."},
     {"take_sent", fastsend_take_sent, METH_NOARGS,
      "take_sent() -> copies fanout() sent since the last call."},
     {"twcc_feedback", twcc_feedback, METH_VARARGS,

@@ -70,8 +70,9 @@ class NativeSend:
         self.fanout: Fanout = module.fanout
         #: How many copies ``fanout`` sent since the last call (for the delay histogram).
         self.take_sent: Callable[[], int] = module.take_sent
-        #: (copies ``fanout`` made in C, consumers it left to their Python ``send``), totals.
-        self.counts: Callable[[], tuple[int, int]] = module.counts
+        #: Totals: (copies ``fanout`` made in C, consumers it left to their Python ``send``,
+        #: copies lost unsent: the socket was full, the send failed or libsrtp refused).
+        self.counts: Callable[[], tuple[int, int, int]] = module.counts
 
     def send(self, fd: int, held: list[Held]) -> int:
         """Protect and send ``held``; returns how many datagrams the socket took."""
