@@ -99,6 +99,11 @@ class MeetingResult:
     #: how many of them came within a second of the speaker changing.
     udp_errors: dict[str, int] = field(default_factory=dict)
     server_packets_dropped: int = 0
+    #: Packets the benchmark's producers numbered but could not send (no ICE pair, SRTP
+    #: refused): a gap every consumer of that stream sees, made before the SFU.
+    producer_send_errors: int = 0
+    #: The same over the whole run (joins included), by reason.
+    producer_failed_sends: dict[str, int] = field(default_factory=dict)
     server_copies_unsent: int = 0
     skipped_by_kind: dict[str, int] = field(default_factory=dict)
     jumps: int = 0
@@ -260,6 +265,14 @@ async def take_turns(people: People, turn: float, changes: list[float]) -> None:
         await asyncio.sleep(turn)
 
 
+def failed_sends(people: People) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for producer, _ in people:
+        for reason, n in producer.failed_sends.items():
+            out[reason] = out.get(reason, 0) + n
+    return out
+
+
 def jump_summary(people: People, since: float, until: float,
                  changes: list[float]) -> tuple[dict[str, int], int, int, list[Any]]:
     """Jumps in the consumers' sequence numbers between ``since`` and ``until``: numbers
@@ -323,6 +336,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         pid = target.pid
         sent0, got0 = _kinds(people)
         gaps0 = sum(c.lost_packets for _, c in people)
+        send_errors0 = sum(p.send_errors for p, _ in people)
         drops0, client_drops0 = udp_drops(pid), udp_drops(os.getpid())
         errors0 = udp_counters()
         delay0, counters0 = await _scrape(target)
@@ -340,6 +354,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         errors1 = udp_counters()
         skipped, jumps, after_turn, sample = jump_summary(people, t0, t1, changes)
         gaps1 = sum(c.lost_packets for _, c in people)
+        send_errors1 = sum(p.send_errors for p, _ in people)
         sent1, got1 = _kinds(people)
         rss, peak = memory_mb(pid)
         threads = len(os.listdir(f"/proc/{pid}/task"))
@@ -381,6 +396,8 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
                                     - counters0.get("townhall_packets_dropped_total", 0)),
             server_copies_unsent=(counters1.get("townhall_copies_unsent_total", 0)
                                   - counters0.get("townhall_copies_unsent_total", 0)),
+            producer_send_errors=send_errors1 - send_errors0,
+            producer_failed_sends=failed_sends(people),
             skipped_by_kind=skipped,
             jumps=jumps,
             jumps_after_turn=after_turn,
@@ -423,14 +440,16 @@ def markdown(results: list[MeetingResult], cpu_limit: float) -> str:
         )
     lines += ["", "| target | participants | sequence jumps (within 1 s of a turn change) "
               "| numbers skipped by kind | UDP errors in the namespace "
-              "| server: dropped / unsent |", "|---|---:|---:|---|---|---:|"]
+              "| server: dropped / unsent | producers' failed sends |",
+              "|---|---:|---:|---|---|---:|---:|"]
     for r in results:
         if not r.error:
             skipped = ", ".join(f"{k} {n}" for k, n in sorted(r.skipped_by_kind.items()))
             errors = ", ".join(f"{k} {n}" for k, n in r.udp_errors.items() if n)
             lines.append(f"| {r.target} | {r.participants} | {r.jumps} ({r.jumps_after_turn}) "
                          f"| {skipped or '—'} | {errors or '—'} "
-                         f"| {r.server_packets_dropped} / {r.server_copies_unsent} |")
+                         f"| {r.server_packets_dropped} / {r.server_copies_unsent} "
+                         f"| {r.producer_send_errors} |")
     for target in dict.fromkeys(r.target for r in results):
         fits = [r.participants for r in results if r.target == target and not r.error
                 and r.server_cpu_percent <= cpu_limit and r.sfu_loss == 0]

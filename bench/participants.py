@@ -238,10 +238,11 @@ def _remb(sender_ssrc: int, bitrate: int) -> bytes:
     )
 
 
-def _sender(transport: Any) -> Callable[[bytes], bool]:
+def _sender(transport: Any) -> Callable[[bytes], str]:
     """Protect and send one RTP packet at once, without aiortc's coroutines: libsrtp through
     pylibsrtp's cffi binding into a buffer made once, then ``sendto`` on the nominated pair's
-    socket. One client process then plays a large meeting's producers."""
+    socket. One client process then plays a large meeting's producers. Returns "" when sent,
+    else why not."""
     from pylibsrtp._binding import ffi, lib
 
     session = transport._tx_srtp
@@ -251,16 +252,18 @@ def _sender(transport: Any) -> Callable[[bytes], bool]:
     size = ffi.new("int *")
     pairs = transport.transport._connection._nominated
 
-    def send(data: bytes, _session: Any = session) -> bool:
+    def send(data: bytes, _session: Any = session) -> str:
         pair = pairs.get(1)
-        if pair is None or pair.protocol.transport is None or len(data) > 1300:
-            return False
+        if pair is None or pair.protocol.transport is None:
+            return "no ICE pair"
+        if len(data) > 1300:
+            return "too long"
         view[0:len(data)] = data
         size[0] = len(data)
         if lib.srtp_protect(srtp, buffer, size):
-            return False
+            return "SRTP refused"
         pair.protocol.transport.sendto(view[0:size[0]], pair.remote_addr)
-        return True
+        return ""
 
     return send
 
@@ -392,7 +395,8 @@ class SyntheticProducer:
         self._send_task: asyncio.Task[None] | None = None
         self._keyframe_requested = False
         self.keyframe_requests = 0
-        self.send_errors = 0
+        #: Packets numbered but not sent, by reason (see ``_sender``).
+        self.failed_sends: dict[str, int] = {}
         self.mids: dict[str, str] = {}
 
     # -- negotiation ---------------------------------------------------------------------
@@ -473,9 +477,14 @@ class SyntheticProducer:
             out[key] = out.get(key, 0) + s.packets
         return out
 
-    def _send(self, send: Callable[[bytes], bool], stream: _Stream, packet: bytes) -> None:
-        if not send(packet):
-            self.send_errors += 1
+    @property
+    def send_errors(self) -> int:
+        return sum(self.failed_sends.values())
+
+    def _send(self, send: Callable[[bytes], str], stream: _Stream, packet: bytes) -> None:
+        failure = send(packet)
+        if failure:
+            self.failed_sends[failure] = self.failed_sends.get(failure, 0) + 1
             return
         stream.packets += 1
         stream.octets += len(packet)
@@ -519,7 +528,7 @@ class SyntheticProducer:
             if delay > 0:
                 await asyncio.sleep(delay)
 
-    def _send_frame(self, send: Callable[[bytes], bool], stream: _Stream, frame_index: int) -> None:
+    def _send_frame(self, send: Callable[[bytes], str], stream: _Stream, frame_index: int) -> None:
         layer = self.clip.layers[stream.rid] if stream.rid else self.clip.video
         chunks = layer[frame_index]
         for n, chunk in enumerate(chunks):
