@@ -24,6 +24,10 @@ play a large meeting. Measured over ``--seconds`` after ``--warmup``:
   numbered but that never arrived, or one it skipped), and drops at the client's own sockets;
 - townhall only: SFU-added delay p50/p99 from the server's histogram (kernel receive timestamp
   of the datagram → the send call of each forwarded copy).
+- where gaps come from: the namespace's UDP error counters (/proc/net/snmp) in the window and
+  during the joins, the server's socket drops during the joins, the server's own counts (packets
+  dropped as malformed, copies its native path could not send), the producers' failed sends, and
+  each jump forward in a consumer's sequence numbers (when, which kind, how many numbers).
 
 With several ``--participants`` sizes the report names the largest meeting that kept the server
 under ``--cpu-limit`` (70 % of one core) with no loss at the SFU.
@@ -98,6 +102,9 @@ class MeetingResult:
     #: forward in a consumer's sequence numbers: sequence numbers skipped per kind, jumps, and
     #: how many of them came within a second of the speaker changing.
     udp_errors: dict[str, int] = field(default_factory=dict)
+    #: The same from the server's start to the end of the warm-up (joins), outside the window.
+    join_udp_errors: dict[str, int] = field(default_factory=dict)
+    join_sfu_socket_drops: int = 0
     server_packets_dropped: int = 0
     #: Packets the benchmark's producers numbered but could not send (no ICE pair, SRTP
     #: refused): a gap every consumer of that stream sees, made before the SFU.
@@ -166,6 +173,8 @@ def udp_counters() -> dict[str, int]:
         return {}
     return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=False)}
 
+
+UDP_ERRORS = ("RcvbufErrors", "SndbufErrors", "NoPorts", "InErrors")
 
 _COUNTER = re.compile(r"^(townhall_packets_dropped_total|townhall_copies_unsent_total) (\d+)$",
                       re.M)
@@ -320,7 +329,9 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
     changes: list[float] = []
     try:
         started = time.monotonic()
+        start_errors = udp_counters()
         await target.start()
+        start_drops = udp_drops(target.pid)
         if isinstance(target, JanusTarget):
             rids = [rid for rid, *_ in LAYERS]
             await target.join_meeting(people, videos=args.last_n,
@@ -339,6 +350,8 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         send_errors0 = sum(p.send_errors for p, _ in people)
         drops0, client_drops0 = udp_drops(pid), udp_drops(os.getpid())
         errors0 = udp_counters()
+        join_errors = {name: errors0[name] - start_errors.get(name, 0) for name in UDP_ERRORS
+                       if name in errors0}
         delay0, counters0 = await _scrape(target)
         profiler = start_profile(target, size, args) if args.profile else None
         server0, client0 = process_cpu_times(pid), self_cpu_seconds()
@@ -389,9 +402,10 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
             sent_by_kind=sent,
             delivered_by_kind=got,
             receiving_restarts=target.restarts if isinstance(target, TownhallTarget) else 0,
-            udp_errors={name: errors1[name] - errors0.get(name, 0)
-                        for name in ("RcvbufErrors", "SndbufErrors", "NoPorts", "InErrors")
+            udp_errors={name: errors1[name] - errors0.get(name, 0) for name in UDP_ERRORS
                         if name in errors1},
+            join_udp_errors=join_errors,
+            join_sfu_socket_drops=drops_between(start_drops, drops0),
             server_packets_dropped=(counters1.get("townhall_packets_dropped_total", 0)
                                     - counters0.get("townhall_packets_dropped_total", 0)),
             server_copies_unsent=(counters1.get("townhall_copies_unsent_total", 0)

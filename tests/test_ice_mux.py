@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from aioice import stun
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection
 
+from townhall.sfu import ice
 from townhall.sfu.ice import DemuxTable, IceMux, PrivateApiChanged, check_private_api
 from townhall.sfu.icetcp import FrameDecoder, encode_frame
 
@@ -448,3 +451,40 @@ async def test_every_announced_address_gets_candidates_on_the_same_two_ports() -
         await pc.close()
         await ice_mux.close()
     assert ice_mux.connection_count == 0
+
+
+# --- the shared socket's buffers ------------------------------------------------------------
+
+
+def _may_exceed_system_limits() -> bool:
+    """Whether this process holds CAP_NET_ADMIN (bit 12 of its effective capabilities)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 12 & 1)
+    return False
+
+
+def test_the_media_socket_gets_its_buffers_past_the_system_limit_where_the_process_may() -> None:
+    limit = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    size = limit * 2  # more than the system gives without CAP_NET_ADMIN
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        received = ice.set_buffers(sock, size)
+        assert received == sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        if _may_exceed_system_limits():
+            assert received == size
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 == size
+        else:
+            assert received == limit
+
+
+async def test_a_receive_buffer_smaller_than_asked_is_reported_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(ice, "set_buffers", lambda sock, size: 208 << 10)
+    ice_mux = IceMux([LOOPBACK], udp_port=0, tcp_port=-1)
+    with caplog.at_level(logging.WARNING, logger="townhall.sfu.ice"):
+        await ice_mux.start()
+    await ice_mux.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("receive buffer of 208 KiB" in m and "net.core.rmem_max=16777216" in m
+               for m in warnings), warnings

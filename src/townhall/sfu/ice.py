@@ -47,6 +47,7 @@ import inspect
 import logging
 import socket
 import struct
+import sys
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
@@ -81,7 +82,11 @@ _TCP_PASSIVE_LOCAL_PREF = (1 << 13) * 4 + 8191
 #: after its last answer instead of 30 s.
 CONSENT_RETRANSMISSIONS = 2
 
-_SOCKET_BUFFER_SIZE = 4 << 20
+#: The shared UDP socket's receive and send buffers, in bytes. Whatever holds the event loop
+#: (a full collection, a burst of renegotiations when someone joins a large meeting) leaves
+#: datagrams waiting in the kernel; a 50-person meeting sends the server some 10,000 a second,
+#: and each takes about 2 KiB of buffer, so 16 MiB holds about a second and a half of them.
+SOCKET_BUFFER_SIZE = 16 << 20
 _DATAGRAM_READ_SIZE = 65536
 _BIND_ATTEMPTS = 5
 
@@ -499,6 +504,26 @@ class _SharedSocket:
 _SocketT = TypeVar("_SocketT", bound=_SharedSocket)
 
 
+def set_buffers(sock: socket.socket, size: int) -> int:
+    """Give ``sock`` receive and send buffers of ``size`` bytes: past the system's limit
+    (``net.core.rmem_max``/``wmem_max``) where the process may (CAP_NET_ADMIN), else as much
+    of it as the limit allows. Returns the receive buffer's usable size (the kernel reports
+    twice what it uses for data)."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        forced = _FORCED.get(option)
+        try:
+            if forced is None:
+                raise PermissionError
+            sock.setsockopt(socket.SOL_SOCKET, forced, size)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2
+
+
+#: Linux's SO_RCVBUFFORCE and SO_SNDBUFFORCE (the socket module does not name them).
+_FORCED = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32} if sys.platform == "linux" else {}
+
+
 class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
     transport_name = "udp"
 
@@ -524,8 +549,14 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.fd = sock.fileno()
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_SIZE)
+            received = set_buffers(sock, SOCKET_BUFFER_SIZE)
+            if received < SOCKET_BUFFER_SIZE:
+                logger.warning(
+                    "%s: the kernel gave the media socket a receive buffer of %d KiB, not the "
+                    "%d KiB asked for: packets are lost whenever the server is held up. Raise "
+                    "it with `sysctl -w net.core.rmem_max=%d` (or run townhall with the "
+                    "CAP_NET_ADMIN capability)", self.table.name, received >> 10,
+                    SOCKET_BUFFER_SIZE >> 10, SOCKET_BUFFER_SIZE)
         if hasattr(transport, "max_size"):  # asyncio reads into a 256 KiB buffer by default
             transport.max_size = _DATAGRAM_READ_SIZE  # type: ignore[attr-defined]
 
