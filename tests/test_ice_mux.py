@@ -6,9 +6,9 @@ import asyncio
 import logging
 import re
 import socket
-from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aioice.ice

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from pylibsrtp import Policy, Session
@@ -27,6 +29,16 @@ def _sessions() -> tuple[Session, Session]:
     profile = Policy.SRTP_PROFILE_AEAD_AES_256_GCM
     return (Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)),
             Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile)))
+
+
+@contextlib.contextmanager
+def _receiver_and_sender() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A bound receiving socket (2 s timeout) and a sending one, both UDP on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(2)
+        yield receiver, sender
 
 
 def test_every_packet_arrives_protected_for_its_own_session_and_address(tmp_path: Path) -> None:
@@ -53,10 +65,7 @@ def test_a_packet_too_long_to_protect_is_skipped_not_sent_and_counted(tmp_path: 
     native = _native(tmp_path)
     unsent = native.counts()[2]
     tx, rx = _sessions()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        receiver.bind(("127.0.0.1", 0))
-        receiver.settimeout(2)
+    with _receiver_and_sender() as (receiver, sender):
         address = native.sockaddr(receiver.getsockname())
         assert address is not None
         small = struct.pack("!BBHII", 0x80, 96, 1, 960, 7) + b"ok"
@@ -73,10 +82,7 @@ def test_a_datagram_the_socket_refuses_is_counted_unsent_and_the_rest_still_go(
     native = _native(tmp_path)
     unsent = native.counts()[2]
     tx, rx = _sessions()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        receiver.bind(("127.0.0.1", 0))
-        receiver.settimeout(2)
+    with _receiver_and_sender() as (receiver, sender):
         address = native.sockaddr(receiver.getsockname())
         elsewhere = native.sockaddr(("::1", receiver.getsockname()[1]))  # not for an IPv4 socket
         assert address is not None and elsewhere is not None
