@@ -504,24 +504,29 @@ class _SharedSocket:
 _SocketT = TypeVar("_SocketT", bound=_SharedSocket)
 
 
+#: Linux's SO_RCVBUFFORCE and SO_SNDBUFFORCE (the socket module does not name them).
+_FORCED = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32} if sys.platform == "linux" else {}
+
+
 def set_buffers(sock: socket.socket, size: int) -> int:
     """Give ``sock`` receive and send buffers of ``size`` bytes: past the system's limit
     (``net.core.rmem_max``/``wmem_max``) where the process may (CAP_NET_ADMIN), else as much
     of it as the limit allows. Returns the receive buffer's usable size (the kernel reports
     twice what it uses for data)."""
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        forced = _FORCED.get(option)
-        try:
-            if forced is None:
-                raise PermissionError
-            sock.setsockopt(socket.SOL_SOCKET, forced, size)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        _set_buffer(sock, option, size)
     return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2
 
 
-#: Linux's SO_RCVBUFFORCE and SO_SNDBUFFORCE (the socket module does not name them).
-_FORCED = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32} if sys.platform == "linux" else {}
+def _set_buffer(sock: socket.socket, option: int, size: int) -> None:
+    forced = _FORCED.get(option)
+    if forced is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, forced, size)
+            return
+        except PermissionError:
+            pass  # no CAP_NET_ADMIN: up to the system's limit
+    sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
 class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
