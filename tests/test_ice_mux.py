@@ -488,3 +488,15 @@ async def test_a_receive_buffer_smaller_than_asked_is_reported_with_the_fix(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("receive buffer of 208 KiB" in m and "net.core.rmem_max=16777216" in m
                for m in warnings), warnings
+
+
+async def test_datagrams_the_kernel_drops_at_a_full_socket_are_counted(mux: IceMux) -> None:
+    assert mux.socket_drops() == 0
+    fd = next(s.fd for s in mux._udp)
+    with socket.fromfd(fd, socket.AF_INET, socket.SOCK_DGRAM) as shared:  # the same socket
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(200):  # no await in between: the server reads none of them
+            sender.sendto(b"\x80" + bytes(999), (LOOPBACK, mux.udp_port))
+    drops = mux.socket_drops()
+    assert drops is not None and 150 <= drops <= 200

@@ -284,6 +284,7 @@ async def test_metrics_count_participants_and_forwarded_packets(server: RunningS
         assert values["townhall_consumers"] == 2
         assert values["townhall_packets_forwarded_total"] >= 10
         assert values["townhall_bytes_forwarded_total"] > values["townhall_packets_forwarded_total"]
+        assert values["townhall_socket_drops_total"] == 0
         if producer_module.fanout is not None:  # the native fan-out made the steady copies
             assert values["townhall_copies_native_total"] >= 5
             assert "townhall_copies_python_total" in values

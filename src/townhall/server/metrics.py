@@ -71,6 +71,12 @@ async def metrics(request: web.Request) -> web.Response:
                 ("townhall_copies_unsent_total", unsent,
                  "Copies the native path could not send (socket full, send or SRTP failed).")):
             lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {value}"]
+    drops = services.ice.socket_drops() if services.ice is not None else None
+    if drops is not None:
+        name = "townhall_socket_drops_total"
+        lines += [f"# HELP {name} Datagrams the kernel dropped at the media UDP socket: its "
+                  "receive queue was full while the server was held up.",
+                  f"# TYPE {name} counter", f"{name} {drops}"]
     delay = services.ice.delay if services.ice is not None else None
     if delay is not None:
         lines += _histogram("townhall_forwarding_delay_seconds",

@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import socket
 import struct
 import sys
@@ -504,6 +505,23 @@ class _SharedSocket:
 _SocketT = TypeVar("_SocketT", bound=_SharedSocket)
 
 
+def udp_drops(inodes: set[int]) -> int | None:
+    """The ``drops`` of the UDP sockets with these inodes, from /proc/net/udp and udp6 (None
+    where they cannot be read)."""
+    total = 0
+    try:
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with open(table) as rows:
+                next(rows)  # the header
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) >= 13 and int(fields[9]) in inodes:
+                        total += int(fields[12])
+    except (OSError, ValueError, StopIteration):
+        return None
+    return total
+
+
 #: Linux's SO_RCVBUFFORCE and SO_SNDBUFFORCE (the socket module does not name them).
 _FORCED = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32} if sys.platform == "linux" else {}
 
@@ -765,6 +783,13 @@ class IceMux:
     def tcp_stream_count(self) -> int:
         """Accepted ICE-TCP streams still open."""
         return sum(s.stream_count for s in self._tcp)
+
+    def socket_drops(self) -> int | None:
+        """Datagrams the kernel dropped at the UDP sockets because their receive queue was
+        full (the server was held up longer than the buffer lasts); None where the system does
+        not say (not Linux)."""
+        inodes = {os.fstat(s.fd).st_ino for s in self._udp if s.fd >= 0}
+        return udp_drops(inodes) if inodes else 0
 
     async def start(self) -> None:
         """Check aiortc's internals and bind the sockets."""
