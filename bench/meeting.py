@@ -62,6 +62,7 @@ from sfu_forwarding import (  # noqa: E402
     self_cpu_seconds,
     start_profile,
 )
+from townhall.sfu.ice import udp_drops  # noqa: E402
 from townhall_target import DEFAULT_COMMAND, TownhallTarget  # noqa: E402
 
 logger = logging.getLogger("meeting")
@@ -130,7 +131,7 @@ class MeetingResult:
 # --------------------------------------------------------------------------------------------
 
 
-def socket_inodes(pid: int) -> set[str]:
+def socket_inodes(pid: int) -> set[int]:
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -138,28 +139,17 @@ def socket_inodes(pid: int) -> set[str]:
         except OSError:
             continue
         if link.startswith("socket:["):
-            inodes.add(link[8:-1])
+            inodes.add(int(link[8:-1]))
     return inodes
 
 
-def udp_drops(pid: int) -> dict[str, int]:
+def process_udp_drops(pid: int) -> dict[int, int]:
     """Datagrams the kernel dropped at each UDP socket of process ``pid`` (full receive
     queue), by socket inode."""
-    inodes = socket_inodes(pid)
-    drops = {}
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) >= 13 and fields[9] in inodes:
-                drops[fields[9]] = int(fields[12])
-    return drops
+    return udp_drops(socket_inodes(pid)) or {}
 
 
-def drops_between(before: dict[str, int], after: dict[str, int]) -> int:
+def drops_between(before: dict[int, int], after: dict[int, int]) -> int:
     """Drops added between two readings, socket by socket: a socket closed in between takes
     its count with it (so a total could go down), one opened counts from zero."""
     return sum(max(0, n - before.get(inode, 0)) for inode, n in after.items())
@@ -289,7 +279,7 @@ def jump_summary(people: People, since: float, until: float,
     found = sorted(j for _, consumer in people for j in consumer.jumps(since) if j[0] < until)
     skipped: dict[str, int] = {}
     after_turn = 0
-    sample = []
+    sample: list[tuple[float, float, str, int]] = []
     for at, kind, missing in found:
         skipped[kind] = skipped.get(kind, 0) + missing
         turned = max((c for c in changes if c <= at), default=since)
@@ -331,7 +321,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         started = time.monotonic()
         start_errors = udp_counters()
         await target.start()
-        start_drops = udp_drops(target.pid)
+        start_drops = process_udp_drops(target.pid)
         if isinstance(target, JanusTarget):
             rids = [rid for rid, *_ in LAYERS]
             await target.join_meeting(people, videos=args.last_n,
@@ -348,7 +338,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         sent0, got0 = _kinds(people)
         gaps0 = sum(c.lost_packets for _, c in people)
         send_errors0 = sum(p.send_errors for p, _ in people)
-        drops0, client_drops0 = udp_drops(pid), udp_drops(os.getpid())
+        drops0, client_drops0 = process_udp_drops(pid), process_udp_drops(os.getpid())
         errors0 = udp_counters()
         join_errors = {name: errors0[name] - start_errors.get(name, 0) for name in UDP_ERRORS
                        if name in errors0}
@@ -363,7 +353,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         server1, client1 = process_cpu_times(pid), self_cpu_seconds()
         t1 = time.monotonic()
         delay1, counters1 = await _scrape(target)
-        drops1, client_drops1 = udp_drops(pid), udp_drops(os.getpid())
+        drops1, client_drops1 = process_udp_drops(pid), process_udp_drops(os.getpid())
         errors1 = udp_counters()
         skipped, jumps, after_turn, sample = jump_summary(people, t0, t1, changes)
         gaps1 = sum(c.lost_packets for _, c in people)

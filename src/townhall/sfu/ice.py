@@ -505,10 +505,11 @@ class _SharedSocket:
 _SocketT = TypeVar("_SocketT", bound=_SharedSocket)
 
 
-def udp_drops(inodes: set[int]) -> int | None:
-    """The ``drops`` of the UDP sockets with these inodes, from /proc/net/udp and udp6 (None
-    where they cannot be read)."""
-    total = 0
+def udp_drops(inodes: set[int]) -> dict[int, int] | None:
+    """Datagrams the kernel dropped (full receive queue) at each UDP socket of this network
+    namespace whose inode is in ``inodes``, by inode, from /proc/net/udp and udp6 (None where
+    they cannot be read)."""
+    drops = {}
     try:
         for table in ("/proc/net/udp", "/proc/net/udp6"):
             with open(table) as rows:
@@ -516,10 +517,10 @@ def udp_drops(inodes: set[int]) -> int | None:
                 for row in rows:
                     fields = row.split()
                     if len(fields) >= 13 and int(fields[9]) in inodes:
-                        total += int(fields[12])
+                        drops[int(fields[9])] = int(fields[12])
     except (OSError, ValueError, StopIteration):
         return None
-    return total
+    return drops
 
 
 #: Linux's SO_RCVBUFFORCE and SO_SNDBUFFORCE (the socket module does not name them).
@@ -789,7 +790,8 @@ class IceMux:
         full (the server was held up longer than the buffer lasts); None where the system does
         not say (not Linux)."""
         inodes = {os.fstat(s.fd).st_ino for s in self._udp if s.fd >= 0}
-        return udp_drops(inodes) if inodes else 0
+        drops = udp_drops(inodes) if inodes else {}
+        return None if drops is None else sum(drops.values())
 
     async def start(self) -> None:
         """Check aiortc's internals and bind the sockets."""
