@@ -40,23 +40,42 @@ SETUP = """() => {
   window.log = [];
   window.pc = new RTCPeerConnection({iceServers: []});
   pc.oniceconnectionstatechange = () => log.push('ice ' + pc.iceConnectionState);
+  pc.onconnectionstatechange = () => log.push('pc ' + pc.connectionState);
   window.gathered = () => new Promise(resolve => {
     if (pc.iceGatheringState === 'complete') resolve();
     pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && resolve();
   });
-  window.timeout = ms => new Promise((_, reject) =>
-    setTimeout(() => reject(new Error('timed out: ' + JSON.stringify(log))), ms));
+  // A channel the server announces is already 'open' when the datachannel event fires, but
+  // Chromium can keep a message sent before the channel's own open event (seen: bufferedAmount
+  // stuck at 18, messagesSent 0), so a channel is used only once its open event has fired.
+  window.watch = ch => {
+    log.push('channel ' + ch.readyState);
+    ch.opened = new Promise(resolve => ch.addEventListener('open', resolve));
+    ch.addEventListener('open', () => log.push('channel open'));
+    ch.addEventListener('close', () => log.push('channel close'));
+    ch.addEventListener('error', e => log.push('channel error ' + e.error));
+    ch.addEventListener('message', e => log.push('message ' + e.data));
+    return ch;
+  };
+  window.timeout = ms => new Promise((_, reject) => setTimeout(async () => {
+    const stats = [];
+    (await pc.getStats()).forEach(s => {
+      if (s.type === 'data-channel' || s.type === 'transport') stats.push(s);
+    });
+    log.push({sctp: pc.sctp && pc.sctp.state, stats});
+    reject(new Error('timed out: ' + JSON.stringify(log)));
+  }, ms));
 }"""
 
 BROWSER_OFFERS = """async () => {
-  window.channel = Promise.resolve(pc.createDataChannel('chat'));
+  window.channel = Promise.resolve(watch(pc.createDataChannel('chat')));
   await pc.setLocalDescription(await pc.createOffer());
   await gathered();
   return pc.localDescription.sdp;
 }"""
 
 BROWSER_ANSWERS = """async sdp => {
-  window.channel = new Promise(resolve => pc.ondatachannel = e => resolve(e.channel));
+  window.channel = new Promise(resolve => pc.ondatachannel = e => resolve(watch(e.channel)));
   await pc.setRemoteDescription({type: 'offer', sdp});
   await pc.setLocalDescription(await pc.createAnswer());
   await gathered();
@@ -67,11 +86,10 @@ ROUND_TRIP = """async answer => {
   if (answer) await pc.setRemoteDescription({type: 'answer', sdp: answer});
   const deadline = timeout(30000);  // generous: the suite loads both cores
   const ch = await Promise.race([channel, deadline]);
-  if (ch.readyState !== 'open') {
-    await Promise.race([new Promise(resolve => ch.onopen = resolve), deadline]);
-  }
+  await Promise.race([ch.opened, deadline]);
   const reply = new Promise(resolve => ch.onmessage = e => resolve(e.data));
   ch.send('ping from chromium');
+  log.push('sent, buffered ' + ch.bufferedAmount);
   const out = {reply: await Promise.race([reply, deadline])};
   const stats = await pc.getStats();
   stats.forEach(s => { if (s.type === 'transport') out.pairId = s.selectedCandidatePairId; });
