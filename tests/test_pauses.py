@@ -1,14 +1,17 @@
-"""Long garbage-collector pauses are reported, short ones are not; a meeting's own objects
-stay few enough that full collections stay short."""
+"""Long garbage-collector pauses are reported, short ones are not; a held event loop is
+caught whatever holds it; a meeting's own objects stay few enough that full collections stay
+short."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import time
 
 import pytest
 
-from townhall.server.pauses import PauseWatch, watch
+from townhall.server.pauses import LoopWatch, PauseWatch, watch
 from townhall.sfu.transport import Codec, Transport
 
 #: Video slots added to measure one's share of the objects.
@@ -47,6 +50,34 @@ def test_watching_follows_real_collections() -> None:
     finally:
         gc.callbacks.remove(pause_watch)
     assert any(generation == 2 for generation, _ in pause_watch.long_pauses)
+
+
+def test_a_wake_up_late_by_the_limit_or_more_is_a_stall_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop_watch = LoopWatch(interval=0.05, long=0.1)
+    with caplog.at_level(logging.WARNING, logger="townhall.server.pauses"):
+        for late in (0.0, 0.099, 0.1, 0.02, 0.45):
+            loop_watch.woke(late)
+    assert loop_watch.stalls == 2
+    assert loop_watch.stalled == pytest.approx(0.55)
+    assert loop_watch.longest == pytest.approx(0.45)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the event loop was held for 100 ms: media waited in the socket meanwhile",
+        "the event loop was held for 450 ms: media waited in the socket meanwhile"]
+
+
+async def test_holding_the_event_loop_is_caught_as_one_stall_of_about_the_hold() -> None:
+    loop_watch = LoopWatch(interval=0.02, long=0.1)
+    loop_watch.start()
+    try:
+        await asyncio.sleep(0.1)
+        time.sleep(0.3)  # what a long collection or a burst of renegotiations does
+        await asyncio.sleep(0.1)
+    finally:
+        await loop_watch.stop()
+    assert loop_watch.stalls == 1
+    assert 0.26 <= loop_watch.longest <= 0.4
 
 
 class _NoMedia:

@@ -41,6 +41,7 @@ class Services:
     registry: RoomRegistry
     counters: Counters
     ice: Any = None
+    loop_watch: pauses.LoopWatch | None = None
 
 
 class _RouterEvents:
@@ -130,6 +131,8 @@ async def _start_ice(config: Config) -> Any:
 
 
 async def close_services(services: Services) -> None:
+    if services.loop_watch is not None:
+        await services.loop_watch.stop()
     await services.registry.close()
     if services.ice is not None:
         await services.ice.close()
@@ -168,6 +171,8 @@ async def start(
     followed by the ``captions`` arguments.
     """
     services = await open_services(config)
+    services.loop_watch = pauses.LoopWatch()
+    services.loop_watch.start()
     app = build(services)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
     await runner.setup()

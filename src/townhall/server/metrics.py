@@ -77,6 +77,16 @@ async def metrics(request: web.Request) -> web.Response:
         lines += [f"# HELP {name} Datagrams the kernel dropped at the media UDP socket: its "
                   "receive queue was full while the server was held up.",
                   f"# TYPE {name} counter", f"{name} {drops}"]
+    watch = services.loop_watch
+    if watch is not None:
+        for name, kind, value, text in (
+                ("townhall_loop_stalls_total", "counter", watch.stalls,
+                 f"Times the event loop was held for {watch.long:g} s or more."),
+                ("townhall_loop_stall_seconds_total", "counter", f"{watch.stalled:.3f}",
+                 "Time the event loop was held in those stalls (a lower bound)."),
+                ("townhall_loop_longest_stall_seconds", "gauge", f"{watch.longest:.3f}",
+                 "The longest of those stalls since the server started.")):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
     delay = services.ice.delay if services.ice is not None else None
     if delay is not None:
         lines += _histogram("townhall_forwarding_delay_seconds",
