@@ -79,14 +79,15 @@ async def metrics(request: web.Request) -> web.Response:
                   f"# TYPE {name} counter", f"{name} {drops}"]
     watch = services.loop_watch
     if watch is not None:
-        for name, kind, value, text in (
-                ("townhall_loop_stalls_total", "counter", watch.stalls,
+        stall_lines: tuple[tuple[str, str, str, str], ...] = (
+                ("townhall_loop_stalls_total", "counter", str(watch.stalls),
                  f"Times the event loop was held for {watch.long:g} s or more."),
                 ("townhall_loop_stall_seconds_total", "counter", f"{watch.stalled:.3f}",
                  "Time the event loop was held in those stalls (a lower bound)."),
                 ("townhall_loop_longest_stall_seconds", "gauge", f"{watch.longest:.3f}",
-                 "The longest of those stalls since the server started.")):
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+                 "The longest of those stalls since the server started."))
+        for name, kind, shown, text in stall_lines:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {shown}"]
     delay = services.ice.delay if services.ice is not None else None
     if delay is not None:
         lines += _histogram("townhall_forwarding_delay_seconds",
