@@ -106,6 +106,13 @@ class MeetingResult:
     #: The same from the server's start to the end of the warm-up (joins), outside the window.
     join_udp_errors: dict[str, int] = field(default_factory=dict)
     join_sfu_socket_drops: int = 0
+    #: Times the server's event loop was held 100 ms or more (townhall's LoopWatch), their
+    #: total and the longest, in ms: from the start to the end of the warm-up, and in the window.
+    join_loop_stalls: int = 0
+    join_loop_stalled_ms: float = 0.0
+    join_longest_stall_ms: float = 0.0
+    loop_stalls: int = 0
+    loop_stalled_ms: float = 0.0
     server_packets_dropped: int = 0
     #: Packets the benchmark's producers numbered but could not send (no ICE pair, SRTP
     #: refused): a gap every consumer of that stream sees, made before the SFU.
@@ -166,12 +173,13 @@ def udp_counters() -> dict[str, int]:
 
 UDP_ERRORS = ("RcvbufErrors", "SndbufErrors", "NoPorts", "InErrors")
 
-_COUNTER = re.compile(r"^(townhall_packets_dropped_total|townhall_copies_unsent_total) (\d+)$",
-                      re.M)
+_COUNTER = re.compile(r"^(townhall_packets_dropped_total|townhall_copies_unsent_total"
+                      r"|townhall_loop_stalls_total|townhall_loop_stall_seconds_total"
+                      r"|townhall_loop_longest_stall_seconds) ([\d.]+)$", re.M)
 
 
-def server_counters(metrics: str) -> dict[str, int]:
-    return {name: int(value) for name, value in _COUNTER.findall(metrics)}
+def server_counters(metrics: str) -> dict[str, float]:
+    return {name: float(value) for name, value in _COUNTER.findall(metrics)}
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -300,7 +308,7 @@ def _kinds(people: People) -> tuple[dict[str, int], dict[str, int]]:
     return sent, got
 
 
-async def _scrape(target: Any) -> tuple[list[tuple[float, int]], dict[str, int]]:
+async def _scrape(target: Any) -> tuple[list[tuple[float, int]], dict[str, float]]:
     """The delay histogram and the server's loss counters (townhall)."""
     if not isinstance(target, TownhallTarget):
         return [], {}
@@ -396,10 +404,20 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
                         if name in errors1},
             join_udp_errors=join_errors,
             join_sfu_socket_drops=drops_between(start_drops, drops0),
-            server_packets_dropped=(counters1.get("townhall_packets_dropped_total", 0)
-                                    - counters0.get("townhall_packets_dropped_total", 0)),
-            server_copies_unsent=(counters1.get("townhall_copies_unsent_total", 0)
-                                  - counters0.get("townhall_copies_unsent_total", 0)),
+            server_packets_dropped=int(counters1.get("townhall_packets_dropped_total", 0)
+                                       - counters0.get("townhall_packets_dropped_total", 0)),
+            server_copies_unsent=int(counters1.get("townhall_copies_unsent_total", 0)
+                                     - counters0.get("townhall_copies_unsent_total", 0)),
+            join_loop_stalls=int(counters0.get("townhall_loop_stalls_total", 0)),
+            join_loop_stalled_ms=round(
+                1000 * counters0.get("townhall_loop_stall_seconds_total", 0), 1),
+            join_longest_stall_ms=round(
+                1000 * counters0.get("townhall_loop_longest_stall_seconds", 0), 1),
+            loop_stalls=int(counters1.get("townhall_loop_stalls_total", 0)
+                            - counters0.get("townhall_loop_stalls_total", 0)),
+            loop_stalled_ms=round(1000 * (counters1.get("townhall_loop_stall_seconds_total", 0)
+                                          - counters0.get("townhall_loop_stall_seconds_total",
+                                                          0)), 1),
             producer_send_errors=send_errors1 - send_errors0,
             producer_failed_sends=failed_sends(people),
             skipped_by_kind=skipped,
@@ -454,6 +472,14 @@ def markdown(results: list[MeetingResult], cpu_limit: float) -> str:
                          f"| {skipped or '—'} | {errors or '—'} "
                          f"| {r.server_packets_dropped} / {r.server_copies_unsent} "
                          f"| {r.producer_send_errors} |")
+    lines += ["", "| target | participants | while joining: datagrams dropped at the server "
+              "| loop stalls ≥ 100 ms (total ms, longest ms) | in the window: loop stalls "
+              "(total ms) |", "|---|---:|---:|---|---|"]
+    for r in results:
+        if not r.error:
+            lines.append(f"| {r.target} | {r.participants} | {r.join_sfu_socket_drops} "
+                         f"| {r.join_loop_stalls} ({r.join_loop_stalled_ms}, "
+                         f"{r.join_longest_stall_ms}) | {r.loop_stalls} ({r.loop_stalled_ms}) |")
     for target in dict.fromkeys(r.target for r in results):
         fits = [r.participants for r in results if r.target == target and not r.error
                 and r.server_cpu_percent <= cpu_limit and r.sfu_loss == 0]
