@@ -316,6 +316,10 @@ async def _scrape(target: Any) -> tuple[list[tuple[float, int]], dict[str, float
     return delay_buckets(metrics) if target.measure_delay else [], server_counters(metrics)
 
 
+#: Seconds a benchmark participant's connection may take to close.
+CLOSE_TIMEOUT = 10
+
+
 async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) -> MeetingResult:
     target = make_target(name, size, args)
     people: People = [
@@ -430,8 +434,12 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
             turns.cancel()
         await target.stop()  # signalling first: no offer reaches a closed consumer
         for producer, consumer in people:
-            await consumer.close()
-            await producer.close()
+            for closing in (consumer.close(), producer.close()):
+                try:  # a connection that never finishes closing must not lose the result
+                    await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+                except TimeoutError:
+                    logger.warning("%s: a participant's connection did not close in %d s",
+                                   name, CLOSE_TIMEOUT)
 
 
 # --------------------------------------------------------------------------------------------
