@@ -25,6 +25,7 @@ async def test_each_private_attribute_the_transport_uses_exists(path: str, attri
             "aioice.ice.Connection": dtls.transport._connection,
             "aiortc.rtcrtpsender.RTCRtpSender": transceiver.sender,
             "aiortc.rtcrtpreceiver.RTCRtpReceiver": transceiver.receiver,
+            "aiortc.rtcpeerconnection.RTCPeerConnection": pc,
             "pylibsrtp.Session": Session(Policy(key=bytes(30), ssrc_type=Policy.SSRC_ANY_INBOUND)),
         }
         owner = instances[path]
