@@ -51,6 +51,7 @@ from townhall.auth import tokens
 from townhall.config import Config
 from townhall.server import app as server_app
 from townhall.server.api import invite_url
+from townhall.sfu.transport import Transport
 
 VIDEO_RATE = 90000
 AUDIO_RATE = 48000
@@ -716,3 +717,15 @@ def require_native_fanout() -> None:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+class NoMedia:
+    """A ``MediaHandler`` that ignores everything: for transports that are only negotiated."""
+
+    def rtp_received(self, transport: Transport, data: bytes) -> None: ...
+
+    def rtcp_received(self, transport: Transport, data: bytes) -> None: ...
+
+    def transport_ready(self, transport: Transport) -> None: ...
+
+    def transport_closed(self, transport: Transport) -> None: ...

@@ -9,21 +9,12 @@ import re
 import pytest
 from aiortc import rtcdtlstransport
 
+from support import NoMedia
 from townhall.sfu import transport as transport_module
 from townhall.sfu.transport import Codec, Transport
 
 VP8 = Codec("video/VP8", 90000, 96)
 OPUS = Codec("audio/opus", 48000, 111, 2)
-
-
-class _NoMedia:
-    def rtp_received(self, transport: Transport, data: bytes) -> None: ...
-
-    def rtcp_received(self, transport: Transport, data: bytes) -> None: ...
-
-    def transport_ready(self, transport: Transport) -> None: ...
-
-    def transport_closed(self, transport: Transport) -> None: ...
 
 
 async def test_offers_of_many_sections_reuse_the_fingerprints_computed_at_the_start(
@@ -38,7 +29,7 @@ async def test_offers_of_many_sections_reuse_the_fingerprints_computed_at_the_st
         return digest(certificate, algorithm)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rtcdtlstransport, "certificate_digest", counting_digest)
-    transport = Transport(_NoMedia(), name="fingerprints")
+    transport = Transport(NoMedia(), name="fingerprints")
     try:
         at_start = digests
         for _ in range(10):
@@ -59,8 +50,8 @@ async def test_offers_of_many_sections_reuse_the_fingerprints_computed_at_the_st
 async def test_an_answer_is_not_parsed_again_after_the_peer_connection_parsed_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    offerer = Transport(_NoMedia(), name="offers")
-    answerer = Transport(_NoMedia(), name="answers")
+    offerer = Transport(NoMedia(), name="offers")
+    answerer = Transport(NoMedia(), name="answers")
     try:
         offerer.add_outgoing(VP8)
         offerer.add_outgoing(OPUS)

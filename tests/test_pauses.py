@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from support import NoMedia
 from townhall.server.pauses import LoopWatch, PauseWatch, watch
 from townhall.sfu.transport import Codec, Transport
 
@@ -80,21 +81,11 @@ async def test_holding_the_event_loop_is_caught_as_one_stall_of_about_the_hold()
     assert 0.26 <= loop_watch.longest <= 0.4
 
 
-class _NoMedia:
-    def rtp_received(self, transport: Transport, data: bytes) -> None: ...
-
-    def rtcp_received(self, transport: Transport, data: bytes) -> None: ...
-
-    def transport_ready(self, transport: Transport) -> None: ...
-
-    def transport_closed(self, transport: Transport) -> None: ...
-
-
 async def test_each_video_consumer_leaves_few_objects_for_a_full_collection_to_walk() -> None:
     # A meeting has one such slot per pair of participants, and a full collection walks
     # every object they hold: 1,000 each would make a 50-person meeting's collections last
     # seconds.
-    transport = Transport(_NoMedia(), name="objects")
+    transport = Transport(NoMedia(), name="objects")
     vp8 = Codec("video/VP8", 90000, 96)
     try:
         transport.add_outgoing(vp8)
