@@ -375,6 +375,10 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         threads = len(os.listdir(f"/proc/{pid}/task"))
 
         cpu = sum(server1) - sum(server0)
+
+        def in_window(counter: str) -> float:
+            return counters1.get(counter, 0) - counters0.get(counter, 0)
+
         sent = {k: n - sent0.get(k, 0) for k, n in sent1.items()}
         got = {k: n - got0.get(k, 0) for k, n in got1.items()}
         p50, samples = percentile(delay0, delay1, 0.50)
@@ -408,20 +412,15 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
                         if name in errors1},
             join_udp_errors=join_errors,
             join_sfu_socket_drops=drops_between(start_drops, drops0),
-            server_packets_dropped=int(counters1.get("townhall_packets_dropped_total", 0)
-                                       - counters0.get("townhall_packets_dropped_total", 0)),
-            server_copies_unsent=int(counters1.get("townhall_copies_unsent_total", 0)
-                                     - counters0.get("townhall_copies_unsent_total", 0)),
+            server_packets_dropped=int(in_window("townhall_packets_dropped_total")),
+            server_copies_unsent=int(in_window("townhall_copies_unsent_total")),
             join_loop_stalls=int(counters0.get("townhall_loop_stalls_total", 0)),
             join_loop_stalled_ms=round(
                 1000 * counters0.get("townhall_loop_stall_seconds_total", 0), 1),
             join_longest_stall_ms=round(
                 1000 * counters0.get("townhall_loop_longest_stall_seconds", 0), 1),
-            loop_stalls=int(counters1.get("townhall_loop_stalls_total", 0)
-                            - counters0.get("townhall_loop_stalls_total", 0)),
-            loop_stalled_ms=round(1000 * (counters1.get("townhall_loop_stall_seconds_total", 0)
-                                          - counters0.get("townhall_loop_stall_seconds_total",
-                                                          0)), 1),
+            loop_stalls=int(in_window("townhall_loop_stalls_total")),
+            loop_stalled_ms=round(1000 * in_window("townhall_loop_stall_seconds_total"), 1),
             producer_send_errors=send_errors1 - send_errors0,
             producer_failed_sends=failed_sends(people),
             skipped_by_kind=skipped,
