@@ -7,7 +7,10 @@ For each target and consumer count: start the server, connect one producer (VP8 
 ``--seconds``: the server process's CPU time (utime + stime of all its threads, /proc/PID/stat) and
 the RTP packets all consumers received. Reported: delivered packets per server CPU-second, server
 and client CPU %, delivered/expected (expected = packets the producer sent x N), and the median
-time from a consumer's first signalling message to its first RTP packet.
+time from a consumer's first signalling message to its first RTP packet. With ``--delay`` a
+townhall server also measures how long it holds each forwarded copy (kernel receive timestamp of
+the datagram to the send call of the copy; one system call per received datagram, so it is off
+for the packets-per-CPU-second figures), reported as p50/p99 over the window.
 
 Everything runs in a network namespace of the benchmark's own: the script re-executes itself under
 ``unshare --net`` (needs root or user namespaces), brings up ``lo``, adds 127.0.0.2/8 to it (aioice
@@ -42,6 +45,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
+from forwarding_delay import delay_buckets, histogram, percentile  # noqa: E402
 from janus import BENCH_ADDRESS, JanusTarget  # noqa: E402
 from participants import OUT_DIR, Clip, SyntheticConsumer, SyntheticProducer, load_clip  # noqa: E402
 from target import Target  # noqa: E402
@@ -78,6 +82,12 @@ class RunResult:
     #: townhall with the native fan-out: copies it made in C and consumers it left to Python,
     #: since the server started (``/metrics``).
     copies: dict[str, int] | None = None
+    #: townhall with --delay: how long the server held each forwarded copy in the window
+    #: (its ``townhall_forwarding_delay_seconds`` histogram), p50/p99 in ms
+    delay_p50_ms: float | None = None
+    delay_p99_ms: float | None = None
+    delay_samples: int = 0
+    delay_histogram: dict[str, int] | None = None
     error: str | None = None
 
 
@@ -180,7 +190,7 @@ def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
                 raise SystemExit(f"target {name}: no --variant {label}=SRC")
             source = Path(sources[label]).resolve()
         return TownhallTarget(name=name, command=args.townhall_command or DEFAULT_COMMAND,
-                              log_file=log_file, source=source)
+                              log_file=log_file, source=source, measure_delay=args.delay)
     raise SystemExit(f"unknown target {name!r} (janus, janus-1loop, townhall, townhall:LABEL)")
 
 
@@ -213,6 +223,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         sent_kinds0 = producer.packets_sent_by_kind()
         got0 = sum(c.total_packets for c in subscribed)
         got_kinds0 = _sum_kinds(c.packets_by_kind() for c in subscribed)
+        delay0 = await _delay(target)
         profiler = start_profile(target, consumers, args) if args.profile else None
         server0 = process_cpu_times(target.pid)
         client0 = self_cpu_seconds()
@@ -227,6 +238,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         got_kinds = _diff(_sum_kinds(c.packets_by_kind() for c in subscribed), got_kinds0)
         threads = process_threads(target.pid)
         copies = await _copies(target)
+        delay1 = await _delay(target)
         if profiler is not None:
             await asyncio.to_thread(profiler.wait)
 
@@ -236,6 +248,8 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         per_consumer = sum(n for kind, n in sent_kinds.items()
                            if kind in ("audio", "video", f"video-{args.expect_layer}"))
         expected = per_consumer * consumers
+        p50, samples = percentile(delay0, delay1, 0.50)
+        p99, _ = percentile(delay0, delay1, 0.99)
         latencies = [
             (c.first_packet_at - c.created_at) * 1000
             for c in subscribed
@@ -263,6 +277,10 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
             sent_by_kind=sent_kinds,
             delivered_by_kind=got_kinds,
             copies=copies,
+            delay_p50_ms=None if p50 is None else round(p50 * 1000, 2),
+            delay_p99_ms=None if p99 is None else round(p99 * 1000, 2),
+            delay_samples=samples,
+            delay_histogram=histogram(delay0, delay1) if samples else None,
         )
     finally:
         for consumer in subscribed:
@@ -278,6 +296,13 @@ async def _copies(target: Any) -> dict[str, int] | None:
     text = await target.metrics()
     found = dict(re.findall(r"^townhall_copies_(native|python)_total (\d+)$", text, re.MULTILINE))
     return {kind: int(n) for kind, n in found.items()} or None
+
+
+async def _delay(target: Any) -> list[tuple[float, int]]:
+    """The forwarding-delay histogram of a townhall server that measures it, else nothing."""
+    if not getattr(target, "measure_delay", False):
+        return []
+    return delay_buckets(await target.metrics())
 
 
 def _sum_kinds(counts: Iterable[dict[str, int]]) -> dict[str, int]:
@@ -322,22 +347,24 @@ def markdown(results: list[RunResult]) -> str:
     head = (
         "| target | consumers | delivered pkts | delivered/expected | server CPU % (system) "
         "| **pkts per CPU-s** | server threads | client CPU % | join→first pkt (median ms) "
-        "| load avg |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| load avg | delay p50 / p99 ms |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in results:
         if r.error:
-            rows.append(f"| {r.target} | {r.consumers} | failed: {r.error} | | | | | | | |")
+            rows.append(f"| {r.target} | {r.consumers} | failed: {r.error} | | | | | | | | |")
             continue
         latency = (
             "" if r.join_to_first_packet_ms_median is None else r.join_to_first_packet_ms_median
         )
+        delay = ("" if r.delay_p50_ms is None
+                 else f"{r.delay_p50_ms} / {r.delay_p99_ms}")
         rows.append(
             f"| {r.target} | {r.consumers} | {r.delivered_packets} | {r.delivered_ratio:.4f} "
             f"| {r.server_cpu_percent} ({r.server_system_percent}) "
             f"| **{r.packets_per_cpu_second}** | {r.server_threads} "
-            f"| {r.client_cpu_percent} | {latency} | {r.load_average_1min} |"
+            f"| {r.client_cpu_percent} | {latency} | {r.load_average_1min} | {delay} |"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -418,6 +445,9 @@ def main() -> None:
                         "offered and send its feedback every 100 ms, as browsers do")
     parser.add_argument("--remb", type=int, default=0, metavar="BIT/S",
                         help="consumers send a REMB with this bitrate every second")
+    parser.add_argument("--delay", action="store_true",
+                        help="townhall measures how long it holds each packet and the report "
+                        "gives p50/p99 (costs a system call per received packet)")
     parser.add_argument("--profile", choices=("python", "native", "perf"), default=None,
                         help="record the server with py-spy during the window (townhall only)")
     parser.add_argument(
