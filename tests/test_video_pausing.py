@@ -26,6 +26,9 @@ class Events:
     def transport_closed(self, router: Router, owner: str, transport: Transport) -> None:
         pass
 
+    def sent_layers_changed(self, router: Router, producer: Producer) -> None:
+        pass
+
 
 def _producer(router: Router, owner: str, transport: Transport, codec: Codec,
               ssrc: int) -> Producer:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_browser_meeting import assert_video_playing, describe, join
 
-from townhall.sfu import bandwidth
+from townhall.sfu import bandwidth, simulcast
 
 pytestmark = pytest.mark.browser
 
@@ -99,3 +99,59 @@ async def test_a_page_publishes_three_layers_and_another_receives_the_size_it_sh
     await wait_frame_width(bob, 640, timeout=1)
     assert estimate.value() * bandwidth.KEEP_TOLERANCE > producer.layers[1].bitrate
     await assert_video_playing(bob, alice_id)
+
+
+CAMERA_ENCODINGS_ACTIVE = """() => {
+    const local = window.townhall.local.get('camera');
+    return local.transceiver.sender.getParameters().encodings.map((e) => e.active);
+}"""
+
+LAYERS_SENT = """() => new Promise((resolve) => {
+    window.townhall.publishTransport.getStats().then((stats) => {
+        const sent = {};
+        stats.forEach((s) => {
+            if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid)
+                sent[s.rid] = s.packetsSent;
+        });
+        resolve(sent);
+    });
+})"""
+
+
+async def wait_encodings(page: Any, active: list[bool], timeout: float) -> float:
+    start = time.monotonic()
+    seen = None
+    while time.monotonic() - start < timeout:
+        seen = await page.evaluate(CAMERA_ENCODINGS_ACTIVE)
+        if seen == active:
+            return time.monotonic() - start
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"the camera's encodings are active {seen}, not {active}")
+
+
+async def test_layers_nobody_watches_stop_at_the_camera_and_start_again_when_watched(
+    server: Any, new_page: Any
+) -> None:
+    room = await server.create_room("sent-layers")
+    alice, bob = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    await join(bob, await server.invite(room, "listener"), "Bob")
+    await show_remote_video_at(bob, 300, 169)
+    await assert_video_playing(bob, alice_id)
+    await wait_frame_width(bob, 320)
+
+    # Bob shows Alice small: after the idle time her page stops encoding the two larger layers.
+    took = await wait_encodings(alice, [True, False, False], timeout=simulcast.LAYER_IDLE + 10)
+    print(f"larger layers switched off {took:.1f} s after the small layer was shown")
+    before = await alice.evaluate(LAYERS_SENT)
+    await asyncio.sleep(2)
+    after = await alice.evaluate(LAYERS_SENT)
+    assert after["q"] > before["q"], (before, after)
+    assert (after["h"], after["f"]) == (before["h"], before["f"]), (before, after)
+    await assert_video_playing(bob, alice_id)
+
+    # Bob enlarges it: the layers come back and he gets the full size.
+    await show_remote_video_at(bob, 1200, 675)
+    await wait_encodings(alice, [True, True, True], timeout=5)
+    took = await wait_frame_width(bob, 1280, timeout=20)
+    print(f"full size {took:.1f} s after the video was enlarged")

@@ -427,6 +427,14 @@ class LiveRoom:
         if participant is not None:
             self._send_forwarding(participant)
 
+    def sent_layers_changed(self, owner: str, source: str, layers: int) -> None:
+        """The router asks ``owner`` to send only the lowest ``layers`` simulcast layers of
+        ``source``: nobody can use the others now (``sfu/simulcast.py``)."""
+        participant = self.participants.get(owner)
+        if participant is not None:
+            self._spawn(participant.send({"type": "send-layers", "source": source,
+                                          "layers": layers}))
+
     async def set_receive(self, participant: Participant, video: bool) -> None:
         """Audio-only mode on (``video`` false) or off: video is paused at the SFU."""
         participant.receive_video = video

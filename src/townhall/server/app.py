@@ -23,6 +23,7 @@ from townhall.config import Config
 from townhall.rooms.registry import RoomRegistry
 from townhall.server import api, captions, captions_worker, metrics, pauses, session
 from townhall.server.keys import SERVICES
+from townhall.sfu.producer import Producer
 from townhall.sfu.router import Counters, Router
 from townhall.sfu.transport import Transport
 from townhall.store import Store
@@ -70,6 +71,11 @@ class _RouterEvents:
         room = self._services[0].registry.find(self._room_id)
         if room is not None:
             room.forwarding_changed(owner)
+
+    def sent_layers_changed(self, router: Router, producer: Producer) -> None:
+        room = self._services[0].registry.find(self._room_id)
+        if room is not None:
+            room.sent_layers_changed(producer.owner, producer.source, producer.sent_layers.count)
 
 
 async def _page(request: web.Request) -> web.FileResponse:

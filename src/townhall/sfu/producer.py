@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from townhall.sfu import native, red, rtcp, rtp, vp8
-from townhall.sfu.simulcast import KEYFRAME_INTERVAL, Layer
+from townhall.sfu.simulcast import KEYFRAME_INTERVAL, Layer, SentLayers
 from townhall.sfu.transport import Codec, IncomingTrack, Transport
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class Producer:
         "paused",
         "red_payload_type",
         "selected",
+        "sent_layers",
         "simulcast",
         "source",
         "track",
@@ -89,6 +90,8 @@ class Producer:
             self.layers = [Layer(self, 0, None, track.ssrcs[0] if track.ssrcs else None, video)]
         #: More than one layer: consumers switch between them at VP8 keyframes.
         self.simulcast = len(self.layers) > 1
+        #: How many layers the producer is asked to send (``send-layers``; simulcast only).
+        self.sent_layers = SentLayers(len(self.layers))
         #: The VP8 descriptor of the packet being forwarded (simulcast producers only).
         self.descriptor: vp8.Descriptor | None = None
         self.paused = False

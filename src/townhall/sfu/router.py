@@ -26,7 +26,7 @@ from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.audio_activity import Activity, AudioActivity
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer, receive
-from townhall.sfu.simulcast import Layer, layer_for_size
+from townhall.sfu.simulcast import Layer, layer_for_size, needed_layers
 from townhall.sfu.transport import IncomingTrack, Slot, Transport
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class RouterEvents(Protocol):
         changed which video consumers forward there (bandwidth, layout)."""
 
     def transport_closed(self, router: Router, owner: str, transport: Transport) -> None: ...
+
+    def sent_layers_changed(self, router: Router, producer: Producer) -> None:
+        """``producer`` should send ``producer.sent_layers.count`` of its simulcast layers
+        (``simulcast.SentLayers``)."""
 
 
 @dataclass
@@ -519,6 +523,11 @@ class Router:
         now = self._clock()
         for producer in list(self.producers.values()):
             producer.measure(now)
+            if producer.simulcast and producer.sent_layers.update(needed_layers(producer), now):
+                logger.debug("%s: %s asked to send %d layers", self.name, producer.id,
+                             producer.sent_layers.count)
+                if self._events is not None:
+                    self._events.sent_layers_changed(self, producer)
         for transport, state in list(self._transports.items()):
             yield
             if state.consumers_by_ssrc and self._transports.get(transport) is state:

@@ -8,6 +8,12 @@ measured bitrate and, once a keyframe showed it, its resolution.
 
 Layers are ordered from the lowest to the highest, in the order of the offer's
 ``a=simulcast`` line (every browser and library lists the lowest first).
+
+A layer no consumer can use costs its producer's uplink and the SFU's receiving for nothing, so
+the router asks the producer to send fewer (``SentLayers``, the ``send-layers`` message): the
+layers up to the highest one an unpaused consumer may take (its layout cap), and always the
+lowest, so that when someone starts watching a picture is there at once. A layer is switched off
+only after nobody has wanted it for ``LAYER_IDLE`` seconds, and on again as soon as someone does.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ BITRATE_SMOOTHING = 0.25
 LAYER_TIMEOUT = 1.5
 #: A layer this much smaller than the display still counts as large enough for it.
 SIZE_TOLERANCE = 0.85
+#: A layer nobody has wanted for this long is switched off at its producer, in seconds.
+LAYER_IDLE = 5.0
 
 
 class Layer:
@@ -115,3 +123,45 @@ def layer_for_size(layers: list[Layer], width: int, height: int) -> int:
                             or layer.height >= height * SIZE_TOLERANCE):
             return layer.index
     return len(layers) - 1
+
+
+def needed_layers(producer: Producer) -> int:
+    """How many of ``producer``'s layers, lowest first, its consumers can use now: up to the
+    highest layer an unpaused consumer may take, and at least one."""
+    top = 0
+    for consumer in producer.consumers:
+        if not consumer.paused and consumer.max_layer > top:
+            top = consumer.max_layer
+    return min(top, len(producer.layers) - 1) + 1
+
+
+class SentLayers:
+    """How many of a producer's layers, lowest first, it is asked to send."""
+
+    __slots__ = ("_below_since", "_peak", "count")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._below_since: float | None = None
+        self._peak = 0
+
+    def update(self, needed: int, now: float) -> bool:
+        """Take ``needed`` (``needed_layers``) at time ``now``; whether ``count`` changed.
+
+        More layers are asked for at once. Fewer once ``needed`` has stayed below ``count`` for
+        ``LAYER_IDLE`` seconds: then as many as the most needed over that time."""
+        if needed >= self.count:
+            self._below_since = None
+            changed = needed > self.count
+            self.count = needed
+            return changed
+        if self._below_since is None:
+            self._below_since, self._peak = now, needed
+            return False
+        self._peak = max(self._peak, needed)
+        if now - self._below_since < LAYER_IDLE:
+            return False
+        changed = self._peak < self.count
+        self.count = self._peak
+        self._below_since = None
+        return changed

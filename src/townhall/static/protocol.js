@@ -511,6 +511,7 @@ export class ServerConnection {
             break;
         case 'caption-languages': break;
         case 'forwarding': this._gotForwarding(m.video || [], !!m.low_bandwidth); break;
+        case 'send-layers': this._gotSendLayers(m.source, m.layers).catch(() => {}); break;
         case 'active-speaker': this._gotActiveSpeaker(m.participant || null); break;
         case 'error': this._gotError(m); break;
         case 'pong': break;
@@ -729,6 +730,36 @@ export class ServerConnection {
         this.lowBandwidth = lowBandwidth;
         if (this.onforwarding)
             this.onforwarding(this.forwarded);
+    }
+
+    /**
+     * Nobody in the room can use the higher simulcast layers of `source` now:
+     * the encoder sends only the lowest `layers` of them (it starts a layer
+     * again with a keyframe when asked for more).
+     *
+     * @param {Source} source
+     * @param {number} layers
+     * @returns {Promise<void>}
+     */
+    async _gotSendLayers(source, layers) {
+        const local = this.local.get(source);
+        const sender = local && local.transceiver ? local.transceiver.sender : null;
+        if (!sender || typeof layers !== 'number')
+            return;
+        const parameters = sender.getParameters();
+        const encodings = parameters.encodings || [];
+        if (encodings.length < 2)
+            return;
+        let changed = false;
+        encodings.forEach((encoding, index) => {
+            const active = index < Math.max(1, layers);
+            if (encoding.active !== active) {
+                encoding.active = active;
+                changed = true;
+            }
+        });
+        if (changed)
+            await sender.setParameters(parameters);
     }
 
     /** @param {string|null} participant */
