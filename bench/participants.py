@@ -79,6 +79,8 @@ __all__ = ["OUT_DIR", "Clip", "SyntheticConsumer", "SyntheticProducer", "load_cl
 
 logger = logging.getLogger(__name__)
 
+_RIDS = [rid for rid, *_ in LAYERS]
+
 # The benchmark's participants never give up consent themselves (see the list above); the
 # server's own consent checks still find a participant that is gone.
 aioice.ice.CONSENT_FAILURES = 1_000_000
@@ -395,6 +397,8 @@ class SyntheticProducer:
         self._send_task: asyncio.Task[None] | None = None
         self._keyframe_requested = False
         self.keyframe_requests = 0
+        #: How many simulcast layers, lowest first, the server asked for (``send-layers``).
+        self.sent_layers = len(LAYERS)
         #: Packets numbered but not sent, by reason (see ``_sender``).
         self.failed_sends: dict[str, int] = {}
         self.mids: dict[str, str] = {}
@@ -513,7 +517,8 @@ class SyntheticProducer:
                         later = [k for k in self.clip.keyframes if k > frame_index]
                         frame_index = later[0] if later else self.clip.keyframes[0]
                 for stream in video:
-                    self._send_frame(send, stream, frame_index)
+                    if not stream.rid or _RIDS.index(stream.rid) < self.sent_layers:
+                        self._send_frame(send, stream, frame_index)
                 frame_index = (frame_index + 1) % frames
                 next_video += 1 / VIDEO_FPS
             if audio is not None and now >= next_audio:
@@ -527,6 +532,14 @@ class SyntheticProducer:
             delay = min(deadlines) - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+
+    def send_layers(self, count: int) -> None:
+        """Send only the lowest ``count`` layers, as a page does on ``send-layers``; a layer
+        switched on again starts with a keyframe, as a browser's encoder does."""
+        count = max(1, count)
+        if count > self.sent_layers:
+            self._keyframe_requested = True
+        self.sent_layers = count
 
     def _send_frame(self, send: Callable[[bytes], str], stream: _Stream, frame_index: int) -> None:
         layer = self.clip.layers[stream.rid] if stream.rid else self.clip.video

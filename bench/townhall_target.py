@@ -56,6 +56,8 @@ class _Signalling:
         self.name = name
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.consumer: SyntheticConsumer | None = None
+        #: The participant's own producer, told ``send-layers``.
+        self.producer: SyntheticProducer | None = None
         self.answered = asyncio.Event()  # set after the first subscribe-answer is sent
         #: The server's number for the receiving connection, and how often it offered a new one.
         self.connection: int | None = None
@@ -96,6 +98,8 @@ class _Signalling:
             kind = message.get("type")
             if kind == "subscribe-offer":
                 await self._answer(message)
+            elif kind == "send-layers" and self.producer is not None:
+                self.producer.send_layers(int(message["layers"]))
             elif kind == "error":
                 logger.warning("%s: townhall error %s", self.name, message)
                 self._fail_waiting(TownhallError(f"{message.get('code')}: {message}"))
@@ -257,6 +261,7 @@ class TownhallTarget:
 
     async def connect_producer(self, producer: SyntheticProducer) -> None:
         session = await self._join("speaker", "producer")
+        session.producer = producer
         offer = await producer.create_offer()
         sources = {"audio": "microphone", "video": "camera"}
         tracks = [{"mid": mid, "source": sources[kind]} for kind, mid in producer.mids.items()]
@@ -285,6 +290,7 @@ class TownhallTarget:
         for n, (producer, consumer) in enumerate(people):
             session = await self._join("speaker", f"person-{n}", consumer)
             session.tile = self.tile
+            session.producer = producer
             offer = await producer.create_offer()
             sources = {"audio": "microphone", "video": "camera"}
             tracks = [{"mid": mid, "source": sources[kind]} for kind, mid in producer.mids.items()]
