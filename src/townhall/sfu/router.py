@@ -445,8 +445,8 @@ class Router:
         compound RTCP packets (one per transport and second, not one per consumer)."""
         for producer in list(self.producers.values()):
             if not producer.closed:
-                producer.send_reports(DEFAULT_BITRATE)
-        yield
+                producer.send_reports(DEFAULT_BITRATE)  # one per layer: 3 for a camera
+                yield
         for transport, state in list(self._transports.items()):
             reports = [report for consumer in list(state.consumers_by_ssrc.values())
                        if (report := consumer.sender_report()) is not None]
@@ -470,13 +470,17 @@ class Router:
         narrow = (activity.forwarded, activity.ranked, activity.unlevelled)
         if narrow != self._narrow or self._narrow_stale:
             self._narrow, self._narrow_stale = narrow, False
-            self._narrow_audio(activity)
+            yield from self._narrow_audio(activity)
         yield from self._probe()
 
-    def _narrow_audio(self, activity: Activity) -> None:
+    def _narrow_audio(self, activity: Activity) -> Iterator[None]:
         """Audio-only transports (asked for, or cut to audio by the allocation) get only the
-        loudest audio (``AUDIO_ONLY_LOUDEST``): one Opus stream fits 64 kbit/s, three do not."""
-        for state in self._transports.values():
+        loudest audio (``AUDIO_ONLY_LOUDEST``): one Opus stream fits 64 kbit/s, three do not.
+        One step per transport."""
+        for transport, state in list(self._transports.items()):
+            yield
+            if self._transports.get(transport) is not state:
+                continue
             audio = [c for c in state.consumers_by_ssrc.values() if c.producer.kind == "audio"]
             if bool(state.video_pauses) or state.video.low_bandwidth:
                 heard = self._audio.for_audio_only(
