@@ -51,8 +51,9 @@ def watch(long: float = LONG) -> PauseWatch:
     return pause_watch
 
 
-#: How often :class:`LoopWatch` asks to be woken, in seconds (20 wake-ups a second cost about
-#: half a millisecond of CPU a second).
+#: How often :class:`LoopWatch` asks to be woken, in seconds. On an idle server its 20 wake-ups a
+#: second are most of the 0.45 % of a core it uses; with media flowing, the loop wakes for
+#: packets anyway and three interleaved benchmark pairs showed no difference.
 LOOP_INTERVAL = 0.05
 #: A wake-up this many seconds later than asked for is a stall.
 LOOP_STALL = 0.1
