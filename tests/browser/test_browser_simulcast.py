@@ -44,15 +44,24 @@ async def show_remote_video_at(page: Any, width: int, height: int) -> None:
     )
 
 
-async def wait_frame_width(page: Any, width: int, timeout: float = 20) -> float:
+async def wait_value(page: Any, script: str, wanted: Any, timeout: float) -> tuple[float, Any]:
+    """Evaluate ``script`` every 0.25 s until it gives ``wanted``: (seconds it took, None), or
+    (-1, the last value) after ``timeout`` seconds."""
     start = time.monotonic()
-    seen = 0
+    seen = None
     while time.monotonic() - start < timeout:
-        seen = await page.evaluate(FRAME_WIDTH)
-        if seen == width:
-            return time.monotonic() - start
+        seen = await page.evaluate(script)
+        if seen == wanted:
+            return time.monotonic() - start, None
         await asyncio.sleep(0.25)
-    raise AssertionError(f"received frameWidth {seen}, not {width}: {await describe(page)}")
+    return -1.0, seen
+
+
+async def wait_frame_width(page: Any, width: int, timeout: float = 20) -> float:
+    took, seen = await wait_value(page, FRAME_WIDTH, width, timeout)
+    if took < 0:
+        raise AssertionError(f"received frameWidth {seen}, not {width}: {await describe(page)}")
+    return took
 
 
 async def test_a_page_publishes_three_layers_and_another_receives_the_size_it_shows(
@@ -119,14 +128,10 @@ LAYERS_SENT = """() => new Promise((resolve) => {
 
 
 async def wait_encodings(page: Any, active: list[bool], timeout: float) -> float:
-    start = time.monotonic()
-    seen = None
-    while time.monotonic() - start < timeout:
-        seen = await page.evaluate(CAMERA_ENCODINGS_ACTIVE)
-        if seen == active:
-            return time.monotonic() - start
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"the camera's encodings are active {seen}, not {active}")
+    took, seen = await wait_value(page, CAMERA_ENCODINGS_ACTIVE, active, timeout)
+    if took < 0:
+        raise AssertionError(f"the camera's encodings are active {seen}, not {active}")
+    return took
 
 
 async def test_layers_nobody_watches_stop_at_the_camera_and_start_again_when_watched(
