@@ -161,7 +161,6 @@ class SentLayers:
         self._peak = max(self._peak, needed)
         if now - self._below_since < LAYER_IDLE:
             return False
-        changed = self._peak < self.count
-        self.count = self._peak
+        self.count = self._peak  # below count, as every value in the window was
         self._below_since = None
-        return changed
+        return True
