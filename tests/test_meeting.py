@@ -286,6 +286,8 @@ async def test_metrics_count_participants_and_forwarded_packets(server: RunningS
         assert values["townhall_bytes_forwarded_total"] > values["townhall_packets_forwarded_total"]
         assert values["townhall_socket_drops_total"] == 0
         assert values["townhall_loop_stalls_total"] >= 0
+        loop_watch = server.running.services.loop_watch
+        assert loop_watch is not None and loop_watch.busy(), "a live room: watched closely"
         assert values["townhall_loop_stall_seconds_total"] >= \
             values["townhall_loop_longest_stall_seconds"] >= 0
         if producer_module.fanout is not None:  # the native fan-out made the steady copies

@@ -81,6 +81,25 @@ async def test_holding_the_event_loop_is_caught_as_one_stall_of_about_the_hold()
     assert 0.26 <= loop_watch.longest <= 0.4
 
 
+async def test_the_watch_wakes_rarely_while_nothing_is_live_and_often_once_something_is(
+) -> None:
+    live = False
+    loop_watch = LoopWatch(interval=0.01, long=0.1, busy=lambda: live, idle_interval=0.25)
+    wake_ups: list[float] = []
+    loop_watch.woke = wake_ups.append  # type: ignore[method-assign]
+    loop_watch.start()
+    try:
+        await asyncio.sleep(0.4)
+        idle = len(wake_ups)
+        live = True
+        await asyncio.sleep(0.45)  # the idle sleep under way ends first
+        busy = len(wake_ups) - idle
+    finally:
+        await loop_watch.stop()
+    assert 1 <= idle <= 2
+    assert busy >= 10
+
+
 async def test_each_video_consumer_leaves_few_objects_for_a_full_collection_to_walk() -> None:
     # A meeting has one such slot per pair of participants, and a full collection walks
     # every object they hold: 1,000 each would make a 50-person meeting's collections last
