@@ -135,3 +135,43 @@ async def test_a_producer_without_simulcast_is_never_told_to_send_fewer_layers()
         assert events.sent_layers == []
     finally:
         await router.close()
+
+
+async def test_a_consumer_resumed_or_shown_larger_gets_the_layers_back_without_waiting() -> None:
+    clock = Clock()
+    events = Events()
+    router = Router("room", events=events, clock=clock)
+    try:
+        alice = router.create_transport("alice")
+        camera = _camera(router, "alice", alice, clock)
+        bob = router.create_transport("bob")
+        viewer = router.consume(bob, camera)
+        viewer.set_paused(True, "last-n")
+        router.allocate()
+        clock.now += LAYER_IDLE
+        router.allocate()
+        assert camera.sent_layers.count == 1
+
+        viewer.set_paused(False, "last-n")  # alice came into bob's last-N (the room's doing)
+        router.check_sent_layers()
+        assert events.sent_layers[-1] == ("alice", "camera", 3)
+
+        router.set_layout(viewer, 0, 0)  # hidden
+        clock.now += LAYER_IDLE
+        router.allocate()
+        clock.now += LAYER_IDLE
+        router.allocate()
+        assert camera.sent_layers.count == 1
+        router.set_layout(viewer, 1280, 720)  # no layer size known yet: any layer may be shown
+        assert events.sent_layers[-1] == ("alice", "camera", 3)
+
+        router.set_video_paused(bob, "audio-only", True)
+        clock.now += LAYER_IDLE
+        router.allocate()
+        clock.now += LAYER_IDLE
+        router.allocate()
+        assert camera.sent_layers.count == 1
+        router.set_video_paused(bob, "audio-only", False)
+        assert events.sent_layers[-1] == ("alice", "camera", 3)
+    finally:
+        await router.close()

@@ -467,6 +467,7 @@ class LiveRoom:
                 if producer.kind == "video" and producer.source == "camera":
                     consumer.set_paused(producer.owner not in chosen, LAST_N)
             self._send_forwarding(viewer)
+        self.router.check_sent_layers()  # a camera that came into view needs its layers now
 
     def _send_forwarding(self, viewer: Participant) -> None:
         """Send ``forwarding`` when the set of participants whose video flows to ``viewer``

@@ -258,6 +258,8 @@ class Router:
                 consumer.set_paused(paused, reason)
             else:
                 consumer.redundancy = not (state.video_pauses or state.video.low_bandwidth)
+        if not paused:
+            self.check_sent_layers()
         if before != bool(state.video_pauses) and self._events is not None:
             self._events.forwarding_changed(self, state.owner)
         self._narrow_stale = True
@@ -504,6 +506,7 @@ class Router:
                      consumer.id, width, height, layer)
         if layer != consumer.max_layer:
             consumer.max_layer = layer
+            self._update_sent_layers(consumer.producer, self._clock())
             self._allocate_on(consumer.transport)
 
     def low_bandwidth(self, transport: Transport) -> bool:
@@ -527,15 +530,25 @@ class Router:
         now = self._clock()
         for producer in list(self.producers.values()):
             producer.measure(now)
-            if producer.simulcast and producer.sent_layers.update(needed_layers(producer), now):
-                logger.debug("%s: %s asked to send %d layers", self.name, producer.id,
-                             producer.sent_layers.count)
-                if self._events is not None:
-                    self._events.sent_layers_changed(self, producer)
+            self._update_sent_layers(producer, now)
         for transport, state in list(self._transports.items()):
             yield
             if state.consumers_by_ssrc and self._transports.get(transport) is state:
                 self._allocate(transport, state, self._clock())
+
+    def check_sent_layers(self) -> None:
+        """Consumers were resumed or shown larger: ask their producers for the layers they can
+        use now, without waiting for the next allocation (``simulcast.SentLayers``)."""
+        now = self._clock()
+        for producer in list(self.producers.values()):
+            self._update_sent_layers(producer, now)
+
+    def _update_sent_layers(self, producer: Producer, now: float) -> None:
+        if producer.simulcast and producer.sent_layers.update(needed_layers(producer), now):
+            logger.debug("%s: %s asked to send %d layers", self.name, producer.id,
+                         producer.sent_layers.count)
+            if self._events is not None:
+                self._events.sent_layers_changed(self, producer)
 
     def _allocate_on(self, transport: Transport) -> None:
         state = self._transports.get(transport)
