@@ -49,6 +49,14 @@ def _camera(router: Router, owner: str, transport: Transport, clock: Clock,
     return producer
 
 
+def _pass_idle_time(router: Router, clock: Clock) -> None:
+    """Allocation runs, then again once ``LAYER_IDLE`` has passed: long enough for a layer
+    nobody wants to be switched off."""
+    router.allocate()
+    clock.now += LAYER_IDLE
+    router.allocate()
+
+
 def test_more_layers_are_asked_for_at_once_and_fewer_only_after_they_went_unused() -> None:
     layers = SentLayers(3)
     assert not layers.update(3, 0.0)
@@ -147,9 +155,7 @@ async def test_a_consumer_resumed_or_shown_larger_gets_the_layers_back_without_w
         bob = router.create_transport("bob")
         viewer = router.consume(bob, camera)
         viewer.set_paused(True, "last-n")
-        router.allocate()
-        clock.now += LAYER_IDLE
-        router.allocate()
+        _pass_idle_time(router, clock)
         assert camera.sent_layers.count == 1
 
         viewer.set_paused(False, "last-n")  # alice came into bob's last-N (the room's doing)
@@ -158,18 +164,14 @@ async def test_a_consumer_resumed_or_shown_larger_gets_the_layers_back_without_w
 
         router.set_layout(viewer, 0, 0)  # hidden
         clock.now += LAYER_IDLE
-        router.allocate()
-        clock.now += LAYER_IDLE
-        router.allocate()
+        _pass_idle_time(router, clock)
         assert camera.sent_layers.count == 1
         router.set_layout(viewer, 1280, 720)  # no layer size known yet: any layer may be shown
         assert events.sent_layers[-1] == ("alice", "camera", 3)
 
         router.set_video_paused(bob, "audio-only", True)
         clock.now += LAYER_IDLE
-        router.allocate()
-        clock.now += LAYER_IDLE
-        router.allocate()
+        _pass_idle_time(router, clock)
         assert camera.sent_layers.count == 1
         router.set_video_paused(bob, "audio-only", False)
         assert events.sent_layers[-1] == ("alice", "camera", 3)
