@@ -497,7 +497,8 @@ def main() -> None:
     parser.add_argument("--cpu-limit", type=float, default=70.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=SRC")
-    parser.add_argument("--profile", choices=("python", "native", "perf"), default=None,
+    parser.add_argument("--profile", choices=("python", "native", "perf", "perf-dwarf"),
+                        default=None,
                         help="record the server during the window (townhall only; see "
                              "sfu_forwarding.py's start_profile)")
     parser.add_argument("--out", default=str(OUT_DIR))

@@ -156,13 +156,17 @@ def start_profile(
     at the end of a system call). ``perf``: ``perf record -e cpu-clock`` samples only while the
     server runs on a CPU, kernel included — the true split of its CPU time between the kernel,
     the interpreter, libsrtp and the event loop (``perf report --sort dso,sym``).
+    ``perf-dwarf``: the same with DWARF call graphs, whose stacks reach the event loop callback
+    each sample belongs to (``python bench/perf_stages.py FILE``).
     """
     stem = Path(args.out) / f"profile-{target.name}-{consumers}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     seconds = str(int(args.seconds))
-    if args.profile == "perf":
-        command = ["perf", "record", "-e", "cpu-clock", "-F", "1000", "-g", "-p",
-                   str(target.pid), "-o", str(stem.with_suffix(".perf")), "--", "sleep", seconds]
+    if args.profile in ("perf", "perf-dwarf"):
+        graph = ["-F", "1000", "-g"] if args.profile == "perf" else \
+            ["-F", "2000", "--call-graph", "dwarf,16384"]
+        command = ["perf", "record", "-e", "cpu-clock", *graph, "-p", str(target.pid),
+                   "-o", str(stem.with_suffix(".perf")), "--", "sleep", seconds]
     else:
         command = ["py-spy", "record", "--pid", str(target.pid), "--duration", seconds,
                    "--rate", "200", "--format", "raw", "--output", str(stem.with_suffix(".txt"))]
@@ -448,8 +452,10 @@ def main() -> None:
     parser.add_argument("--delay", action="store_true",
                         help="townhall measures how long it holds each packet and the report "
                         "gives p50/p99 (costs a system call per received packet)")
-    parser.add_argument("--profile", choices=("python", "native", "perf"), default=None,
-                        help="record the server with py-spy during the window (townhall only)")
+    parser.add_argument("--profile", choices=("python", "native", "perf", "perf-dwarf"),
+                        default=None,
+                        help="record the server during the window (townhall only; see "
+                        "start_profile)")
     parser.add_argument(
         "--variant", action="append", default=[], metavar="LABEL=SRC",
         help="target townhall:LABEL runs townhall from the src directory SRC (A/B comparisons)",
