@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -370,6 +371,53 @@ async def test_a_lost_receiving_connection_is_offered_again_and_the_video_comes_
     finally:
         await host.close()
         await watcher.close()
+
+
+def _fall_silent(pc: Any) -> None:
+    """Nothing the peer connection sends leaves any more, as when its uplink dies."""
+
+    class Quiet:
+        def __init__(self, transport: Any) -> None:
+            self.close = transport.close  # the socket still closes with the connection
+
+        def sendto(self, data: bytes, addr: Any = None) -> None:
+            pass
+
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is not None:
+            for protocol in dtls.transport._connection._protocols:
+                protocol.transport = Quiet(protocol.transport)
+
+
+async def test_a_receiving_connection_that_falls_silent_is_offered_again_before_ice_gives_up(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    timeout = 5.0
+    monkeypatch.setattr(router_module, "SILENCE_TIMEOUT", timeout)
+    room = await server.create_room("silent receiving")
+    host, watcher, steady = await _attendees(server, room, ["host", "speaker", "speaker"])
+    try:
+        await host.publish()
+        for attendee in (watcher, steady):
+            await attendee.wait_frames((host.id, "camera"), 10)
+        assert watcher.subscribe_pc is not None
+        _fall_silent(watcher.subscribe_pc)
+        silent_at = time.monotonic()
+        await watcher.wait_for("subscribe-offer", timeout=timeout + 10,
+                               where=lambda m: m["connection"] == 2)
+        waited = time.monotonic() - silent_at
+        # found by the router's check (once a second), not by ICE's consent (about 50 s)
+        assert timeout - 1.5 < waited < timeout + 4, waited
+        before = watcher.frames[(host.id, "camera")]
+        await watcher.wait_frames((host.id, "camera"), before + 15)
+        # a connection that keeps sending (receiver reports, consent) keeps its place
+        assert [m.get("connection") for m in steady.messages
+                if m["type"] == "subscribe-offer"] == [1] * len(
+                    [m for m in steady.messages if m["type"] == "subscribe-offer"])
+    finally:
+        for attendee in (host, watcher, steady):
+            await attendee.close()
 
 
 async def test_a_lost_publishing_connection_asks_the_page_to_publish_again(

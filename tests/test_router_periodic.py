@@ -83,3 +83,39 @@ async def test_receiver_reports_and_audio_narrowing_take_one_step_per_producer_a
         assert sum(1 for _ in router._narrow_audio(activity)) == 5
     finally:
         await router.close()
+
+
+class _Pair:
+    """Stands in for a linked transport's media path: what it counts, and its close()."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_transport_that_hears_nothing_for_the_silence_timeout_is_closed_once() -> None:
+    clock = Clock()
+    router = Router("silence", clock=clock)
+    talking, silent, unlinked = (router.create_transport(name) for name in ("a", "b", "c"))
+    paths = {t: _Pair() for t in (talking, silent)}
+    for transport, path in paths.items():
+        transport._path = path  # type: ignore[assignment]
+    closed: list[str] = []
+    try:
+        for second in range(int(router_module.SILENCE_TIMEOUT) + 3):
+            paths[talking].received += 1  # a datagram a second, of any kind
+            if second == 0:
+                paths[silent].received = 7  # heard once, then nothing
+            router._watch_silence()
+            await asyncio.sleep(0.01)  # let a closing transport finish
+            closed += [t.name for t in (talking, silent, unlinked)
+                       if t.name not in closed and t not in router._transports]
+            if second == int(router_module.SILENCE_TIMEOUT) - 1:
+                assert closed == [], "not before the timeout"
+            clock.now += 1.0
+        assert closed == ["silence/b"]
+        assert silent.datagrams_received is None  # unlinked by its close
+    finally:
+        await router.close()

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from townhall.server.app import Services
 
 from townhall.server.keys import SERVICES
-from townhall.sfu import native
+from townhall.sfu import native, router
 
 routes = web.RouteTableDef()
 
@@ -59,6 +59,9 @@ async def metrics(request: web.Request) -> web.Response:
          "Packets resent from the cache on NACK."),
         ("townhall_keyframe_requests_total", "counter", c.keyframe_requests,
          "Keyframe requests from consumers."),
+        ("townhall_silent_connections_total", "counter", c.silent_connections,
+         "Media connections closed because nothing arrived from the peer for "
+         f"{router.SILENCE_TIMEOUT:.0f} s."),
     ):
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
     fast = native.load()

@@ -291,6 +291,8 @@ class _MuxProtocol(StunProtocol):
         self.transport = _SharedTransport(self)
         #: Takes SRTP/SRTCP datagrams past aioice's queue once a transport sets it (MediaPath).
         self.media_receiver: Callable[[bytes], None] | None = None
+        #: Datagrams (or ICE-TCP frames) routed here so far: STUN, DTLS, SRTP and SRTCP.
+        self.received = 0
 
     # DemuxTarget
 
@@ -418,6 +420,11 @@ class MediaPath:
         self._protocol.media_receiver = None
 
     @property
+    def received(self) -> int:
+        """Datagrams (or ICE-TCP frames) that have arrived from the remote so far, of any kind."""
+        return self._protocol.received
+
+    @property
     def closed(self) -> bool:
         return self._protocol.closed
 
@@ -477,6 +484,7 @@ class _SharedSocket:
         receiver = target.media_receiver
         if receiver is None:
             return False
+        target.received += 1
         try:
             receiver(data)
         except Exception:
@@ -490,6 +498,7 @@ class _SharedSocket:
         if routed is None:
             return False
         target, message = routed
+        target.received += 1
         try:
             if message is None:
                 target.handle_data(data)

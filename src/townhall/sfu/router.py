@@ -42,6 +42,13 @@ ALLOCATE_INTERVAL = 0.5
 #: Period of the router's short periodic work: held-back keyframe requests, audio levels,
 #: bandwidth probes.
 TICK_INTERVAL = speaker.TICK
+#: A linked transport from which nothing at all has arrived for this long (no media, RTCP, STUN
+#: or DTLS) is taken as lost and closed: the room then connects its participant again
+#: (``publish-restart``, or everything offered on a new receiving connection). A live peer
+#: sends consent checks and answers the server's about every 5 s (RFC 7675) even with no media,
+#: so this is three of them missed; ICE's own consent failure takes about 50 s (``ice.py``).
+SILENCE_TIMEOUT = 15.0
+SILENCE_CHECK_INTERVAL = 1.0
 #: How many audio producers (the loudest) are forwarded when more are unmuted.
 LOUDEST_AUDIO = 3
 #: Audio streams a participant in audio-only mode receives at once (the loudest).
@@ -76,6 +83,8 @@ class Counters:
     packets_dropped: int = 0
     retransmissions: int = 0
     keyframe_requests: int = 0
+    #: Transports closed because nothing arrived from the peer for ``SILENCE_TIMEOUT``.
+    silent_connections: int = 0
 
 
 @dataclass
@@ -87,6 +96,9 @@ class _TransportState:
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
     #: Reasons every video consumer on this transport is paused for (``set_video_paused``).
     video_pauses: set[str] = field(default_factory=set)
+    #: ``Transport.datagrams_received`` when it last changed, and when that was.
+    heard: int = -1
+    heard_at: float = 0.0
 
 
 class Router:
@@ -122,7 +134,10 @@ class Router:
             asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
             asyncio.ensure_future(self._every(ALLOCATE_INTERVAL, self._allocation_steps)),
             asyncio.ensure_future(self._every(TICK_INTERVAL, self._tick)),
+            asyncio.ensure_future(self._every(SILENCE_CHECK_INTERVAL, self._watch_silence)),
         ]
+        #: Transports being closed because they fell silent.
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- transports --------------------------------------------------------------------------
 
@@ -455,6 +470,24 @@ class Router:
             for start in range(0, len(reports), REPORTS_PER_PACKET):
                 transport.send_rtcp(b"".join(reports[start:start + REPORTS_PER_PACKET]))
             yield
+
+    def _watch_silence(self) -> None:
+        """Close every linked transport that has received nothing for ``SILENCE_TIMEOUT``."""
+        now = self._clock()
+        for transport, state in list(self._transports.items()):
+            received = transport.datagrams_received
+            if received is None:
+                continue
+            if received != state.heard:
+                state.heard, state.heard_at = received, now
+            elif now - state.heard_at >= SILENCE_TIMEOUT:
+                logger.info("%s: nothing arrived from %s for %.0f s: its connection is lost",
+                            self.name, transport.name, now - state.heard_at)
+                state.heard_at = now
+                self.counters.silent_connections += 1
+                task = asyncio.ensure_future(transport.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     def _tick(self) -> Iterator[None]:
         for producer in self.producers.values():

@@ -591,6 +591,13 @@ class Transport:
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def datagrams_received(self) -> int | None:
+        """Datagrams of any kind that have arrived on the linked pair so far (None until the
+        packet path is linked, and on aioice's own sockets, which do not count them)."""
+        path = self._path
+        return None if path is None else path.received
+
     # -- receiving -------------------------------------------------------------------------
 
     def _hook(self) -> None:
