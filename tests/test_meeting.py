@@ -420,6 +420,49 @@ async def test_a_receiving_connection_that_falls_silent_is_offered_again_before_
             await attendee.close()
 
 
+async def test_a_page_that_reports_its_media_connections_lost_gets_new_ones(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("receive restart")
+    host, watcher = await _attendees(server, room, ["host", "speaker"])
+    try:
+        await host.publish()
+        await watcher.wait_frames((host.id, "camera"), 10)
+        since = len(watcher.messages)
+        for bad in ({}, {"connection": 0}, {"connection": "1"}, {"connection": True}):
+            await watcher.send({"type": "receive-lost", **bad})
+            error = await watcher.wait_for("error", since=since)
+            assert error["code"] == "bad-request", error
+            since = len(watcher.messages)
+        await watcher.send({"type": "receive-lost", "connection": 1})
+        again = await watcher.wait_for("subscribe-offer", where=lambda m: m["connection"] == 2)
+        assert {c["kind"] for c in again["consumers"]} == {"audio", "video"}
+        before = watcher.frames[(host.id, "camera")]
+        await watcher.wait_frames((host.id, "camera"), before + 15)
+        # the old number again (a late report): the current connection stays
+        since = len(watcher.messages)
+        await watcher.send({"type": "receive-lost", "connection": 1})
+        await watcher.send({"type": "ping"})
+        await watcher.wait_for("pong", since=since)
+        await asyncio.sleep(0.5)
+        assert [m for m in watcher.messages[since:]
+                if m["type"] in ("subscribe-offer", "error")] == []
+
+        # the publishing side: the server lets the connection go and asks for a new one
+        since = len(host.messages)
+        await host.send({"type": "publish-lost"})
+        await host.wait_for("publish-restart", since=since)
+        await host.send({"type": "publish-lost"})  # reported twice: nothing left to let go
+        await host.send({"type": "ping"})
+        await host.wait_for("pong", since=since)
+        assert [m["type"] for m in host.messages[since:]
+                if m["type"] in ("publish-restart", "error")] == ["publish-restart"]
+        assert host.closed is None and watcher.closed is None
+    finally:
+        await host.close()
+        await watcher.close()
+
+
 async def test_a_lost_publishing_connection_asks_the_page_to_publish_again(
     server: RunningServer,
 ) -> None:

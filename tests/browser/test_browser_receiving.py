@@ -148,3 +148,45 @@ async def test_pages_connect_again_when_the_server_loses_their_media_connections
     assert await growth(bob, "video") > 20, "Bob receives Alice's new video"
     assert await growth(bob, "audio") > 10, "and her audio"
     assert await first_video.count() == 1
+
+
+FAIL = """([transport, state]) => {
+    const pc = window.townhall[transport];
+    window.failedTransport = pc;
+    Object.defineProperty(pc, 'connectionState', {get: () => state});
+    pc.dispatchEvent(new Event('connectionstatechange'));
+}"""
+
+
+async def test_pages_replace_their_own_media_connections_when_these_fail_or_stay_disconnected(
+    server: RunningServer, new_page: Any,
+) -> None:
+    room = await server.create_room("page sees its connections fail")
+    alice, bob = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    bob_id = await join(bob, await server.invite(room, "speaker"), "Bob")
+    await wait_receiving(bob, "video")
+    live = server.running.services.registry.find(room)
+    assert live is not None
+
+    # Bob's receiving peer connection fails (as Chromium reports it when its path is gone):
+    # the page asks for a new one, and the server offers everything on it.
+    first = live.participants[bob_id].subscribe_transport
+    await bob.evaluate(FAIL, ["subscribeTransport", "failed"])
+    await bob.wait_for_function("window.townhall._subscribeConnection === 2")
+    assert live.participants[bob_id].subscribe_transport is not first
+    await wait_receiving(bob, "video")
+    assert await growth(bob, "video") > 20, "Alice's video comes back on the new connection"
+
+    # Alice's publishing peer connection stays disconnected: after 5 s her page reports it,
+    # and publishes again on a new one without waiting for the server to notice.
+    lost = live.participants[alice_id].publish_transport
+    await alice.evaluate(FAIL, ["publishTransport", "disconnected"])
+    await alice.wait_for_timeout(3000)
+    assert await alice.evaluate("window.townhall.publishTransport === window.failedTransport")
+    await alice.wait_for_function(
+        "window.townhall.publishTransport !== window.failedTransport && "
+        "window.townhall.publishTransport.connectionState === 'connected'", timeout=10000)
+    assert live.participants[alice_id].publish_transport is not lost
+    await bob.wait_for_timeout(1500)
+    assert await growth(bob, "video") > 20, "Bob receives Alice's new video"

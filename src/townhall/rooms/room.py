@@ -390,6 +390,30 @@ class LiveRoom:
         for producer in producers:
             await self._producer_closed(producer)
 
+    async def publishing_lost(self, participant: Participant) -> None:
+        """The page's publishing connection failed or stayed disconnected (``publish-lost``):
+        as when the server finds it lost, it is closed and the page told to publish again.
+        Without a publishing connection (it was replaced, or is being) nothing changes."""
+        if participant.publish_transport is None:
+            logger.info("%s: %s reported a publishing connection lost that is gone already",
+                        self.id, participant.id)
+            return
+        await self._publishing_lost(participant)
+
+    async def receiving_lost(self, participant: Participant, connection: int) -> None:
+        """The page's receiving connection ``connection`` failed or stayed disconnected
+        (``receive-lost``): it is closed, and everything is offered again on a new one. A
+        number that is not the current connection's changes nothing: that one was replaced
+        already."""
+        transport = participant.subscribe_transport
+        if transport is None or connection != participant.subscribe_connection:
+            logger.info("%s: %s asked to replace receiving connection %d, now %d; ignored",
+                        self.id, participant.id, connection, participant.subscribe_connection)
+            return
+        participant.subscribe_transport = None
+        await self.router.close_transport(transport)
+        await self._receiving_lost(participant)
+
     async def _receiving_lost(self, participant: Participant) -> None:
         """Everything the participant received is offered again on a new connection (the
         offer's ``connection`` number tells the page it is a new one)."""

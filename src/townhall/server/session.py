@@ -109,6 +109,7 @@ class Session:
         self._handlers: dict[str, Callable[[LiveRoom, Participant, dict[str, Any]],
                                            Awaitable[None]]] = {
             "publish": self._publish,
+            "publish-lost": self._publish_lost,
             "subscribe-answer": self._subscribe_answer,
             "media": self._media,
             "layout": self._layout,
@@ -213,6 +214,10 @@ class Session:
             reply["id"] = message["id"]
         await self.outbox.send(reply)
 
+    async def _publish_lost(self, room: LiveRoom, p: Participant,
+                            message: dict[str, Any]) -> None:
+        await room.publishing_lost(p)
+
     async def _subscribe_answer(self, room: LiveRoom, p: Participant,
                                 message: dict[str, Any]) -> None:
         sdp = _text(message, "sdp", self.services.config.max_message_size, strip=False)
@@ -293,6 +298,7 @@ class Session:
                                                         Awaitable[None]]]:
         return {
             "receive": self._receive_preferences,
+            "receive-lost": self._receive_lost,
             "pin": self._pin,
             "last-n": self._last_n,
         }
@@ -300,6 +306,13 @@ class Session:
     async def _receive_preferences(self, room: LiveRoom, p: Participant,
                                    message: dict[str, Any]) -> None:
         await room.set_receive(p, _flag(message, "video"))
+
+    async def _receive_lost(self, room: LiveRoom, p: Participant,
+                            message: dict[str, Any]) -> None:
+        connection = message.get("connection")
+        if type(connection) is not int or connection < 1:
+            raise errors.BadRequest("connection must be a positive whole number")
+        await room.receiving_lost(p, connection)
 
     async def _pin(self, room: LiveRoom, p: Participant, message: dict[str, Any]) -> None:
         pinned = message.get("participants")

@@ -154,6 +154,12 @@ const PING_INTERVAL_MS = 10000;
 const SILENCE_LIMIT_MS = 25000;
 
 /**
+ * How long a peer connection may stay `disconnected` (its path stopped working: a network
+ * change, a NAT binding that expired) before the page asks for a new one.
+ */
+const DISCONNECTED_LIMIT_MS = 5000;
+
+/**
  * One participant's connection to a townhall server.
  *
  * Assign the `on…` callbacks, call `connect()`, then publish tracks with
@@ -879,6 +885,11 @@ export class ServerConnection {
             return;
         const pc = new RTCPeerConnection({iceServers: this.iceServers});
         this.publishTransport = pc;
+        this._watchConnection(pc, () => {
+            // The server answers with `publish-restart`, once it has let the old one go.
+            if (pc === this.publishTransport)
+                this.send({type: 'publish-lost'});
+        });
         let any = false;
         for (const source of SOURCES) {
             const local = this.local.get(source);
@@ -919,6 +930,8 @@ export class ServerConnection {
     async _publishOnce(pc) {
         const offer = await pc.createOffer();
         await pc.setLocalDescription(offer);
+        if (pc !== this.publishTransport)
+            return;  // replaced meanwhile: this offer is nobody's
         /** @type {{mid: string, source: Source}[]} */
         const tracks = [];
         /** @type {Source[]} */
@@ -975,6 +988,8 @@ export class ServerConnection {
      */
     _restartPublishing() {
         this._closePublishing('publishing connection lost');
+        // A negotiation still running on the closed connection never settles: do not wait.
+        this._publishChain = Promise.resolve();
         this._publishRestart = true;
         this._startPublishing();
     }
@@ -1003,9 +1018,16 @@ export class ServerConnection {
             pc = null;
         }
         if (!pc) {
-            pc = new RTCPeerConnection({iceServers: this.iceServers});
-            this.subscribeTransport = pc;
+            const created = new RTCPeerConnection({iceServers: this.iceServers});
+            pc = created;
+            this.subscribeTransport = created;
             this._subscribeConnection = connection;
+            if (connection !== null) {
+                this._watchConnection(created, () => {
+                    if (created === this.subscribeTransport)
+                        this.send({type: 'receive-lost', connection});
+                });
+            }
         }
         await pc.setRemoteDescription({type: 'offer', sdp: m.sdp});
         const answer = await pc.createAnswer();
@@ -1041,6 +1063,48 @@ export class ServerConnection {
             if (this.onconsumer)
                 this.onconsumer(t.receiver.track, info);
         }
+    }
+
+    /**
+     * Call `lost` once when `pc` fails, or stays `disconnected` for DISCONNECTED_LIMIT_MS.
+     * The server does not restart ICE: the page reports the connection lost (`publish-lost`,
+     * `receive-lost`) and the server replaces it with a new one.
+     *
+     * @param {RTCPeerConnection} pc
+     * @param {() => void} lost
+     */
+    _watchConnection(pc, lost) {
+        /** @type {ReturnType<typeof setTimeout>|null} */
+        let timer = null;
+        let over = false;
+        const giveUp = () => {
+            if (timer !== null)
+                clearTimeout(timer);
+            timer = null;
+            if (!over) {
+                over = true;
+                lost();
+            }
+        };
+        pc.addEventListener('connectionstatechange', () => {
+            const state = pc.connectionState;
+            if (state === 'failed') {
+                giveUp();
+            } else if (state === 'disconnected') {
+                if (timer === null)
+                    timer = setTimeout(() => {
+                        timer = null;
+                        if (pc.connectionState === 'disconnected')
+                            giveUp();
+                    }, DISCONNECTED_LIMIT_MS);
+            } else {
+                if (timer !== null)
+                    clearTimeout(timer);
+                timer = null;
+                if (state === 'closed')
+                    over = true;
+            }
+        });
     }
 
     _closeTransports() {
