@@ -111,16 +111,24 @@ async def test_red_audio_from_a_browser_reaches_a_browser_as_red_and_aiortc_as_o
         await plain.close()
 
 
-async def test_pages_connect_again_when_the_server_loses_their_media_connections(
-    server: RunningServer, new_page: Any,
-) -> None:
-    room = await server.create_room("lost connections")
+async def alice_and_bob(server: RunningServer, new_page: Any,
+                        room_name: str) -> tuple[Any, Any, str, str, Any]:
+    """Two speakers' pages in a new room, Bob receiving Alice's video; with their ids and the
+    server's live room."""
+    room = await server.create_room(room_name)
     alice, bob = await new_page(), await new_page()
     alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
     bob_id = await join(bob, await server.invite(room, "speaker"), "Bob")
     await wait_receiving(bob, "video")
     live = server.running.services.registry.find(room)
     assert live is not None
+    return alice, bob, alice_id, bob_id, live
+
+
+async def test_pages_connect_again_when_the_server_loses_their_media_connections(
+    server: RunningServer, new_page: Any,
+) -> None:
+    alice, bob, alice_id, bob_id, live = await alice_and_bob(server, new_page, "lost connections")
     first_video = bob.locator(f'figure[data-participant="{alice_id}"] video')
 
     # Bob's receiving connection dies (what the server does when ICE gives up on it).
@@ -161,13 +169,8 @@ FAIL = """([transport, state]) => {
 async def test_pages_replace_their_own_media_connections_when_these_fail_or_stay_disconnected(
     server: RunningServer, new_page: Any,
 ) -> None:
-    room = await server.create_room("page sees its connections fail")
-    alice, bob = await new_page(), await new_page()
-    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
-    bob_id = await join(bob, await server.invite(room, "speaker"), "Bob")
-    await wait_receiving(bob, "video")
-    live = server.running.services.registry.find(room)
-    assert live is not None
+    alice, bob, alice_id, bob_id, live = await alice_and_bob(
+        server, new_page, "page sees its connections fail")
 
     # Bob's receiving peer connection fails (as Chromium reports it when its path is gone):
     # the page asks for a new one, and the server offers everything on it.
