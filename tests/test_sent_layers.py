@@ -3,6 +3,9 @@ soon as someone can use them."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from townhall.sfu.producer import Producer
 from townhall.sfu.router import Router
 from townhall.sfu.simulcast import LAYER_IDLE, SentLayers, needed_layers
@@ -49,6 +52,17 @@ def _camera(router: Router, owner: str, transport: Transport, clock: Clock,
     return producer
 
 
+@contextlib.asynccontextmanager
+async def _room() -> AsyncIterator[tuple[Router, Clock, Events]]:
+    """A router on a clock the test moves, with its events recorded; closed afterwards."""
+    clock, events = Clock(), Events()
+    router = Router("room", events=events, clock=clock)
+    try:
+        yield router, clock, events
+    finally:
+        await router.close()
+
+
 def _pass_idle_time(router: Router, clock: Clock) -> None:
     """Allocation runs, then again once ``LAYER_IDLE`` has passed: long enough for a layer
     nobody wants to be switched off."""
@@ -77,9 +91,7 @@ def test_a_layer_still_wanted_during_the_idle_time_is_kept() -> None:
 
 
 async def test_the_layers_needed_follow_the_largest_display_of_a_consumer_not_paused() -> None:
-    clock = Clock()
-    router = Router("room", clock=clock)
-    try:
+    async with _room() as (router, clock, _):
         alice = router.create_transport("alice")
         camera = _camera(router, "alice", alice, clock)
         assert needed_layers(camera) == 1, "nobody watching: the lowest layer stays ready"
@@ -95,15 +107,10 @@ async def test_the_layers_needed_follow_the_largest_display_of_a_consumer_not_pa
         bob.set_paused(False, "last-n")
         bob.max_layer = 2
         assert needed_layers(camera) == 3
-    finally:
-        await router.close()
 
 
 async def test_the_router_tells_a_producer_to_send_fewer_layers_and_more_again() -> None:
-    clock = Clock()
-    events = Events()
-    router = Router("room", events=events, clock=clock)
-    try:
+    async with _room() as (router, clock, events):
         alice = router.create_transport("alice")
         camera = _camera(router, "alice", alice, clock)
         viewer = router.consume(router.create_transport("bob"), camera)
@@ -122,15 +129,10 @@ async def test_the_router_tells_a_producer_to_send_fewer_layers_and_more_again()
         assert events.sent_layers[-1] == ("alice", "camera", 3)
         router.allocate()
         assert len(events.sent_layers) == 2, "told once per change"
-    finally:
-        await router.close()
 
 
 async def test_a_producer_without_simulcast_is_never_told_to_send_fewer_layers() -> None:
-    clock = Clock()
-    events = Events()
-    router = Router("room", events=events, clock=clock)
-    try:
+    async with _room() as (router, clock, events):
         alice = router.create_transport("alice")
         track = IncomingTrack(mid="0", kind="video", codec=VP8, ssrcs=(1000,),
                               mid_extension=None, audio_level_extension=None, rtcp_ssrc=1)
@@ -141,15 +143,10 @@ async def test_a_producer_without_simulcast_is_never_told_to_send_fewer_layers()
             router.allocate()
             clock.now += LAYER_IDLE
         assert events.sent_layers == []
-    finally:
-        await router.close()
 
 
 async def test_a_consumer_resumed_or_shown_larger_gets_the_layers_back_without_waiting() -> None:
-    clock = Clock()
-    events = Events()
-    router = Router("room", events=events, clock=clock)
-    try:
+    async with _room() as (router, clock, events):
         alice = router.create_transport("alice")
         camera = _camera(router, "alice", alice, clock)
         bob = router.create_transport("bob")
@@ -175,5 +172,3 @@ async def test_a_consumer_resumed_or_shown_larger_gets_the_layers_back_without_w
         assert camera.sent_layers.count == 1
         router.set_video_paused(bob, "audio-only", False)
         assert events.sent_layers[-1] == ("alice", "camera", 3)
-    finally:
-        await router.close()
