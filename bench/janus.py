@@ -315,7 +315,8 @@ class JanusSession:
 
 
 class JanusTarget:
-    """Janus VideoRoom as a benchmark target: one room, one publisher, N subscribers."""
+    """Janus VideoRoom as a benchmark target: ``rooms`` rooms (one unless asked), each with one
+    publisher and N subscribers."""
 
     def __init__(
         self,
@@ -323,14 +324,17 @@ class JanusTarget:
         event_loops: int | None = None,
         http_port: int = 8088,
         log_file: Path | None = None,
+        rooms: int = 1,
     ) -> None:
         self.name = name
         self.process = JanusProcess(
             JanusConfig(http_port=http_port, event_loops=event_loops), log_file=log_file
         )
         self.session: JanusSession | None = None
-        self.room = 1000 + secrets.randbelow(1_000_000)
-        self.publisher_id: int | None = None
+        first = 1000 + secrets.randbelow(1_000_000)
+        self.room_ids = [first + index for index in range(rooms)]
+        #: each room's publisher, once connected
+        self.publisher_ids: dict[int, int] = {}
 
     @property
     def pid(self) -> int:
@@ -341,28 +345,30 @@ class JanusTarget:
         self.session = JanusSession(self.process.url)
         await self.session.create()
         handle = await self.session.attach()
-        await self.session.request(
-            handle,
-            {
-                "request": "create",
-                "room": self.room,
-                "publishers": 100,
-                "bitrate": 2_000_000,
-                "fir_freq": 0,
-                "audiocodec": "opus",
-                "videocodec": "vp8",
-                "record": False,
-            },
-        )
+        for room in self.room_ids:
+            await self.session.request(
+                handle,
+                {
+                    "request": "create",
+                    "room": room,
+                    "publishers": 100,
+                    "bitrate": 2_000_000,
+                    "fir_freq": 0,
+                    "audiocodec": "opus",
+                    "videocodec": "vp8",
+                    "record": False,
+                },
+            )
 
-    async def connect_producer(self, producer: SyntheticProducer) -> None:
+    async def connect_producer(self, producer: SyntheticProducer, room: int = 0) -> None:
         assert self.session is not None
         handle = await self.session.attach()
         joined = await self.session.message(
             handle,
-            {"request": "join", "ptype": "publisher", "room": self.room, "display": "producer"},
+            {"request": "join", "ptype": "publisher", "room": self.room_ids[room],
+             "display": "producer"},
         )
-        self.publisher_id = int(joined["plugindata"]["data"]["id"])
+        self.publisher_ids[room] = int(joined["plugindata"]["data"]["id"])
         offer = await producer.create_offer()
         configured = await self.session.message(
             handle,
@@ -378,16 +384,16 @@ class JanusTarget:
         await producer.accept_answer(jsep["sdp"])
         await asyncio.wait_for(self.session.webrtcup[handle].wait(), 20)
 
-    async def connect_consumer(self, consumer: SyntheticConsumer) -> None:
-        assert self.session is not None and self.publisher_id is not None
+    async def connect_consumer(self, consumer: SyntheticConsumer, room: int = 0) -> None:
+        assert self.session is not None and room in self.publisher_ids
         handle = await self.session.attach()
         attached = await self.session.message(
             handle,
             {
                 "request": "join",
                 "ptype": "subscriber",
-                "room": self.room,
-                "streams": [{"feed": self.publisher_id}],
+                "room": self.room_ids[room],
+                "streams": [{"feed": self.publisher_ids[room]}],
             },
         )
         jsep = attached.get("jsep")
@@ -416,7 +422,7 @@ class JanusTarget:
             handle = await self.session.attach()
             joined = await self.session.message(
                 handle,
-                {"request": "join", "ptype": "publisher", "room": self.room,
+                {"request": "join", "ptype": "publisher", "room": self.room_ids[0],
                  "display": f"person-{n}"},
             )
             offer = await producer.create_offer()
@@ -440,7 +446,7 @@ class JanusTarget:
                         for feed, producer in others[:videos]]
             handle = await self.session.attach()
             attached = await self.session.message(
-                handle, {"request": "join", "ptype": "subscriber", "room": self.room,
+                handle, {"request": "join", "ptype": "subscriber", "room": self.room_ids[0],
                          "streams": streams},
             )
             jsep = attached.get("jsep")

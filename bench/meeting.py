@@ -279,7 +279,7 @@ CLOSE_TIMEOUT = 10
 async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) -> MeetingResult:
     target = make_target(name, size, args)
     people: People = [
-        (SyntheticProducer(clip, simulcast=not args.no_simulcast),
+        (SyntheticProducer(clip, simulcast=not args.no_simulcast, pace=args.pace),
          SyntheticConsumer(raw=True, remb=args.remb or None, twcc=not args.no_twcc))
         for _ in range(size)
     ]
@@ -492,6 +492,8 @@ def main() -> None:
     parser.add_argument("--no-twcc", action="store_true",
                         help="consumers do not accept transport-wide congestion control")
     parser.add_argument("--no-simulcast", action="store_true", help="one video layer only")
+    parser.add_argument("--pace", action="store_true",
+                        help="participants pace their video as a browser does (participants.Pacer)")
     parser.add_argument("--no-delay", action="store_true",
                         help="do not turn on townhall's forwarding-delay measurement")
     parser.add_argument("--cpu-limit", type=float, default=70.0)

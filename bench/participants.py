@@ -9,6 +9,8 @@ TL0PICIDX and TID per layer; header extensions: ``sdes:mid``, with simulcast ``s
 and on audio ``ssrc-audio-level`` whose level the harness sets) and handed to the DTLS transport
 for SRTP and sending. A PLI or FIR makes the replay jump to the clip's next keyframe (in every
 layer: the clip has its keyframes at the same frames), and there is a keyframe every two seconds.
+By default a frame's packets leave together; with ``pace=True`` they leave as a browser's pacer
+lets them (see :class:`Pacer`).
 
 Simulcast is negotiated as a browser does it (RFC 8851/8853): the video section of aiortc's offer
 gets ``a=rid:q send``, ``a=rid:h send``, ``a=rid:f send``, ``a=simulcast:send q;h;f`` and the
@@ -52,6 +54,7 @@ import logging
 import random
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +96,10 @@ AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 #: Extension ids the simulcast offer gives its video section (aiortc's audio section uses 1, 2).
 SIMULCAST_MID_ID = 1
 SIMULCAST_RID_ID = 10
+#: A browser's pacer sends at this multiple of its target rate (libwebrtc's pacing factor)...
+PACING_FACTOR = 2.5
+#: ... in a burst every this many seconds.
+PACING_INTERVAL = 0.005
 #: RFC 6464 levels (-dBov) the producer sends while ``speaking`` and while not.
 SPEAKING_LEVEL = 25
 SILENT_LEVEL = 127
@@ -376,6 +383,40 @@ class _Stream:
         return head + block
 
 
+class Pacer:
+    """Video packets leave at ``rate`` bit/s, in bursts every ``PACING_INTERVAL``, as in a
+    browser: libwebrtc queues each encoded frame's packets and lets them onto the network at
+    ``PACING_FACTOR`` times its target rate, audio first (its pacer design notes,
+    https://webrtc.googlesource.com/src/+/refs/heads/main/modules/pacing/g3doc/index.md).
+    Here the target is taken to be what the layers being sent are encoded at, so a frame of
+    the size the encoder aims for leaves within 1/2.5 of its frame interval, and a keyframe
+    takes longer. The budget is a leaky bucket: each burst may spend what the interval earned,
+    one packet may overdraw it, and an empty queue saves nothing up."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.queue: deque[tuple[_Stream, bytes]] = deque()
+        self._budget = rate / 8 * PACING_INTERVAL  # bytes
+        self._at: float | None = None
+
+    def add(self, stream: _Stream, packet: bytes) -> None:
+        self.queue.append((stream, packet))
+
+    def due(self, now: float) -> list[tuple[_Stream, bytes]]:
+        """The packets whose turn has come at ``now`` (call at least every
+        ``PACING_INTERVAL`` while ``queue`` is not empty)."""
+        if self._at is not None:
+            self._budget += (now - self._at) * self.rate / 8
+        self._at = now
+        self._budget = min(self._budget, self.rate / 8 * PACING_INTERVAL)
+        out: list[tuple[_Stream, bytes]] = []
+        while self.queue and self._budget > 0:
+            item = self.queue.popleft()
+            self._budget -= len(item[1])
+            out.append(item)
+        return out
+
+
 class SyntheticProducer:
     """Publishes the pre-encoded clip (audio + video, optionally simulcast) on one peer
     connection. ``speaking`` sets the audio level the audio packets carry."""
@@ -387,8 +428,11 @@ class SyntheticProducer:
         audio: bool = True,
         video: bool = True,
         simulcast: bool = False,
+        pace: bool = False,
     ) -> None:
         self.clip = clip
+        #: Send video through a :class:`Pacer`, as a browser does.
+        self.pace = pace
         self.pc = new_peer_connection()
         self.simulcast = simulcast
         self.speaking = False
@@ -507,6 +551,14 @@ class SyntheticProducer:
         next_video = start + random.uniform(0, 1 / VIDEO_FPS)
         next_audio = start + random.uniform(0, AUDIO_FRAME_SAMPLES / AUDIO_RATE)
         last_keyframe_jump = -1.0
+        pacer = Pacer(self._pacing_rate()) if self.pace and video else None
+
+        def out(stream: _Stream, packet: bytes) -> None:
+            if pacer is None:
+                self._send(send, stream, packet)
+            else:
+                pacer.add(stream, packet)
+
         while True:
             now = loop.time()
             if video and now >= next_video:
@@ -518,9 +570,11 @@ class SyntheticProducer:
                         frame_index = later[0] if later else self.clip.keyframes[0]
                 for stream in video:
                     if not stream.rid or _RIDS.index(stream.rid) < self.sent_layers:
-                        self._send_frame(send, stream, frame_index)
+                        self._send_frame(out, stream, frame_index)
                 frame_index = (frame_index + 1) % frames
                 next_video += 1 / VIDEO_FPS
+                if pacer is not None:
+                    pacer.rate = self._pacing_rate()
             if audio is not None and now >= next_audio:
                 payload = self.clip.audio[audio_index]
                 level = SPEAKING_LEVEL if self.speaking else SILENT_LEVEL
@@ -528,7 +582,12 @@ class SyntheticProducer:
                 audio.timestamp = (audio.timestamp + AUDIO_CLOCK_STEP) & 0xFFFFFFFF
                 audio_index = (audio_index + 1) % len(self.clip.audio)
                 next_audio += AUDIO_FRAME_SAMPLES / AUDIO_RATE
+            if pacer is not None:
+                for stream, packet in pacer.due(now):
+                    self._send(send, stream, packet)
             deadlines = [d for d, on in ((next_video, video), (next_audio, audio)) if on]
+            if pacer is not None and pacer.queue:
+                deadlines.append(now + PACING_INTERVAL)
             delay = min(deadlines) - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -541,7 +600,14 @@ class SyntheticProducer:
             self._keyframe_requested = True
         self.sent_layers = count
 
-    def _send_frame(self, send: Callable[[bytes], str], stream: _Stream, frame_index: int) -> None:
+    def _pacing_rate(self) -> float:
+        """The pacer's rate: ``PACING_FACTOR`` times the bitrate of the layers being sent."""
+        if not self.simulcast:
+            return PACING_FACTOR * LAYERS[-1][3]
+        return PACING_FACTOR * sum(bitrate for *_, bitrate in LAYERS[:self.sent_layers])
+
+    def _send_frame(self, out: Callable[[_Stream, bytes], None], stream: _Stream,
+                    frame_index: int) -> None:
         layer = self.clip.layers[stream.rid] if stream.rid else self.clip.video
         chunks = layer[frame_index]
         for n, chunk in enumerate(chunks):
@@ -552,7 +618,7 @@ class SyntheticProducer:
                 stream.tl0picidx, 0x20,
             )
             header = stream.header(marker=n == len(chunks) - 1)
-            self._send(send, stream, header + descriptor + chunk)
+            out(stream, header + descriptor + chunk)
         stream.timestamp = (stream.timestamp + VIDEO_CLOCK_STEP) & 0xFFFFFFFF
         stream.picture_id = (stream.picture_id + 1) & 0x7FFF
         stream.tl0picidx = (stream.tl0picidx + 1) & 0xFF

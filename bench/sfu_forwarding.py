@@ -12,6 +12,11 @@ townhall server also measures how long it holds each forwarded copy (kernel rece
 the datagram to the send call of the copy; one system call per received datagram, so it is off
 for the packets-per-CPU-second figures), reported as p50/p99 over the window.
 
+``--rooms R`` runs R such rooms on the one server at once (a producer and N consumers each: the
+load of R meetings whose fan-outs are N wide, rather than one fan-out R × N wide); ``--pace``
+makes the producers send video through a browser's pacer (``participants.Pacer``) instead of
+each frame's packets at once.
+
 Everything runs in a network namespace of the benchmark's own: the script re-executes itself under
 ``unshare --net`` (needs root or user namespaces), brings up ``lo``, adds 127.0.0.2/8 to it (aioice
 never offers 127.0.0.1 as a host candidate) and adds a veth pair, both ends inside the namespace,
@@ -77,6 +82,10 @@ class RunResult:
     server_threads: int
     keyframe_requests: int
     load_average_1min: float = 0.0
+    #: rooms on the server, each with a producer and ``consumers`` consumers
+    rooms: int = 1
+    #: the producers sent through a browser's pacer
+    paced: bool = False
     sent_by_kind: dict[str, int] | None = None
     delivered_by_kind: dict[str, int] | None = None
     #: townhall with the native fan-out: copies it made in C and consumers it left to Python,
@@ -180,9 +189,9 @@ def start_profile(
 def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
     log_file = Path(args.out) / "logs" / f"{name}-{consumers}.log"
     if name == "janus":
-        return JanusTarget(name, log_file=log_file)
+        return JanusTarget(name, log_file=log_file, rooms=args.rooms)
     if name == "janus-1loop":
-        return JanusTarget(name, event_loops=1, log_file=log_file)
+        return JanusTarget(name, event_loops=1, log_file=log_file, rooms=args.rooms)
     if name == "townhall" or name.startswith("townhall:"):
         from townhall_target import DEFAULT_COMMAND, TownhallTarget
 
@@ -194,37 +203,42 @@ def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
                 raise SystemExit(f"target {name}: no --variant {label}=SRC")
             source = Path(sources[label]).resolve()
         return TownhallTarget(name=name, command=args.townhall_command or DEFAULT_COMMAND,
-                              log_file=log_file, source=source, measure_delay=args.delay)
+                              log_file=log_file, source=source, measure_delay=args.delay,
+                              rooms=args.rooms)
     raise SystemExit(f"unknown target {name!r} (janus, janus-1loop, townhall, townhall:LABEL)")
 
 
 async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespace) -> RunResult:
     target = make_target(name, consumers, args)
-    producer = SyntheticProducer(clip, simulcast=args.simulcast)
+    producers = [SyntheticProducer(clip, simulcast=args.simulcast, pace=args.pace)
+                 for _ in range(args.rooms)]
     subscribed: list[SyntheticConsumer] = []
     try:
         t_start = time.monotonic()
         await target.start()
         t_started = time.monotonic()
-        await target.connect_producer(producer)
+        for room, producer in enumerate(producers):
+            await target.connect_producer(producer, room)
         t_producer = time.monotonic()
-        for _ in range(consumers):
-            consumer = SyntheticConsumer(raw=args.raw_consumers, remb=args.remb or None,
-                                         twcc=args.twcc)
-            subscribed.append(consumer)
-            await target.connect_consumer(consumer)
+        for room in range(args.rooms):
+            for _ in range(consumers):
+                consumer = SyntheticConsumer(raw=args.raw_consumers, remb=args.remb or None,
+                                             twcc=args.twcc)
+                subscribed.append(consumer)
+                await target.connect_consumer(consumer, room)
         logger.info(
-            "%s: started in %.1f s, producer connected in %.1f s, %d consumers in %.1f s",
+            "%s: started in %.1f s, %d producer(s) connected in %.1f s, %d consumers in %.1f s",
             name,
             t_started - t_start,
+            len(producers),
             t_producer - t_started,
-            consumers,
+            len(subscribed),
             time.monotonic() - t_producer,
         )
         await asyncio.sleep(args.warmup)
 
-        sent0 = producer.packets_sent
-        sent_kinds0 = producer.packets_sent_by_kind()
+        sent0 = sum(p.packets_sent for p in producers)
+        sent_kinds0 = _sum_kinds(p.packets_sent_by_kind() for p in producers)
         got0 = sum(c.total_packets for c in subscribed)
         got_kinds0 = _sum_kinds(c.packets_by_kind() for c in subscribed)
         delay0 = await _delay(target)
@@ -236,9 +250,9 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         elapsed = time.monotonic() - t0
         server1 = process_cpu_times(target.pid)
         client1 = self_cpu_seconds()
-        sent = producer.packets_sent - sent0
+        sent = sum(p.packets_sent for p in producers) - sent0
         delivered = sum(c.total_packets for c in subscribed) - got0
-        sent_kinds = _diff(producer.packets_sent_by_kind(), sent_kinds0)
+        sent_kinds = _diff(_sum_kinds(p.packets_sent_by_kind() for p in producers), sent_kinds0)
         got_kinds = _diff(_sum_kinds(c.packets_by_kind() for c in subscribed), got_kinds0)
         threads = process_threads(target.pid)
         copies = await _copies(target)
@@ -276,8 +290,10 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
                 round(statistics.median(latencies), 1) if latencies else None
             ),
             server_threads=threads,
-            keyframe_requests=producer.keyframe_requests,
+            keyframe_requests=sum(p.keyframe_requests for p in producers),
             load_average_1min=round(os.getloadavg()[0], 2),
+            rooms=args.rooms,
+            paced=args.pace,
             sent_by_kind=sent_kinds,
             delivered_by_kind=got_kinds,
             copies=copies,
@@ -289,7 +305,8 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
     finally:
         for consumer in subscribed:
             await consumer.close()
-        await producer.close()
+        for producer in producers:
+            await producer.close()
         await target.stop()
 
 
@@ -356,8 +373,11 @@ def markdown(results: list[RunResult]) -> str:
     )
     rows = []
     for r in results:
+        shape = f"{r.rooms} × {r.consumers}" if r.rooms > 1 else str(r.consumers)
+        if r.paced:
+            shape += ", paced"
         if r.error:
-            rows.append(f"| {r.target} | {r.consumers} | failed: {r.error} | | | | | | | | |")
+            rows.append(f"| {r.target} | {shape} | failed: {r.error} | | | | | | | | |")
             continue
         latency = (
             "" if r.join_to_first_packet_ms_median is None else r.join_to_first_packet_ms_median
@@ -365,7 +385,7 @@ def markdown(results: list[RunResult]) -> str:
         delay = ("" if r.delay_p50_ms is None
                  else f"{r.delay_p50_ms} / {r.delay_p99_ms}")
         rows.append(
-            f"| {r.target} | {r.consumers} | {r.delivered_packets} | {r.delivered_ratio:.4f} "
+            f"| {r.target} | {shape} | {r.delivered_packets} | {r.delivered_ratio:.4f} "
             f"| {r.server_cpu_percent} ({r.server_system_percent}) "
             f"| **{r.packets_per_cpu_second}** | {r.server_threads} "
             f"| {r.client_cpu_percent} | {latency} | {r.load_average_1min} | {delay} |"
@@ -440,6 +460,11 @@ def main() -> None:
     )
     parser.add_argument("--simulcast", action="store_true",
                         help="the producer sends three VP8 layers (rids q, h, f) as a browser does")
+    parser.add_argument("--rooms", type=int, default=1,
+                        help="rooms on the server at once, each with a producer and the "
+                        "consumer count of the run")
+    parser.add_argument("--pace", action="store_true",
+                        help="producers pace their video as a browser does (participants.Pacer)")
     parser.add_argument("--expect-layer", default="f",
                         help="with --simulcast: the layer each consumer should receive")
     parser.add_argument("--raw-consumers", action="store_true",

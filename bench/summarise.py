@@ -4,9 +4,10 @@
 
 Runs of one configuration vary by ±15 % even on a quiet machine (the bandwidth estimates and
 probes of each run differ); the median of several runs, taken in one command or in several with
-the same options, is what the benchmarks report. Prints a Markdown table: per target and consumer
-count, the median packets per server CPU-second (with the range and the number of runs), the
-median server CPU %, and the median's ratio to the reference target's median.
+the same options, is what the benchmarks report. Prints a Markdown table: per target and shape
+(consumer count; rooms and pacing where a run had them), the median packets per server
+CPU-second (with the range and the number of runs), the median server CPU %, and the median's
+ratio to the reference target's median.
 """
 
 from __future__ import annotations
@@ -16,18 +17,28 @@ import json
 import statistics
 from pathlib import Path
 
+#: (rooms, consumers per room, paced)
+Shape = tuple[int, int, bool]
 
-def load(paths: list[Path]) -> dict[tuple[str, int], list[dict[str, float]]]:
-    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+
+def load(paths: list[Path]) -> dict[tuple[str, Shape], list[dict[str, float]]]:
+    runs: dict[tuple[str, Shape], list[dict[str, float]]] = {}
     for path in paths:
         for result in json.loads(path.read_text())["results"]:
             if result.get("error"):
                 continue
-            runs.setdefault((result["target"], result["consumers"]), []).append(result)
+            shape = (result.get("rooms", 1), result["consumers"], result.get("paced", False))
+            runs.setdefault((result["target"], shape), []).append(result)
     return runs
 
 
-def table(runs: dict[tuple[str, int], list[dict[str, float]]], reference: str) -> str:
+def label(shape: Shape) -> str:
+    rooms, consumers, paced = shape
+    text = f"{rooms} × {consumers}" if rooms > 1 else str(consumers)
+    return text + ", paced" if paced else text
+
+
+def table(runs: dict[tuple[str, Shape], list[dict[str, float]]], reference: str) -> str:
     targets = list(dict.fromkeys(target for target, _ in runs))
     sizes = sorted({size for _, size in runs})
     lines = [
@@ -48,7 +59,7 @@ def table(runs: dict[tuple[str, int], list[dict[str, float]]], reference: str) -
             if base:
                 reference_median = statistics.median(r["packets_per_cpu_second"] for r in base)
                 ratio = f"{median / reference_median:.2f}"
-            lines.append(f"| {target} | {size} | **{median:,.0f}** ({min(rates):,.0f}–"
+            lines.append(f"| {target} | {label(size)} | **{median:,.0f}** ({min(rates):,.0f}–"
                          f"{max(rates):,.0f}, {len(rates)}) | {cpu:.1f} | {ratio} |")
     return "\n".join(lines) + "\n"
 

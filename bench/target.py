@@ -1,7 +1,8 @@
 """The interface a benchmarked server offers to the harness.
 
 A target owns one server process (so the harness can read its CPU time from ``/proc/PID/stat``)
-and knows how to bring synthetic participants into one room on it. The harness is responsible for
+and knows how to bring synthetic participants into its rooms (one unless the target was made with
+``rooms``; ``room`` is the index of one). The harness is responsible for
 the network namespace; a target only ever talks to 127.0.0.1.
 """
 
@@ -21,15 +22,15 @@ class Target(Protocol):
         ...
 
     async def start(self) -> None:
-        """Start the server, wait until it answers, and create the room for this run."""
+        """Start the server, wait until it answers, and create the rooms for this run."""
         ...
 
-    async def connect_producer(self, producer: SyntheticProducer) -> None:
+    async def connect_producer(self, producer: SyntheticProducer, room: int = 0) -> None:
         """Join the room as a participant that publishes ``producer``'s tracks; return once the
         producer's media transport is connected and sending."""
         ...
 
-    async def connect_consumer(self, consumer: SyntheticConsumer) -> None:
+    async def connect_consumer(self, consumer: SyntheticConsumer, room: int = 0) -> None:
         """Join the room as a participant that receives everything published so far; return once
         the consumer's media transport is connected."""
         ...

@@ -148,7 +148,8 @@ class _Signalling:
 
 
 class TownhallTarget:
-    """``townhall serve`` with one room, one producer (speaker) and N consumers (listeners)."""
+    """``townhall serve`` with ``rooms`` rooms (one unless asked), each with one producer
+    (speaker) and N consumers (listeners)."""
 
     def __init__(
         self,
@@ -161,8 +162,10 @@ class TownhallTarget:
         source: Path | None = None,
         measure_delay: bool = False,
         tile: tuple[int, int] | None = None,
+        rooms: int = 1,
     ) -> None:
         self.name = name
+        self.rooms = rooms
         self.measure_delay = measure_delay
         self.tile = tile
         self.command = shlex.split(command)
@@ -178,7 +181,8 @@ class TownhallTarget:
         self._http: aiohttp.ClientSession | None = None
         self._sessions: list[_Signalling] = []
         self._names = itertools.count(1)
-        self._tokens: dict[str, str] = {}
+        #: invite tokens by (room index, role)
+        self._tokens: dict[tuple[int, str], str] = {}
 
     @property
     def pid(self) -> int:
@@ -219,11 +223,13 @@ class TownhallTarget:
 
     async def start(self, timeout: float = 20.0) -> None:
         self._data_dir = Path(tempfile.mkdtemp(prefix="townhall-bench-data-"))
-        room_name = f"bench-{os.getpid()}-{int(time.time())}"
-        room_line = await asyncio.to_thread(self._cli, "room", "create", room_name)
-        room = room_line.split("\t")[0].strip() or room_name
-        for role in ("speaker", "listener"):
-            self._tokens[role] = await asyncio.to_thread(self._invite_token, room, role)
+        for index in range(self.rooms):
+            room_name = f"bench-{os.getpid()}-{int(time.time())}-{index}"
+            room_line = await asyncio.to_thread(self._cli, "room", "create", room_name)
+            room = room_line.split("\t")[0].strip() or room_name
+            for role in ("speaker", "listener"):
+                self._tokens[index, role] = await asyncio.to_thread(self._invite_token, room,
+                                                                     role)
 
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -250,17 +256,17 @@ class TownhallTarget:
             await asyncio.sleep(0.1)
 
     async def _join(
-        self, role: str, name: str, consumer: SyntheticConsumer | None = None
+        self, role: str, name: str, consumer: SyntheticConsumer | None = None, room: int = 0
     ) -> _Signalling:
         assert self._http is not None
         session = _Signalling(self._http, f"ws://127.0.0.1:{self.http_port}/ws", name)
         session.consumer = consumer
         self._sessions.append(session)
-        await session.join(self._tokens[role])
+        await session.join(self._tokens[room, role])
         return session
 
-    async def connect_producer(self, producer: SyntheticProducer) -> None:
-        session = await self._join("speaker", "producer")
+    async def connect_producer(self, producer: SyntheticProducer, room: int = 0) -> None:
+        session = await self._join("speaker", "producer", room=room)
         session.producer = producer
         offer = await producer.create_offer()
         sources = {"audio": "microphone", "video": "camera"}
@@ -270,8 +276,8 @@ class TownhallTarget:
         )
         await producer.accept_answer(answer["sdp"])
 
-    async def connect_consumer(self, consumer: SyntheticConsumer) -> None:
-        session = await self._join("listener", f"consumer-{next(self._names)}", consumer)
+    async def connect_consumer(self, consumer: SyntheticConsumer, room: int = 0) -> None:
+        session = await self._join("listener", f"consumer-{next(self._names)}", consumer, room)
         await asyncio.wait_for(session.answered.wait(), 20)
         await consumer.wait_connected()
 
