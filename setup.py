@@ -8,4 +8,7 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("townhall.sfu._fastsend",
                              ["src/townhall/sfu/_fastsend.c", "src/townhall/sfu/_twcc.c"],
-                             depends=["src/townhall/sfu/_twcc.h"], optional=True)])
+                             depends=["src/townhall/sfu/_twcc.h"], libraries=["m"],
+                             # the estimate must round as congestion.py does: no fused
+                             # multiply-adds
+                             extra_compile_args=["-ffp-contract=off"], optional=True)])

@@ -388,10 +388,11 @@ class Pacer:
     browser: libwebrtc queues each encoded frame's packets and lets them onto the network at
     ``PACING_FACTOR`` times its target rate, audio first (its pacer design notes,
     https://webrtc.googlesource.com/src/+/refs/heads/main/modules/pacing/g3doc/index.md).
-    Here the target is taken to be what the layers being sent are encoded at, so a frame of
-    the size the encoder aims for leaves within 1/2.5 of its frame interval, and a keyframe
-    takes longer. The budget is a leaky bucket: each burst may spend what the interval earned,
-    one packet may overdraw it, and an empty queue saves nothing up."""
+    Here the target is taken to be what all the layers are encoded at (as if the estimate sat
+    there), so a frame of the size the encoder aims for leaves within 1/2.5 of its frame
+    interval, and a keyframe takes longer. The budget is a leaky bucket: each burst may spend
+    what the interval earned, one packet may overdraw it, and an empty queue saves nothing
+    up."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -573,8 +574,6 @@ class SyntheticProducer:
                         self._send_frame(out, stream, frame_index)
                 frame_index = (frame_index + 1) % frames
                 next_video += 1 / VIDEO_FPS
-                if pacer is not None:
-                    pacer.rate = self._pacing_rate()
             if audio is not None and now >= next_audio:
                 payload = self.clip.audio[audio_index]
                 level = SPEAKING_LEVEL if self.speaking else SILENT_LEVEL
@@ -601,10 +600,13 @@ class SyntheticProducer:
         self.sent_layers = count
 
     def _pacing_rate(self) -> float:
-        """The pacer's rate: ``PACING_FACTOR`` times the bitrate of the layers being sent."""
+        """The pacer's rate: ``PACING_FACTOR`` times the bitrate of all the layers. A browser
+        paces at a multiple of its estimate, which does not fall when the server switches layers
+        off; pacing the layers left at a multiple of their own bitrate alone made the keyframes
+        of a producer sending one or two layers queue for seconds."""
         if not self.simulcast:
             return PACING_FACTOR * LAYERS[-1][3]
-        return PACING_FACTOR * sum(bitrate for *_, bitrate in LAYERS[:self.sent_layers])
+        return PACING_FACTOR * sum(bitrate for *_, bitrate in LAYERS)
 
     def _send_frame(self, out: Callable[[_Stream, bytes], None], stream: _Stream,
                     frame_index: int) -> None:

@@ -12,7 +12,7 @@ import struct
 import pytest
 
 from support import require_native_fanout
-from townhall.sfu import rtcp, twcc
+from townhall.sfu import congestion, rtcp, twcc
 
 
 @pytest.fixture(params=["python", "c"])
@@ -192,14 +192,14 @@ def test_a_queue_growing_at_the_bottleneck_brings_the_estimate_below_its_capacit
     assert estimates[-1] < 600_000 * 1.1, estimates[-10:]
 
 
-def test_feedback_read_in_c_gives_the_estimate_python_gives() -> None:
-    """Loss, reordering, a sequence number wrap, late and repeated feedback, feedback about
-    packets long gone, a queue that grows and drains: step for step the same estimate."""
-    require_native_fanout()
+def _twins(seed: int) -> list[tuple[int | None, int | None]]:
+    """The estimates a sender in C and one in Python give for the same traffic: loss,
+    reordering, a sequence number wrap, late and repeated feedback, feedback about packets long
+    gone, a queue that grows and drains."""
     c, python = twcc.TwccSender(5, native=True), twcc.TwccSender(5, native=False)
     assert c._native is not None and python._native is None
     c._sequence = python._sequence = 65_000
-    chance = random.Random(7)
+    chance = random.Random(seed)
     now, queue_free, capacity = 10.0, 0.0, 3_000_000
     sent: list[tuple[int, float]] = []
     results: list[tuple[int | None, int | None]] = []
@@ -228,13 +228,41 @@ def test_feedback_read_in_c_gives_the_estimate_python_gives() -> None:
         results.append((c.feedback(feedback), python.feedback(feedback)))
         if chance.random() < 0.05:
             results.append((c.feedback(feedback), python.feedback(feedback)))  # repeated
-    assert [a for a, _ in results] == [b for _, b in results]
-    assert sum(a is not None for a, _ in results) > 100
-    assert min(a for a, _ in results if a is not None) < 1_000_000 < \
-        max(a for a, _ in results if a is not None)  # the drops and recoveries happened
-    for name in ("estimate", "usage", "deltas", "_threshold", "_accumulated", "_smoothed",
-                 "_points", "_dropped_at", "_updated_at"):
-        assert getattr(c._estimate, name) == getattr(python._estimate, name), name
+    return results
+
+
+def test_the_estimate_in_c_is_the_estimate_python_gives() -> None:
+    """Step for step the same estimate, drops and recoveries included."""
+    require_native_fanout()
+    for seed in (7, 8, 10):
+        results = _twins(seed)
+        assert [a for a, _ in results] == [b for _, b in results], seed
+        estimates = [a for a, _ in results if a is not None]
+        assert len(estimates) > 100
+        assert min(estimates) < 1_000_000 < max(estimates)  # the drops and recoveries happened
+
+
+def test_the_estimate_in_c_follows_every_constant_of_congestion_py(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The C estimate takes its constants from congestion.py: changed there, both paths still
+    agree, and the estimates differ from those with the constants as they are."""
+    require_native_fanout()
+    before = _twins(7)
+    for name, value in (("BURST_MS", 2.0), ("DELIVERED_WINDOW_MS", 400.0),
+                        ("DELIVERED_MIN_PACKETS", 5), ("WINDOW", 12), ("SMOOTHING", 0.8),
+                        ("GAIN", 3.0), ("THRESHOLD", 10.0), ("MIN_THRESHOLD", 5.0),
+                        ("MAX_THRESHOLD", 500.0), ("K_UP", 0.01), ("K_DOWN", 0.03),
+                        ("OUTLIER", 12.0), ("THRESHOLD_STEP_MS", 80.0), ("MAX_DELTAS", 50),
+                        ("OVERUSE_TIME_MS", 8.0), ("DELIVERED_SHARE", 0.9), ("DECREASE", 0.8),
+                        ("INCREASE_PER_SECOND", 1.1), ("MAX_GROWTH", 1.4),
+                        ("GROWTH_HEADROOM", 20_000), ("RTT_MS", 150.0),
+                        ("DROP_QUIET_MS", 1500.0)):
+        monkeypatch.setattr(congestion, name, value)
+    monkeypatch.setattr(twcc, "_PARAMETERS", twcc.parameters())
+    after = _twins(7)
+    assert [a for a, _ in after] == [b for _, b in after]
+    assert [a for a, _ in after] != [a for a, _ in before]
 
 
 def test_feedback_in_c_keeps_a_rate_when_more_packets_arrive_than_its_window_holds() -> None:

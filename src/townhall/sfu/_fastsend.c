@@ -26,10 +26,10 @@
  * -1: the router's Python path then does all of it, as it does without this module. The
  * RtpHeader object that consumers' own send() takes is made only when one needs it.
  *
- *     twcc_feedback(data, history, state, burst_ms, window_ms, min_packets)
+ *     twcc_feedback(data, history, state, parameters)
  *
  * (in _twcc.c) reads a consumer's transport feedback against TwccSender.history, which the
- * fan-out above writes one TwccSent record into per copy.
+ * fan-out above writes one TwccSent record into per copy, and runs the send-side estimate.
  *
  * `protect` (set once with setup()) is the address of libsrtp's srtp_protect() and `srtp` the
  * address of an srtp_t, both from pylibsrtp's own cffi binding (its statically linked libsrtp:
@@ -1135,8 +1135,8 @@ static PyMethodDef methods[] = {
     {"take_sent", fastsend_take_sent, METH_NOARGS,
      "take_sent() -> copies fanout() sent since the last call."},
     {"twcc_feedback", twcc_feedback, METH_VARARGS,
-     "twcc_feedback(data, history, state, burst_ms, window_ms, min_packets) -> (groups, "
-     "newest_ms, delivered): one transport feedback packet (see _twcc.c)."},
+     "twcc_feedback(data, history, state, parameters) -> estimate or None: one transport "
+     "feedback packet into the send-side estimate (see _twcc.c)."},
     {NULL, NULL, 0, NULL},
 };
 

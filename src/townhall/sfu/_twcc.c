@@ -1,33 +1,47 @@
-/* Transport-wide congestion control feedback in C (part of townhall.sfu._fastsend).
+/* Transport-wide congestion control feedback and the send-side estimate in C (part of
+ * townhall.sfu._fastsend).
  *
- *     twcc_feedback(data, history, state, burst_ms, window_ms, min_packets)
- *         -> (groups, newest_ms, delivered)
+ *     twcc_feedback(data, history, state, parameters) -> estimate in bit/s, or None
  *
  * does for one RTCP transport feedback packet what twcc.parse_feedback, TwccSender.feedback and
- * the per-packet part of congestion.DelayBasedEstimate do in Python: it reads the packet (the
- * same checks and ValueError texts), matches each reported arrival with the send time and size
- * in `history` (TwccSender.history, records of TwccSent), groups the matched packets by send
- * time (packets sent within `burst_ms` of a group's first form one group) and keeps the window
- * of delivered packets (the last `window_ms` of arrivals).
+ * congestion.DelayBasedEstimate do in Python: it reads the packet (the same checks and
+ * ValueError texts), matches each reported arrival with the send time and size in `history`
+ * (TwccSender.history, records of TwccSent), groups the matched packets by send time (packets
+ * sent within BURST_MS of a group's first form one group), keeps the window of delivered packets
+ * (the last DELIVERED_WINDOW_MS of arrivals), and runs the delay-based estimate: the trendline
+ * over the groups, overuse detection with its adaptive threshold, and the rate control on the
+ * delivered rate. Every step is DelayBasedEstimate's, in the same order of floating-point
+ * operations, so both give the same numbers (a twin test checks it).
  *
- * It returns the groups the packet completed, flattened as [last send, last arrival, ...] in
- * milliseconds, for DelayBasedEstimate.group; the arrival time of the last matched packet (None
- * if none matched: the feedback changes nothing); and the delivered rate in bit/s over the
- * window (None with fewer than `min_packets` packets or under half a window). A malformed packet
- * raises ValueError before anything changes.
+ * It returns None when no reported packet matched (nothing changes) or while there is no
+ * estimate yet. A malformed packet raises ValueError before anything changes.
  *
- * `state` is a bytearray of TWCC_STATE_SIZE bytes (the module constant) that TwccSender keeps
- * for the estimate: the open group and the delivered window, a ring of DELIVERED_SLOTS packets
- * (when it is full the oldest packets leave the window early, and the rate is over what it
- * holds: past DELIVERED_SLOTS packets in half a window, 8,192 a second).
+ * `state` is a bytearray of TWCC_STATE_SIZE zero bytes (the module constant) that TwccSender
+ * keeps for the estimate; the delivered window in it is a ring of DELIVERED_SLOTS packets (when
+ * it is full the oldest packets leave the window early, and the rate is over what it holds:
+ * past DELIVERED_SLOTS packets in half a window, 8,192 a second). `parameters` is congestion.py's
+ * constants packed as doubles (Parameters below, twcc._PARAMETERS), so they have one home.
  */
 
 #include "_twcc.h"
 
+#include <math.h>
 #include <string.h>
 
 #define DELIVERED_SLOTS 2048
 #define MAX_COUNT 65536
+/* The most groups the trendline can be asked to fit (congestion.WINDOW is 20). */
+#define MAX_WINDOW 64
+
+/* congestion.py's constants, in this order (twcc._PARAMETERS packs them). */
+typedef struct {
+    double burst_ms, delivered_window_ms, delivered_min_packets, window, smoothing, gain,
+        threshold, min_threshold, max_threshold, k_up, k_down, outlier, threshold_step_ms,
+        max_deltas, overuse_time_ms, delivered_share, decrease, increase_per_second, max_growth,
+        growth_headroom, rtt_ms, drop_quiet_ms;
+} Parameters;
+
+enum { NORMAL = 0, UNDERUSE = 1, OVERUSE = 2 };  /* congestion.Usage */
 
 typedef struct {
     double arrival;
@@ -35,11 +49,35 @@ typedef struct {
 } Delivered;
 
 typedef struct {
+    double x, y;
+} Point;
+
+typedef struct {
+    /* the open group */
     double first_send, last_send, last_arrival;
     int64_t has_group;
+    /* the delivered window */
     int64_t head, count, bytes;
     int64_t overflowed;  /* the ring was full: the window holds less than window_ms */
     Delivered delivered[DELIVERED_SLOTS];
+    /* DelayBasedEstimate's fields; a has_ flag stands for None */
+    int64_t started;  /* the fields below that do not start at zero are set */
+    int64_t has_previous;
+    double previous_send, previous_arrival, arrival_origin;
+    double accumulated, smoothed;
+    Point points[MAX_WINDOW];
+    int64_t points_head, points_count;
+    double previous_trend, threshold;
+    int64_t has_threshold_at;
+    double threshold_at, overuse_time;
+    int64_t overuse_count, pending_groups;
+    double pending_send;
+    int64_t has_dropped;
+    double dropped_at;
+    int64_t has_updated;
+    double updated_at;
+    int64_t deltas, usage, has_estimate;
+    double estimate;
 } EstimateState;
 
 const Py_ssize_t twcc_state_size = (Py_ssize_t)sizeof(EstimateState);
@@ -118,9 +156,41 @@ static int read_feedback(const unsigned char *p, Py_ssize_t size, long *base, lo
     return 0;
 }
 
+/* DelayBasedEstimate.group: a group of packets is complete (its last send and arrival). */
+static void take_group(EstimateState *state, const Parameters *k, double send_ms,
+                       double arrival_ms) {
+    if (!state->has_previous) {
+        state->has_previous = 1;
+        state->previous_send = send_ms;
+        state->previous_arrival = arrival_ms;
+        state->arrival_origin = arrival_ms;
+        return;
+    }
+    double send_delta = send_ms - state->previous_send;
+    double variation = (arrival_ms - state->previous_arrival) - send_delta;
+    state->previous_send = send_ms;
+    state->previous_arrival = arrival_ms;
+    state->deltas++;
+    state->accumulated += variation;
+    state->smoothed = k->smoothing * state->smoothed + (1 - k->smoothing) * state->accumulated;
+    int64_t window = (int64_t)k->window;
+    Point *point;
+    if (state->points_count < window) {
+        point = &state->points[(state->points_head + state->points_count) % window];
+        state->points_count++;
+    } else {
+        point = &state->points[state->points_head];
+        state->points_head = (state->points_head + 1) % window;
+    }
+    point->x = arrival_ms - state->arrival_origin;
+    point->y = state->smoothed;
+    state->pending_send += send_delta;
+    state->pending_groups++;
+}
+
 /* DelayBasedEstimate.packet: one matched packet into the delivered window and the groups. */
-static int take_packet(EstimateState *state, double send_ms, double arrival_ms, int64_t size,
-                       double burst_ms, PyObject *groups) {
+static void take_packet(EstimateState *state, const Parameters *k, double send_ms,
+                        double arrival_ms, int64_t size) {
     if (state->count == DELIVERED_SLOTS) {
         state->overflowed = 1;
         state->bytes -= state->delivered[state->head].size;
@@ -133,34 +203,27 @@ static int take_packet(EstimateState *state, double send_ms, double arrival_ms, 
     state->count++;
     state->bytes += size;
     if (state->has_group) {
-        if (send_ms - state->first_send <= burst_ms) {
+        if (send_ms - state->first_send <= k->burst_ms) {
             if (send_ms > state->last_send)
                 state->last_send = send_ms;
             if (arrival_ms > state->last_arrival)
                 state->last_arrival = arrival_ms;
-            return 0;
+            return;
         }
-        PyObject *send = PyFloat_FromDouble(state->last_send);
-        PyObject *arrival = PyFloat_FromDouble(state->last_arrival);
-        int failed = send == NULL || arrival == NULL || PyList_Append(groups, send) < 0 ||
-                     PyList_Append(groups, arrival) < 0;
-        Py_XDECREF(send);
-        Py_XDECREF(arrival);
-        if (failed)
-            return -1;
+        take_group(state, k, state->last_send, state->last_arrival);
     }
     state->has_group = 1;
     state->first_send = state->last_send = send_ms;
     state->last_arrival = arrival_ms;
-    return 0;
 }
 
 /* DelayBasedEstimate.delivered: bit/s over the window, or a negative number for none. */
-static double delivered_rate(EstimateState *state, double window_ms, long min_packets) {
+static double delivered_rate(EstimateState *state, const Parameters *k) {
     if (state->count == 0)
         return -1.0;
     double newest = state->delivered[(state->head + state->count - 1) % DELIVERED_SLOTS].arrival;
-    while (state->count && state->delivered[state->head].arrival < newest - window_ms) {
+    while (state->count &&
+           state->delivered[state->head].arrival < newest - k->delivered_window_ms) {
         state->bytes -= state->delivered[state->head].size;
         state->head = (state->head + 1) % DELIVERED_SLOTS;
         state->count--;
@@ -168,24 +231,138 @@ static double delivered_rate(EstimateState *state, double window_ms, long min_pa
     double span = newest - state->delivered[state->head].arrival;
     int overflowed = (int)state->overflowed;
     state->overflowed = 0;
-    if (state->count < min_packets || span <= 0.0 || (span < window_ms / 2 && !overflowed))
+    if ((double)state->count < k->delivered_min_packets || span <= 0.0 ||
+        (span < k->delivered_window_ms / 2 && !overflowed))
         return -1.0;
     return (double)(state->bytes * 8000) / span;
 }
 
+/* congestion._slope: the least-squares slope of the points, oldest first. */
+static double slope(const EstimateState *state, const Parameters *k) {
+    int64_t window = (int64_t)k->window, count = state->points_count;
+    double sum_x = 0.0, sum_y = 0.0;
+    for (int64_t i = 0; i < count; i++) {
+        const Point *point = &state->points[(state->points_head + i) % window];
+        sum_x += point->x;
+        sum_y += point->y;
+    }
+    double mean_x = sum_x / (double)count, mean_y = sum_y / (double)count;
+    double numerator = 0.0, denominator = 0.0;
+    for (int64_t i = 0; i < count; i++) {
+        const Point *point = &state->points[(state->points_head + i) % window];
+        double dx = point->x - mean_x;
+        numerator += dx * (point->y - mean_y);
+        denominator += dx * dx;
+    }
+    return denominator != 0.0 ? numerator / denominator : 0.0;
+}
+
+/* DelayBasedEstimate._detect */
+static void detect(EstimateState *state, const Parameters *k, double trend, double send_delta,
+                   int64_t groups, double now_ms) {
+    double deltas = (double)state->deltas < k->max_deltas ? (double)state->deltas : k->max_deltas;
+    double modified = deltas * trend * k->gain;
+    if (modified > state->threshold) {
+        state->overuse_time += send_delta;
+        state->overuse_count += groups;
+        if (state->overuse_time > k->overuse_time_ms && state->overuse_count > 1 &&
+            trend >= state->previous_trend) {
+            state->overuse_time = 0.0;
+            state->overuse_count = 0;
+            state->usage = OVERUSE;
+        }
+    } else if (modified < -state->threshold) {
+        state->overuse_time = 0.0;
+        state->overuse_count = 0;
+        state->usage = UNDERUSE;
+    } else {
+        state->overuse_time = 0.0;
+        state->overuse_count = 0;
+        state->usage = NORMAL;
+    }
+    state->previous_trend = trend;
+    if (!state->has_threshold_at) {
+        state->has_threshold_at = 1;
+        state->threshold_at = now_ms;
+    }
+    double size = fabs(modified);
+    if (size < state->threshold + k->outlier) {
+        double gain = size < state->threshold ? k->k_down : k->k_up;
+        double elapsed = now_ms - state->threshold_at;
+        elapsed = elapsed > 0.0 ? elapsed : 0.0;
+        elapsed = elapsed < k->threshold_step_ms ? elapsed : k->threshold_step_ms;
+        state->threshold += gain * (size - state->threshold) * elapsed;
+        double bounded = state->threshold > k->min_threshold ? state->threshold : k->min_threshold;
+        state->threshold = bounded < k->max_threshold ? bounded : k->max_threshold;
+    }
+    state->threshold_at = now_ms;
+}
+
+/* DelayBasedEstimate.update with the delivered rate (negative: none); 1 with the estimate in
+ * *estimate, 0 while there is none. */
+static int update(EstimateState *state, const Parameters *k, double now_ms, double rate,
+                  double *estimate) {
+    if (state->pending_groups && state->points_count >= 2) {
+        detect(state, k, slope(state, k), state->pending_send, state->pending_groups, now_ms);
+        state->pending_send = 0.0;
+        state->pending_groups = 0;
+    }
+    if (rate >= 0.0) {
+        double elapsed = 0.0;
+        if (state->has_updated) {
+            elapsed = now_ms - state->updated_at;
+            elapsed = elapsed > 0.0 ? elapsed : 0.0;
+        }
+        state->has_updated = 1;
+        state->updated_at = now_ms;
+        int quiet = !state->has_dropped || now_ms - state->dropped_at >= k->drop_quiet_ms;
+        if (state->usage == OVERUSE) {
+            if (!state->has_dropped || now_ms - state->dropped_at >= k->rtt_ms) {
+                state->estimate = k->decrease * rate;
+                state->has_estimate = 1;
+                state->has_dropped = 1;
+                state->dropped_at = now_ms;
+            }
+            state->usage = NORMAL;  /* one decrease per overuse signal */
+        } else {
+            double value = state->estimate;
+            if (!state->has_estimate) {
+                value = k->delivered_share * rate;
+            } else if (state->usage == NORMAL) {
+                double grown = value * pow(k->increase_per_second, elapsed / 1000);
+                double ceiling = k->max_growth * rate + k->growth_headroom;
+                double bounded = grown < ceiling ? grown : ceiling;
+                value = value >= bounded ? value : bounded;
+            }
+            if (quiet) {
+                double floor = k->delivered_share * rate;
+                value = value >= floor ? value : floor;
+            }
+            state->estimate = value;
+            state->has_estimate = 1;
+        }
+    }
+    *estimate = state->estimate;
+    return (int)state->has_estimate;
+}
+
 PyObject *twcc_feedback(PyObject *self, PyObject *args) {
-    Py_buffer data;
+    Py_buffer data, parameters;
     PyObject *history, *state_object;
-    double burst_ms, window_ms;
-    long min_packets;
-    if (!PyArg_ParseTuple(args, "y*O!O!ddl", &data, &PyByteArray_Type, &history,
-                          &PyByteArray_Type, &state_object, &burst_ms, &window_ms,
-                          &min_packets))
+    if (!PyArg_ParseTuple(args, "y*O!O!y*", &data, &PyByteArray_Type, &history,
+                          &PyByteArray_Type, &state_object, &parameters))
         return NULL;
     Py_ssize_t records = twcc_history_size(history);
-    if (records == 0 || PyByteArray_GET_SIZE(state_object) != twcc_state_size) {
+    Parameters k;
+    int fits = parameters.len == (Py_ssize_t)sizeof(Parameters);
+    if (fits)
+        memcpy(&k, parameters.buf, sizeof(Parameters));
+    PyBuffer_Release(&parameters);
+    if (records == 0 || PyByteArray_GET_SIZE(state_object) != twcc_state_size || !fits ||
+        k.window < 2 || k.window > MAX_WINDOW) {
         PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_TypeError, "twcc_feedback: history or state of the wrong size");
+        PyErr_SetString(PyExc_TypeError,
+                        "twcc_feedback: history, state or parameters of the wrong size");
         return NULL;
     }
     long base, count;
@@ -195,9 +372,10 @@ PyObject *twcc_feedback(PyObject *self, PyObject *args) {
         return NULL;
     const TwccSent *sent = (const TwccSent *)PyByteArray_AS_STRING(history);
     EstimateState *state = (EstimateState *)PyByteArray_AS_STRING(state_object);
-    PyObject *groups = PyList_New(0);
-    if (groups == NULL)
-        return NULL;
+    if (!state->started) {
+        state->started = 1;
+        state->threshold = k.threshold;
+    }
     int matched = 0;
     double newest = 0.0;
     for (long i = 0; i < count; i++) {
@@ -209,16 +387,12 @@ PyObject *twcc_feedback(PyObject *self, PyObject *args) {
             continue;  /* sent too long ago, or never */
         matched = 1;
         newest = (double)arrivals[i] / 1000.0;
-        if (take_packet(state, record->sent_at * 1000.0, newest, record->size, burst_ms,
-                        groups) < 0) {
-            Py_DECREF(groups);
-            return NULL;
-        }
+        take_packet(state, &k, record->sent_at * 1000.0, newest, record->size);
     }
     if (!matched)
-        return Py_BuildValue("(NOO)", groups, Py_None, Py_None);
-    double rate = delivered_rate(state, window_ms, min_packets);
-    if (rate < 0)
-        return Py_BuildValue("(NdO)", groups, newest, Py_None);
-    return Py_BuildValue("(Ndd)", groups, newest, rate);
+        Py_RETURN_NONE;
+    double estimate;
+    if (!update(state, &k, newest, delivered_rate(state, &k), &estimate))
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(estimate);
 }

@@ -22,7 +22,7 @@ extern const Py_ssize_t twcc_state_size;
 /* The history's record count if `history` is a bytearray of a power of two of them, else 0. */
 Py_ssize_t twcc_history_size(PyObject *history);
 
-/* feedback(data, history, state) -> (groups, newest_ms, delivered): see _twcc.c. */
+/* twcc_feedback(data, history, state, parameters) -> estimate or None: see _twcc.c. */
 PyObject *twcc_feedback(PyObject *self, PyObject *args);
 
 #endif

@@ -31,6 +31,12 @@ GAIN = 4.0
 THRESHOLD = 12.5
 MIN_THRESHOLD, MAX_THRESHOLD = 6.0, 600.0
 K_UP, K_DOWN = 0.0087, 0.039
+#: A trend this far (ms) past the threshold is an outlier the threshold does not follow...
+OUTLIER = 15.0
+#: ... and it follows at most this much time (ms) at once.
+THRESHOLD_STEP_MS = 100.0
+#: The trend counts as if from at most this many groups.
+MAX_DELTAS = 60
 #: Overuse must last this long (ms) over more than one group.
 OVERUSE_TIME_MS = 10.0
 DELIVERED_WINDOW_MS = 500.0
@@ -40,6 +46,8 @@ DELIVERED_SHARE = 0.95
 DECREASE = 0.85
 INCREASE_PER_SECOND = 1.08
 MAX_GROWTH = 1.5
+#: ... plus this many bit/s.
+GROWTH_HEADROOM = 10_000
 RTT_MS = 200.0
 #: After a drop, the delivered rate does not hold the estimate up for this long (ms).
 DROP_QUIET_MS = 2000.0
@@ -138,7 +146,7 @@ class DelayBasedEstimate:
         self._pending_groups += 1
 
     def _detect(self, trend: float, send_delta: float, groups: int, now_ms: float) -> None:
-        modified = min(self.deltas, 60) * trend * GAIN
+        modified = min(self.deltas, MAX_DELTAS) * trend * GAIN
         if modified > self._threshold:
             self._overuse_time += send_delta
             self._overuse_count += groups
@@ -159,9 +167,9 @@ class DelayBasedEstimate:
         # The threshold follows the trend, slowly up and faster down, unless it is an outlier.
         if self._threshold_at is None:
             self._threshold_at = now_ms
-        if abs(modified) < self._threshold + 15:
+        if abs(modified) < self._threshold + OUTLIER:
             k = K_DOWN if abs(modified) < self._threshold else K_UP
-            elapsed = min(max(now_ms - self._threshold_at, 0.0), 100.0)
+            elapsed = min(max(now_ms - self._threshold_at, 0.0), THRESHOLD_STEP_MS)
             self._threshold += k * (abs(modified) - self._threshold) * elapsed
             self._threshold = min(MAX_THRESHOLD, max(MIN_THRESHOLD, self._threshold))
         self._threshold_at = now_ms
@@ -182,12 +190,9 @@ class DelayBasedEstimate:
     def update(self, now_ms: float) -> float | None:
         """After a feedback packet: detect overuse over the groups it completed (once, which
         keeps the cost per packet small), run the rate control; returns the estimate in bit/s.
+        (``_twcc.c`` does the same in C, step for step.)
         """
-        return self.update_with(now_ms, self.delivered())
-
-    def update_with(self, now_ms: float, rate: float | None) -> float | None:
-        """:meth:`update` with the delivered rate worked out elsewhere (by the native piece,
-        which keeps the packets' side of the estimate: see ``twcc.py``)."""
+        rate = self.delivered()
         if self._pending_groups and len(self._points) >= 2:
             self._detect(_slope(self._points), self._pending_send, self._pending_groups, now_ms)
             self._pending_send = 0.0
@@ -207,7 +212,7 @@ class DelayBasedEstimate:
             estimate = DELIVERED_SHARE * rate
         elif self.usage is Usage.NORMAL:
             grown = estimate * INCREASE_PER_SECOND ** (elapsed / 1000)
-            estimate = max(estimate, min(grown, MAX_GROWTH * rate + 10_000))
+            estimate = max(estimate, min(grown, MAX_GROWTH * rate + GROWTH_HEADROOM))
         if now_ms - self._dropped_at >= DROP_QUIET_MS:
             estimate = max(estimate, DELIVERED_SHARE * rate)
         self.estimate = estimate
@@ -215,10 +220,14 @@ class DelayBasedEstimate:
 
 
 def _slope(points: deque[tuple[float, float]]) -> float:
-    """Least-squares slope of ``points``."""
+    """Least-squares slope of ``points``. The sums are plain left-to-right additions, as in
+    ``_twcc.c`` (``sum()`` of floats rounds differently from Python 3.12 on)."""
     count = len(points)
-    mean_x = sum(x for x, _ in points) / count
-    mean_y = sum(y for _, y in points) / count
+    sum_x = sum_y = 0.0
+    for x, y in points:
+        sum_x += x
+        sum_y += y
+    mean_x, mean_y = sum_x / count, sum_y / count
     numerator = denominator = 0.0
     for x, y in points:
         dx = x - mean_x

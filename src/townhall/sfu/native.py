@@ -14,8 +14,8 @@ the transport's layer table, and it does what ``parse_header`` and ``Producer.fo
 (reception statistics, packet cache, VP8 descriptor, audio level) before the same fan-out; what
 it cannot read it leaves to that Python path.
 
-``twcc_feedback`` reads a consumer's transport feedback packet and does the per-packet part of
-the delay-based estimate (``twcc.py``, ``congestion.py``) over the history the fan-out writes.
+``twcc_feedback`` reads a consumer's transport feedback packet and runs the send-side estimate
+(``twcc.py``, ``congestion.py``) over the history the fan-out writes.
 
 ``pip install`` builds it when a C compiler and the Python headers are there (setup.py marks it
 optional); ``python -m townhall.sfu.native`` builds it next to this module. Without it, or with
@@ -52,10 +52,8 @@ Route = tuple[int, int, bytes, Any]
 Fanout = Callable[[list[Any], bytes, Any, int, int, Any, float], int]
 #: ``receive(data, layers by SSRC, now)``: copies sent, or -1 for the Python path
 Receive = Callable[[bytes, dict[int, Any], float], int]
-#: ``twcc_feedback(data, history, state, burst ms, window ms, min packets)``: (completed groups
-#: as [send ms, arrival ms, ...], the newest arrival in ms or None, the delivered bit/s or None)
-TwccFeedback = Callable[[bytes, bytearray, bytearray, float, float, int],
-                        tuple[list[float], float | None, float | None]]
+#: ``twcc_feedback(data, history, state, parameters)``: the estimate in bit/s, or None
+TwccFeedback = Callable[[bytes, bytearray, bytearray, bytes], float | None]
 
 
 class NativeSend:
@@ -144,8 +142,8 @@ def receive(speaking_level: int) -> Receive | None:
 
 
 def twcc_feedback() -> tuple[TwccFeedback, int] | None:
-    """The transport feedback read and the per-packet part of the delay-based estimate in C
-    (``_twcc.c``), and the size of the state it keeps per transport; None without the piece."""
+    """The transport feedback read and the send-side estimate in C (``_twcc.c``), and the size
+    of the state it keeps per transport; None without the piece."""
     native = load()
     if native is None:
         return None
@@ -159,8 +157,8 @@ def build(directory: Path | None = None) -> Path:
     target = (directory or SOURCES[0].parent) / ("_fastsend" + suffix)
     compiler = (sysconfig.get_config_var("CC") or "cc").split()
     command = [
-        *compiler, "-O2", "-shared", "-fPIC", "-Wall",
-        f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES), "-o", str(target),
+        *compiler, "-O2", "-shared", "-fPIC", "-Wall", "-ffp-contract=off",
+        f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES), "-lm", "-o", str(target),
     ]
     subprocess.run(command, check=True)
     return target

@@ -13,9 +13,10 @@ arguments (the router's clock), so tests never sleep.
 
 The history is one ``bytearray`` of ``(sent at, size, sequence number)`` records, so that the
 native piece (``native.py``) writes it as it sends copies and reads it when feedback comes: with
-the piece built, a feedback packet is read, matched and grouped in C (``_twcc.c``), and only the
-completed groups (a few per packet) and the delivered rate reach the Python estimate. Without
-it, :func:`parse_feedback` and :class:`~townhall.sfu.congestion.DelayBasedEstimate` do all of it.
+the piece built, a feedback packet is read, matched and grouped and the estimate run in C
+(``_twcc.c``, the same steps as ``congestion.py``, whose constants it is handed), and Python
+gets the estimate. Without it, :func:`parse_feedback` and
+:class:`~townhall.sfu.congestion.DelayBasedEstimate` do all of it.
 """
 
 from __future__ import annotations
@@ -23,14 +24,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from townhall.sfu import native
-from townhall.sfu.congestion import (
-    BURST_MS,
-    DELIVERED_MIN_PACKETS,
-    DELIVERED_SHARE,
-    DELIVERED_WINDOW_MS,
-    DelayBasedEstimate,
-)
+from townhall.sfu import congestion, native
+from townhall.sfu.congestion import DELIVERED_SHARE, DelayBasedEstimate
 
 URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 #: The id the server offers the extension with (aiortc uses 1–3 for its own).
@@ -49,6 +44,23 @@ _SENT = struct.Struct("=dii")
 
 #: The feedback in C and the size of its state, when the native piece is built.
 native_feedback = native.twcc_feedback()
+
+
+def parameters() -> bytes:
+    """``congestion.py``'s constants for the estimate in C, packed as its ``Parameters``."""
+    return struct.pack(
+        "=22d", congestion.BURST_MS, congestion.DELIVERED_WINDOW_MS,
+        congestion.DELIVERED_MIN_PACKETS, congestion.WINDOW, congestion.SMOOTHING,
+        congestion.GAIN, congestion.THRESHOLD, congestion.MIN_THRESHOLD,
+        congestion.MAX_THRESHOLD, congestion.K_UP, congestion.K_DOWN, congestion.OUTLIER,
+        congestion.THRESHOLD_STEP_MS, congestion.MAX_DELTAS, congestion.OVERUSE_TIME_MS,
+        congestion.DELIVERED_SHARE, congestion.DECREASE, congestion.INCREASE_PER_SECOND,
+        congestion.MAX_GROWTH, congestion.GROWTH_HEADROOM, congestion.RTT_MS,
+        congestion.DROP_QUIET_MS,
+    )
+
+
+_PARAMETERS = parameters()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +166,16 @@ class TwccSender:
     __slots__ = ("_estimate", "_native", "_sequence", "_state", "extension_id", "history")
 
     def __init__(self, extension_id: int, *, native: bool = True) -> None:
-        """``native``: read feedback in C when the native piece is built."""
+        """``native``: read feedback and run the estimate in C when the native piece is
+        built."""
         self.extension_id = extension_id
         self._sequence = 0
         self.history = bytearray(_SENT.pack(0.0, 0, -1) * HISTORY)
-        self._estimate = DelayBasedEstimate()
         found = native_feedback if native else None
         self._native = None if found is None else found[0]
+        #: The estimate's state: in C (a buffer), or in Python.
         self._state = bytearray(0 if found is None else found[1])
+        self._estimate = DelayBasedEstimate() if found is None else None
 
     def block(self, size: int, now: float) -> bytes:
         """The extension block for the next packet sent (``size`` bytes, at ``now``)."""
@@ -174,24 +188,19 @@ class TwccSender:
     def feedback(self, data: bytes) -> int | None:
         """Take one transport feedback packet as it came; returns the estimate in bit/s when
         there is one. Raises ``ValueError`` if the packet is malformed (nothing changes)."""
-        estimate = self._estimate
-        if self._native is None:
-            newest = self._match(parse_feedback(data))
-            result = None if newest is None else estimate.update(newest)
+        if self._native is not None:
+            result = self._native(data, self.history, self._state, _PARAMETERS)
         else:
-            groups, newest, rate = self._native(data, self.history, self._state, BURST_MS,
-                                                DELIVERED_WINDOW_MS, DELIVERED_MIN_PACKETS)
-            if newest is None:
-                return None
-            for index in range(0, len(groups), 2):
-                estimate.group(groups[index], groups[index + 1])
-            result = estimate.update_with(newest, rate)
+            estimate = self._estimate
+            assert estimate is not None
+            newest = self._match(estimate, parse_feedback(data))
+            result = None if newest is None else estimate.update(newest)
         return None if result is None else int(result)
 
-    def _match(self, feedback: Feedback) -> float | None:
-        """Hand the estimate every reported packet still in the history; the newest arrival
+    def _match(self, estimate: DelayBasedEstimate, feedback: Feedback) -> float | None:
+        """Hand ``estimate`` every reported packet still in the history; the newest arrival
         (ms), or None if there was none."""
-        estimate, history, unpack = self._estimate, self.history, _SENT.unpack_from
+        history, unpack = self.history, _SENT.unpack_from
         newest = None
         for sequence, arrival in feedback.packets:
             if arrival is None:
