@@ -274,3 +274,50 @@ def test_serve_starts_the_captions_worker_unless_told_not_to(
     assert run(capsys, data_dir, "serve")[0] == 0
     assert [c.captions_worker for c in seen] == [True, False, False]
     assert (seen[0].asr_model, seen[2].asr_model) == ("base", "/models/whisper-small")
+
+
+def _serve_output(data_dir: Path, terminal: bool) -> str:
+    """What ``townhall serve`` writes up to its media line, to a pipe or to a terminal."""
+    env = {**os.environ, "TOWNHALL_DATA_DIR": str(data_dir), "TOWNHALL_HTTP_PORT": "0",
+           "TOWNHALL_MEDIA_UDP_PORT": "0", "TOWNHALL_MEDIA_TCP_PORT": "0",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "townhall", "serve", "--no-captions"]
+    if terminal:
+        import pty
+
+        reader, writer = pty.openpty()
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=writer,
+                                   stderr=subprocess.DEVNULL)
+        os.close(writer)
+    else:
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert process.stdout is not None
+        reader = process.stdout.fileno()
+    text = ""
+    deadline = time.monotonic() + 30
+    try:
+        while "Media:" not in text and time.monotonic() < deadline:
+            chunk = os.read(reader, 4096)
+            if not chunk:
+                break
+            text += chunk.decode(errors="replace")
+    finally:
+        process.terminate()
+        process.wait(10)
+        if terminal:
+            os.close(reader)
+    assert "townhall is running at" in text, text
+    return text
+
+
+def test_serve_prints_the_administrator_link_on_a_terminal_only(data_dir: Path) -> None:
+    """Output that is not a terminal (a service's journal, a file) is kept: the link's token
+    would let whoever reads it administer the server."""
+    piped = _serve_output(data_dir, terminal=False)
+    assert "?admin=" not in piped
+    assert "`townhall admin-link` prints one" in piped
+    shown = _serve_output(data_dir, terminal=True)
+    [link] = re.findall(r"Administrator link \(valid \d+ h\): (\S+)", shown)
+    grant = grant_of(link, data_dir)
+    assert (grant.room_id, grant.role) == ("*", "admin")

@@ -9,6 +9,7 @@ import importlib
 import logging
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,6 +151,17 @@ def admin_link(services: Services) -> str:
     return f"{services.config.base_url}/?admin={token}"
 
 
+def admin_line(services: Services, terminal: bool) -> str:
+    """What ``serve`` prints about the administrator link: the link itself on a terminal;
+    elsewhere (a service manager's journal, a file) only how to get one, since that output is
+    kept and the link's token lets whoever reads it administer the server."""
+    if terminal:
+        return (f"Administrator link (valid {services.config.invite_ttl // 3600} h): "
+                f"{admin_link(services)}")
+    return ("Administrator link: not printed, this output is not a terminal; "
+            "`townhall admin-link` prints one")
+
+
 @dataclass
 class Running:
     services: Services
@@ -242,8 +254,7 @@ async def _serve(config: Config) -> None:
     port_config = config.replace(http_port=running.port)
     services.config = port_config
     print(f"townhall is running at {port_config.base_url}", flush=True)
-    print(f"Administrator link (valid {config.invite_ttl // 3600} h): {admin_link(services)}",
-          flush=True)
+    print(admin_line(services, sys.stdout.isatty()), flush=True)
     if services.ice is not None:
         print(f"Media: UDP port {services.ice.udp_port}, TCP port {services.ice.tcp_port}",
               flush=True)
