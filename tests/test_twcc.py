@@ -278,3 +278,32 @@ def test_feedback_in_c_keeps_a_rate_when_more_packets_arrive_than_its_window_hol
         arrivals = [2_000_000 + (first + index) * 100 for index in range(600)]
         result = sender.feedback(build_feedback(first, arrivals))
     assert result is not None and 0.9 * 40_000_000 <= result <= 1.6 * 40_000_000
+
+
+async def test_the_router_takes_transport_feedback_alone_or_in_a_compound_packet() -> None:
+    """Browsers send transport feedback alone (reduced-size RTCP), which skips the compound
+    parse; inside a compound packet it is found too, and a malformed one is dropped alone."""
+    from townhall.sfu.router import Router
+
+    router = Router("feedback")
+    transport = router.create_transport("reader")
+    video = router._transports[transport].video
+    video.twcc = twcc.TwccSender(5)
+    try:
+        arrivals: list[int | None] = []
+        for index in range(120):  # twelve frames of ten packets, 33 ms apart
+            video.twcc.block(1000, 1.0 + (index // 10) * 0.033 + (index % 10) * 0.0005)
+            arrivals.append(int((1.02 + (index // 10) * 0.033 + (index % 10) * 0.0005) * 1e6))
+        receiver_report = struct.pack("!BBHI", 0x80, 201, 1, 1)  # RR without report blocks
+        router.rtcp_received(transport, build_feedback(0, arrivals[:90], 0))
+        assert video.estimate.reports == 1
+        router.rtcp_received(transport, receiver_report + build_feedback(90, arrivals[90:], 1))
+        assert video.estimate.reports == 2
+        dropped = router.counters.packets_dropped
+        truncated = build_feedback(0, arrivals[:20], 2)
+        truncated = truncated[:2] + struct.pack("!H", 4) + truncated[4:20]  # ends in its chunks
+        router.rtcp_received(transport, truncated)
+        assert router.counters.packets_dropped == dropped + 1
+        assert video.estimate.reports == 2
+    finally:
+        await router.close()
