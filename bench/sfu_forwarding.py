@@ -80,6 +80,7 @@ class RunResult:
     client_cpu_percent: float
     join_to_first_packet_ms_median: float | None
     server_threads: int
+    #: PLI and FIR the producers received in the window
     keyframe_requests: int
     load_average_1min: float = 0.0
     #: rooms on the server, each with a producer and ``consumers`` consumers
@@ -238,6 +239,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         await asyncio.sleep(args.warmup)
 
         sent0 = sum(p.packets_sent for p in producers)
+        requests0 = sum(p.keyframe_requests for p in producers)
         sent_kinds0 = _sum_kinds(p.packets_sent_by_kind() for p in producers)
         got0 = sum(c.total_packets for c in subscribed)
         got_kinds0 = _sum_kinds(c.packets_by_kind() for c in subscribed)
@@ -290,7 +292,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
                 round(statistics.median(latencies), 1) if latencies else None
             ),
             server_threads=threads,
-            keyframe_requests=sum(p.keyframe_requests for p in producers),
+            keyframe_requests=sum(p.keyframe_requests for p in producers) - requests0,
             load_average_1min=round(os.getloadavg()[0], 2),
             rooms=args.rooms,
             paced=args.pace,
