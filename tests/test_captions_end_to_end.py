@@ -102,8 +102,15 @@ async def captioned_room(server: RunningServer, name: str) -> str:
     return room
 
 
+#: Packets (20 ms each) the server must have sent the worker before a test speaks: a
+#: negotiated consumer alone left the worker's connection still coming up under load, and the
+#: start of the speech went missing.
+FLOWING = 25
+
+
 def worker_hears(server: server_app.Running, room: str, speaker: str) -> Callable[[], bool]:
-    """The captions worker in ``room`` receives ``speaker``'s microphone (server side)."""
+    """The captions worker in ``room`` receives ``speaker``'s microphone (server side): the
+    server has sent it ``FLOWING`` packets of it."""
 
     def check() -> bool:
         live = server.services.registry.find(room)
@@ -113,7 +120,8 @@ def worker_hears(server: server_app.Running, room: str, speaker: str) -> Callabl
             if participant.role == "caption" and participant.connected:
                 for consumer in participant.consumers.values():
                     if consumer.producer.owner == speaker and consumer.producer.kind == "audio" \
-                            and consumer.slot.payload_type is not None:
+                            and consumer.slot.payload_type is not None \
+                            and consumer.packets >= FLOWING:
                         return True
         return False
 
