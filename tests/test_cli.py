@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
 import shutil
 import subprocess
@@ -283,8 +284,6 @@ def _serve_output(data_dir: Path, terminal: bool) -> str:
            "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "townhall", "serve", "--no-captions"]
     if terminal:
-        import pty
-
         reader, writer = pty.openpty()
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=writer,
                                    stderr=subprocess.DEVNULL)

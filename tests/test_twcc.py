@@ -13,6 +13,7 @@ import pytest
 
 from support import require_native_fanout
 from townhall.sfu import congestion, rtcp, twcc
+from townhall.sfu.router import Router
 
 
 @pytest.fixture(params=["python", "c"])
@@ -283,8 +284,6 @@ def test_feedback_in_c_keeps_a_rate_when_more_packets_arrive_than_its_window_hol
 async def test_the_router_takes_transport_feedback_alone_or_in_a_compound_packet() -> None:
     """Browsers send transport feedback alone (reduced-size RTCP), which skips the compound
     parse; inside a compound packet it is found too, and a malformed one is dropped alone."""
-    from townhall.sfu.router import Router
-
     router = Router("feedback")
     transport = router.create_transport("reader")
     video = router._transports[transport].video

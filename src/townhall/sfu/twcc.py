@@ -33,7 +33,7 @@ EXTENSION_ID = 5
 #: Packets remembered for matching feedback (a power of two).
 HISTORY = 4096
 
-__all__ = ["DELIVERED_SHARE", "URI", "Feedback", "TwccSender", "complete_offer",
+__all__ = ["DELIVERED_SHARE", "URI", "Feedback", "TwccSender", "alone", "complete_offer",
            "parse_feedback", "split"]
 
 _BLOCK = struct.Struct("!HHBHB")
@@ -141,6 +141,17 @@ def parse_feedback(data: bytes) -> Feedback:
     return Feedback(base, count, packets)
 
 
+def alone(data: bytes) -> bool:
+    """Whether a compound RTCP packet is one transport feedback packet and nothing else
+    (reduced-size RTCP, as browsers send it)."""
+    return len(data) >= 4 and _is_feedback(data[0], data[1]) and \
+        (((data[2] << 8) | data[3]) + 1) * 4 == len(data)
+
+
+def _is_feedback(first: int, packet_type: int) -> bool:
+    return packet_type == 205 and first & 0x1F == 15
+
+
 def split(data: bytes) -> tuple[list[bytes], bytes]:
     """The transport feedback packets of a compound RTCP packet, and the rest of it (aiortc's
     RTCP parser cannot read transport feedback and refuses the whole compound)."""
@@ -152,7 +163,7 @@ def split(data: bytes) -> tuple[list[bytes], bytes]:
     while pos + 4 <= len(data):
         first, packet_type = data[pos], data[pos + 1]
         length = ((data[pos + 2] << 8) | data[pos + 3]) * 4 + 4
-        if packet_type == 205 and first & 0x1F == 15:
+        if _is_feedback(first, packet_type):
             found.append(data[pos:pos + length])
         else:
             rest += data[pos:pos + length]
