@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from townhall import errors
+from townhall import beat, errors
 from townhall.rooms.participant import Participant
 from townhall.server.api import grant_of
 from townhall.server.keys import SERVICES
@@ -44,7 +44,8 @@ routes = web.RouteTableDef()
 
 SDP = "application/sdp"
 MAX_NAME = 64
-WATCH_INTERVAL = 0.25
+#: On the routers' beat (``townhall.beat``): a multiple of their tick adds no wake-up.
+WATCH_INTERVAL = 0.2
 #: A resource whose connection is not up this long after the answer is ended.
 CONNECT_TIMEOUT = 30.0
 #: Codecs a WHEP answer uses when the participant shown does not publish that kind yet.
@@ -147,7 +148,7 @@ class Resource:
         deadline = loop.time() + CONNECT_TIMEOUT
         try:
             while True:
-                await asyncio.sleep(WATCH_INTERVAL)
+                await beat.sleep_to_next(WATCH_INTERVAL)
                 participant = self.participant
                 if participant is None or \
                         self.room.participants.get(participant.id) is not participant:

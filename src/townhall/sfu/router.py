@@ -21,6 +21,7 @@ from typing import Protocol
 
 from aiortc import RTCPeerConnection
 
+from townhall import beat
 from townhall.sfu import bandwidth, rtcp, rtp, speaker, twcc
 from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.audio_activity import Activity, AudioActivity
@@ -451,11 +452,12 @@ class Router:
     # -- periodic work -------------------------------------------------------------------------
 
     async def _every(self, interval: float, work: Callable[[], Iterator[None] | None]) -> None:
-        """Run ``work`` every ``interval``. Work done in steps (a generator) lets the event
+        """Run ``work`` at every multiple of ``interval`` (``townhall.beat``: every room's
+        periodic work wakes the process once). Work done in steps (a generator) lets the event
         loop read packets between its steps: a sweep over a large meeting's consumers in one
         go would hold every packet arriving meanwhile for as long as the sweep takes."""
         while True:
-            await asyncio.sleep(interval)
+            await beat.sleep_to_next(interval)
             try:
                 steps = work()
                 if steps is not None:
