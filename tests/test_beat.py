@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
+from collections.abc import Iterator
 
 import pytest
 
 from townhall import beat
+from townhall.beat import Beat
 
 
 def test_the_next_beat_is_the_first_multiple_of_the_interval_after_now() -> None:
@@ -38,3 +42,101 @@ async def test_work_of_different_intervals_falls_due_in_the_same_wake_up() -> No
     # each before anything the other asked to run next
     assert order.index(f"slow {slow_due}") < order.index(f"after tick {slow_due}")
     assert order.index(f"tick {slow_due}") < order.index(f"after slow {slow_due}")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 10.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_steps_of_every_rooms_work_together_hold_the_loop_one_step_time_a_turn(
+) -> None:
+    clock = Clock()
+    periodic = Beat(interval=0.01, clock=clock)
+    ran: list[str] = []
+    finished: list[str] = []
+
+    def sweep(room: str) -> Iterator[None]:
+        for _ in range(5):
+            clock.now += 2 * beat.STEP_TIME  # each step takes longer than a turn may
+            ran.append(room)
+            yield
+        finished.append(room)
+
+    stops = [periodic.every(0.01, lambda room=room: sweep(room)) for room in ("a", "b", "c")]
+    try:
+        while len(finished) < 3:
+            ran.append("packets")
+            await asyncio.sleep(0)
+    finally:
+        for stop in stops:
+            stop()
+    steps = [i for i, what in enumerate(ran) if what != "packets"]
+    assert len(steps) == 15
+    # the loop read packets between any two steps, whichever room's they were
+    assert all(b > a + 1 for a, b in itertools.pairwise(steps))
+
+
+async def test_work_stopped_between_its_steps_takes_no_further_step() -> None:
+    clock = Clock()
+    periodic = Beat(interval=0.01, clock=clock)
+    taken: list[int] = []
+
+    def sweep() -> Iterator[None]:
+        for n in range(10):
+            clock.now += 2 * beat.STEP_TIME
+            taken.append(n)
+            yield
+
+    stop_other = periodic.every(0.01, lambda: None)  # another room's: the beat goes on
+    stop = periodic.every(0.01, sweep)
+    while not taken:
+        await asyncio.sleep(0)  # a turn of the loop, as packets arriving would take
+    stop()
+    await asyncio.sleep(0.05)
+    stop_other()
+    assert taken == [0]
+
+
+async def test_only_multiples_of_the_beat_can_be_asked_for() -> None:
+    periodic = Beat(interval=0.1)
+    with pytest.raises(ValueError, match="not a multiple"):
+        periodic.every(0.25, lambda: None)
+    with pytest.raises(ValueError, match="not a multiple"):
+        periodic.every(0.0, lambda: None)
+    periodic.every(0.5, lambda: None)()  # started, then stopped
+
+
+async def test_work_whose_beat_went_by_while_the_last_ran_long_runs_at_the_next_beat() -> None:
+    periodic = Beat(interval=0.02)
+    ran: list[float] = []
+    loop = asyncio.get_running_loop()
+    stops = [periodic.every(0.02, lambda: time.sleep(0.05)),  # holds the loop past the beats
+             periodic.every(0.04, lambda: ran.append(loop.time()))]
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        for stop in stops:
+            stop()
+    # without catching up, work every other beat would never run: every beat's work starts
+    # after the 50 ms hold of the beat before, so beats alternate between missed and taken
+    assert len(ran) >= 3
+
+
+async def test_work_of_the_same_interval_is_dealt_out_over_the_beats_of_the_interval() -> None:
+    periodic = Beat(interval=0.01)
+    ran: list[str] = []
+    stops = [periodic.every(0.01, lambda: ran.append("beat"))]
+    stops += [periodic.every(0.1, lambda n=n: ran.append(f"room-{n}")) for n in range(10)]
+    try:
+        await asyncio.sleep(0.25)
+    finally:
+        for stop in stops:
+            stop()
+    rooms_by_beat = [beat.split() for beat in " ".join(ran).split("beat")]
+    assert sum(len(rooms) for rooms in rooms_by_beat) >= 10 * 2  # each room's, twice or more
+    # never two rooms' work of a second on the same beat: one after another, in turn
+    assert max(len(rooms) for rooms in rooms_by_beat) == 1

@@ -6,6 +6,8 @@ import asyncio
 import itertools
 from collections.abc import Iterator
 
+from townhall import beat
+from townhall.beat import Beat
 from townhall.sfu import router as router_module
 from townhall.sfu.audio_activity import Activity
 from townhall.sfu.producer import Producer
@@ -23,9 +25,9 @@ class Clock:
 
 async def _interleaving(step_time: float, steps: int) -> list[str]:
     """What ran, in order: a sweep of ``steps`` steps each taking ``step_time`` (on the
-    router's clock), and a task standing for arriving packets."""
+    beat's clock), and a task standing for arriving packets."""
     clock = Clock()
-    router = Router("periodic", clock=clock)
+    periodic = Beat(interval=0.001, clock=clock)
     ran: list[str] = []
     done = asyncio.Event()
 
@@ -41,17 +43,16 @@ async def _interleaving(step_time: float, steps: int) -> list[str]:
             ran.append("packet")
             await asyncio.sleep(0)
 
-    work = asyncio.ensure_future(router._every(0.001, sweep))
+    stop = periodic.every(0.001, sweep)
     try:
         await asyncio.wait_for(asyncio.gather(packets(), done.wait()), 5)
     finally:
-        work.cancel()
-        await router.close()
+        stop()
     return ran
 
 
 async def test_periodic_work_in_steps_lets_the_event_loop_in_between() -> None:
-    ran = await _interleaving(3 * router_module.STEP_TIME, 10)
+    ran = await _interleaving(3 * beat.STEP_TIME, 10)
     steps = [i for i, what in enumerate(ran) if what == "step"]
     assert len(steps) == 10
     # packets got in after every step that took longer than STEP_TIME

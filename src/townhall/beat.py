@@ -2,16 +2,35 @@
 
 Each wake-up of an idle event loop costs the server far more than the work it wakes for: with
 a meeting's packets arriving a few hundred times a second, every wake-up finds the caches cold
-(about 150 µs of CPU on a 2-core server, `docs/benchmarks.md`). So periodic work sleeps until
-the next multiple of its interval on the event loop's clock rather than for the interval: the
-ticks of every room's router, their slower work (a multiple of the tick) and the loop watch
-then fall due together and wake the process once.
+(`docs/benchmarks.md`, *Periodic work on one beat*). So periodic work sleeps until the next
+multiple of its interval on the event loop's clock rather than for the interval
+(:func:`sleep_to_next`), and work that falls due together wakes the process once.
+
+Every room's periodic work runs from one task per event loop (:class:`Beat`), in steps: work
+that is a generator gives the loop back to arriving packets whenever the beat's steps have run
+for ``STEP_TIME`` since it last did. One task bounds that hold for all rooms together; a task
+per room would let each of them hold the loop that long in the same turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+#: Period of the beat, in seconds: the routers' tick (``sfu.speaker.TICK``).
+INTERVAL = 0.1
+#: Periodic work gives the event loop back to packets after this long (seconds).
+STEP_TIME = 0.001
+
+#: Periodic work: a function, or a generator function whose steps the beat runs apart.
+Work = Callable[[], Iterator[None] | None]
 
 
 def next_beat(now: float, interval: float) -> float:
@@ -27,3 +46,98 @@ async def sleep_to_next(interval: float) -> float:
     due = next_beat(now, interval)
     await asyncio.sleep(due - now)
     return due
+
+
+@dataclass
+class _Entry:
+    #: the work runs on beats whose number (multiples of the beat's interval on the loop's
+    #: clock) is ``phase`` modulo ``period``
+    period: int
+    phase: int
+    work: Work
+    name: str
+    #: the number of the next beat it runs on
+    due: int = 0
+
+    def next_after(self, beat: int) -> int:
+        return beat - (beat - self.phase) % self.period + self.period
+
+
+class Beat:
+    """Runs periodic work every multiple of its interval, from one task, in steps."""
+
+    def __init__(self, interval: float = INTERVAL, step_time: float = STEP_TIME,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.interval = interval
+        self.step_time = step_time
+        #: Measures the steps; the beats themselves follow the event loop's clock.
+        self._clock = clock
+        self._entries: dict[int, _Entry] = {}
+        self._next_key = 0
+        #: Work of each length (in beats) registered so far, to spread it over its beats.
+        self._registered: dict[int, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def every(self, interval: float, work: Work, name: str = "") -> Callable[[], None]:
+        """Run ``work`` every ``interval`` (a multiple of the beat's) from now on, on one of
+        the beats of each interval; returns what stops it.
+
+        Work of the same interval is dealt out in turn over the beats of the interval: with
+        many rooms, every room's work of each second on the same beat would hold arriving
+        packets for tens of milliseconds (17 rooms: 43 ms, the median of a run).
+        """
+        period = round(interval / self.interval)
+        if interval <= 0 or abs(interval / self.interval - period) > 1e-9:
+            raise ValueError(f"{interval} s is not a multiple of the beat's {self.interval} s")
+        loop = asyncio.get_running_loop()
+        turn = self._registered.get(period, 0)
+        self._registered[period] = turn + 1
+        key, self._next_key = self._next_key, self._next_key + 1
+        entry = _Entry(period, turn % period, work, name or getattr(work, "__qualname__", "?"))
+        entry.due = entry.next_after(math.floor(loop.time() / self.interval))
+        self._entries[key] = entry
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        return lambda: self._stop(key)
+
+    def _stop(self, key: int) -> None:
+        self._entries.pop(key, None)
+        if not self._entries and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while self._entries:
+            number = round(await sleep_to_next(self.interval) / self.interval)
+            since = self._clock()
+            for key, entry in list(self._entries.items()):
+                # Work due by this beat runs; so does work whose beat went by while the last
+                # beat's work ran long.
+                if entry.due > number or self._entries.get(key) is not entry:
+                    continue
+                entry.due = entry.next_after(number)
+                try:
+                    steps = entry.work()
+                    if steps is None:
+                        continue
+                    for _ in steps:
+                        if self._clock() - since > self.step_time:
+                            await asyncio.sleep(0)
+                            since = self._clock()
+                            if self._entries.get(key) is not entry:  # stopped meanwhile
+                                break
+                except Exception:
+                    logger.exception("%s: periodic work failed", entry.name)
+
+
+_beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Beat] = \
+    weakref.WeakKeyDictionary()
+
+
+def shared() -> Beat:
+    """The running event loop's beat, which every router's periodic work shares."""
+    loop = asyncio.get_running_loop()
+    found = _beats.get(loop)
+    if found is None:
+        found = _beats[loop] = Beat()
+    return found

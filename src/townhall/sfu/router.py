@@ -35,8 +35,6 @@ logger = logging.getLogger(__name__)
 #: Bandwidth the SFU tells video producers they may use, in bit/s.
 DEFAULT_BITRATE = 2_500_000
 REPORT_INTERVAL = 1.0
-#: Periodic work gives the event loop back to packets after this long (seconds).
-STEP_TIME = 0.001
 #: Sender reports (28 bytes each) stacked in one compound RTCP packet: under 1,200 bytes.
 REPORTS_PER_PACKET = 40
 ALLOCATE_INTERVAL = 0.5
@@ -131,11 +129,12 @@ class Router:
         self._red = red
         self._active_speaker: str | None = None
         self._closed = False
-        self._tasks = [
-            asyncio.ensure_future(self._every(REPORT_INTERVAL, self._send_reports)),
-            asyncio.ensure_future(self._every(ALLOCATE_INTERVAL, self._allocation_steps)),
-            asyncio.ensure_future(self._every(TICK_INTERVAL, self._tick)),
-            asyncio.ensure_future(self._every(SILENCE_CHECK_INTERVAL, self._watch_silence)),
+        periodic = beat.shared()
+        self._stop_periodic = [
+            periodic.every(REPORT_INTERVAL, self._send_reports, f"{name}: reports"),
+            periodic.every(ALLOCATE_INTERVAL, self._allocation_steps, f"{name}: allocation"),
+            periodic.every(TICK_INTERVAL, self._tick, f"{name}: tick"),
+            periodic.every(SILENCE_CHECK_INTERVAL, self._watch_silence, f"{name}: silence"),
         ]
         #: Transports being closed because they fell silent.
         self._closing: set[asyncio.Task[None]] = set()
@@ -451,24 +450,6 @@ class Router:
 
     # -- periodic work -------------------------------------------------------------------------
 
-    async def _every(self, interval: float, work: Callable[[], Iterator[None] | None]) -> None:
-        """Run ``work`` at every multiple of ``interval`` (``townhall.beat``: every room's
-        periodic work wakes the process once). Work done in steps (a generator) lets the event
-        loop read packets between its steps: a sweep over a large meeting's consumers in one
-        go would hold every packet arriving meanwhile for as long as the sweep takes."""
-        while True:
-            await beat.sleep_to_next(interval)
-            try:
-                steps = work()
-                if steps is not None:
-                    since = self._clock()
-                    for _ in steps:
-                        if self._clock() - since > STEP_TIME:
-                            await asyncio.sleep(0)
-                            since = self._clock()
-            except Exception:
-                logger.exception("%s: periodic work failed", self.name)
-
     def _send_reports(self) -> Iterator[None]:
         """Receiver reports to producers; each transport's consumers' sender reports stacked in
         compound RTCP packets (one per transport and second, not one per consumer)."""
@@ -635,10 +616,7 @@ class Router:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for stop in self._stop_periodic:
+            stop()
         for transport in list(self._transports):
             await self.close_transport(transport)
