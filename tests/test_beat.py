@@ -1,4 +1,5 @@
-"""Periodic work of different intervals wakes the process together."""
+"""Periodic work: what falls due together wakes the process once, and its steps leave room for
+packets."""
 
 from __future__ import annotations
 
@@ -140,3 +141,45 @@ async def test_work_of_the_same_interval_is_dealt_out_over_the_beats_of_the_inte
     assert sum(len(rooms) for rooms in rooms_by_beat) >= 10 * 2  # each room's, twice or more
     # never two rooms' work of a second on the same beat: one after another, in turn
     assert max(len(rooms) for rooms in rooms_by_beat) == 1
+
+
+async def _interleaving(step_time: float, steps: int) -> list[str]:
+    """What ran, in order: a sweep of ``steps`` steps each taking ``step_time`` (on the
+    beat's clock), and a task standing for arriving packets."""
+    clock = Clock()
+    periodic = Beat(interval=0.001, clock=clock)
+    ran: list[str] = []
+    done = asyncio.Event()
+
+    def sweep() -> Iterator[None]:
+        for _ in range(steps):
+            clock.now += step_time
+            ran.append("step")
+            yield
+        done.set()
+
+    async def packets() -> None:
+        while not done.is_set():
+            ran.append("packet")
+            await asyncio.sleep(0)
+
+    stop = periodic.every(0.001, sweep)
+    try:
+        await asyncio.wait_for(asyncio.gather(packets(), done.wait()), 5)
+    finally:
+        stop()
+    return ran
+
+
+async def test_periodic_work_in_steps_lets_the_event_loop_in_between() -> None:
+    ran = await _interleaving(3 * beat.STEP_TIME, 10)
+    steps = [i for i, what in enumerate(ran) if what == "step"]
+    assert len(steps) == 10
+    # packets got in after every step that took longer than STEP_TIME
+    assert all(b > a + 1 for a, b in itertools.pairwise(steps))
+
+
+async def test_short_steps_run_together_without_a_trip_through_the_loop() -> None:
+    ran = await _interleaving(0.0, 50)
+    first = ran.index("step")
+    assert ran[first:first + 50] == ["step"] * 50
