@@ -302,3 +302,15 @@ def test_a_partial_waits_while_the_language_is_unclear_unless_the_speaker_spoke_
     partials = [(t, c) for t, c in h.captions if not c.final]
     assert partials[0][0] - start <= 0.7
     assert {c.language for _, c in h.captions} == {"ru"}
+
+
+def test_an_unsure_language_is_not_kept_and_the_final_is_in_the_language_heard_later() -> None:
+    # Under load the first partial can come after ``language_after`` seconds of speech; a guess
+    # made then on too little audio must not decide the language of the whole utterance.
+    h = Harness(first_partial=2.5)
+    h.recognizer.unsure_below = 3.0
+    h.play(np.concatenate([silence(1.0), said(list(range(8)), "ru"), silence(1.0)]))
+    partials = [c for _, c in h.captions if not c.final]
+    assert partials and partials[0].language == "el"  # sent: 2.5 s is past SURE_AFTER
+    assert [c.language for c in h.finals()] == ["ru"]
+    assert h.finals()[0].text.startswith("w0 w1")

@@ -18,7 +18,7 @@ once the unfinished part of an utterance is longer than ``commit_after`` seconds
 the latest pause is *committed* (transcribed once, with the final decoding options): partials and
 the final then re-transcribe only the audio after the last commit, with the committed text as
 Whisper's prompt. The language is detected per utterance and kept for the rest of the utterance
-once ``language_after`` seconds of speech have been heard.
+once ``language_after`` seconds of speech have been heard and the detection is sure.
 
 Every caption carries the translations asked for by ``languages`` that have a route
 (``translate.Translations``); a language without one is left out. An utterance whose partials were
@@ -414,6 +414,8 @@ class SpeakerPipeline:
             encoded, self._options.speech_languages
         )
         language, probability = candidates[0]
+        logger.debug("utterance %s: language %s", state.id,
+                     ", ".join(f"{code} {p:.2f}" for code, p in candidates[:3]))
         state.unsure = False
         if probability < UNSURE:
             # On a second or less of speech Whisper often hesitates between several languages:
@@ -426,7 +428,8 @@ class SpeakerPipeline:
             else:
                 state.unsure = True
         state.language = language
-        state.language_kept = keep
+        # An unsure guess is never kept: the next detection, on more audio, may do better.
+        state.language_kept = keep and not state.unsure
         return language
 
     def _translations(

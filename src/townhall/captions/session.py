@@ -267,6 +267,8 @@ class RoomSession:
                 self._joined(token, message)
             try:
                 await self._dispatch(message)
+            except ConnectionResetError:
+                break  # the socket closed under the reply (the server stopping): reconnect
             except Exception:
                 # Most likely an offer aiortc cannot take: start again on a fresh connection.
                 logger.exception("room %s: cannot handle %s", self.room_id,
