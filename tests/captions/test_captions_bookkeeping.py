@@ -39,6 +39,7 @@ class FakeRecognizer:
         self.detections = 0
         self.no_speech_in_finals = False
         self.unsure_below = 0.0  # seconds of audio under which detection hesitates
+        self.wrong_below = 0.0  # seconds of audio under which detection is sure of Polish
 
     def encode(self, audio: npt.NDArray[np.float32]) -> Encoded:
         self.encoded.append(len(audio) / RATE)
@@ -50,6 +51,8 @@ class FakeRecognizer:
         self.detections += 1
         if encoded.seconds < self.unsure_below:
             return [("el", 0.3), ("ru", 0.25), ("en", 0.2), ("ar", 0.1)]
+        if encoded.seconds < self.wrong_below:
+            return [("pl", 0.5), ("ru", 0.3), ("en", 0.1)]
         russian = bool((encoded.output < -0.05).sum() > (encoded.output > 0.05).sum())
         return [("ru", 0.9), ("en", 0.1)] if russian else [("en", 0.9), ("ru", 0.1)]
 
@@ -205,8 +208,9 @@ def test_the_language_is_kept_within_an_utterance_once_two_seconds_were_heard() 
     h.play(np.concatenate([said([1, 2, 3, 4, 5]), said([6, 7], "ru"), silence(1.0)]))
     assert {c.language for _, c in h.captions} == {"en"}
     detections = h.recognizer.detections
-    h.play(np.concatenate([said([1, 2, 3, 4, 5, 6]), silence(1.0)]))
-    assert h.recognizer.detections - detections <= 3
+    h.play(np.concatenate([said([1, 2, 3, 4, 5, 6, 7]), silence(1.0)]))
+    # partials at 0.5, 1.5 and 2.5 s detect; the later partial, the commit and the final do not
+    assert h.recognizer.detections - detections == 3
 
 
 def test_finish_closes_the_utterance_of_a_speaker_who_leaves_mid_word() -> None:
@@ -314,3 +318,12 @@ def test_an_unsure_language_is_not_kept_and_the_final_is_in_the_language_heard_l
     assert partials and partials[0].language == "el"  # sent: 2.5 s is past SURE_AFTER
     assert [c.language for c in h.finals()] == ["ru"]
     assert h.finals()[0].text.startswith("w0 w1")
+
+
+def test_the_final_detects_the_language_again_on_the_whole_utterance() -> None:
+    # Whisper can be sure of the wrong language on the first two seconds of speech.
+    h = Harness()
+    h.recognizer.wrong_below = 3.2  # the partial after 2 s of speech is sure of Polish
+    h.play(np.concatenate([silence(1.0), said(list(range(6)), "ru"), silence(1.0)]))
+    assert "pl" in {c.language for _, c in h.captions if not c.final}
+    assert [c.language for c in h.finals()] == ["ru"]

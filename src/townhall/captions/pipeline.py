@@ -18,7 +18,8 @@ once the unfinished part of an utterance is longer than ``commit_after`` seconds
 the latest pause is *committed* (transcribed once, with the final decoding options): partials and
 the final then re-transcribe only the audio after the last commit, with the committed text as
 Whisper's prompt. The language is detected per utterance and kept for the rest of the utterance
-once ``language_after`` seconds of speech have been heard and the detection is sure.
+once ``language_after`` seconds of speech have been heard and the detection is sure; the final of
+an utterance with nothing committed detects it again on all of its audio.
 
 Every caption carries the translations asked for by ``languages`` that have a route
 (``translate.Translations``); a language without one is left out. An utterance whose partials were
@@ -383,7 +384,11 @@ class SpeakerPipeline:
                 encoded = recognizer.encode(tail_audio)
                 speech = utterance.speech_end - max(utterance.speech_start, state.committed)
                 keep = final or speech >= o.language_after * RATE
-                language = self._language(state, encoded, keep=keep)
+                # A final with nothing committed detects again, on the whole utterance: Whisper
+                # can be sure and wrong on its first two seconds.
+                language = self._language(
+                    state, encoded, keep=keep, again=final and not state.pieces
+                )
                 decoded = recognizer.decode(
                     encoded, language, o.final if final else o.partial,
                     prompt=self._committed(state),
@@ -407,8 +412,8 @@ class SpeakerPipeline:
     def _committed(self, state: _Open) -> str:
         return _join([p.text for p in state.pieces])
 
-    def _language(self, state: _Open, encoded: Encoded, keep: bool) -> str:
-        if state.language_kept and state.language is not None:
+    def _language(self, state: _Open, encoded: Encoded, keep: bool, again: bool = False) -> str:
+        if state.language_kept and state.language is not None and not again:
             return state.language
         candidates = self._engine.recognizer.detect_language(
             encoded, self._options.speech_languages
