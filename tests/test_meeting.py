@@ -98,6 +98,39 @@ async def test_a_receiver_gets_sender_reports_of_every_stream_stacked_in_one_rtc
         await listener.close()
 
 
+
+async def test_a_publisher_gets_receiver_reports_from_the_router_and_no_rtcp_timer_of_aiortcs(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("receiver-reports")
+    (host,) = await _attendees(server, room, ["host"])
+    try:
+        await host.publish()
+        live = server.running.services.registry.find(room)
+        assert live is not None
+        transport = live.participants[host.id].publish_transport
+        assert transport is not None
+        receivers = [t.receiver for t in transport.pc.getTransceivers()]
+        assert len(receivers) == 2
+        # aiortc's receivers see no packets (the router takes them first): their RTCP loop
+        # would only wake every 0.5-1.5 s to find nothing to report.
+        await until(lambda: all(getattr(r, "_RTCRtpReceiver__rtcp_task", None) is not None
+                                for r in receivers), 10, "the receivers start")
+        tasks = [r._RTCRtpReceiver__rtcp_task for r in receivers]  # type: ignore[attr-defined]
+        assert [t.get_coro().__qualname__ for t in tasks] == ["_quiet_rtcp"] * 2
+        # The publisher still learns how its streams arrive: the router reports every second.
+        deadline = time.monotonic() + 8
+        while True:
+            stats = await host.publish_pc.getStats()  # type: ignore[union-attr]
+            reported = {s.kind for s in stats.values() if s.type == "remote-inbound-rtp"}
+            if reported == {"audio", "video"}:
+                break
+            assert time.monotonic() < deadline, reported
+            await asyncio.sleep(0.2)
+    finally:
+        await host.close()
+
+
 def _lossy(every: int) -> object:
     """A subscribe-side hook that loses every ``every``-th incoming RTP datagram on the wire,
     before SRTP (as a network would, so retransmissions are not taken for replays)."""

@@ -50,6 +50,9 @@ PRIVATE_ATTRIBUTES = (
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_started"),
     ("aiortc.rtcrtpsender.RTCRtpSender", "_RTCRtpSender__rtcp_exited"),
     ("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_RTCRtpReceiver__remote_bitrate_estimator"),
+    ("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_run_rtcp"),
+    ("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_RTCRtpReceiver__rtcp_started"),
+    ("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_RTCRtpReceiver__rtcp_exited"),
     ("pylibsrtp.Session", "_srtp"),
     ("aiortc.rtcpeerconnection.RTCPeerConnection", "_RTCPeerConnection__certificates"),
     ("aiortc.rtcpeerconnection.RTCPeerConnection",
@@ -162,15 +165,24 @@ class _SilentTrack(MediaStreamTrack):  # type: ignore[misc]
         raise asyncio.CancelledError
 
 
-async def _quiet_rtcp(sender: Any) -> None:
-    """Replaces aiortc's sender reports, which would describe packets aiortc never sent."""
-    sender._RTCRtpSender__rtcp_started.set()
+async def _quiet_rtcp(party: Any, prefix: str) -> None:
+    """Replaces the RTCP loop of an aiortc sender or receiver (``prefix``: its class's private
+    attribute prefix). A sender's reports would describe packets aiortc never sent; a receiver's
+    loop wakes every 0.5–1.5 s to report streams aiortc never sees (the router reports them)."""
+    getattr(party, f"{prefix}__rtcp_started").set()
     try:
         await asyncio.get_running_loop().create_future()
     except asyncio.CancelledError:
         pass
     finally:
-        sender._RTCRtpSender__rtcp_exited.set()
+        getattr(party, f"{prefix}__rtcp_exited").set()
+
+
+def _quiet_receiver(transceiver: Any) -> None:
+    """No RTCP loop for a receiving transceiver (set before aiortc starts the receiver)."""
+    receiver = transceiver.receiver
+    setattr(receiver, "_run_rtcp",  # noqa: B010
+            functools.partial(_quiet_rtcp, receiver, "_RTCRtpReceiver"))
 
 
 def _drop_estimator(transceiver: Any) -> None:
@@ -193,7 +205,7 @@ def _sending_transceiver(pc: RTCPeerConnection, codec: Codec) -> Any:
     )
     # aiortc's own sender reports would describe packets it never sent.
     setattr(transceiver.sender, "_run_rtcp",  # noqa: B010
-            functools.partial(_quiet_rtcp, transceiver.sender))
+            functools.partial(_quiet_rtcp, transceiver.sender, "_RTCRtpSender"))
     _drop_estimator(transceiver)
     return transceiver
 
@@ -382,6 +394,7 @@ class Transport:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             for transceiver in self.pc.getTransceivers():
                 _drop_estimator(transceiver)
+                _quiet_receiver(transceiver)
                 transceiver.direction = "recvonly"
                 transceiver.setCodecPreferences(_forwardable(transceiver.kind))
             created = await self.pc.createAnswer()
