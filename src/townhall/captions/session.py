@@ -319,7 +319,7 @@ class RoomSession:
         pc, self._pc = self._pc, None
         if pc is not None:
             with contextlib.suppress(Exception):
-                await pc.close()
+                await asyncio.shield(pc.close())  # see sfu.transport.Transport.close
         self.outbox.disconnected()
 
     async def _send(self, message: dict[str, Any]) -> None:

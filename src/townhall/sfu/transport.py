@@ -371,6 +371,7 @@ class Transport:
         self._dtls: Any = None
         self._ready = False
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
         self._ready_task: asyncio.Task[None] | None = None
         self._slots: list[Slot] = []
         #: Whether this transport's descriptions offer and accept RED for Opus.
@@ -707,12 +708,22 @@ class Transport:
         logger.warning("%s: connected but SRTP never became ready", self.name)
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._ready = False
-        self._unlink()
-        if self._ready_task is not None:
-            self._ready_task.cancel()
-        await self.pc.close()
-        self._handler.transport_closed(self)
+        """Close the connection and tell the handler; every caller returns once that is done.
+
+        The closing runs in a task of its own, to the end, even if a caller is cancelled: a
+        cancelled caller inside aiortc's close would cancel the future that aiortc's own closing
+        (once DTLS has ended) waits on, and the handler would never hear."""
+        if self._closing is None:
+            self._closed = True
+            self._ready = False
+            self._unlink()
+            if self._ready_task is not None:
+                self._ready_task.cancel()
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        try:
+            await self.pc.close()
+        finally:
+            self._handler.transport_closed(self)

@@ -1,0 +1,59 @@
+"""Closing a transport: the router always hears of it, and aiortc's own closing is not broken."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack
+
+from support import until
+from townhall.sfu.transport import Transport
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.closed: list[Transport] = []
+
+    def rtp_received(self, transport: Transport, data: bytes) -> None:
+        pass
+
+    def rtcp_received(self, transport: Transport, data: bytes) -> None:
+        pass
+
+    def transport_ready(self, transport: Transport) -> None:
+        pass
+
+    def transport_closed(self, transport: Transport) -> None:
+        self.closed.append(transport)
+
+
+async def test_a_close_cancelled_halfway_still_closes_tells_the_handler_and_spoils_no_other_close(
+) -> None:
+    handler = Handler()
+    transport = Transport(handler, name="cancelled")
+    client = RTCPeerConnection()
+    try:
+        client.addTrack(AudioStreamTrack())
+        await client.setLocalDescription(await client.createOffer())
+        answer, _ = await transport.answer(client.localDescription.sdp)
+        await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await until(lambda: transport.pc.connectionState == "connected", 10, "connected")
+
+        closing = asyncio.ensure_future(transport.close())
+        await asyncio.sleep(0)  # inside aiortc's close, stopping DTLS and ICE
+        # aiortc also closes a connection itself once DTLS has ended: a second close waits on
+        # the first one's future.
+        own = asyncio.ensure_future(transport.pc.close())
+        await asyncio.sleep(0)
+        assert not closing.done()
+        closing.cancel()
+        results = await asyncio.gather(closing, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        await asyncio.wait_for(own, 10)  # failed (InvalidStateError) when the cancel reached it
+        assert transport.pc.connectionState == "closed"
+        assert handler.closed == [transport]
+        await transport.close()  # closing again waits for nothing and tells nobody twice
+        assert handler.closed == [transport]
+    finally:
+        await client.close()
