@@ -327,3 +327,20 @@ def test_the_final_detects_the_language_again_on_the_whole_utterance() -> None:
     h.play(np.concatenate([silence(1.0), said(list(range(6)), "ru"), silence(1.0)]))
     assert "pl" in {c.language for _, c in h.captions if not c.final}
     assert [c.language for c in h.finals()] == ["ru"]
+
+
+def test_audio_lost_on_the_way_is_put_back_as_silence_so_the_words_keep_their_timing() -> None:
+    h = Harness()
+    audio = np.concatenate([silence(0.5), said([1, 2, 3, 4]), silence(1.0)])
+    chunk = RATE // 50
+    lost = {40, 41, 42, 43, 44}  # 0.8-0.9 s: 100 ms in the middle of the first word
+    for n, i in enumerate(range(0, len(audio), chunk)):
+        h.clock.now = START + (i + chunk) / RATE
+        if n not in lost:
+            h.pipeline.feed(audio[i : i + chunk], START + i / RATE)
+        if n % 5 == 4:
+            h.poll()
+    final = h.finals()[0]
+    # the hole stays a hole (the fake recognizer hears w1 twice); joined up, it heard it once
+    assert final.text == "w1 w1 w2 w3 w4"
+    assert final.end - final.start == pytest.approx(2.0, abs=0.05)
