@@ -52,7 +52,10 @@ def chromium_extra_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         f.setsampwidth(2)
         f.setframerate(rate)
         f.writeframes(padded.tobytes())
-    return [f"--use-file-for-fake-audio-capture={path}"]
+    # Both pages run in one browser: muted, the listener's page plays nothing that the speaker
+    # page's echo canceller may take for an echo of its microphone (people on two machines
+    # have no such path).
+    return [f"--use-file-for-fake-audio-capture={path}", "--mute-audio"]
 
 
 @pytest.fixture(scope="module")
