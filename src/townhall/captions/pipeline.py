@@ -429,8 +429,9 @@ class SpeakerPipeline:
             encoded, self._options.speech_languages
         )
         language, probability = candidates[0]
-        logger.debug("utterance %s: language %s", state.id,
-                     ", ".join(f"{code} {p:.2f}" for code, p in candidates[:3]))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("utterance %s: language %s", state.id,
+                         ", ".join(f"{code} {p:.2f}" for code, p in candidates[:3]))
         state.unsure = False
         if probability < UNSURE:
             # On a second or less of speech Whisper often hesitates between several languages:

@@ -370,7 +370,7 @@ class Transport:
         self._hooked: set[int] = set()
         self._dtls: Any = None
         self._ready = False
-        self._closed = False
+        #: Set by the first ``close``: the closing every caller waits for.
         self._closing: asyncio.Future[None] | None = None
         self._ready_task: asyncio.Task[None] | None = None
         self._slots: list[Slot] = []
@@ -469,7 +469,7 @@ class Transport:
         slot.payload_type = None
 
     def _check_open(self) -> None:
-        if self._closed or self.pc.signalingState == "closed":
+        if self._closing is not None or self.pc.signalingState == "closed":
             raise MediaClosed(f"{self.name}: the media connection has closed")
 
     async def offer(self) -> str:
@@ -714,7 +714,6 @@ class Transport:
         cancelled caller inside aiortc's close would cancel the future that aiortc's own closing
         (once DTLS has ended) waits on, and the handler would never hear."""
         if self._closing is None:
-            self._closed = True
             self._ready = False
             self._unlink()
             if self._ready_task is not None:
