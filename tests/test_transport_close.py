@@ -50,7 +50,7 @@ async def test_a_close_cancelled_halfway_still_closes_tells_the_handler_and_spoi
         closing.cancel()
         results = await asyncio.gather(closing, return_exceptions=True)
         assert isinstance(results[0], asyncio.CancelledError)
-        await asyncio.wait_for(own, 10)  # failed (InvalidStateError) when the cancel reached it
+        await asyncio.wait_for(own, 10)  # was cancelled with the caller when the cancel reached it
         assert transport.pc.connectionState == "closed"
         assert handler.closed == [transport]
         await transport.close()  # closing again waits for nothing and tells nobody twice
