@@ -58,6 +58,16 @@ AUDIO_RATE = 48000
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
+class Clock:
+    """A clock the test moves by hand (``clock.now``), for code that takes a ``clock`` callable."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def pc_config() -> RTCConfiguration:
     """aiortc's configuration for a participant: no ICE servers, and max-bundle.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from support import Clock
 from townhall.config import Config
 from townhall.sfu import rtp
 from townhall.sfu.audio_activity import AudioActivity
@@ -16,14 +17,6 @@ from townhall.sfu.speaker import TICK
 from townhall.sfu.transport import Codec, IncomingTrack
 
 OPUS = Codec("audio/opus", 48000, 111, 2)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _packet(sequence: int, level: int | None) -> tuple[bytes, rtp.RtpHeader]:
@@ -46,7 +39,7 @@ def _producers(transport: Any, clock: Clock, levels: list[bool]) -> list[Produce
 
 
 async def test_only_the_speaking_producers_and_those_without_levels_are_forwarded() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     router = Router("room", clock=clock)
     try:
         transport = router.create_transport("owner")
@@ -72,7 +65,7 @@ async def test_only_the_speaking_producers_and_those_without_levels_are_forwarde
 
 async def test_audio_only_listeners_get_the_loudest_of_those_forwarded_and_those_without_levels(
 ) -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     router = Router("room", clock=clock)
     try:
         transport = router.create_transport("owner")
@@ -101,7 +94,7 @@ async def test_audio_only_listeners_get_the_loudest_of_those_forwarded_and_those
 
 
 async def test_in_silence_an_audio_only_listener_keeps_the_last_one_heard() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     router = Router("room", clock=clock)
     try:
         transport = router.create_transport("owner")

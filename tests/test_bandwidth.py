@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+from support import Clock
 from townhall.sfu import bandwidth, rtcp
 from townhall.sfu.bandwidth import Estimate, VideoDemand, allocate
 
 LAYERS = [150_000, 500_000, 1_500_000]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_before_any_report_the_initial_estimate_holds_then_nothing_limits() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     estimate = Estimate(clock)
     assert estimate.value() == bandwidth.INITIAL_BITRATE
     clock.now += bandwidth.FEEDBACK_WAIT + 0.1
@@ -25,7 +18,7 @@ def test_before_any_report_the_initial_estimate_holds_then_nothing_limits() -> N
 
 
 def test_a_report_replaces_the_estimate_and_a_drop_asks_for_allocation_now() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     estimate = Estimate(clock)
     assert estimate.update(2_000_000) is False  # a rise waits for the periodic allocation
     assert estimate.update(1_950_000) is False  # a small drop too
@@ -38,7 +31,7 @@ def test_a_report_replaces_the_estimate_and_a_drop_asks_for_allocation_now() -> 
 
 
 def test_each_further_drop_within_a_minute_doubles_the_hold_before_going_up() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     estimate = Estimate(clock)
     holds = []
     for bitrate in (1_000_000, 500_000, 250_000):
@@ -58,7 +51,7 @@ def test_each_further_drop_within_a_minute_doubles_the_hold_before_going_up() ->
 
 
 def test_when_reports_stop_the_estimate_is_raised_step_by_step() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     estimate = Estimate(clock)
     estimate.update(100_000)
     clock.now += bandwidth.FEEDBACK_EXPIRY - 0.5
@@ -139,7 +132,7 @@ def test_the_last_video_is_cut_only_well_below_its_lowest_layer() -> None:
 
 
 def test_a_retry_is_measured_before_reports_count_again() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     estimate = Estimate(clock)
     estimate.update(1_000_000)
     estimate.update(50_000)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from support import Clock
 from townhall import beat
 from townhall.beat import Beat
 
@@ -45,17 +46,9 @@ async def test_work_of_different_intervals_falls_due_in_the_same_wake_up() -> No
     assert order.index(f"tick {slow_due}") < order.index(f"after slow {slow_due}")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 10.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_the_steps_of_every_rooms_work_together_hold_the_loop_one_step_time_a_turn(
 ) -> None:
-    clock = Clock()
+    clock = Clock(10.0)
     periodic = Beat(interval=0.01, clock=clock)
     ran: list[str] = []
     finished: list[str] = []
@@ -82,7 +75,7 @@ async def test_the_steps_of_every_rooms_work_together_hold_the_loop_one_step_tim
 
 
 async def test_work_stopped_between_its_steps_takes_no_further_step() -> None:
-    clock = Clock()
+    clock = Clock(10.0)
     periodic = Beat(interval=0.01, clock=clock)
     taken: list[int] = []
 
@@ -146,7 +139,7 @@ async def test_work_of_the_same_interval_is_dealt_out_over_the_beats_of_the_inte
 async def _interleaving(step_time: float, steps: int) -> list[str]:
     """What ran, in order: a sweep of ``steps`` steps each taking ``step_time`` (on the
     beat's clock), and a task standing for arriving packets."""
-    clock = Clock()
+    clock = Clock(10.0)
     periodic = Beat(interval=0.001, clock=clock)
     ran: list[str] = []
     done = asyncio.Event()

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from support import Clock
 from townhall.sfu import rtcp, sequence
 from townhall.sfu.packet_cache import PacketCache
 from townhall.sfu.sequence import SequenceRewriter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_packet_cache_returns_what_it_stored_until_overwritten() -> None:
@@ -35,13 +28,13 @@ def test_packet_cache_size_must_be_a_power_of_two() -> None:
 
 
 def test_rewriter_passes_a_first_run_through_unchanged() -> None:
-    rewriter = SequenceRewriter(90000, Clock())
+    rewriter = SequenceRewriter(90000, Clock(100.0))
     assert rewriter.rewrite(1000, 5000) == (1000, 5000)
     assert rewriter.rewrite(1001, 8000) == (1001, 8000)
 
 
 def test_rewriter_continues_after_a_restart_with_the_elapsed_time() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     rewriter = SequenceRewriter(90000, clock)
     rewriter.rewrite(65535, 4294967000)
     clock.now += 0.5
@@ -51,7 +44,7 @@ def test_rewriter_continues_after_a_restart_with_the_elapsed_time() -> None:
 
 
 def test_rewriter_maps_output_sequence_numbers_back_for_nacks() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     rewriter = SequenceRewriter(48000, clock)
     rewriter.rewrite(10, 0)
     rewriter.restart()
@@ -63,7 +56,7 @@ def test_rewriter_maps_output_sequence_numbers_back_for_nacks() -> None:
 
 
 def test_late_packets_do_not_move_the_rewriter_backwards() -> None:
-    rewriter = SequenceRewriter(90000, Clock())
+    rewriter = SequenceRewriter(90000, Clock(100.0))
     rewriter.rewrite(10, 0)
     rewriter.rewrite(12, 6000)
     rewriter.rewrite(11, 3000)  # reordered
@@ -97,7 +90,7 @@ def test_malformed_rtcp_raises_value_error() -> None:
 
 
 def test_padding_moves_later_output_on_and_nacks_still_map_to_the_right_packets() -> None:
-    rewriter = SequenceRewriter(90000, Clock())
+    rewriter = SequenceRewriter(90000, Clock(100.0))
     assert rewriter.rewrite(100, 3000) == (100, 3000)
     assert rewriter.rewrite(101, 3000) == (101, 3000)
     assert rewriter.pad() == (102, 3000)
@@ -110,7 +103,7 @@ def test_padding_moves_later_output_on_and_nacks_still_map_to_the_right_packets(
 
 
 def test_a_late_packet_from_before_the_padding_keeps_its_place() -> None:
-    rewriter = SequenceRewriter(90000, Clock())
+    rewriter = SequenceRewriter(90000, Clock(100.0))
     rewriter.rewrite(10, 0)
     rewriter.rewrite(12, 0)  # 11 is late
     assert rewriter.pad() == (13, 0)
@@ -120,7 +113,7 @@ def test_a_late_packet_from_before_the_padding_keeps_its_place() -> None:
 
 
 def test_padding_the_rewriter_forgot_makes_older_nacks_unanswerable() -> None:
-    rewriter = SequenceRewriter(90000, Clock())
+    rewriter = SequenceRewriter(90000, Clock(100.0))
     rewriter.rewrite(0, 0)
     for _ in range(sequence.MAX_PADDING + 1):
         rewriter.pad()

@@ -18,7 +18,7 @@ import pytest
 from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
-from support import require_native_fanout
+from support import Clock, require_native_fanout
 from townhall.sfu import native
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import SPEAKING_LEVEL, Producer
@@ -33,14 +33,6 @@ VP8 = Codec("video/VP8", 90000, 97)
 @pytest.fixture(autouse=True)
 def _needs_native() -> None:
     require_native_fanout()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Slot:
@@ -107,7 +99,7 @@ class Pair:
     """The producer and its two consumers."""
 
     def __init__(self, simulcast: bool, twcc: bool, red: bool = False) -> None:
-        self.clock = Clock()
+        self.clock = Clock(5000.0)
         if simulcast:
             track = IncomingTrack(mid="1", kind="video", codec=VP8, ssrcs=(), mid_extension=1,
                                   audio_level_extension=None, rtcp_ssrc=1, rids=("q", "h", "f"),

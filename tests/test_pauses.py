@@ -11,20 +11,12 @@ import time
 
 import pytest
 
-from support import NoMedia
+from support import Clock, NoMedia
 from townhall.server.pauses import LoopWatch, PauseWatch, watch
 from townhall.sfu.transport import Codec, Transport
 
 #: Video slots added to measure one's share of the objects.
 SLOTS = 20
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_collection_longer_than_the_limit_is_logged_with_its_generation(

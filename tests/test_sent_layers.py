@@ -6,20 +6,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from support import Clock
 from townhall.sfu.producer import Producer
 from townhall.sfu.router import Router
 from townhall.sfu.simulcast import LAYER_IDLE, SentLayers, needed_layers
 from townhall.sfu.transport import Codec, IncomingTrack, Transport
 
 VP8 = Codec("video/VP8", 90000, 96)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Events:
@@ -55,7 +48,7 @@ def _camera(router: Router, owner: str, transport: Transport, clock: Clock,
 @contextlib.asynccontextmanager
 async def _room() -> AsyncIterator[tuple[Router, Clock, Events]]:
     """A router on a clock the test moves, with its events recorded; closed afterwards."""
-    clock, events = Clock(), Events()
+    clock, events = Clock(1000.0), Events()
     router = Router("room", events=events, clock=clock)
     try:
         yield router, clock, events

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiortc.rtp import RtcpPacket, RtpPacket
 
+from support import Clock
 from townhall.sfu import simulcast_sdp, vp8
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
@@ -20,14 +21,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "vp8"
 #: First 48 bytes of the first RTP payload of a libvpx keyframe (320x180) and of the next frame.
 KEYFRAME = (FIXTURES / "keyframe-320x180.bin").read_bytes()
 INTERFRAME = (FIXTURES / "interframe.bin").read_bytes()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- VP8 payload descriptor ----------------------------------------------------------------
@@ -209,7 +202,7 @@ def plis(transport: FakeTransport) -> list[int]:
 
 
 def test_a_consumer_starts_at_a_keyframe_of_its_target_layer_and_asks_for_one() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     producer, publisher, out, consumer = consumed(clock)
     layers = [Layer(0, 1000, 100, 5000, 10, 160), Layer(1, 2000, 9000, 777, 2000, 320),
               Layer(2, 3000, 60000, 4_000_000_000, 30000, 640)]
@@ -226,7 +219,7 @@ def test_a_consumer_starts_at_a_keyframe_of_its_target_layer_and_asks_for_one() 
 
 
 def test_switching_layers_waits_for_a_keyframe_and_keeps_every_counter_continuous() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     producer, publisher, out, consumer = consumed(clock)
     high = Layer(2, 3000, 65534, 4_294_960_000, 0x7FFE, 640)
     low = Layer(0, 1000, 100, 5000, 10, 160)
@@ -262,7 +255,7 @@ def test_switching_layers_waits_for_a_keyframe_and_keeps_every_counter_continuou
 
 
 def test_retransmissions_after_a_switch_carry_the_rewritten_picture_id() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     producer, _, out, consumer = consumed(clock)
     high, low = Layer(2, 3000, 10, 0, 500, 640), Layer(0, 1000, 7000, 0, 9000, 160)
     consumer.set_target(2)
@@ -279,7 +272,7 @@ def test_retransmissions_after_a_switch_carry_the_rewritten_picture_id() -> None
 
 
 def test_a_target_of_minus_one_stops_forwarding_at_once() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     producer, _, out, consumer = consumed(clock)
     layer = Layer(1, 2000, 1, 0, 1, 320)
     consumer.set_target(1)
@@ -291,7 +284,7 @@ def test_a_target_of_minus_one_stops_forwarding_at_once() -> None:
 
 
 def test_forwarded_video_carries_abs_send_time_for_the_receivers_estimate() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     producer, _, out, consumer = consumed(clock)
     consumer.set_target(0)
     feed(producer, Layer(0, 1000, 1, 0, 1, 160).frame(keyframe=True), 0)
@@ -304,7 +297,7 @@ def test_forwarded_video_carries_abs_send_time_for_the_receivers_estimate() -> N
 
 
 def test_probe_padding_follows_the_end_of_a_frame_and_never_splits_one() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     producer, _, out, consumer = consumed(clock)
     layer = Layer(0, 1000, 500, 0, 1, 160)
     consumer.set_target(0)
@@ -326,7 +319,7 @@ def test_probe_padding_follows_the_end_of_a_frame_and_never_splits_one() -> None
 
 
 def _layers(sizes: list[tuple[int, int]]) -> list[Any]:
-    clock = Clock()
+    clock = Clock(1000.0)
     producer, _ = simulcast_producer(clock)
     for layer, (width, height) in zip(producer.layers, sizes, strict=True):
         layer.width, layer.height = width, height

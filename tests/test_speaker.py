@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from support import Clock
 from townhall.sfu import rtp
 from townhall.sfu.audio_selection import AudioSelection
 from townhall.sfu.speaker import TICK, DominantSpeaker, Voices
@@ -15,19 +16,11 @@ LOUD = 25.0  # a speaking voice's score (about -25 dBov)
 QUIET = 12.0  # someone speaking softly
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Meeting:
     """Feeds per-tick scores to a detector and records the dominant speaker after each tick."""
 
     def __init__(self, **options: float) -> None:
-        self.clock = Clock()
+        self.clock = Clock(1000.0)
         self.detector = DominantSpeaker(self.clock, **options)
         self.history: list[str | None] = []
 
@@ -123,7 +116,7 @@ class Room:
     """Several producers' scores fed tick by tick to Voices and an AudioSelection of 3."""
 
     def __init__(self, size: int = 3) -> None:
-        self.clock = Clock()
+        self.clock = Clock(1000.0)
         self.voices = Voices()
         self.selection = AudioSelection(size, self.clock)
 
@@ -173,7 +166,7 @@ def test_a_fourth_speaker_gets_in_only_by_being_clearly_louder_than_the_weakest(
 
 def test_a_selection_must_forward_something() -> None:
     with pytest.raises(ValueError, match="at least one"):
-        AudioSelection(0, Clock())
+        AudioSelection(0, Clock(1000.0))
 
 
 # -- the audio level on the packet path --------------------------------------------------------
