@@ -178,11 +178,9 @@ async def _quiet_rtcp(party: Any, prefix: str) -> None:
         getattr(party, f"{prefix}__rtcp_exited").set()
 
 
-def _quiet_receiver(transceiver: Any) -> None:
-    """No RTCP loop for a receiving transceiver (set before aiortc starts the receiver)."""
-    receiver = transceiver.receiver
-    setattr(receiver, "_run_rtcp",  # noqa: B010
-            functools.partial(_quiet_rtcp, receiver, "_RTCRtpReceiver"))
+def _no_rtcp_loop(party: Any, prefix: str) -> None:
+    """``_quiet_rtcp`` in place of ``party``'s RTCP loop (set before aiortc starts it)."""
+    setattr(party, "_run_rtcp", functools.partial(_quiet_rtcp, party, prefix))  # noqa: B010
 
 
 def _drop_estimator(transceiver: Any) -> None:
@@ -204,8 +202,7 @@ def _sending_transceiver(pc: RTCPeerConnection, codec: Codec) -> Any:
         [c for c in _forwardable(codec.kind) if codec.matches(_codec_of_capability(c))]
     )
     # aiortc's own sender reports would describe packets it never sent.
-    setattr(transceiver.sender, "_run_rtcp",  # noqa: B010
-            functools.partial(_quiet_rtcp, transceiver.sender, "_RTCRtpSender"))
+    _no_rtcp_loop(transceiver.sender, "_RTCRtpSender")
     _drop_estimator(transceiver)
     return transceiver
 
@@ -395,7 +392,7 @@ class Transport:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             for transceiver in self.pc.getTransceivers():
                 _drop_estimator(transceiver)
-                _quiet_receiver(transceiver)
+                _no_rtcp_loop(transceiver.receiver, "_RTCRtpReceiver")
                 transceiver.direction = "recvonly"
                 transceiver.setCodecPreferences(_forwardable(transceiver.kind))
             created = await self.pc.createAnswer()
