@@ -99,7 +99,7 @@ async def test_a_receiver_gets_sender_reports_of_every_stream_stacked_in_one_rtc
 
 
 
-async def test_a_publisher_gets_receiver_reports_from_the_router_and_no_rtcp_timer_of_aiortcs(
+async def test_a_publisher_gets_router_receiver_reports_and_no_idle_rtcp_timer_or_decoder_thread(
     server: RunningServer,
 ) -> None:
     room = await server.create_room("receiver-reports")
@@ -118,6 +118,10 @@ async def test_a_publisher_gets_receiver_reports_from_the_router_and_no_rtcp_tim
                                 for r in receivers), 10, "the receivers start")
         tasks = [r._RTCRtpReceiver__rtcp_task for r in receivers]  # type: ignore[attr-defined]
         assert [t.get_coro().__qualname__ for t in tasks] == ["_quiet_rtcp"] * 2
+        # Nor do they keep a decoder thread waiting for frames that never come.
+        threads = [r._RTCRtpReceiver__decoder_thread for r in receivers]  # type: ignore[attr-defined]
+        await until(lambda: not any(t.is_alive() for t in threads), 5,
+                    "the receivers' decoder threads end")
         # The publisher still learns how its streams arrive: the router reports every second.
         deadline = time.monotonic() + 8
         while True:

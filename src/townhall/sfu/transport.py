@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import queue
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,6 +54,7 @@ PRIVATE_ATTRIBUTES = (
     ("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_run_rtcp"),
     ("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_RTCRtpReceiver__rtcp_started"),
     ("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_RTCRtpReceiver__rtcp_exited"),
+    ("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_RTCRtpReceiver__decoder_queue"),
     ("pylibsrtp.Session", "_srtp"),
     ("aiortc.rtcpeerconnection.RTCPeerConnection", "_RTCPeerConnection__certificates"),
     ("aiortc.rtcpeerconnection.RTCPeerConnection",
@@ -181,6 +183,18 @@ async def _quiet_rtcp(party: Any, prefix: str) -> None:
 def _no_rtcp_loop(party: Any, prefix: str) -> None:
     """``_quiet_rtcp`` in place of ``party``'s RTCP loop (set before aiortc starts it)."""
     setattr(party, "_run_rtcp", functools.partial(_quiet_rtcp, party, prefix))  # noqa: B010
+
+
+def _no_decoder(receiver: Any) -> None:
+    """Make the decoder thread that aiortc starts for each received track end at once.
+
+    The router takes every packet before aiortc's receiver sees one, so that thread would wait
+    on its queue for the whole call: in a 50-person meeting, a hundred idle threads. Its queue
+    here already holds the value that tells it to stop (set before aiortc starts it); stopping
+    the receiver later sends that value again and joins a thread that has ended."""
+    stopped: queue.Queue[None] = queue.Queue()
+    stopped.put(None)
+    setattr(receiver, "_RTCRtpReceiver__decoder_queue", stopped)  # noqa: B010
 
 
 def _drop_estimator(transceiver: Any) -> None:
@@ -393,6 +407,7 @@ class Transport:
             for transceiver in self.pc.getTransceivers():
                 _drop_estimator(transceiver)
                 _no_rtcp_loop(transceiver.receiver, "_RTCRtpReceiver")
+                _no_decoder(transceiver.receiver)
                 transceiver.direction = "recvonly"
                 transceiver.setCodecPreferences(_forwardable(transceiver.kind))
             created = await self.pc.createAnswer()
