@@ -55,9 +55,17 @@ def test_samples_out_of_range_or_not_numbers_are_clamped_and_make_no_caption(
     bad = np.tile(np.array([np.nan, np.inf, -np.inf, 40.0, -40.0, 0.0], np.float32), 8000)
     captions = play(pipeline, clock, np.concatenate([bad, silence(1.0)]), EVERYONE)
     assert captions + pipeline.finish(EVERYONE) == []
-    # and the pipeline still works afterwards
-    captions = play(pipeline, clock, np.concatenate([speech("en-05.wav"), silence(1.0)]), EVERYONE)
-    assert [c.text for c in captions if c.final] == ["Can everyone hear me clearly?"]
+    # and the pipeline still works afterwards: a sentence comes out as it does after as much
+    # silence (the words depend on where the partials fell, and between CPUs on the engine's
+    # kernels: "hear me" came out "here be" without AVX-512)
+    sentence = np.concatenate([speech("en-05.wav"), silence(1.0)])
+    finals = [c.text for c in play(pipeline, clock, sentence, EVERYONE) if c.final]
+    quiet_clock = FakeClock()
+    quiet = SpeakerPipeline(engine, quiet_clock)
+    play(quiet, quiet_clock, silence(len(bad) / RATE + 1.0), EVERYONE)
+    assert finals == [c.text for c in play(quiet, quiet_clock, sentence, EVERYONE) if c.final]
+    errors, _ = word_errors(texts()["en-05.wav"]["text"], " ".join(finals))
+    assert errors <= 2, finals
 
 
 def test_a_very_long_utterance_is_cut_into_finals_that_keep_every_sentence(engine: Engine) -> None:
