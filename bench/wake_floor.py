@@ -3,11 +3,13 @@ in a forwarder that does nothing else.
 
     python bench/wake_floor.py [--consumers 1,5,20] [--seconds 20] [--repeat 2]
 
-For each number of consumers N, two minimal forwarders get the arrival pattern of the forwarding
+For each number of consumers N, minimal forwarders get the arrival pattern of the forwarding
 benchmark's single room (``sfu_forwarding.py``, one producer, N consumers) on loopback:
 
 - ``c``: ``wake_floor.c``, built here with gcc: epoll, ``recvmmsg``, one ``sendmmsg`` per
-  batch; no SRTP, no parsing;
+  batch; it reads the payload type and nothing else;
+- ``c+srtp``: the same, built with libsrtp 2 (Debian's libsrtp2-dev; left out without it): it
+  unprotects each RTP packet and protects each copy in a session per consumer, as an SFU does;
 - ``python``: uvloop and a ``DatagramProtocol`` whose ``datagram_received`` sends the copies
   with ``sendto``, one call per copy; nothing else.
 
@@ -20,9 +22,9 @@ consumer, as in the forwarding benchmark, and N × 125 copies out. A sink counts
 Reported per run: the forwarder's CPU from ``/proc/PID/schedstat`` (nanoseconds on the CPU),
 its voluntary context switches (each one a sleep and a wake-up), copies that reached the sink,
 and from those copies per CPU-second (the forwarding benchmark's figure) and µs of CPU per
-wake-up. Neither forwarder does an SFU's work; the difference between them is the interpreter's
-and the event loop's part of a wake-up, and the C figure is what the kernel's part of it and of
-each copy leaves for everything else.
+wake-up. None of them does the rest of an SFU's work; the difference between ``c`` and
+``python`` is the interpreter's and the event loop's part of a wake-up, and ``c+srtp`` is what
+the kernel's part and SRTP leave for everything else.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ import json
 import os
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,10 +50,12 @@ FPS = 30
 AUDIO_INTERVAL = 0.02
 FEEDBACK_INTERVAL = 0.1
 REMB_INTERVAL = 1.0
-FORWARDED = b"\x80" + bytes(1099)
-AUDIO = b"\x80" + bytes(99)
-NOT_FORWARDED = b"\x00" + bytes(899)
 RTCP = b"\x00" + bytes(59)
+#: The floor's SRTP key (master key and salt), as ``wake_floor.c`` has it.
+KEY = bytes(range(30))
+#: (payload type, payload bytes) of each stream: the top layer and audio are forwarded (96),
+#: the middle and lowest layers not (97).
+STREAMS = {"f": (96, 1100), "h": (97, 900), "q": (97, 500), "audio": (96, 100)}
 
 
 @dataclass
@@ -66,11 +72,20 @@ class Result:
     load_average_1min: float
 
 
-def build(directory: Path) -> Path:
-    binary = directory / "wake_floor"
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(BENCH_DIR / "wake_floor.c")],
-                   check=True)
-    return binary
+def build(directory: Path) -> dict[str, Path]:
+    """The C forwarders: ``c``, and ``c+srtp`` where libsrtp 2's headers are installed
+    (Debian: libsrtp2-dev)."""
+    source = str(BENCH_DIR / "wake_floor.c")
+    binaries = {"c": directory / "wake_floor"}
+    subprocess.run(["gcc", "-O2", "-o", str(binaries["c"]), source], check=True)
+    if Path("/usr/include/srtp2/srtp.h").exists():
+        binaries["c+srtp"] = directory / "wake_floor_srtp"
+        subprocess.run(["gcc", "-O2", "-DWITH_SRTP", "-o", str(binaries["c+srtp"]), source,
+                        "-lsrtp2"], check=True)
+    else:
+        print("no libsrtp2 headers (libsrtp2-dev): the c+srtp forwarder is left out",
+              file=sys.stderr)
+    return binaries
 
 
 def cpu_ns(pid: int) -> int:
@@ -92,8 +107,35 @@ class _Sink(asyncio.DatagramProtocol):
         self.copies += 1
 
 
-async def _send(sock: socket.socket, address: tuple[str, int], consumers: int,
-                until: float) -> int:
+class _Sender:
+    """The producer's RTP (SRTP-protected for ``c+srtp``) and the consumers' RTCP stand-ins."""
+
+    def __init__(self, sock: socket.socket, address: tuple[str, int], srtp: bool) -> None:
+        self.sock = sock
+        self.address = address
+        self.sequences = dict.fromkeys(STREAMS, 0)
+        self.protect: Callable[[bytes], bytes] | None = None
+        if srtp:
+            import pylibsrtp
+
+            self.protect = pylibsrtp.Session(pylibsrtp.Policy(
+                key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)).protect
+        self.sent = 0
+
+    def rtp(self, stream: str) -> None:
+        payload_type, size = STREAMS[stream]
+        sequence = self.sequences[stream] = (self.sequences[stream] + 1) & 0xFFFF
+        ssrc = 1000 + list(STREAMS).index(stream)
+        packet = struct.pack("!BBHII", 0x80, payload_type, sequence, sequence * 3000, ssrc) + \
+            bytes(size)
+        self.send(packet if self.protect is None else self.protect(packet))
+
+    def send(self, datagram: bytes) -> None:
+        self.sock.sendto(datagram, self.address)
+        self.sent += 1
+
+
+async def _send(sender: _Sender, consumers: int, until: float) -> int:
     """Send the arrival pattern until the loop's clock reaches ``until``; returns datagrams."""
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -103,29 +145,30 @@ async def _send(sock: socket.socket, address: tuple[str, int], consumers: int,
     for i in range(consumers):
         events.append((start + FEEDBACK_INTERVAL * i / consumers, "feedback", FEEDBACK_INTERVAL))
         events.append((start + REMB_INTERVAL * i / consumers, "remb", REMB_INTERVAL))
-    frame = sent = 0
+    frame = 0
     while True:
         events.sort()
         due, kind, period = events[0]
         if due >= until:
-            return sent
+            return sender.sent
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         events[0] = (due + period, kind, period)
         if kind == "frame":
-            burst = [FORWARDED] * (2 + frame % 2) + [NOT_FORWARDED] * (1 + (frame + 1) % 2)
+            for _ in range(2 + frame % 2):
+                sender.rtp("f")
+            sender.rtp("h")
+            if frame % 2:
+                sender.rtp("q")
             frame += 1
         elif kind == "audio":
-            burst = [AUDIO]
+            sender.rtp("audio")
         else:
-            burst = [RTCP]
-        for datagram in burst:
-            sock.sendto(datagram, address)
-        sent += len(burst)
+            sender.send(RTCP)
 
 
-async def run_one(forwarder: str, binary: Path, consumers: int, seconds: float,
+async def run_one(forwarder: str, binaries: dict[str, Path], consumers: int, seconds: float,
                   warmup: float) -> Result:
     loop = asyncio.get_running_loop()
     sink_transport, sink = await loop.create_datagram_endpoint(
@@ -134,8 +177,8 @@ async def run_one(forwarder: str, binary: Path, consumers: int, seconds: float,
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    if forwarder == "c":
-        command = [str(binary), str(port), str(sink_port), str(consumers)]
+    if forwarder.startswith("c"):
+        command = [str(binaries[forwarder]), str(port), str(sink_port), str(consumers)]
     else:
         command = [sys.executable, __file__, "--forward", str(port), str(sink_port),
                    str(consumers)]
@@ -147,8 +190,9 @@ async def run_one(forwarder: str, binary: Path, consumers: int, seconds: float,
         if (await asyncio.wait_for(process.stdout.readline(), 10)).strip() != b"ready":
             raise RuntimeError(f"{forwarder} forwarder did not start")
         begin = loop.time()
+        source = _Sender(sender, ("127.0.0.1", port), forwarder == "c+srtp")
         sending = asyncio.ensure_future(
-            _send(sender, ("127.0.0.1", port), consumers, begin + warmup + seconds + 1))
+            _send(source, consumers, begin + warmup + seconds + 1))
         await asyncio.sleep(warmup)
         cpu0, wake0, copies0, t0 = cpu_ns(process.pid), wakeups(process.pid), sink.copies, \
             time.monotonic()
@@ -183,7 +227,7 @@ class _Forward(asyncio.DatagramProtocol):
         self.transport = transport  # uvloop's, not a subclass of asyncio.DatagramTransport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if data[0] and self.transport is not None:
+        if data[0] and data[1] & 0x7F == 96 and self.transport is not None:
             sendto, sink = self.transport.sendto, self.sink
             for _ in self.copies:
                 sendto(data, sink)
@@ -201,11 +245,11 @@ async def forward(port: int, sink_port: int, copies: int) -> None:
 async def main_async(args: argparse.Namespace) -> list[Result]:
     results = []
     with tempfile.TemporaryDirectory() as directory:
-        binary = build(Path(directory))
+        binaries = build(Path(directory))
         for _ in range(args.repeat):
             for consumers in args.consumers:
-                for forwarder in ("c", "python"):
-                    result = await run_one(forwarder, binary, consumers, args.seconds,
+                for forwarder in (*binaries, "python"):
+                    result = await run_one(forwarder, binaries, consumers, args.seconds,
                                            args.warmup)
                     print(json.dumps(asdict(result)), flush=True)
                     results.append(result)
@@ -237,7 +281,7 @@ def main() -> None:
     print("\n| forwarder | consumers | copies per CPU-second (median) | µs of CPU per wake-up "
           "(median) | wake-ups per second |\n|---|---:|---:|---:|---:|")
     for consumers in args.consumers:
-        for forwarder in ("c", "python"):
+        for forwarder in dict.fromkeys(r.forwarder for r in results):
             runs = [r for r in results if r.forwarder == forwarder and r.consumers == consumers]
             print(f"| {forwarder} | {consumers} "
                   f"| {statistics.median(r.copies_per_cpu_second for r in runs):,.0f} "
