@@ -9,9 +9,11 @@
  * not forwarded. No parsing beyond that: what is left is the kernel's part of each wake-up
  * and of each copy. Runs until killed.
  *
- * Built with -DWITH_SRTP (and -lsrtp2), it also unprotects each RTP packet with libsrtp
- * (AES-CM-128, HMAC-SHA1-80, the 30 key bytes 0, 1, ... 29) and protects each copy in a
- * session of its own, as an SFU does for each consumer's transport.
+ * Built as a shared library (-shared -fPIC -DWAKE_FLOOR_LIBRARY), its wake_floor() takes
+ * libsrtp's srtp_unprotect and srtp_protect and the sessions to use them on, from pylibsrtp's
+ * own binding (the libsrtp the SFU uses, with OpenSSL's AES): it then unprotects each RTP
+ * packet and protects each copy in a session of its own, as an SFU does for each consumer's
+ * transport (bench/wake_floor.py sets the sessions up and calls it through ctypes).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -21,10 +23,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-
-#ifdef WITH_SRTP
-#include <srtp2/srtp.h>
-#endif
 
 #define BATCH 64
 #define MAX_COPIES 64
@@ -36,49 +34,33 @@ static struct iovec in_vectors[BATCH];
 static struct mmsghdr out[BATCH * MAX_COPIES];
 static struct iovec out_vectors[BATCH * MAX_COPIES];
 
-#ifdef WITH_SRTP
 static unsigned char copies_buffers[BATCH * MAX_COPIES][SIZE];
-static srtp_t rx, tx[MAX_COPIES];
 
-static int session(srtp_t *out, srtp_ssrc_type_t type) {
-    static unsigned char key[30];
-    for (int i = 0; i < 30; i++)
-        key[i] = (unsigned char)i;
-    srtp_policy_t policy;
-    memset(&policy, 0, sizeof policy);
-    srtp_crypto_policy_set_rtp_default(&policy.rtp);
-    srtp_crypto_policy_set_rtcp_default(&policy.rtcp);
-    policy.ssrc.type = type;
-    policy.key = key;
-    policy.window_size = 1024;
-    return srtp_create(out, &policy) == srtp_err_status_ok ? 0 : -1;
-}
-#endif
+typedef int (*srtp_fn)(void *session, void *packet, int *length);
 
+/* Forwards until killed; with unprotect NULL, without SRTP. Returns only on an error. */
+int wake_floor(int port, int sink_port, int copies, srtp_fn unprotect, srtp_fn protect,
+               void *rx, void **tx);
+
+#ifndef WAKE_FLOOR_LIBRARY
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: wake_floor PORT SINK_PORT COPIES\n");
         return 2;
     }
-    int copies = atoi(argv[3]);
+    return wake_floor(atoi(argv[1]), atoi(argv[2]), atoi(argv[3]), NULL, NULL, NULL, NULL);
+}
+#endif
+
+int wake_floor(int port, int sink_port, int copies, srtp_fn unprotect, srtp_fn protect,
+               void *rx, void **tx) {
     if (copies < 1 || copies > MAX_COPIES) {
         fprintf(stderr, "wake_floor: COPIES is 1 to %d\n", MAX_COPIES);
         return 2;
     }
-#ifdef WITH_SRTP
-    if (srtp_init() != srtp_err_status_ok || session(&rx, ssrc_any_inbound) < 0) {
-        fprintf(stderr, "wake_floor: libsrtp\n");
-        return 1;
-    }
-    for (int c = 0; c < copies; c++)
-        if (session(&tx[c], ssrc_any_outbound) < 0) {
-            fprintf(stderr, "wake_floor: libsrtp\n");
-            return 1;
-        }
-#endif
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
-    struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
-    struct sockaddr_in sink = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in sink = {.sin_family = AF_INET, .sin_port = htons((uint16_t)sink_port)};
     inet_pton(AF_INET, "127.0.0.1", &local.sin_addr);
     inet_pton(AF_INET, "127.0.0.1", &sink.sin_addr);
     if (fd < 0 || bind(fd, (struct sockaddr *)&local, sizeof local) < 0) {
@@ -112,27 +94,24 @@ int main(int argc, char **argv) {
                 int length = (int)in[i].msg_len;
                 if (length < 12 || buffers[i][0] == 0)
                     continue;
-#ifdef WITH_SRTP
-                if (srtp_unprotect(rx, buffers[i], &length) != srtp_err_status_ok)
+                if (unprotect != NULL && unprotect(rx, buffers[i], &length) != 0)
                     continue;
-#endif
                 if ((buffers[i][1] & 0x7F) != 96)
                     continue;
                 for (int c = 0; c < copies; c++, queued++) {
-#ifdef WITH_SRTP
-                    int protected_length = length;
-                    memcpy(copies_buffers[queued], buffers[i], (size_t)length);
-                    if (srtp_protect(tx[c], copies_buffers[queued], &protected_length) !=
-                        srtp_err_status_ok) {
-                        queued--;
-                        continue;
+                    if (unprotect == NULL) {
+                        out_vectors[queued].iov_base = buffers[i];
+                        out_vectors[queued].iov_len = (size_t)length;
+                    } else {
+                        int protected_length = length;
+                        memcpy(copies_buffers[queued], buffers[i], (size_t)length);
+                        if (protect(tx[c], copies_buffers[queued], &protected_length) != 0) {
+                            queued--;
+                            continue;
+                        }
+                        out_vectors[queued].iov_base = copies_buffers[queued];
+                        out_vectors[queued].iov_len = (size_t)protected_length;
                     }
-                    out_vectors[queued].iov_base = copies_buffers[queued];
-                    out_vectors[queued].iov_len = (size_t)protected_length;
-#else
-                    out_vectors[queued].iov_base = buffers[i];
-                    out_vectors[queued].iov_len = (size_t)length;
-#endif
                     memset(&out[queued].msg_hdr, 0, sizeof out[queued].msg_hdr);
                     out[queued].msg_hdr.msg_name = &sink;
                     out[queued].msg_hdr.msg_namelen = sizeof sink;

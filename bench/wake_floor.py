@@ -8,8 +8,9 @@ benchmark's single room (``sfu_forwarding.py``, one producer, N consumers) on lo
 
 - ``c``: ``wake_floor.c``, built here with gcc: epoll, ``recvmmsg``, one ``sendmmsg`` per
   batch; it reads the payload type and nothing else;
-- ``c+srtp``: the same, built with libsrtp 2 (Debian's libsrtp2-dev; left out without it): it
-  unprotects each RTP packet and protects each copy in a session per consumer, as an SFU does;
+- ``c+srtp``: the same loop with SRTP, in a process of its own that sets up pylibsrtp's
+  sessions (the libsrtp the SFU uses) and calls it through ctypes: it unprotects each RTP
+  packet and protects each copy in a session per consumer, as an SFU does;
 - ``python``: uvloop and a ``DatagramProtocol`` whose ``datagram_received`` sends the copies
   with ``sendto``, one call per copy; nothing else.
 
@@ -53,6 +54,7 @@ REMB_INTERVAL = 1.0
 RTCP = b"\x00" + bytes(59)
 #: The floor's SRTP key (master key and salt), as ``wake_floor.c`` has it.
 KEY = bytes(range(30))
+FORWARDERS = ("c", "c+srtp", "python")
 #: (payload type, payload bytes) of each stream: the top layer and audio are forwarded (96),
 #: the middle and lowest layers not (97).
 STREAMS = {"f": (96, 1100), "h": (97, 900), "q": (97, 500), "audio": (96, 100)}
@@ -72,20 +74,15 @@ class Result:
     load_average_1min: float
 
 
-def build(directory: Path) -> dict[str, Path]:
-    """The C forwarders: ``c``, and ``c+srtp`` where libsrtp 2's headers are installed
-    (Debian: libsrtp2-dev)."""
+def build(directory: Path) -> tuple[Path, Path]:
+    """The C forwarder as a program (``c``) and as a library (``c+srtp``, run by
+    :func:`forward_srtp`)."""
     source = str(BENCH_DIR / "wake_floor.c")
-    binaries = {"c": directory / "wake_floor"}
-    subprocess.run(["gcc", "-O2", "-o", str(binaries["c"]), source], check=True)
-    if Path("/usr/include/srtp2/srtp.h").exists():
-        binaries["c+srtp"] = directory / "wake_floor_srtp"
-        subprocess.run(["gcc", "-O2", "-DWITH_SRTP", "-o", str(binaries["c+srtp"]), source,
-                        "-lsrtp2"], check=True)
-    else:
-        print("no libsrtp2 headers (libsrtp2-dev): the c+srtp forwarder is left out",
-              file=sys.stderr)
-    return binaries
+    program, library = directory / "wake_floor", directory / "wake_floor.so"
+    subprocess.run(["gcc", "-O2", "-o", str(program), source], check=True)
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-DWAKE_FLOOR_LIBRARY", "-o",
+                    str(library), source], check=True)
+    return program, library
 
 
 def cpu_ns(pid: int) -> int:
@@ -168,8 +165,8 @@ async def _send(sender: _Sender, consumers: int, until: float) -> int:
             sender.send(RTCP)
 
 
-async def run_one(forwarder: str, binaries: dict[str, Path], consumers: int, seconds: float,
-                  warmup: float) -> Result:
+async def run_one(forwarder: str, binaries: tuple[Path, Path], consumers: int,
+                  seconds: float, warmup: float) -> Result:
     loop = asyncio.get_running_loop()
     sink_transport, sink = await loop.create_datagram_endpoint(
         _Sink, local_addr=("127.0.0.1", 0))
@@ -177,8 +174,12 @@ async def run_one(forwarder: str, binaries: dict[str, Path], consumers: int, sec
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    if forwarder.startswith("c"):
-        command = [str(binaries[forwarder]), str(port), str(sink_port), str(consumers)]
+    program, library = binaries
+    if forwarder == "c":
+        command = [str(program), str(port), str(sink_port), str(consumers)]
+    elif forwarder == "c+srtp":
+        command = [sys.executable, __file__, "--forward-srtp", str(port), str(sink_port),
+                   str(consumers), str(library)]
     else:
         command = [sys.executable, __file__, "--forward", str(port), str(sink_port),
                    str(consumers)]
@@ -242,13 +243,38 @@ async def forward(port: int, sink_port: int, copies: int) -> None:
     await loop.create_future()
 
 
+def forward_srtp(port: int, sink_port: int, copies: int, library: str) -> None:
+    """The ``c+srtp`` forwarder (runs in its own process): ``wake_floor.c``'s loop with
+    libsrtp from pylibsrtp's binding, one inbound session and a session per copy."""
+    import ctypes
+
+    import pylibsrtp
+    from pylibsrtp._binding import ffi, lib
+
+    def address(thing: Any) -> int:
+        return int(ffi.cast("uintptr_t", thing))
+
+    rx = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    tx = [pylibsrtp.Session(pylibsrtp.Policy(key=KEY,
+                                             ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+          for _ in range(copies)]
+    sessions = (ctypes.c_void_p * copies)(*(address(t._srtp[0]) for t in tx))
+    floor = ctypes.CDLL(library)
+    floor.wake_floor.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    sys.exit(floor.wake_floor(port, sink_port, copies,
+                              address(ffi.addressof(lib, "srtp_unprotect")),
+                              address(ffi.addressof(lib, "srtp_protect")),
+                              address(rx._srtp[0]), ctypes.addressof(sessions)))
+
+
 async def main_async(args: argparse.Namespace) -> list[Result]:
     results = []
     with tempfile.TemporaryDirectory() as directory:
         binaries = build(Path(directory))
         for _ in range(args.repeat):
             for consumers in args.consumers:
-                for forwarder in (*binaries, "python"):
+                for forwarder in FORWARDERS:
                     result = await run_one(forwarder, binaries, consumers, args.seconds,
                                            args.warmup)
                     print(json.dumps(asdict(result)), flush=True)
@@ -259,6 +285,9 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
 def main() -> None:
     import uvloop
 
+    if len(sys.argv) == 6 and sys.argv[1] == "--forward-srtp":
+        forward_srtp(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        return
     if len(sys.argv) == 5 and sys.argv[1] == "--forward":
         uvloop.run(forward(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
         return
