@@ -673,19 +673,20 @@ class _Received:
 def _media_first(
     passed_on: Callable[[bytes, Any], None], count: Callable[[bytes], None]
 ) -> Callable[[bytes, Any], None]:
-    """A socket's ``datagram_received`` that counts RTP and drops RTCP itself (RFC 7983: first
-    byte 128-191) and passes anything else (STUN, DTLS) on. aioice tries to parse every datagram
-    as STUN first, and the exception that costs on each media packet made the benchmark's own
+    """A ``datagram_received(data, address)`` (or aioice's ``data_received(data, component)``)
+    that counts RTP and drops RTCP itself (RFC 7983: first byte 128-191) and passes anything
+    else (STUN, DTLS) on. At the socket it comes before aioice, which tries to parse every
+    datagram as STUN: the exception that costs on each media packet made the benchmark's own
     client the limit on how hard it could load the server."""
 
-    def datagram_received(data: bytes, addr: Any) -> None:
+    def received(data: bytes, where: Any) -> None:
         if data and 127 < data[0] < 192:
             if not 191 < data[1] < 224 and len(data) >= 12:  # RTP, not RTCP
                 count(data)
             return
-        passed_on(data, addr)
+        passed_on(data, where)
 
-    return datagram_received
+    return received
 
 
 class SyntheticConsumer:
@@ -788,16 +789,8 @@ class SyntheticConsumer:
 
         if self.raw:
             connection = transport.transport._connection
-            passed_on = connection.data_received
-
-            def data_received(data: bytes, component: int) -> None:
-                if data and 127 < data[0] < 192:
-                    if not 191 < data[1] < 224 and len(data) >= 12:  # RTP, not RTCP
-                        count(data)
-                    return
-                passed_on(data, component)
-
-            connection.data_received = data_received
+            # at the socket, and behind aioice for whatever reaches it another way
+            connection.data_received = _media_first(connection.data_received, count)
             for protocol in connection._protocols:
                 protocol.datagram_received = _media_first(protocol.datagram_received, count)
         else:
