@@ -17,8 +17,9 @@ benchmark's single room (``sfu_forwarding.py``, one producer, N consumers) on lo
 Each 1/30 s a video frame arrives as a burst of datagrams on three layers (2 or 3 on the top
 layer, which is forwarded, 1 on the middle, 1 on the lowest every other frame, which are not);
 audio every 20 ms (forwarded); and each consumer's RTCP, transport feedback every 100 ms and a
-REMB every second, read and not forwarded. That is about 210 datagrams a second in at one
-consumer, as in the forwarding benchmark, and N × 125 copies out. A sink counts the copies.
+REMB every second, read and not forwarded. That is about 180 datagrams a second in at one
+consumer (the forwarding benchmark has about 210 with the RTCP this leaves out) and N × 125
+copies out. A sink counts the copies.
 
 Reported per run: the forwarder's CPU from ``/proc/PID/schedstat`` (nanoseconds on the CPU),
 its voluntary context switches (each one a sleep and a wake-up), copies that reached the sink,
