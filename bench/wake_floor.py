@@ -112,6 +112,7 @@ class _Sender:
         self.sock = sock
         self.address = address
         self.sequences = dict.fromkeys(STREAMS, 0)
+        self.ssrcs = {stream: 1000 + i for i, stream in enumerate(STREAMS)}
         self.protect: Callable[[bytes], bytes] | None = None
         if srtp:
             import pylibsrtp
@@ -123,9 +124,8 @@ class _Sender:
     def rtp(self, stream: str) -> None:
         payload_type, size = STREAMS[stream]
         sequence = self.sequences[stream] = (self.sequences[stream] + 1) & 0xFFFF
-        ssrc = 1000 + list(STREAMS).index(stream)
-        packet = struct.pack("!BBHII", 0x80, payload_type, sequence, sequence * 3000, ssrc) + \
-            bytes(size)
+        packet = struct.pack("!BBHII", 0x80, payload_type, sequence, sequence * 3000,
+                             self.ssrcs[stream]) + bytes(size)
         self.send(packet if self.protect is None else self.protect(packet))
 
     def send(self, datagram: bytes) -> None:
@@ -252,21 +252,22 @@ def forward_srtp(port: int, sink_port: int, copies: int, library: str) -> None:
     import pylibsrtp
     from pylibsrtp._binding import ffi, lib
 
-    def address(thing: Any) -> int:
-        return int(ffi.cast("uintptr_t", thing))
+    from townhall.sfu.native import NativeSend
+
+    def function(name: str) -> int:
+        return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 
     rx = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
     tx = [pylibsrtp.Session(pylibsrtp.Policy(key=KEY,
                                              ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
           for _ in range(copies)]
-    sessions = (ctypes.c_void_p * copies)(*(address(t._srtp[0]) for t in tx))
+    sessions = (ctypes.c_void_p * copies)(*(NativeSend.session(t) for t in tx))
     floor = ctypes.CDLL(library)
     floor.wake_floor.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    sys.exit(floor.wake_floor(port, sink_port, copies,
-                              address(ffi.addressof(lib, "srtp_unprotect")),
-                              address(ffi.addressof(lib, "srtp_protect")),
-                              address(rx._srtp[0]), ctypes.addressof(sessions)))
+    sys.exit(floor.wake_floor(port, sink_port, copies, function("srtp_unprotect"),
+                              function("srtp_protect"), NativeSend.session(rx),
+                              ctypes.addressof(sessions)))
 
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
