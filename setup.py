@@ -7,8 +7,9 @@ headers the build skips the extension and townhall forwards in pure Python.
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("townhall.sfu._fastsend",
-                             ["src/townhall/sfu/_fastsend.c", "src/townhall/sfu/_twcc.c"],
-                             depends=["src/townhall/sfu/_twcc.h"], libraries=["m"],
+                             ["src/townhall/sfu/_fastsend.c", "src/townhall/sfu/_twcc.c",
+                              "src/townhall/sfu/_read.c"],
+                             depends=["src/townhall/sfu/_twcc.h", "src/townhall/sfu/_read.h"], libraries=["m"],
                              # the estimate must round as congestion.py does: no fused
                              # multiply-adds
                              extra_compile_args=["-ffp-contract=off"], optional=True)])

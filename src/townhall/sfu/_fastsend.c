@@ -39,6 +39,7 @@
  */
 
 #include "_twcc.h"
+#include "_read.h"
 
 #include <structmember.h>
 #include <errno.h>
@@ -1020,14 +1021,12 @@ static int take_in(PyObject *layer, PyObject *producer, PyObject *data, Incoming
 
 /* receive(data, layers_by_ssrc, now) -> copies sent, or -1 when the packet is left to Python
  * (malformed, an SSRC not in the table, a VP8 payload without a readable descriptor). */
-static PyObject *fastsend_receive(PyObject *self, PyObject *args) {
-    PyObject *data, *layers;
-    double now;
-    if (!PyArg_ParseTuple(args, "O!O!d", &PyBytes_Type, &data, &PyDict_Type, &layers, &now))
-        return NULL;
+/* Producer.forward for one received packet: copies sent, RECEIVE_PYTHON (-1) to leave it to the
+ * Python path, or RECEIVE_ERROR (-2) with an exception set. */
+Py_ssize_t receive_packet(PyObject *data, PyObject *layers, double now) {
     if (header_type == NULL || descriptor_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "setup() has not been called");
-        return NULL;
+        return RECEIVE_ERROR;
     }
     Incoming in;
     memset(&in, 0, sizeof in);
@@ -1036,21 +1035,21 @@ static PyObject *fastsend_receive(PyObject *self, PyObject *args) {
     in.now = now;
     Header header = {NULL, 0, -1};
     if (parse_rtp(in.data, in.length, &in, &header) < 0)
-        return PyLong_FromLong(-1);
+        return RECEIVE_PYTHON;
     PyObject *key = PyLong_FromUnsignedLong(header.ssrc);
     if (key == NULL)
-        return NULL;
+        return RECEIVE_ERROR;
     PyObject *layer = PyDict_GetItemWithError(layers, key);  /* borrowed */
     Py_DECREF(key);
     if (layer == NULL)
-        return PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
+        return PyErr_Occurred() ? RECEIVE_ERROR : RECEIVE_PYTHON;
     Py_INCREF(layer);
     PyObject *producer = get_attr(layer, N_PRODUCER);
-    PyObject *result = NULL, *index = NULL, *codec = NULL, *consumers = NULL, *object = NULL;
+    PyObject *index = NULL, *codec = NULL, *consumers = NULL, *object = NULL;
+    Py_ssize_t result = RECEIVE_ERROR;
     Vp8 vp8 = {0, 0, 0, 0, 0, 0, 0};
     long payload_type;
     int simulcast, go;
-    Py_ssize_t copies;
     if (producer == NULL || (object = get_attr(producer, N_SIMULCAST)) == NULL)
         goto done;
     simulcast = PyObject_IsTrue(object);
@@ -1058,7 +1057,7 @@ static PyObject *fastsend_receive(PyObject *self, PyObject *args) {
     if (simulcast < 0)
         goto done;
     if (simulcast && parse_vp8(in.data, in.payload_offset, in.length, &vp8) < 0) {
-        result = PyLong_FromLong(-1);  /* Python counts it and forwards nothing */
+        result = RECEIVE_PYTHON;  /* Python counts it and forwards nothing */
         goto done;
     }
     if ((index = get_attr(layer, N_INDEX)) == NULL ||
@@ -1075,9 +1074,9 @@ static PyObject *fastsend_receive(PyObject *self, PyObject *args) {
     go = take_in(layer, producer, data, &in, &header, simulcast, &vp8);
     if (go < 0)
         goto done;
-    copies = go ? fan_all(consumers, data, &in, index, &header) : 0;
-    if (copies >= 0)
-        result = PyLong_FromSsize_t(copies);
+    result = go ? fan_all(consumers, data, &in, index, &header) : 0;
+    if (result < 0)
+        result = RECEIVE_ERROR;
 done:
     Py_XDECREF(header.object);
     Py_XDECREF(consumers);
@@ -1086,6 +1085,15 @@ done:
     Py_XDECREF(producer);
     Py_DECREF(layer);
     return result;
+}
+
+static PyObject *fastsend_receive(PyObject *self, PyObject *args) {
+    PyObject *data, *layers;
+    double now;
+    if (!PyArg_ParseTuple(args, "O!O!d", &PyBytes_Type, &data, &PyDict_Type, &layers, &now))
+        return NULL;
+    Py_ssize_t copies = receive_packet(data, layers, now);
+    return copies == RECEIVE_ERROR ? NULL : PyLong_FromSsize_t(copies);
 }
 
 static PyObject *fastsend_setup(PyObject *self, PyObject *args) {
@@ -1110,10 +1118,14 @@ static PyObject *fastsend_counts(PyObject *self, PyObject *args) {
     return Py_BuildValue("(KKK)", fan_native_total, fan_python_total, fan_unsent);
 }
 
-static PyObject *fastsend_take_sent(PyObject *self, PyObject *args) {
+unsigned long long take_fan_sent(void) {
     unsigned long long sent = fan_sent;
     fan_sent = 0;
-    return PyLong_FromUnsignedLongLong(sent);
+    return sent;
+}
+
+static PyObject *fastsend_take_sent(PyObject *self, PyObject *args) {
+    return PyLong_FromUnsignedLongLong(take_fan_sent());
 }
 
 static PyMethodDef methods[] = {
@@ -1134,6 +1146,13 @@ static PyMethodDef methods[] = {
      "the start."},
     {"take_sent", fastsend_take_sent, METH_NOARGS,
      "take_sent() -> copies fanout() sent since the last call."},
+    {"read", media_read, METH_VARARGS,
+     "read(fd, unprotect, routes, by_address, deliver, failed, held, flush, delay) -> "
+     "datagrams: read what waits on the shared UDP socket and take each RTP datagram with a "
+     "route to the fan-out (see the top of _read.c)."},
+    {"read_counts", media_read_counts, METH_NOARGS,
+     "read_counts() -> (datagrams longer than the read buffer, datagrams libsrtp refused): "
+     "what read() dropped since the start."},
     {"twcc_feedback", twcc_feedback, METH_VARARGS,
      "twcc_feedback(data, history, state, parameters) -> estimate or None: one transport "
      "feedback packet into the send-side estimate (see _twcc.c)."},

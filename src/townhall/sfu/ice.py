@@ -61,7 +61,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.icetcp import TcpFrameListener
-from townhall.sfu.native import Held, NativeSend
+from townhall.sfu.native import Held, NativeSend, Plain
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ CONSENT_RETRANSMISSIONS = 2
 #: and each takes about 2 KiB of buffer, so 16 MiB holds about a second and a half of them.
 SOCKET_BUFFER_SIZE = 16 << 20
 _DATAGRAM_READ_SIZE = 65536
+#: Linux's SO_TIMESTAMPNS (the socket module of Python 3.11 does not name it).
+_SO_TIMESTAMPNS = 35
 _BIND_ATTEMPTS = 5
 
 
@@ -367,6 +369,7 @@ class _MuxProtocol(StunProtocol):
     def detach(self) -> None:
         """Stop using the shared socket (idempotent)."""
         self.media_receiver = None
+        self.socket.forget_routes(self)
         if not self.closed:
             self.closed = True
             self.socket.unregister(self)
@@ -412,12 +415,26 @@ class MediaPath:
                 self.sockaddr = sockaddr
                 self.delay = None
 
-    def receive(self, receiver: Callable[[bytes], None]) -> None:
-        if not self._protocol.closed:
-            self._protocol.media_receiver = receiver
+    def receive(self, receiver: Callable[[bytes], None], plain: Plain | None = None) -> None:
+        """Send every SRTP/SRTCP datagram from the remote to ``receiver``. With ``plain`` (the
+        native piece's route to the router, see ``native.Plain``), the socket's native reader
+        takes SRTP from the remote to the router itself, past ``receiver``."""
+        protocol = self._protocol
+        if protocol.closed:
+            return
+        protocol.media_receiver = receiver
+        sock = protocol.socket
+        if plain is not None and self.sockaddr and isinstance(sock, _UdpSocket):
+            sock.routes[self.sockaddr] = (self.address, protocol, receiver, *plain)
 
     def close(self) -> None:
-        self._protocol.media_receiver = None
+        protocol = self._protocol
+        protocol.media_receiver = None
+        sock = protocol.socket
+        if isinstance(sock, _UdpSocket):
+            route = sock.routes.get(self.sockaddr)
+            if route is not None and route[1] is protocol:
+                del sock.routes[self.sockaddr]
 
     @property
     def received(self) -> int:
@@ -473,6 +490,9 @@ class _SharedSocket:
 
     def unregister(self, protocol: _MuxProtocol) -> None:
         self.table.remove(protocol)
+
+    def forget_routes(self, protocol: _MuxProtocol) -> None:
+        """Drop the native reader's routes to ``protocol`` (sockets that have none: nothing)."""
 
     def deliver_media(self, data: bytes, addr: Any) -> bool:
         """Hand an SRTP or SRTCP datagram from a bound address straight to the receiver its
@@ -558,6 +578,13 @@ def _set_buffer(sock: socket.socket, option: int, size: int) -> None:
 
 
 class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
+    """The shared UDP socket. With the native piece, the socket is its own and its reader
+    (``native.read``, ``_read.c``) takes what arrives: RTP from a remote with a route in
+    ``routes`` goes to the fan-out in C (RTCP from it to the router), every other datagram to
+    :meth:`datagram_received`.
+    Without it, the event loop's datagram transport reads and calls
+    :meth:`datagram_received` for each datagram."""
+
     transport_name = "udp"
 
     def __init__(
@@ -565,13 +592,20 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
     ) -> None:
         super().__init__(host)
         self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._delay = delay
         self.fd = -1
         self.native = native
         self._holding = False
         self._held: list[Held] = []
+        #: The native reader's routes: packed remote sockaddr -> (remote address, its ICE
+        #: connection, that connection's media receiver, *``native.Plain``); see ``_read.c``.
+        self.routes: dict[bytes, tuple[Any, ...]] = {}
 
     async def bind(self, port: int) -> None:
+        if self.native is not None:
+            self._bind_own(port)
+            return
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: self, local_addr=(self.host, port)
@@ -582,16 +616,58 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.fd = sock.fileno()
-            received = set_buffers(sock, SOCKET_BUFFER_SIZE)
-            if received < SOCKET_BUFFER_SIZE:
-                logger.warning(
-                    "%s: the kernel gave the media socket a receive buffer of %d KiB, not the "
-                    "%d KiB asked for: packets are lost whenever the server is held up. Raise "
-                    "it with `sysctl -w net.core.rmem_max=%d` (or run townhall with the "
-                    "CAP_NET_ADMIN capability)", self.table.name, received >> 10,
-                    SOCKET_BUFFER_SIZE >> 10, SOCKET_BUFFER_SIZE)
+            self._set_buffers(sock)
         if hasattr(transport, "max_size"):  # asyncio reads into a 256 KiB buffer by default
             transport.max_size = _DATAGRAM_READ_SIZE  # type: ignore[attr-defined]
+
+    def _bind_own(self, port: int) -> None:
+        """Bind a socket of this one's own and read it with the native reader."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.host, port))
+            if self._delay is not None:  # the kernel's receive time of each datagram
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self.port = int(sock.getsockname()[1])
+        self.table.name = f"ICE udp {self.host}:{self.port}"
+        self.fd = sock.fileno()
+        self._set_buffers(sock)
+        native = self.native
+        assert native is not None
+        # the reader is the callback itself: no Python frame per wake-up
+        asyncio.get_running_loop().add_reader(
+            self.fd, native.read, self.fd, native.unprotect, native.unprotect_rtcp, self.routes,
+            self.table._by_address, self.datagram_received, self._failed, self._held, self._flush,
+            self._delay, self)
+
+    def _set_buffers(self, sock: socket.socket) -> None:
+        received = set_buffers(sock, SOCKET_BUFFER_SIZE)
+        if received < SOCKET_BUFFER_SIZE:
+            logger.warning(
+                "%s: the kernel gave the media socket a receive buffer of %d KiB, not the "
+                "%d KiB asked for: packets are lost whenever the server is held up. Raise "
+                "it with `sysctl -w net.core.rmem_max=%d` (or run townhall with the "
+                "CAP_NET_ADMIN capability)", self.table.name, received >> 10,
+                SOCKET_BUFFER_SIZE >> 10, SOCKET_BUFFER_SIZE)
+
+    def _failed(self, address: Any, exc: BaseException | None) -> None:
+        """The native reader's report of a datagram it dropped (``address`` None: reading
+        failed)."""
+        if address is None:
+            logger.warning("%s: reading the socket failed: %s", self.table.name, exc)
+        else:
+            logger.warning("%s: datagram from %s dropped, handling it failed", self.table.name,
+                           address)
+        logger.debug("datagram error", exc_info=exc)
+
+    def forget_routes(self, protocol: _MuxProtocol) -> None:
+        for key in [k for k, route in self.routes.items() if route[1] is protocol]:
+            del self.routes[key]
 
     def candidate(self, component: int) -> Candidate:
         return Candidate(
@@ -618,13 +694,15 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         """``deliver_media``, timing the datagram if asked, and holding what its handling sends
         until the end (native piece)."""
         delay = self._delay
-        if delay is not None and len(data) > 1 and not 191 < data[1] < 224:  # RTP, not RTCP
+        # RTP, not RTCP; the native reader has set the arrival time from the datagram itself
+        if delay is not None and len(data) > 1 and not 191 < data[1] < 224 and \
+                not delay.arrived_ns:
             delay.arrived(self.fd)
-        self._holding = self.native is not None
+        holding, self._holding = self._holding, self.native is not None
         try:
             return self.deliver_media(data, addr)
         finally:
-            self._holding = False
+            self._holding = holding
             if self._held:
                 self._flush()
             if delay is not None:
@@ -639,9 +717,10 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
             self._flush()
 
     def _flush(self) -> None:
-        held, self._held = self._held, []
+        held = self._held.copy()  # the same list stays: the native reader holds it
+        self._held.clear()
         native = self.native
-        if native is None or self._transport is None or self._transport.is_closing():
+        if native is None or not self._open:
             return
         sent = native.send(self.fd, held)
         if self._delay is not None:
@@ -650,7 +729,20 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         logger.debug("%s: %s", self.table.name, exc)
 
+    @property
+    def _open(self) -> bool:
+        if self._sock is not None:
+            return True
+        return self._transport is not None and not self._transport.is_closing()
+
     def send(self, data: bytes, addr: Address) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.sendto(data, addr)
+            except OSError as exc:  # a full socket loses it, as a full queue would
+                logger.debug("%s: sending to %s failed: %s", self.table.name, addr, exc)
+            return
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.sendto(data, addr)
@@ -665,6 +757,11 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        self.routes.clear()
 
 
 class _TcpSocket(_SharedSocket):

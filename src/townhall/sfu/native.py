@@ -14,6 +14,11 @@ the transport's layer table, and it does what ``parse_header`` and ``Producer.fo
 (reception statistics, packet cache, VP8 descriptor, audio level) before the same fan-out; what
 it cannot read it leaves to that Python path.
 
+``read`` is the shared UDP socket's reader (``_read.c``): one ``recvmmsg()`` for what waits,
+each SRTP datagram from an address with a route unprotected in place, RTP given to ``receive``
+without a call into Python and RTCP to the router, everything else to the socket's Python
+``datagram_received``.
+
 ``twcc_feedback`` reads a consumer's transport feedback packet and runs the send-side estimate
 (``twcc.py``, ``congestion.py``) over the history the fan-out writes.
 
@@ -41,7 +46,7 @@ from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.sfu import rtp, vp8
 
-SOURCES = (Path(__file__).with_name("_fastsend.c"), Path(__file__).with_name("_twcc.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("_fastsend.c", "_twcc.c", "_read.c"))
 
 #: (srtp session address, plain RTP packet, packed sockaddr)
 Held = tuple[int, bytes, bytes]
@@ -52,6 +57,11 @@ Route = tuple[int, int, bytes, Any]
 Fanout = Callable[[list[Any], bytes, Any, int, int, Any, float], int]
 #: ``receive(data, layers by SSRC, now)``: copies sent, or -1 for the Python path
 Receive = Callable[[bytes, dict[int, Any], float], int]
+#: What the socket's reader needs to take a transport's SRTP to the router itself: (address of
+#: the receiving srtp session, the transport's layers by SSRC, the router's counters, the
+#: router's clock, ``Router.rtp_received`` and ``Router.rtcp_received`` for that transport).
+Plain = tuple[int, dict[int, Any], Any, Callable[[], float], Callable[[bytes], None],
+              Callable[[bytes], None]]
 #: ``twcc_feedback(data, history, state, parameters)``: the estimate in bit/s, or None
 TwccFeedback = Callable[[bytes, bytearray, bytearray, bytes], float | None]
 
@@ -62,15 +72,27 @@ class NativeSend:
     def __init__(self, module: Any) -> None:
         self.module = module
         self._send: Callable[[int, int, list[Held]], int] = module.send
-        self.protect = int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib,
-                                                                            "srtp_protect")))
+        self.protect = self._address("srtp_protect")
         module.setup(self.protect)
+        self.unprotect = self._address("srtp_unprotect")
+        self.unprotect_rtcp = self._address("srtp_unprotect_rtcp")
+        #: ``read(fd, unprotect, unprotect_rtcp, routes, by_address, deliver, failed, held,
+        #: flush, delay, holder)``: the shared UDP socket's reader callback (``_read.c``).
+        self.read: Callable[..., int] = module.read
+        #: Totals: (datagrams ``read`` dropped as longer than its buffer, and as refused by
+        #: libsrtp).
+        self.read_counts: Callable[[], tuple[int, int]] = module.read_counts
         self.fanout: Fanout = module.fanout
         #: How many copies ``fanout`` sent since the last call (for the delay histogram).
         self.take_sent: Callable[[], int] = module.take_sent
         #: Totals: (copies ``fanout`` made in C, consumers it left to their Python ``send``,
         #: copies lost unsent: the socket was full, the send failed or libsrtp refused).
         self.counts: Callable[[], tuple[int, int, int]] = module.counts
+
+    @staticmethod
+    def _address(function: str) -> int:
+        """The address of one of libsrtp's functions in pylibsrtp's binding."""
+        return int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, function)))
 
     def send(self, fd: int, held: list[Held]) -> int:
         """Protect and send ``held``; returns how many datagrams the socket took."""
@@ -151,8 +173,8 @@ def twcc_feedback() -> tuple[TwccFeedback, int] | None:
 
 
 def build(directory: Path | None = None) -> Path:
-    """Compile ``_fastsend.c`` and ``_twcc.c`` into ``directory`` (default: next to this
-    module, where :func:`load` finds it); returns the shared library's path."""
+    """Compile the C sources into ``directory`` (default: next to this module, where
+    :func:`load` finds it); returns the shared library's path."""
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = (directory or SOURCES[0].parent) / ("_fastsend" + suffix)
     compiler = (sysconfig.get_config_var("CC") or "cc").split()

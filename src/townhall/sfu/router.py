@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -298,6 +299,21 @@ class Router:
             self.transport_ready(transport)
 
     # -- MediaHandler --------------------------------------------------------------------------
+
+    def native_receive(self, transport: Transport) -> tuple[
+            dict[int, Layer], Counters, Callable[[], float], Callable[[bytes], None],
+            Callable[[bytes], None]] | None:
+        """What the socket's native reader needs to do :meth:`rtp_received` for ``transport``
+        itself (``native.Plain`` but the session): the transport's layers by SSRC, the
+        counters, the clock, :meth:`rtp_received` for what it leaves to Python and
+        :meth:`rtcp_received`. None without the native piece or for a transport the router
+        does not know."""
+        state = self._transports.get(transport)
+        if receive is None or state is None:
+            return None
+        return (state.layers_by_ssrc, self.counters, self._clock,
+                functools.partial(self.rtp_received, transport),
+                functools.partial(self.rtcp_received, transport))
 
     def rtp_received(self, transport: Transport, data: bytes) -> None:
         counters = self.counters

@@ -682,7 +682,13 @@ class Transport:
             except srtp_error as exc:
                 logger.debug("%s: SRTP unprotect failed: %s", name, exc)
 
-        path.receive(srtp_received)
+        native_receive = getattr(handler, "native_receive", None)
+        to_router = None if native_receive is None or path.hold is None else \
+            native_receive(self)
+        if to_router is None:
+            path.receive(srtp_received)
+        else:
+            path.receive(srtp_received, (NativeSend.session(rx), *to_router))
 
     def _unlink(self) -> None:
         self.route = None

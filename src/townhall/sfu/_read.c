@@ -1,0 +1,462 @@
+/* townhall.sfu._fastsend.read: the shared UDP socket's reader (see native.py and ice.py).
+ *
+ *     read(fd, unprotect, unprotect_rtcp, routes, by_address, deliver, failed, held, flush,
+ *          delay, holder) -> datagrams
+ *
+ * is the event loop's reader callback of the socket `fd` itself (no Python frame in between):
+ * it reads what is waiting with one recvmmsg() (at most READ_BATCH datagrams; the event loop
+ * calls it again while more wait) and handles each datagram in turn:
+ *
+ * - An SRTP or SRTCP datagram from a remote address that has a route, whose ICE connection is
+ *   still the one bound to that address (`by_address`, the demultiplexing table's) and still
+ *   has the same media receiver: it is unprotected in place with the route's libsrtp session
+ *   (`unprotect` and `unprotect_rtcp` are the addresses of libsrtp's srtp_unprotect() and
+ *   srtp_unprotect_rtcp()). RTP then goes to receive_packet(), with the router's counters
+ *   updated as Router.rtp_received does, or, when that leaves the packet to Python, to the
+ *   route's `rtp(data)` (Router.rtp_received); RTCP goes to the route's `rtcp(data)`
+ *   (Router.rtcp_received). A packet libsrtp refuses is dropped and counted (read_counts()), as
+ *   the Python path drops it.
+ * - Anything else (STUN, DTLS, an address without a route): deliver(data, address), the
+ *   socket's own datagram_received.
+ *
+ * `routes` maps a packed sockaddr (as NativeSend.sockaddr makes it) to a route:
+ * (address, target, receiver, srtp, layers, counters, clock, rtp, rtcp): the (host, port)
+ * address, the ICE connection, its media receiver, the address of the receiving libsrtp
+ * session, the transport's layers by SSRC, the router's counters, the router's clock, and
+ * Router.rtp_received and Router.rtcp_received for that transport.
+ *
+ * While it runs, `holder._holding` (the socket's) is true, so that Python code sending on the
+ * socket queues its copies in `held`; they are sent (`flush()`) after each datagram. The counts
+ * the router and the ICE connections keep are added up in C and added to theirs once per call
+ * (`received`, `packets_received`, `packets_forwarded`, `bytes_forwarded`). With
+ * `delay` (a ForwardingDelay; the socket then has SO_TIMESTAMPNS on), the kernel's receive time
+ * of each datagram is delay.arrived_ns while it is handled, and the copies the fan-out sent for
+ * it go to delay.sent_many(). It raises nothing once its arguments are read: an exception while
+ * handling one datagram drops that datagram only, failed(address, exception) is told and the
+ * rest are handled (failed(None, exception) for a failure of the read itself).
+ */
+
+#include "_read.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define READ_BATCH 32
+#define READ_SIZE 4096
+
+typedef int (*unprotect_fn)(void *session, void *packet, int *length);
+
+static unsigned char read_buffers[READ_BATCH][READ_SIZE];
+static struct sockaddr_storage read_names[READ_BATCH];
+static char read_controls[READ_BATCH][CMSG_SPACE(sizeof(struct timespec))];
+static struct mmsghdr read_messages[READ_BATCH];
+static struct iovec read_vectors[READ_BATCH];
+
+/* Datagrams read() dropped: longer than READ_SIZE, or refused by libsrtp. */
+static unsigned long long read_truncated = 0, read_unprotect_failed = 0;
+
+enum {
+    R_RECEIVED, R_MEDIA_RECEIVER, R_PACKETS_RECEIVED, R_PACKETS_FORWARDED, R_BYTES_FORWARDED,
+    R_ARRIVED_NS, R_SENT_MANY, R_HOLDING, R_COUNT
+};
+static const char *read_name_texts[R_COUNT] = {
+    "received", "media_receiver", "packets_received", "packets_forwarded", "bytes_forwarded",
+    "arrived_ns", "sent_many", "_holding",
+};
+static PyObject *read_names_interned[R_COUNT];
+
+static int intern_names(void) {
+    for (int i = 0; i < R_COUNT; i++) {
+        if (read_names_interned[i] == NULL &&
+                (read_names_interned[i] = PyUnicode_InternFromString(read_name_texts[i])) == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+/* Counts added up over one read() and added to the Python objects at its end: a router's
+ * counters (packets received, packets forwarded, bytes forwarded) or an ICE connection's
+ * `received`. */
+#define TALLIES 16
+typedef struct {
+    PyObject *object;  /* owned while tallied */
+    int kind;          /* TALLY_COUNTERS or TALLY_RECEIVED */
+    long long amounts[3];
+} Tally;
+enum { TALLY_COUNTERS, TALLY_RECEIVED };
+static Tally tallies[TALLIES];
+static int tally_count = 0;
+
+static int add_to(PyObject *object, int name, long long amount);
+
+/* Adds every tally to its object; -1 with an exception if one could not be (the others are
+ * added all the same). */
+static int tallies_apply(void) {
+    int failed = 0;
+    for (int i = 0; i < tally_count; i++) {
+        Tally *t = &tallies[i];
+        if (!failed) {
+            if (t->kind == TALLY_RECEIVED)
+                failed = add_to(t->object, R_RECEIVED, t->amounts[0]) < 0;
+            else
+                failed = add_to(t->object, R_PACKETS_RECEIVED, t->amounts[0]) < 0 ||
+                         add_to(t->object, R_PACKETS_FORWARDED, t->amounts[1]) < 0 ||
+                         add_to(t->object, R_BYTES_FORWARDED, t->amounts[2]) < 0;
+        }
+        Py_CLEAR(t->object);
+    }
+    tally_count = 0;
+    return failed ? -1 : 0;
+}
+
+static int tally(PyObject *object, int kind, long long a, long long b, long long c) {
+    Tally *t = NULL;
+    for (int i = 0; i < tally_count; i++) {
+        if (tallies[i].object == object && tallies[i].kind == kind) {
+            t = &tallies[i];
+            break;
+        }
+    }
+    if (t == NULL) {
+        if (tally_count == TALLIES && tallies_apply() < 0)
+            return -1;
+        t = &tallies[tally_count++];
+        t->object = Py_NewRef(object);
+        t->kind = kind;
+        t->amounts[0] = t->amounts[1] = t->amounts[2] = 0;
+    }
+    t->amounts[0] += a;
+    t->amounts[1] += b;
+    t->amounts[2] += c;
+    return 0;
+}
+
+/* object.<name> += amount, for attributes kept in an instance's dict or slots alike. */
+static int add_to(PyObject *object, int name, long long amount) {
+    PyObject *value = PyObject_GetAttr(object, read_names_interned[name]);
+    if (value == NULL)
+        return -1;
+    PyObject *delta = PyLong_FromLongLong(amount);
+    PyObject *sum = delta == NULL ? NULL : PyNumber_Add(value, delta);
+    Py_DECREF(value);
+    Py_XDECREF(delta);
+    if (sum == NULL)
+        return -1;
+    int result = PyObject_SetAttr(object, read_names_interned[name], sum);
+    Py_DECREF(sum);
+    return result;
+}
+
+/* The route key of a remote address: its sockaddr with only the family, port and address set.
+ * NULL without an exception for a family that has none. */
+static PyObject *address_key(const struct sockaddr_storage *name, socklen_t length) {
+    if (name->ss_family == AF_INET && length >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *from = (const struct sockaddr_in *)name;
+        struct sockaddr_in key;
+        memset(&key, 0, sizeof key);
+        key.sin_family = AF_INET;
+        key.sin_port = from->sin_port;
+        key.sin_addr = from->sin_addr;
+        return PyBytes_FromStringAndSize((const char *)&key, sizeof key);
+    }
+    if (name->ss_family == AF_INET6 && length >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *from = (const struct sockaddr_in6 *)name;
+        struct sockaddr_in6 key;
+        memset(&key, 0, sizeof key);
+        key.sin6_family = AF_INET6;
+        key.sin6_port = from->sin6_port;
+        key.sin6_addr = from->sin6_addr;
+        return PyBytes_FromStringAndSize((const char *)&key, sizeof key);
+    }
+    return NULL;
+}
+
+/* The address as the event loop gives it to datagram_received: (host, port) for IPv4,
+ * (host, port, flowinfo, scope_id) for IPv6; None for any other family. */
+static PyObject *address_tuple(const struct sockaddr_storage *name, socklen_t length) {
+    char host[INET6_ADDRSTRLEN];
+    if (name->ss_family == AF_INET && length >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *from = (const struct sockaddr_in *)name;
+        if (inet_ntop(AF_INET, &from->sin_addr, host, sizeof host) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(si)", host, (int)ntohs(from->sin_port));
+    }
+    if (name->ss_family == AF_INET6 && length >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *from = (const struct sockaddr_in6 *)name;
+        if (inet_ntop(AF_INET6, &from->sin6_addr, host, sizeof host) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(siII)", host, (int)ntohs(from->sin6_port),
+                             (unsigned int)ntohl(from->sin6_flowinfo),
+                             (unsigned int)from->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* One SRTP or SRTCP datagram from an address with a route: 1 if handled here (forwarded, given
+ * to Python's rtp() or rtcp(), or dropped by libsrtp), 0 if it is for deliver(), -1 with an
+ * exception. */
+static int read_media(PyObject *route, PyObject *by_address, unsigned char *packet,
+                      Py_ssize_t length, unprotect_fn unprotect, int rtcp) {
+    if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 9) {
+        PyErr_SetString(PyExc_TypeError, "a route is (address, target, receiver, srtp, layers, "
+                        "counters, clock, rtp, rtcp)");
+        return -1;
+    }
+    PyObject *address = PyTuple_GET_ITEM(route, 0), *target = PyTuple_GET_ITEM(route, 1),
+             *receiver = PyTuple_GET_ITEM(route, 2), *srtp = PyTuple_GET_ITEM(route, 3),
+             *layers = PyTuple_GET_ITEM(route, 4), *counters = PyTuple_GET_ITEM(route, 5),
+             *clock = PyTuple_GET_ITEM(route, 6), *rtp_handler = PyTuple_GET_ITEM(route, 7),
+             *rtcp_handler = PyTuple_GET_ITEM(route, 8);
+    PyObject *bound = PyDict_GetItemWithError(by_address, address);  /* borrowed */
+    if (bound != target)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *current = PyObject_GetAttr(target, read_names_interned[R_MEDIA_RECEIVER]);
+    if (current == NULL)
+        return -1;
+    Py_DECREF(current);  /* only its identity is needed; the route keeps `receiver` alive */
+    if (current != receiver)
+        return 0;
+    if (!PyDict_Check(layers)) {
+        PyErr_SetString(PyExc_TypeError, "a route's layers are a dict");
+        return -1;
+    }
+    void *session = PyLong_AsVoidPtr(srtp);
+    if (session == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (tally(target, TALLY_RECEIVED, 1, 0, 0) < 0)
+        return -1;
+    int size = (int)length;
+    if (unprotect(session, packet, &size) != 0) {
+        read_unprotect_failed++;
+        return 1;
+    }
+    PyObject *data = PyBytes_FromStringAndSize((const char *)packet, size);
+    if (data == NULL)
+        return -1;
+    int result = -1;
+    if (rtcp) {
+        PyObject *returned = PyObject_CallOneArg(rtcp_handler, data);
+        Py_DECREF(data);
+        if (returned == NULL)
+            return -1;
+        Py_DECREF(returned);
+        return 1;
+    }
+    PyObject *now_object = PyObject_CallNoArgs(clock);
+    if (now_object == NULL)
+        goto done;
+    double now = PyFloat_AsDouble(now_object);
+    Py_DECREF(now_object);
+    if (now == -1.0 && PyErr_Occurred())
+        goto done;
+    Py_ssize_t copies = receive_packet(data, layers, now);
+    if (copies == RECEIVE_ERROR)
+        goto done;
+    if (copies == RECEIVE_PYTHON) {
+        PyObject *returned = PyObject_CallOneArg(rtp_handler, data);
+        if (returned == NULL)
+            goto done;
+        Py_DECREF(returned);
+    } else if (tally(counters, TALLY_COUNTERS, 1, copies, (long long)copies * size) < 0) {
+        goto done;
+    }
+    result = 1;
+done:
+    Py_DECREF(data);
+    return result;
+}
+
+/* The kernel's receive time of a datagram (SCM_TIMESTAMPNS), or now, in ns since the epoch. */
+static long long arrival_ns(struct msghdr *header) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(header); c != NULL; c = CMSG_NXTHDR(header, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec stamp;
+            memcpy(&stamp, CMSG_DATA(c), sizeof stamp);
+            return (long long)stamp.tv_sec * 1000000000LL + stamp.tv_nsec;
+        }
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+static int set_arrived(PyObject *delay, long long ns) {
+    PyObject *value = PyLong_FromLongLong(ns);
+    if (value == NULL)
+        return -1;
+    int result = PyObject_SetAttr(delay, read_names_interned[R_ARRIVED_NS], value);
+    Py_DECREF(value);
+    return result;
+}
+
+/* Tells failed(address, exception) about the exception set now, and clears it. */
+static void report_failure(PyObject *failed, const struct sockaddr_storage *name,
+                           socklen_t length) {
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value != NULL && traceback != NULL)
+        PyException_SetTraceback(value, traceback);
+    PyObject *address = name == NULL ? Py_NewRef(Py_None) : address_tuple(name, length);
+    if (address == NULL) {
+        PyErr_Clear();
+        address = Py_NewRef(Py_None);
+    }
+    PyObject *returned = PyObject_CallFunctionObjArgs(
+        failed, address, value != NULL ? value : Py_None, NULL);
+    if (returned == NULL)
+        PyErr_WriteUnraisable(failed);
+    Py_XDECREF(returned);
+    Py_DECREF(address);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+}
+
+static int set_holding(PyObject *holder, PyObject *value) {
+    return PyObject_SetAttr(holder, read_names_interned[R_HOLDING], value);
+}
+
+static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyObject *by_address,
+                          PyObject *deliver, PyObject *failed, PyObject *held, PyObject *flush,
+                          PyObject *delay, unprotect_fn unprotect_rtcp);
+
+PyObject *media_read(PyObject *self, PyObject *args) {
+    int fd;
+    unsigned long long unprotect_address, unprotect_rtcp_address;
+    PyObject *routes, *by_address, *deliver, *failed, *held, *flush, *delay, *holder;
+    if (!PyArg_ParseTuple(args, "iKKO!O!OOO!OOO", &fd, &unprotect_address,
+                          &unprotect_rtcp_address, &PyDict_Type, &routes, &PyDict_Type,
+                          &by_address, &deliver, &failed, &PyList_Type, &held, &flush, &delay,
+                          &holder))
+        return NULL;
+    if (intern_names() < 0)
+        return NULL;
+    /* Python code that sends while the datagrams are handled queues its copies in `held` */
+    if (set_holding(holder, Py_True) < 0)
+        return NULL;
+    int count = read_datagrams(fd, (unprotect_fn)(uintptr_t)unprotect_address, routes,
+                               by_address, deliver, failed, held, flush, delay,
+                               (unprotect_fn)(uintptr_t)unprotect_rtcp_address);
+    if (count < 0)
+        report_failure(failed, NULL, 0);
+    if (tallies_apply() < 0)
+        report_failure(failed, NULL, 0);
+    if (set_holding(holder, Py_False) < 0)
+        report_failure(failed, NULL, 0);
+    if (PyList_GET_SIZE(held) > 0) {
+        PyObject *returned = PyObject_CallNoArgs(flush);
+        if (returned == NULL)
+            report_failure(failed, NULL, 0);
+        Py_XDECREF(returned);
+    }
+    return PyLong_FromLong(count < 0 ? 0 : count);
+}
+
+/* Reads and handles one batch; the number read, or -1 with an exception (reading failed). */
+static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyObject *by_address,
+                          PyObject *deliver, PyObject *failed, PyObject *held, PyObject *flush,
+                          PyObject *delay, unprotect_fn unprotect_rtcp) {
+    int timed = delay != Py_None;
+    for (int i = 0; i < READ_BATCH; i++) {
+        read_vectors[i].iov_base = read_buffers[i];
+        read_vectors[i].iov_len = READ_SIZE;
+        struct msghdr *header = &read_messages[i].msg_hdr;
+        memset(header, 0, sizeof *header);
+        header->msg_name = &read_names[i];
+        header->msg_namelen = sizeof read_names[i];
+        header->msg_iov = &read_vectors[i];
+        header->msg_iovlen = 1;
+        if (timed) {
+            header->msg_control = read_controls[i];
+            header->msg_controllen = sizeof read_controls[i];
+        }
+    }
+    int count;
+    do {
+        count = recvmmsg(fd, read_messages, READ_BATCH, MSG_DONTWAIT, NULL);
+    } while (count < 0 && errno == EINTR);
+    if (count < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        struct msghdr *header = &read_messages[i].msg_hdr;
+        const struct sockaddr_storage *name = &read_names[i];
+        socklen_t name_length = header->msg_namelen;
+        unsigned char *packet = read_buffers[i];
+        Py_ssize_t length = (Py_ssize_t)read_messages[i].msg_len;
+        if (header->msg_flags & MSG_TRUNC) {
+            read_truncated++;
+            continue;
+        }
+        /* RFC 7983: 128-191 is RTP/RTCP; RTCP packet types are 192-223 (RFC 5761) */
+        int media = length > 1 && packet[0] > 127 && packet[0] < 192;
+        int rtcp = media && packet[1] > 191 && packet[1] < 224;
+        int handled = 0;
+        /* the delay is that of forwarded RTP: only an RTP datagram's arrival counts */
+        if (timed && media && !rtcp && set_arrived(delay, arrival_ns(header)) < 0)
+            handled = -1;
+        if (handled == 0 && media && length >= (rtcp ? 8 : 12)) {
+            PyObject *key = address_key(name, name_length);
+            if (key != NULL) {
+                PyObject *route = PyDict_GetItemWithError(routes, key);  /* borrowed */
+                Py_DECREF(key);
+                if (route != NULL) {
+                    Py_INCREF(route);
+                    handled = read_media(route, by_address, packet, length,
+                                         rtcp ? unprotect_rtcp : unprotect, rtcp);
+                    Py_DECREF(route);
+                } else if (PyErr_Occurred()) {
+                    handled = -1;
+                }
+            } else if (PyErr_Occurred()) {
+                handled = -1;
+            }
+        }
+        if (handled == 0) {
+            PyObject *data = PyBytes_FromStringAndSize((const char *)packet, length);
+            PyObject *address = data == NULL ? NULL : address_tuple(name, name_length);
+            PyObject *returned = address == NULL ? NULL :
+                PyObject_CallFunctionObjArgs(deliver, data, address, NULL);
+            handled = returned == NULL ? -1 : 1;
+            Py_XDECREF(returned);
+            Py_XDECREF(address);
+            Py_XDECREF(data);
+        }
+        if (handled < 0)
+            report_failure(failed, name, name_length);
+        if (PyList_GET_SIZE(held) > 0) {
+            PyObject *returned = PyObject_CallNoArgs(flush);
+            if (returned == NULL)
+                report_failure(failed, name, name_length);
+            Py_XDECREF(returned);
+        }
+        if (timed) {
+            unsigned long long copies = take_fan_sent();
+            if (copies > 0) {
+                PyObject *sent = PyLong_FromUnsignedLongLong(copies);
+                PyObject *returned = sent == NULL ? NULL : PyObject_CallMethodObjArgs(
+                    delay, read_names_interned[R_SENT_MANY], sent, NULL);
+                if (returned == NULL)
+                    report_failure(failed, name, name_length);
+                Py_XDECREF(returned);
+                Py_XDECREF(sent);
+            }
+            if (media && !rtcp && set_arrived(delay, 0) < 0)
+                report_failure(failed, name, name_length);
+        }
+    }
+    return count;
+}
+
+PyObject *media_read_counts(PyObject *self, PyObject *args) {
+    return Py_BuildValue("(KK)", read_truncated, read_unprotect_failed);
+}
