@@ -15,9 +15,10 @@ import aiohttp
 import pytest
 from pylibsrtp import Policy, Session
 
-from support import Attendee, RunningServer, require_native_fanout
+from support import Attendee, RunningServer, build_feedback, require_native_fanout
 from townhall.sfu import native as native_module
 from townhall.sfu import producer as producer_module  # noqa: F401 (sets up ``receive``)
+from townhall.sfu import twcc
 from townhall.sfu.native import NativeSend
 from townhall.sfu.router import Counters, Router
 
@@ -48,6 +49,13 @@ class _Target:
         self.media_receiver: Any = None
 
 
+class _Video:
+    """Stands in for a transport's VideoAllocation: its transport-wide sequence numbers."""
+
+    def __init__(self, sender: twcc.TwccSender | None) -> None:
+        self.twcc = sender
+
+
 class _Socket:
     """What the reader needs of the socket: the calls it makes, recorded."""
 
@@ -64,6 +72,7 @@ class _Socket:
         self.holding_seen: list[bool] = []
         self.plain: list[bytes] = []
         self.rtcp: list[bytes] = []
+        self.estimates: list[float] = []
         self.fail_next_delivery = False
 
     def deliver(self, data: bytes, address: Any) -> None:
@@ -81,7 +90,7 @@ class _Socket:
         self.held.clear()
 
     def route(self, remote: socket.socket, rx: Session, target: _Target,
-              counters: Counters) -> None:
+              counters: Counters, video: Any = None) -> None:
         address = remote.getsockname()
         key = self.native.sockaddr(address)
         assert key is not None
@@ -89,7 +98,9 @@ class _Socket:
         target.media_receiver = receiver
         self.by_address[address] = target
         self.routes[key] = (address, target, receiver, NativeSend.session(rx), {}, counters,
-                            lambda: 1.0, self.plain.append, self.rtcp.append)
+                            lambda: 1.0, self.plain.append, self.rtcp.append,
+                            video if video is not None else _Video(None),
+                            self.estimates.append)
 
     def read(self) -> int:
         native = self.native
@@ -155,6 +166,63 @@ def test_srtp_and_srtcp_from_a_routed_address_are_unprotected_for_the_router() -
         assert reader.delivered == [(stun, remote.getsockname())], "STUN: still Python's"
         assert target.received == 3
         assert counters.packets_received == 0, "what Python handles, Python counts"
+
+
+def _numbered(sender: twcc.TwccSender, packets: int) -> list[int | None]:
+    """Number ``packets`` sent by ``sender`` (ten a frame, frames 33 ms apart) and return when
+    each arrived, 20 ms later (µs)."""
+    arrivals: list[int | None] = []
+    for index in range(packets):
+        sent = 1.0 + (index // 10) * 0.033 + (index % 10) * 0.0005
+        sender.block(1000, sent)
+        arrivals.append(int((sent + 0.02) * 1e6))
+    return arrivals
+
+
+def test_transport_feedback_alone_is_read_in_c_and_only_the_estimate_goes_to_python() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        sender = twcc.TwccSender(5)
+        twin = twcc.TwccSender(5)  # the same feedback, read by TwccSender.feedback
+        reader.route(remote, rx, _Target(), Counters(), _Video(sender))
+        arrivals = _numbered(sender, 90)
+        _numbered(twin, 90)
+        feedback = build_feedback(0, arrivals, 0)
+        receiver_report = struct.pack("!BBHI", 0x80, 201, 1, 1)
+        _send(remote, server, tx.protect_rtcp(feedback),
+              tx.protect_rtcp(receiver_report + feedback))
+        _read_all(reader, 2)
+        expected = twin.feedback(feedback)
+        assert expected is not None
+        assert [int(e) for e in reader.estimates] == [expected]
+        # in a compound packet it is Python's (Router.rtcp_received finds it there)
+        assert reader.rtcp == [receiver_report + feedback]
+
+
+def test_feedback_the_reader_cannot_take_goes_to_python_as_it_came() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), _Video(None))
+        early = build_feedback(0, [1_000_000, 1_000_500], 0)
+        _send(remote, server, tx.protect_rtcp(early))  # nothing numbered yet
+        _read_all(reader, 1)
+        python = twcc.TwccSender(5, native=False)  # the estimate runs in Python
+        reader.route(remote, rx, _Target(), Counters(), _Video(python))
+        in_python = build_feedback(0, _numbered(python, 20), 1)
+        _send(remote, server, tx.protect_rtcp(in_python))
+        _read_all(reader, 1)
+        sender = twcc.TwccSender(5)
+        reader.route(remote, rx, _Target(), Counters(), _Video(sender))
+        malformed = build_feedback(0, _numbered(sender, 20), 2)
+        malformed = malformed[:2] + struct.pack("!H", 4) + malformed[4:20]  # ends in its chunks
+        _send(remote, server, tx.protect_rtcp(malformed))
+        _read_all(reader, 1)
+        assert reader.rtcp == [early, in_python, malformed]
+        assert reader.estimates == [] and reader.failures == []
 
 
 def test_datagrams_libsrtp_refuses_are_dropped_and_counted_and_the_next_ones_arrive() -> None:

@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from support import require_native_fanout
+from support import build_feedback, require_native_fanout
 from townhall.sfu import congestion, rtcp, twcc
 from townhall.sfu.router import Router
 
@@ -111,37 +111,6 @@ def test_the_offer_adds_the_extension_and_feedback_to_video_sections_only() -> N
     assert f"a=extmap:5 {twcc.URI}\r\na=rtcp-fb:97 transport-cc\r\na=rtcp-fb:99 transport-cc" \
         in video
     assert twcc.complete_offer(completed) == completed
-
-
-def build_feedback(base: int, arrivals: list[int | None], count: int = 0) -> bytes:
-    """A feedback packet with two-bit status vectors (what a receiver could send)."""
-    received = [a for a in arrivals if a is not None]
-    reference = (received[0] // 64000) if received else 0
-    symbols, deltas = [], b""
-    previous = reference * 64000
-    for arrival in arrivals:
-        if arrival is None:
-            symbols.append(0)
-            continue
-        delta = (arrival - previous) // 250
-        previous += delta * 250
-        if 0 <= delta <= 255:
-            symbols.append(1)
-            deltas += bytes([delta])
-        else:
-            symbols.append(2)
-            deltas += struct.pack("!h", delta)
-    chunks = b""
-    for start in range(0, len(symbols), 7):
-        group = (symbols[start:start + 7] + [0] * 7)[:7]
-        value = 0xC000
-        for i, symbol in enumerate(group):
-            value |= symbol << (12 - 2 * i)
-        chunks += struct.pack("!H", value)
-    body = struct.pack("!HH", base, len(arrivals)) + \
-        reference.to_bytes(3, "big") + bytes([count & 0xFF]) + chunks + deltas
-    body += b"\x00" * (-len(body) % 4)
-    return struct.pack("!BBH", 0x8F, 205, (len(body) + 8) // 4) + b"\x00" * 8 + body
 
 
 def test_built_feedback_reads_back() -> None:
@@ -304,5 +273,27 @@ async def test_the_router_takes_transport_feedback_alone_or_in_a_compound_packet
         router.rtcp_received(transport, truncated)
         assert router.counters.packets_dropped == dropped + 1
         assert video.estimate.reports == 2
+    finally:
+        await router.close()
+
+
+async def test_an_estimate_the_socket_reader_hands_the_router_is_taken_as_feedback_is() -> None:
+    """The native reader runs the estimate on transport feedback itself and gives the router
+    the result: it counts as a report, and a drop reallocates at once."""
+    router = Router("estimated")
+    transport = router.create_transport("reader")
+    reallocated: list[object] = []
+    router._allocate_on = reallocated.append  # type: ignore[method-assign]
+    try:
+        plain = router.native_receive(transport)
+        if plain is None:
+            pytest.skip("the native piece is not built")
+        video, estimated = plain[5], plain[6]
+        assert video is router._transports[transport].video
+        estimated(2_000_000.0)
+        assert video.estimate.reports == 1 and video.estimate.bitrate == 2_000_000
+        assert reallocated == []
+        estimated(500_000.0)
+        assert video.estimate.bitrate == 500_000 and reallocated == [transport]
     finally:
         await router.close()

@@ -1146,10 +1146,10 @@ static PyMethodDef methods[] = {
      "the start."},
     {"take_sent", fastsend_take_sent, METH_NOARGS,
      "take_sent() -> copies fanout() sent since the last call."},
-    {"read", media_read, METH_VARARGS,
-     "read(fd, unprotect, routes, by_address, deliver, failed, held, flush, delay) -> "
-     "datagrams: read what waits on the shared UDP socket and take each RTP datagram with a "
-     "route to the fan-out (see the top of _read.c)."},
+    {"read", (PyCFunction)(void (*)(void))media_read, METH_FASTCALL,
+     "read(fd, unprotect, unprotect_rtcp, routes, by_address, deliver, failed, held, flush, "
+     "delay, holder) -> datagrams: read what waits on the shared UDP socket and take each "
+     "SRTP datagram with a route to the fan-out or the router (see the top of _read.c)."},
     {"read_counts", media_read_counts, METH_NOARGS,
      "read_counts() -> (datagrams longer than the read buffer, datagrams libsrtp refused): "
      "what read() dropped since the start."},

@@ -20,10 +20,15 @@
  *   socket's own datagram_received.
  *
  * `routes` maps a packed sockaddr (as NativeSend.sockaddr makes it) to a route:
- * (address, target, receiver, srtp, layers, counters, clock, rtp, rtcp): the (host, port)
- * address, the ICE connection, its media receiver, the address of the receiving libsrtp
- * session, the transport's layers by SSRC, the router's counters, the router's clock, and
- * Router.rtp_received and Router.rtcp_received for that transport.
+ * (address, target, receiver, srtp, layers, counters, clock, rtp, rtcp, video, estimated): the
+ * (host, port) address, the ICE connection, its media receiver, the address of the receiving
+ * libsrtp session, the transport's layers by SSRC, the router's counters, the router's clock,
+ * Router.rtp_received and Router.rtcp_received for that transport, its VideoAllocation and
+ * what takes a new estimate of its bandwidth. An RTCP datagram that is one transport feedback
+ * packet alone (as browsers send them, ten or more a second per receiver) is read here: once
+ * the transport numbers its packets (`video.twcc`) and runs its estimate in C, the feedback is
+ * matched and the estimate run (_twcc.c) and only a new estimate goes to Python,
+ * `estimated(bit/s)`.
  *
  * While it runs, `holder._holding` (the socket's) is true, so that Python code sending on the
  * socket queues its copies in `held`; they are sent (`flush()`) after each datagram. The counts
@@ -37,9 +42,11 @@
  */
 
 #include "_read.h"
+#include "_twcc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
@@ -62,13 +69,17 @@ static unsigned long long read_truncated = 0, read_unprotect_failed = 0;
 
 enum {
     R_RECEIVED, R_MEDIA_RECEIVER, R_PACKETS_RECEIVED, R_PACKETS_FORWARDED, R_BYTES_FORWARDED,
-    R_ARRIVED_NS, R_SENT_MANY, R_HOLDING, R_COUNT
+    R_ARRIVED_NS, R_SENT_MANY, R_HOLDING, R_TWCC, R_HISTORY, R_NATIVE_STATE, R_PARAMETERS,
+    R_COUNT
 };
 static const char *read_name_texts[R_COUNT] = {
     "received", "media_receiver", "packets_received", "packets_forwarded", "bytes_forwarded",
-    "arrived_ns", "sent_many", "_holding",
+    "arrived_ns", "sent_many", "_holding", "twcc", "history", "native_state", "parameters",
 };
 static PyObject *read_names_interned[R_COUNT];
+
+/* time.monotonic: a route whose clock it is reads CLOCK_MONOTONIC itself, as it does. */
+static PyObject *monotonic = NULL;
 
 static int intern_names(void) {
     for (int i = 0; i < R_COUNT; i++) {
@@ -76,7 +87,31 @@ static int intern_names(void) {
                 (read_names_interned[i] = PyUnicode_InternFromString(read_name_texts[i])) == NULL)
             return -1;
     }
+    if (monotonic == NULL) {
+        PyObject *time_module = PyImport_ImportModule("time");
+        if (time_module == NULL)
+            return -1;
+        monotonic = PyObject_GetAttrString(time_module, "monotonic");
+        Py_DECREF(time_module);
+        if (monotonic == NULL)
+            return -1;
+    }
     return 0;
+}
+
+/* The route's clock now: -1.0 with an exception if calling it failed. */
+static double clock_now(PyObject *clock) {
+    if (clock == monotonic) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+    }
+    PyObject *now_object = PyObject_CallNoArgs(clock);
+    if (now_object == NULL)
+        return -1.0;
+    double now = PyFloat_AsDouble(now_object);
+    Py_DECREF(now_object);
+    return now;
 }
 
 /* Counts added up over one read() and added to the Python objects at its end: a router's
@@ -152,6 +187,20 @@ static int add_to(PyObject *object, int name, long long amount) {
     return result;
 }
 
+/* The key made last: datagrams of one batch mostly come from one address. */
+static PyObject *last_key = NULL;
+
+/* `key` (`size` bytes) as a bytes object: the last one made if it is the same. */
+static PyObject *key_object(const void *key, Py_ssize_t size) {
+    if (last_key != NULL && PyBytes_GET_SIZE(last_key) == size &&
+            memcmp(PyBytes_AS_STRING(last_key), key, (size_t)size) == 0)
+        return Py_NewRef(last_key);
+    PyObject *made = PyBytes_FromStringAndSize((const char *)key, size);
+    if (made != NULL)
+        Py_XSETREF(last_key, Py_NewRef(made));
+    return made;
+}
+
 /* The route key of a remote address: its sockaddr with only the family, port and address set.
  * NULL without an exception for a family that has none. */
 static PyObject *address_key(const struct sockaddr_storage *name, socklen_t length) {
@@ -162,7 +211,7 @@ static PyObject *address_key(const struct sockaddr_storage *name, socklen_t leng
         key.sin_family = AF_INET;
         key.sin_port = from->sin_port;
         key.sin_addr = from->sin_addr;
-        return PyBytes_FromStringAndSize((const char *)&key, sizeof key);
+        return key_object(&key, sizeof key);
     }
     if (name->ss_family == AF_INET6 && length >= (socklen_t)sizeof(struct sockaddr_in6)) {
         const struct sockaddr_in6 *from = (const struct sockaddr_in6 *)name;
@@ -171,7 +220,7 @@ static PyObject *address_key(const struct sockaddr_storage *name, socklen_t leng
         key.sin6_family = AF_INET6;
         key.sin6_port = from->sin6_port;
         key.sin6_addr = from->sin6_addr;
-        return PyBytes_FromStringAndSize((const char *)&key, sizeof key);
+        return key_object(&key, sizeof key);
     }
     return NULL;
 }
@@ -197,21 +246,88 @@ static PyObject *address_tuple(const struct sockaddr_storage *name, socklen_t le
     Py_RETURN_NONE;
 }
 
+/* Whether an RTCP packet is one transport feedback packet and nothing else (twcc.alone). */
+static int feedback_alone(const unsigned char *packet, Py_ssize_t length) {
+    return length >= 4 && packet[1] == 205 && (packet[0] & 0x1F) == 15 &&
+           ((Py_ssize_t)((packet[2] << 8) | packet[3]) + 1) * 4 == length;
+}
+
+/* A transport feedback packet for the transport whose VideoAllocation is `video`, matched and
+ * run through its estimate in C (twcc_estimate) as TwccSender.feedback does; an estimate goes
+ * to `estimated(bit/s)`. 1 if handled here, 0 if it is for Python's rtcp() (no transport-wide
+ * sequence numbers yet, the estimate in Python, or a malformed packet, which rtcp() counts and
+ * logs), -1 with an exception. */
+static int read_feedback_here(PyObject *video, PyObject *estimated, const unsigned char *packet,
+                              Py_ssize_t length) {
+    PyObject *twcc = PyObject_GetAttr(video, read_names_interned[R_TWCC]);
+    if (twcc == NULL)
+        return -1;
+    PyObject *history = NULL, *state = NULL, *parameters = NULL;
+    int result = 0;
+    if (twcc == Py_None)
+        goto done;
+    state = PyObject_GetAttr(twcc, read_names_interned[R_NATIVE_STATE]);
+    if (state == NULL || state == Py_None) {
+        result = state == NULL ? -1 : 0;
+        goto done;
+    }
+    history = PyObject_GetAttr(twcc, read_names_interned[R_HISTORY]);
+    parameters = history == NULL ? NULL :
+        PyObject_GetAttr(twcc, read_names_interned[R_PARAMETERS]);
+    if (parameters == NULL) {
+        result = -1;
+        goto done;
+    }
+    if (!PyBytes_Check(parameters)) {
+        PyErr_SetString(PyExc_TypeError, "TwccSender.parameters is bytes");
+        result = -1;
+        goto done;
+    }
+    double estimate;
+    int found = twcc_estimate(packet, length, history, state, PyBytes_AS_STRING(parameters),
+                              PyBytes_GET_SIZE(parameters), &estimate);
+    if (found < 0) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();  /* malformed: rtcp() reads it again, counts and logs the drop */
+            result = 0;
+        } else {
+            result = -1;
+        }
+        goto done;
+    }
+    result = 1;
+    if (found > 0) {
+        PyObject *value = PyFloat_FromDouble(estimate);
+        PyObject *returned = value == NULL ? NULL : PyObject_CallOneArg(estimated, value);
+        Py_XDECREF(value);
+        if (returned == NULL)
+            result = -1;
+        Py_XDECREF(returned);
+    }
+done:
+    Py_DECREF(twcc);
+    Py_XDECREF(state);
+    Py_XDECREF(history);
+    Py_XDECREF(parameters);
+    return result;
+}
+
 /* One SRTP or SRTCP datagram from an address with a route: 1 if handled here (forwarded, given
  * to Python's rtp() or rtcp(), or dropped by libsrtp), 0 if it is for deliver(), -1 with an
  * exception. */
 static int read_media(PyObject *route, PyObject *by_address, unsigned char *packet,
                       Py_ssize_t length, unprotect_fn unprotect, int rtcp) {
-    if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 9) {
+    if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 11) {
         PyErr_SetString(PyExc_TypeError, "a route is (address, target, receiver, srtp, layers, "
-                        "counters, clock, rtp, rtcp)");
+                        "counters, clock, rtp, rtcp, video, estimated)");
         return -1;
     }
     PyObject *address = PyTuple_GET_ITEM(route, 0), *target = PyTuple_GET_ITEM(route, 1),
              *receiver = PyTuple_GET_ITEM(route, 2), *srtp = PyTuple_GET_ITEM(route, 3),
              *layers = PyTuple_GET_ITEM(route, 4), *counters = PyTuple_GET_ITEM(route, 5),
              *clock = PyTuple_GET_ITEM(route, 6), *rtp_handler = PyTuple_GET_ITEM(route, 7),
-             *rtcp_handler = PyTuple_GET_ITEM(route, 8);
+             *rtcp_handler = PyTuple_GET_ITEM(route, 8), *video = PyTuple_GET_ITEM(route, 9),
+             *estimated = PyTuple_GET_ITEM(route, 10);
     PyObject *bound = PyDict_GetItemWithError(by_address, address);  /* borrowed */
     if (bound != target)
         return PyErr_Occurred() ? -1 : 0;
@@ -235,6 +351,11 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
         read_unprotect_failed++;
         return 1;
     }
+    if (rtcp && feedback_alone(packet, size)) {
+        int handled = read_feedback_here(video, estimated, packet, size);
+        if (handled != 0)
+            return handled;
+    }
     PyObject *data = PyBytes_FromStringAndSize((const char *)packet, size);
     if (data == NULL)
         return -1;
@@ -247,11 +368,7 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
         Py_DECREF(returned);
         return 1;
     }
-    PyObject *now_object = PyObject_CallNoArgs(clock);
-    if (now_object == NULL)
-        goto done;
-    double now = PyFloat_AsDouble(now_object);
-    Py_DECREF(now_object);
+    double now = clock_now(clock);
     if (now == -1.0 && PyErr_Occurred())
         goto done;
     Py_ssize_t copies = receive_packet(data, layers, now);
@@ -326,15 +443,29 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
                           PyObject *deliver, PyObject *failed, PyObject *held, PyObject *flush,
                           PyObject *delay, unprotect_fn unprotect_rtcp);
 
-PyObject *media_read(PyObject *self, PyObject *args) {
-    int fd;
-    unsigned long long unprotect_address, unprotect_rtcp_address;
-    PyObject *routes, *by_address, *deliver, *failed, *held, *flush, *delay, *holder;
-    if (!PyArg_ParseTuple(args, "iKKO!O!OOO!OOO", &fd, &unprotect_address,
-                          &unprotect_rtcp_address, &PyDict_Type, &routes, &PyDict_Type,
-                          &by_address, &deliver, &failed, &PyList_Type, &held, &flush, &delay,
-                          &holder))
+PyObject *media_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_Format(PyExc_TypeError, "read() takes 11 arguments (%zd given)", nargs);
         return NULL;
+    }
+    long fd_value = PyLong_AsLong(args[0]);
+    if (fd_value == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd_value < 0 || fd_value > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "read(): not a file descriptor");
+        return NULL;
+    }
+    int fd = (int)fd_value;
+    unsigned long long unprotect_address = PyLong_AsUnsignedLongLong(args[1]),
+                       unprotect_rtcp_address = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *routes = args[3], *by_address = args[4], *deliver = args[5], *failed = args[6],
+             *held = args[7], *flush = args[8], *delay = args[9], *holder = args[10];
+    if (!PyDict_Check(routes) || !PyDict_Check(by_address) || !PyList_Check(held)) {
+        PyErr_SetString(PyExc_TypeError, "read(): routes and by_address are dicts, held a list");
+        return NULL;
+    }
     if (intern_names() < 0)
         return NULL;
     /* Python code that sends while the datagrams are handled queues its copies in `held` */

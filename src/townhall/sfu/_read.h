@@ -17,7 +17,7 @@ Py_ssize_t receive_packet(PyObject *data, PyObject *layers, double now);
 unsigned long long take_fan_sent(void);
 
 /* read(...): see _read.c. */
-PyObject *media_read(PyObject *self, PyObject *args);
+PyObject *media_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 /* read_counts() -> (truncated, unprotect failures): datagrams read() dropped. */
 PyObject *media_read_counts(PyObject *self, PyObject *args);

@@ -346,30 +346,24 @@ static int update(EstimateState *state, const Parameters *k, double now_ms, doub
     return (int)state->has_estimate;
 }
 
-PyObject *twcc_feedback(PyObject *self, PyObject *args) {
-    Py_buffer data, parameters;
-    PyObject *history, *state_object;
-    if (!PyArg_ParseTuple(args, "y*O!O!y*", &data, &PyByteArray_Type, &history,
-                          &PyByteArray_Type, &state_object, &parameters))
-        return NULL;
-    Py_ssize_t records = twcc_history_size(history);
+int twcc_estimate(const unsigned char *data, Py_ssize_t length, PyObject *history,
+                  PyObject *state_object, const void *parameters, Py_ssize_t parameters_length,
+                  double *estimate) {
+    Py_ssize_t records = PyByteArray_Check(history) ? twcc_history_size(history) : 0;
     Parameters k;
-    int fits = parameters.len == (Py_ssize_t)sizeof(Parameters);
+    int fits = parameters_length == (Py_ssize_t)sizeof(Parameters);
     if (fits)
-        memcpy(&k, parameters.buf, sizeof(Parameters));
-    PyBuffer_Release(&parameters);
-    if (records == 0 || PyByteArray_GET_SIZE(state_object) != twcc_state_size || !fits ||
-        k.window < 2 || k.window > MAX_WINDOW) {
-        PyBuffer_Release(&data);
+        memcpy(&k, parameters, sizeof(Parameters));
+    if (records == 0 || !PyByteArray_Check(state_object) ||
+            PyByteArray_GET_SIZE(state_object) != twcc_state_size || !fits ||
+            k.window < 2 || k.window > MAX_WINDOW) {
         PyErr_SetString(PyExc_TypeError,
                         "twcc_feedback: history, state or parameters of the wrong size");
-        return NULL;
+        return -1;
     }
     long base, count;
-    int status = read_feedback(data.buf, data.len, &base, &count);
-    PyBuffer_Release(&data);
-    if (status < 0)
-        return NULL;
+    if (read_feedback(data, length, &base, &count) < 0)
+        return -1;
     const TwccSent *sent = (const TwccSent *)PyByteArray_AS_STRING(history);
     EstimateState *state = (EstimateState *)PyByteArray_AS_STRING(state_object);
     if (!state->started) {
@@ -390,9 +384,24 @@ PyObject *twcc_feedback(PyObject *self, PyObject *args) {
         take_packet(state, &k, record->sent_at * 1000.0, newest, record->size);
     }
     if (!matched)
-        Py_RETURN_NONE;
+        return 0;
+    return update(state, &k, newest, delivered_rate(state, &k), estimate);
+}
+
+PyObject *twcc_feedback(PyObject *self, PyObject *args) {
+    Py_buffer data, parameters;
+    PyObject *history, *state_object;
+    if (!PyArg_ParseTuple(args, "y*O!O!y*", &data, &PyByteArray_Type, &history,
+                          &PyByteArray_Type, &state_object, &parameters))
+        return NULL;
     double estimate;
-    if (!update(state, &k, newest, delivered_rate(state, &k), &estimate))
+    int found = twcc_estimate(data.buf, data.len, history, state_object, parameters.buf,
+                              parameters.len, &estimate);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&parameters);
+    if (found < 0)
+        return NULL;
+    if (found == 0)
         Py_RETURN_NONE;
     return PyFloat_FromDouble(estimate);
 }

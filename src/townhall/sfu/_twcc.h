@@ -22,6 +22,15 @@ extern const Py_ssize_t twcc_state_size;
 /* The history's record count if `history` is a bytearray of a power of two of them, else 0. */
 Py_ssize_t twcc_history_size(PyObject *history);
 
+/* One transport feedback packet (RTPFB 15, `length` bytes) matched against `history` (a
+ * TwccSender's bytearray) and run through the estimate whose state is `state` (a bytearray of
+ * twcc_state_size) with `parameters` (twcc.parameters()): 1 with the estimate in bit/s in
+ * `estimate`, 0 when there is none (nothing matched, or none yet), -1 with ValueError (the
+ * packet is malformed; nothing changed) or TypeError (buffers of the wrong size). */
+int twcc_estimate(const unsigned char *data, Py_ssize_t length, PyObject *history,
+                  PyObject *state, const void *parameters, Py_ssize_t parameters_length,
+                  double *estimate);
+
 /* twcc_feedback(data, history, state, parameters) -> estimate or None: see _twcc.c. */
 PyObject *twcc_feedback(PyObject *self, PyObject *args);
 

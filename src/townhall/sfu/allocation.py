@@ -68,11 +68,14 @@ class VideoAllocation:
         if self.twcc is None:
             return False
         estimate = self.twcc.feedback(raw)
-        if estimate is None:
-            return False
+        return False if estimate is None else self.estimated(estimate)
+
+    def estimated(self, bitrate: float) -> bool:
+        """The estimate transport feedback gave (here, or read by the socket's native reader);
+        True when it dropped (allocate at once)."""
         logger.debug("%s: transport feedback: estimate %d bit/s (probing at %d)", self.name,
-                     estimate, self.probe_rate)
-        return self.estimate.update(estimate)
+                     bitrate, self.probe_rate)
+        return self.estimate.update(int(bitrate))
 
     def remb(self, bitrate: int) -> bool:
         """A REMB from the far end (ignored once transport feedback is used); True when the

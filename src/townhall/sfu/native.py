@@ -59,9 +59,10 @@ Fanout = Callable[[list[Any], bytes, Any, int, int, Any, float], int]
 Receive = Callable[[bytes, dict[int, Any], float], int]
 #: What the socket's reader needs to take a transport's SRTP to the router itself: (address of
 #: the receiving srtp session, the transport's layers by SSRC, the router's counters, the
-#: router's clock, ``Router.rtp_received`` and ``Router.rtcp_received`` for that transport).
+#: router's clock, ``Router.rtp_received`` and ``Router.rtcp_received`` for that transport,
+#: its ``VideoAllocation``, and what takes the estimate its transport feedback gave).
 Plain = tuple[int, dict[int, Any], Any, Callable[[], float], Callable[[bytes], None],
-              Callable[[bytes], None]]
+              Callable[[bytes], None], Any, Callable[[float], None]]
 #: ``twcc_feedback(data, history, state, parameters)``: the estimate in bit/s, or None
 TwccFeedback = Callable[[bytes, bytearray, bytearray, bytes], float | None]
 

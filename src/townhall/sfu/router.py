@@ -302,18 +302,20 @@ class Router:
 
     def native_receive(self, transport: Transport) -> tuple[
             dict[int, Layer], Counters, Callable[[], float], Callable[[bytes], None],
-            Callable[[bytes], None]] | None:
-        """What the socket's native reader needs to do :meth:`rtp_received` for ``transport``
-        itself (``native.Plain`` but the session): the transport's layers by SSRC, the
-        counters, the clock, :meth:`rtp_received` for what it leaves to Python and
-        :meth:`rtcp_received`. None without the native piece or for a transport the router
-        does not know."""
+            Callable[[bytes], None], VideoAllocation, Callable[[float], None]] | None:
+        """What the socket's native reader needs to do :meth:`rtp_received` and, for
+        transport feedback, :meth:`rtcp_received` for ``transport`` itself (``native.Plain``
+        but the session): the transport's layers by SSRC, the counters, the clock,
+        :meth:`rtp_received` for what it leaves to Python, :meth:`rtcp_received`, the
+        transport's video allocation and what takes the estimate its feedback gave. None
+        without the native piece or for a transport the router does not know."""
         state = self._transports.get(transport)
         if receive is None or state is None:
             return None
         return (state.layers_by_ssrc, self.counters, self._clock,
                 functools.partial(self.rtp_received, transport),
-                functools.partial(self.rtcp_received, transport))
+                functools.partial(self.rtcp_received, transport), state.video,
+                functools.partial(self._estimated, transport, state.video))
 
     def rtp_received(self, transport: Transport, data: bytes) -> None:
         counters = self.counters
@@ -428,6 +430,11 @@ class Router:
                 self.counters.keyframe_requests += 1
                 consumer.producer.request_keyframe(
                     consumer.layer if consumer.layer >= 0 else max(0, consumer.target))
+
+    def _estimated(self, transport: Transport, video: VideoAllocation, bitrate: float) -> None:
+        """The estimate the socket's native reader got from ``transport``'s feedback."""
+        if video.estimated(bitrate) and transport in self._transports:
+            self._allocate_on(transport)
 
     def _transport_feedback(self, transport: Transport, state: _TransportState,
                             raw: bytes) -> None:

@@ -174,7 +174,10 @@ def split(data: bytes) -> tuple[list[bytes], bytes]:
 class TwccSender:
     """Transport-wide sequence numbers for one transport, and the estimate from its feedback."""
 
-    __slots__ = ("_estimate", "_native", "_sequence", "_state", "extension_id", "history")
+    __slots__ = ("_estimate", "_native", "_sequence", "extension_id", "history", "native_state")
+
+    #: ``congestion.py``'s constants as the estimate in C takes them.
+    parameters = _PARAMETERS
 
     def __init__(self, extension_id: int, *, native: bool = True) -> None:
         """``native``: read feedback and run the estimate in C when the native piece is
@@ -184,8 +187,9 @@ class TwccSender:
         self.history = bytearray(_SENT.pack(0.0, 0, -1) * HISTORY)
         found = native_feedback if native else None
         self._native = None if found is None else found[0]
-        #: The estimate's state: in C (a buffer), or in Python.
-        self._state = bytearray(0 if found is None else found[1])
+        #: The estimate's state when it runs in C (the socket's native reader runs it too, on
+        #: feedback it reads itself); None when it runs in Python.
+        self.native_state = None if found is None else bytearray(found[1])
         self._estimate = DelayBasedEstimate() if found is None else None
 
     def block(self, size: int, now: float) -> bytes:
@@ -200,7 +204,8 @@ class TwccSender:
         """Take one transport feedback packet as it came; returns the estimate in bit/s when
         there is one. Raises ``ValueError`` if the packet is malformed (nothing changes)."""
         if self._native is not None:
-            result = self._native(data, self.history, self._state, _PARAMETERS)
+            assert self.native_state is not None
+            result = self._native(data, self.history, self.native_state, _PARAMETERS)
         else:
             estimate = self._estimate
             assert estimate is not None
