@@ -98,6 +98,11 @@ class RunResult:
     delay_p99_ms: float | None = None
     delay_samples: int = 0
     delay_histogram: dict[str, int] | None = None
+    #: time the server's threads were ready to run but waited for a CPU (run-queue wait,
+    #: /proc/PID/task/*/schedstat), in ms per second of the window; and how many times they
+    #: were switched out while still runnable (preempted)
+    server_waiting_ms_per_second: float | None = None
+    server_preempted: int | None = None
     error: str | None = None
 
 
@@ -140,6 +145,23 @@ def process_cpu_times(pid: int) -> tuple[float, float]:
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process, all threads included."""
     return sum(process_cpu_times(pid))
+
+
+def process_waiting(pid: int) -> tuple[float, int]:
+    """(seconds the threads alive now spent ready but waiting for a CPU, times they were
+    preempted): the sum over /proc/PID/task/*/schedstat and …/status."""
+    waited, preempted = 0, 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                waited += int(stat.read().split()[1])
+            with open(f"/proc/{pid}/task/{task}/status") as status:
+                for line in status:
+                    if line.startswith("nonvoluntary_ctxt_switches:"):
+                        preempted += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile, or a kernel without schedstat
+    return waited / 1e9, preempted
 
 
 def process_threads(pid: int) -> int:
@@ -246,11 +268,13 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         delay0 = await _delay(target)
         profiler = start_profile(target, consumers, args) if args.profile else None
         server0 = process_cpu_times(target.pid)
+        waiting0 = process_waiting(target.pid)
         client0 = self_cpu_seconds()
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
         server1 = process_cpu_times(target.pid)
+        waiting1 = process_waiting(target.pid)
         client1 = self_cpu_seconds()
         sent = sum(p.packets_sent for p in producers) - sent0
         delivered = sum(c.total_packets for c in subscribed) - got0
@@ -303,6 +327,8 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
             delay_p99_ms=None if p99 is None else round(p99 * 1000, 2),
             delay_samples=samples,
             delay_histogram=histogram(delay0, delay1) if samples else None,
+            server_waiting_ms_per_second=round(1000 * (waiting1[0] - waiting0[0]) / elapsed, 2),
+            server_preempted=waiting1[1] - waiting0[1],
         )
     finally:
         for consumer in subscribed:
@@ -370,8 +396,8 @@ def markdown(results: list[RunResult]) -> str:
     head = (
         "| target | consumers | delivered pkts | delivered/expected | server CPU % (system) "
         "| **pkts per CPU-s** | server threads | client CPU % | join→first pkt (median ms) "
-        "| load avg | delay p50 / p99 ms |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| load avg | delay p50 / p99 ms | server waiting for a CPU (ms/s, preempted) |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in results:
@@ -379,18 +405,21 @@ def markdown(results: list[RunResult]) -> str:
         if r.paced:
             shape += ", paced"
         if r.error:
-            rows.append(f"| {r.target} | {shape} | failed: {r.error} | | | | | | | | |")
+            rows.append(f"| {r.target} | {shape} | failed: {r.error} | | | | | | | | | |")
             continue
         latency = (
             "" if r.join_to_first_packet_ms_median is None else r.join_to_first_packet_ms_median
         )
         delay = ("" if r.delay_p50_ms is None
                  else f"{r.delay_p50_ms} / {r.delay_p99_ms}")
+        waiting = ("" if r.server_waiting_ms_per_second is None
+                   else f"{r.server_waiting_ms_per_second} ({r.server_preempted})")
         rows.append(
             f"| {r.target} | {shape} | {r.delivered_packets} | {r.delivered_ratio:.4f} "
             f"| {r.server_cpu_percent} ({r.server_system_percent}) "
             f"| **{r.packets_per_cpu_second}** | {r.server_threads} "
-            f"| {r.client_cpu_percent} | {latency} | {r.load_average_1min} | {delay} |"
+            f"| {r.client_cpu_percent} | {latency} | {r.load_average_1min} | {delay} "
+            f"| {waiting} |"
         )
     return head + "\n".join(rows) + "\n"
 
