@@ -62,6 +62,7 @@ from sfu_forwarding import (  # noqa: E402
     process_cpu_times,
     self_cpu_seconds,
     start_profile,
+    udp_counters,
 )
 from townhall.sfu.ice import udp_drops  # noqa: E402
 from townhall_target import DEFAULT_COMMAND, TownhallTarget  # noqa: E402
@@ -161,15 +162,6 @@ def drops_between(before: dict[int, int], after: dict[int, int]) -> int:
     """Drops added between two readings, socket by socket: a socket closed in between takes
     its count with it (so a total could go down), one opened counts from zero."""
     return sum(max(0, n - before.get(inode, 0)) for inode, n in after.items())
-
-
-def udp_counters() -> dict[str, int]:
-    """The network namespace's UDP counters (/proc/net/snmp)."""
-    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
-             if line.startswith("Udp:")]
-    if len(lines) < 2:
-        return {}
-    return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=False)}
 
 
 UDP_ERRORS = ("RcvbufErrors", "SndbufErrors", "NoPorts", "InErrors")

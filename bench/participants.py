@@ -281,7 +281,8 @@ def accept_twcc(offer: str, answer: str) -> tuple[str, int | None]:
     """``answer`` with transport-wide congestion control accepted in each video section where
     ``offer`` offers it (aiortc's answers leave it out), and the extension id."""
     offered: dict[str, tuple[int, list[str]]] = {}
-    mid, ext_id, pts = "", None, []
+    mid, ext_id = "", None
+    pts: list[str] = []
     for line in [*offer.splitlines(), "m="]:
         if line.startswith("m="):
             if ext_id is not None:
@@ -442,6 +443,9 @@ class SyntheticProducer:
         self._send_task: asyncio.Task[None] | None = None
         self._keyframe_requested = False
         self.keyframe_requests = 0
+        #: The longest the sending loop has been behind its clock (seconds; the benchmark sets it
+        #: to 0 when its window opens): a client too busy to send on time sends in bursts.
+        self.most_late = 0.0
         #: How many simulcast layers, lowest first, the server asked for (``send-layers``).
         self.sent_layers = len(LAYERS)
         #: Packets numbered but not sent, by reason (see ``_sender``).
@@ -562,6 +566,9 @@ class SyntheticProducer:
 
         while True:
             now = loop.time()
+            due = min((d for d, on in ((next_video, video), (next_audio, audio)) if on),
+                      default=now)
+            self.most_late = max(self.most_late, now - due)
             if video and now >= next_video:
                 if self._keyframe_requested and now - last_keyframe_jump > 0.5:
                     self._keyframe_requested = False

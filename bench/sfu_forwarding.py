@@ -103,6 +103,16 @@ class RunResult:
     #: were switched out while still runnable (preempted)
     server_waiting_ms_per_second: float | None = None
     server_preempted: int | None = None
+    #: time the hypervisor kept the machine's virtual CPUs from running ("steal" in /proc/stat,
+    #: all CPUs together), in ms per second of the window; the guest counts it as run time of
+    #: whatever was on the CPU
+    steal_ms_per_second: float | None = None
+    #: datagrams a full receive queue dropped in the window, in the whole network namespace
+    #: (the server's socket and the benchmark's; RcvbufErrors in /proc/net/snmp)
+    udp_receive_errors: int | None = None
+    #: the longest any producer's sending loop was behind its clock in the window (ms): the
+    #: benchmark's client held up, so that its producers then sent in a burst
+    producers_late_ms: float | None = None
     error: str | None = None
 
 
@@ -162,6 +172,23 @@ def process_waiting(pid: int) -> tuple[float, int]:
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue  # a thread that ended meanwhile, or a kernel without schedstat
     return waited / 1e9, preempted
+
+
+def machine_steal() -> float:
+    """Seconds the hypervisor ran something else while this machine's CPUs had work (the
+    "steal" column of /proc/stat's ``cpu`` line); 0 where the kernel does not count it."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
+def udp_counters() -> dict[str, int]:
+    """The network namespace's UDP counters (/proc/net/snmp)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+             if line.startswith("Udp:")]
+    if len(lines) < 2:
+        return {}
+    return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=False)}
 
 
 def process_threads(pid: int) -> int:
@@ -269,12 +296,19 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         profiler = start_profile(target, consumers, args) if args.profile else None
         server0 = process_cpu_times(target.pid)
         waiting0 = process_waiting(target.pid)
+        steal0 = machine_steal()
+        udp0 = udp_counters()
+        for producer in producers:
+            producer.most_late = 0.0
         client0 = self_cpu_seconds()
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
         server1 = process_cpu_times(target.pid)
         waiting1 = process_waiting(target.pid)
+        steal1 = machine_steal()
+        udp1 = udp_counters()
+        late = max(p.most_late for p in producers)
         client1 = self_cpu_seconds()
         sent = sum(p.packets_sent for p in producers) - sent0
         delivered = sum(c.total_packets for c in subscribed) - got0
@@ -329,6 +363,9 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
             delay_histogram=histogram(delay0, delay1) if samples else None,
             server_waiting_ms_per_second=round(1000 * (waiting1[0] - waiting0[0]) / elapsed, 2),
             server_preempted=waiting1[1] - waiting0[1],
+            steal_ms_per_second=round(1000 * (steal1 - steal0) / elapsed, 1),
+            udp_receive_errors=udp1.get("RcvbufErrors", 0) - udp0.get("RcvbufErrors", 0),
+            producers_late_ms=round(1000 * late, 1),
         )
     finally:
         for consumer in subscribed:
@@ -392,12 +429,17 @@ def failed(name: str, consumers: int, error: BaseException) -> RunResult:
 # --------------------------------------------------------------------------------------------
 
 
+def _blank(value: float | None) -> str:
+    return "" if value is None else str(value)
+
+
 def markdown(results: list[RunResult]) -> str:
     head = (
         "| target | consumers | delivered pkts | delivered/expected | server CPU % (system) "
         "| **pkts per CPU-s** | server threads | client CPU % | join→first pkt (median ms) "
-        "| load avg | delay p50 / p99 ms | server waiting for a CPU (ms/s, preempted) |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| load avg | delay p50 / p99 ms | server waiting for a CPU (ms/s, preempted) "
+        "| stolen by the hypervisor (ms/s) | UDP receive errors | producers late (max ms) |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in results:
@@ -405,7 +447,7 @@ def markdown(results: list[RunResult]) -> str:
         if r.paced:
             shape += ", paced"
         if r.error:
-            rows.append(f"| {r.target} | {shape} | failed: {r.error} | | | | | | | | | |")
+            rows.append(f"| {r.target} | {shape} | failed: {r.error} | | | | | | | | | | | | |")
             continue
         latency = (
             "" if r.join_to_first_packet_ms_median is None else r.join_to_first_packet_ms_median
@@ -419,7 +461,8 @@ def markdown(results: list[RunResult]) -> str:
             f"| {r.server_cpu_percent} ({r.server_system_percent}) "
             f"| **{r.packets_per_cpu_second}** | {r.server_threads} "
             f"| {r.client_cpu_percent} | {latency} | {r.load_average_1min} | {delay} "
-            f"| {waiting} |"
+            f"| {waiting} | {_blank(r.steal_ms_per_second)} | {_blank(r.udp_receive_errors)} "
+            f"| {_blank(r.producers_late_ms)} |"
         )
     return head + "\n".join(rows) + "\n"
 
