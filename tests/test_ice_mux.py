@@ -416,6 +416,13 @@ async def test_closing_the_mux_fails_the_attached_transports(mux: IceMux) -> Non
         await pairing.server.close()
 
 
+async def test_a_closed_mux_keeps_no_descriptor_of_its_udp_socket(mux: IceMux) -> None:
+    sockets = list(mux._udp)
+    assert all(s.fd >= 0 for s in sockets)
+    await mux.close()
+    assert [s.fd for s in sockets] == [-1] * len(sockets)
+
+
 async def test_attach_after_gathering_is_refused(mux: IceMux) -> None:
     pc = new_pc()
     try:

@@ -761,6 +761,8 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
+        # the number may soon name another file: nothing may send or read on it from here on
+        self.fd = -1
         self.routes.clear()
 
 
