@@ -564,10 +564,9 @@ class SyntheticProducer:
             else:
                 pacer.add(stream, packet)
 
+        due = start  # when the next frame (audio or video) is due
         while True:
             now = loop.time()
-            due = min((d for d, on in ((next_video, video), (next_audio, audio)) if on),
-                      default=now)
             self.most_late = max(self.most_late, now - due)
             if video and now >= next_video:
                 if self._keyframe_requested and now - last_keyframe_jump > 0.5:
@@ -591,10 +590,9 @@ class SyntheticProducer:
             if pacer is not None:
                 for stream, packet in pacer.due(now):
                     self._send(send, stream, packet)
-            deadlines = [d for d, on in ((next_video, video), (next_audio, audio)) if on]
-            if pacer is not None and pacer.queue:
-                deadlines.append(now + PACING_INTERVAL)
-            delay = min(deadlines) - loop.time()
+            due = min(d for d, on in ((next_video, video), (next_audio, audio)) if on)
+            wake = min(due, now + PACING_INTERVAL) if pacer is not None and pacer.queue else due
+            delay = wake - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
 

@@ -358,7 +358,7 @@ int twcc_estimate(const unsigned char *data, Py_ssize_t length, PyObject *histor
             PyByteArray_GET_SIZE(state_object) != twcc_state_size || !fits ||
             k.window < 2 || k.window > MAX_WINDOW) {
         PyErr_SetString(PyExc_TypeError,
-                        "twcc_feedback: history, state or parameters of the wrong size");
+                        "transport feedback: history, state or parameters of the wrong size");
         return -1;
     }
     long base, count;
