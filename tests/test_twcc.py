@@ -113,6 +113,36 @@ def test_the_offer_adds_the_extension_and_feedback_to_video_sections_only() -> N
     assert twcc.complete_offer(completed) == completed
 
 
+def test_the_answer_takes_the_extension_where_the_offer_has_it_under_the_offers_id() -> None:
+    offer = "\r\n".join([
+        "v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=mid:0", f"a=extmap:3 {twcc.URI}",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97", "a=mid:1", f"a=extmap:3/recvonly {twcc.URI}",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:2", "a=extmap:4 urn:other", ""])
+    answer = "\r\n".join([
+        "v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=mid:0",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97", "a=mid:1", "a=rtcp-fb:96 goog-remb",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:2", ""])
+    completed = twcc.complete_answer(answer, offer)
+    audio, video, unoffered = completed.split("m=")[1:]
+    assert twcc.URI not in audio and twcc.URI not in unoffered
+    assert f"a=extmap:3 {twcc.URI}\r\na=rtcp-fb:96 transport-cc\r\na=rtcp-fb:97 transport-cc" \
+        in video
+    assert twcc.complete_answer(completed, offer) == completed
+
+
+def test_an_answer_to_an_offer_without_the_extension_or_with_its_id_taken_is_left_as_it_is(
+) -> None:
+    answer = "\r\n".join(["v=0", "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:v",
+                           "a=extmap:3 urn:other", ""])
+    without = "\r\n".join(["v=0", "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:v", ""])
+    taken = "\r\n".join(["v=0", "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:v",
+                          f"a=extmap:3 {twcc.URI}", ""])
+    closed = answer.replace("m=video 9", "m=video 0")
+    assert twcc.complete_answer(answer, without) == answer
+    assert twcc.complete_answer(answer, taken) == answer
+    assert twcc.complete_answer(closed, taken.replace("urn:other", "")) == closed
+
+
 def test_built_feedback_reads_back() -> None:
     arrivals = [1_000_000, 1_000_500, None, 1_200_000, 1_100_000]
     feedback = twcc.parse_feedback(build_feedback(7, arrivals))

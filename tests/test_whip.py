@@ -13,6 +13,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from av import VideoFrame
 
 from support import Attendee, PatternTrack, RunningServer, ToneTrack
+from townhall.sfu import twcc
 
 SDP = "application/sdp"
 
@@ -155,6 +156,42 @@ async def test_whep_viewer_decodes_the_camera_and_microphone_of_the_participant_
         assert (await player.delete()).status == 200
         await attendee.wait_for("participant-left", timeout=5,
                                 where=lambda m: m["participant"] == joined["participant"]["id"])
+    finally:
+        await player.close()
+        await attendee.close()
+
+
+async def test_a_whep_viewer_offering_transport_feedback_gets_it_on_video_and_still_decodes(
+    server: RunningServer,
+) -> None:
+    room = await server.create_room("whep twcc")
+    attendee = await _joined(server, room, "speaker")
+    player = viewer(server.token(room, "listener"))
+    try:
+        await attendee.publish()
+        await player.pc.setLocalDescription(await player.pc.createOffer())
+        # aiortc does not offer the extension; a browser does (the browser test shows its
+        # feedback reaching the estimate)
+        offer = twcc.complete_offer(player.pc.localDescription.sdp, 7)
+        response = await player.post(f"{server.base_url}/whep/{room}/{attendee.id}", offer)
+        assert response.status == 201, await response.text()
+        answer = player.pc.remoteDescription.sdp
+        video = answer[answer.index("m=video"):]
+        assert f"a=extmap:7 {twcc.URI}" in video
+        assert f"a=rtcp-fb:{video.split()[3]} transport-cc" in video
+        assert twcc.URI not in answer[:answer.index("m=video")]
+        await player.wait_frames("video", 30)
+        await player.wait_frames("audio", 25)
+
+        live = server.running.services.registry.find(room)
+        assert live is not None
+        watching = next(p for p in live.participants.values() if p.name == "WHEP viewer")
+        consumer = watching.outbox.consumers["video"]
+        assert consumer.slot.twcc == 7
+        assert consumer.twcc is not None
+        numbered = [seq for _, _, seq in twcc._SENT.iter_unpack(consumer.twcc.history) if seq >= 0]
+        assert len(numbered) > 30, "video went out without transport-wide sequence numbers"
+        assert watching.outbox.consumers["audio"].twcc is None
     finally:
         await player.close()
         await attendee.close()

@@ -160,3 +160,65 @@ async def test_layers_nobody_watches_stop_at_the_camera_and_start_again_when_wat
     await wait_encodings(alice, [True, True, True], timeout=5)
     took = await wait_frame_width(bob, 1280, timeout=20)
     print(f"full size {took:.1f} s after the video was enlarged")
+
+
+WHEP_PLAY = """async ([url, token]) => {
+    const pc = new RTCPeerConnection();
+    pc.addTransceiver('audio', {direction: 'recvonly'});
+    pc.addTransceiver('video', {direction: 'recvonly'});
+    await pc.setLocalDescription();
+    await new Promise((resolve) => {
+        const done = () => pc.iceGatheringState === 'complete' && resolve();
+        pc.addEventListener('icegatheringstatechange', done);
+        done();
+    });
+    const response = await fetch(url, {method: 'POST', body: pc.localDescription.sdp,
+        headers: {'Content-Type': 'application/sdp', 'Authorization': `Bearer ${token}`}});
+    const body = await response.text();
+    if (response.status !== 201) return `${response.status} ${body}`;
+    await pc.setRemoteDescription({type: 'answer', sdp: body});
+    window.whep = pc;
+    return 'playing';
+}"""
+
+WHEP_FRAME_WIDTH = FRAME_WIDTH.replace("window.townhall && window.townhall.subscribeTransport",
+                                       "window.whep")
+
+
+async def test_a_chromium_whep_player_sends_transport_feedback_and_gets_the_layer_it_carries(
+    server: Any, new_page: Any
+) -> None:
+    room = await server.create_room("whep simulcast")
+    alice, player = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    live = server.running.services.registry.find(room)
+    deadline = time.monotonic() + 30
+    while not any(p.owner == alice_id and p.source == "camera" and len(p.layers) == 3
+                  and all(layer.bitrate > 0 for layer in p.layers)
+                  for p in live.router.producers.values()):
+        assert time.monotonic() < deadline, "Alice's three layers never reached the server"
+        await asyncio.sleep(0.5)
+
+    await player.goto(server.base_url)
+    played = await player.evaluate(
+        WHEP_PLAY, [f"{server.base_url}/whep/{room}/{alice_id}", server.token(room, "listener")])
+    assert played == "playing", played
+    viewer = next(p for p in live.participants.values() if p.name == "WHEP viewer")
+    estimate = live.router.estimate(viewer.outbox.transport)
+    assert estimate is not None and estimate.source == "transport-cc"
+    deadline = time.monotonic() + 20
+    while estimate.reports < 10:
+        assert time.monotonic() < deadline, "no transport feedback from the WHEP player"
+        await asyncio.sleep(0.5)
+    # A WHEP player tells no size: it gets the largest layer its estimate carries, and on
+    # loopback the estimate from its feedback grows with what the camera sends.
+    start = time.monotonic()
+    while (width := await player.evaluate(WHEP_FRAME_WIDTH)) < 1280:
+        assert time.monotonic() - start < 30, \
+            f"frameWidth {width} after 30 s; estimate {estimate.value()} bit/s"
+        await asyncio.sleep(0.25)
+    print(f"WHEP player at {width} px after {time.monotonic() - start:.1f} s; "
+          f"estimate {estimate.value()} bit/s")
+    producer = next(p for p in live.router.producers.values()
+                    if p.owner == alice_id and p.source == "camera")
+    assert estimate.value() * bandwidth.KEEP_TOLERANCE > producer.layers[2].bitrate

@@ -233,7 +233,9 @@ class Router:
                 consumer.pictures.restart()
         producer.consumers.append(consumer)
         self.consumers[consumer.id] = consumer
-        self._transports[transport].consumers_by_ssrc[slot.ssrc] = consumer
+        state = self._transports[transport]
+        state.consumers_by_ssrc[slot.ssrc] = consumer
+        state.video.use_twcc([consumer])  # the slot's negotiation is over
         producer.request_keyframe()
         self._allocate_on(transport)
         return consumer

@@ -547,6 +547,7 @@ class Transport:
         self, offer: str, codecs: Mapping[str, Codec]
     ) -> tuple[str, dict[str, Slot]]:
         """Answer an offer to receive (a WHEP viewer's): the far end offers, the server sends.
+        Transport-wide congestion control is accepted where the offer has it (``twcc.py``).
 
         The first audio and the first video section become send-only slots for ``codecs[kind]``,
         negotiated at once (each slot's payload type is set); other sections are refused. Returns
@@ -567,7 +568,7 @@ class Transport:
         except Exception as exc:
             raise BadRequest(f"cannot negotiate: {exc}") from None
         self._hook()
-        answer = str(self.pc.localDescription.sdp)
+        answer = twcc.complete_answer(str(self.pc.localDescription.sdp), offer)
         by_mid = {m.rtp.muxId: m for m in parse_sdp(answer).media}
         for kind, slot in list(slots.items()):
             media = by_mid.get(slot.mid)
@@ -577,6 +578,7 @@ class Transport:
                 continue
             slot.payload_type = media.rtp.codecs[0].payloadType
             slot.abs_send_time = _extension_id(media, ABS_SEND_TIME_URI)
+            slot.twcc = _extension_id(media, twcc.URI) if kind == "video" else None
             self._slots.append(slot)
         if not slots:
             raise BadRequest("the offer asks for no audio or video the server can send")

@@ -22,6 +22,7 @@ gets the estimate. Without it, :func:`parse_feedback` and
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from townhall.sfu import congestion, native
@@ -33,8 +34,8 @@ EXTENSION_ID = 5
 #: Packets remembered for matching feedback (a power of two).
 HISTORY = 4096
 
-__all__ = ["DELIVERED_SHARE", "URI", "Feedback", "TwccSender", "alone", "complete_offer",
-           "parse_feedback", "split"]
+__all__ = ["DELIVERED_SHARE", "URI", "Feedback", "TwccSender", "alone", "complete_answer",
+           "complete_offer", "parse_feedback", "split"]
 
 _BLOCK = struct.Struct("!HHBHB")
 _HEADER = struct.Struct("!HHI")
@@ -76,25 +77,64 @@ class Feedback:
 def complete_offer(sdp: str, extension_id: int = EXTENSION_ID) -> str:
     """``sdp`` (an offer of the server's) offering transport-wide congestion control in each
     video section: the header extension and ``a=rtcp-fb:<pt> transport-cc`` for its codecs."""
-    out: list[str] = []
-    video = False
-    payload_types: list[str] = []
+    return _complete(sdp, lambda mid: extension_id)
 
-    def finish() -> None:
-        if video:
-            out.append(f"a=extmap:{extension_id} {URI}")
-            out.extend(f"a=rtcp-fb:{pt} transport-cc" for pt in payload_types)
 
+def complete_answer(answer: str, offer: str) -> str:
+    """``answer`` (the server's, to ``offer``: a WHEP viewer's) accepting transport-wide
+    congestion control in each video section whose offer has it, under the offer's id (an
+    answer keeps the offerer's ids, RFC 8285). aiortc's answers leave out extensions it does not
+    know; the SFU writes this one and reads the feedback itself."""
+    offered: dict[str, int] = {}
+    for section in _sections(offer)[1:]:
+        ident = _extension_in(section)
+        if ident is not None:
+            offered[_mid_of(section)] = ident
+    return _complete(answer, offered.get)
+
+
+def _sections(sdp: str) -> list[list[str]]:
+    """The session part, then each media section, as lists of lines."""
+    sections: list[list[str]] = [[]]
     for line in sdp.splitlines():
         if line.startswith("m="):
-            finish()
-            parts = line.split()
-            video = parts[0] == "m=video" and parts[1] != "0"
-            payload_types = parts[3:]
-        elif video and line.startswith(("a=extmap:", "a=rtcp-fb:")) and URI in line:
-            video = False  # already offered
-        out.append(line)
-    finish()
+            sections.append([])
+        sections[-1].append(line)
+    return sections
+
+
+def _mid_of(section: list[str]) -> str:
+    return next((line[6:].strip() for line in section if line.startswith("a=mid:")), "")
+
+
+def _extension_in(section: list[str]) -> int | None:
+    """The one-byte id ``section`` gives the extension, if it has it."""
+    for line in section:
+        if line.startswith("a=extmap:"):
+            value, _, rest = line[9:].partition(" ")
+            if rest.split()[:1] == [URI]:
+                ident = value.partition("/")[0]
+                return int(ident) if ident.isdigit() and 0 < int(ident) < 15 else None
+    return None
+
+
+def _complete(sdp: str, id_for_mid: Callable[[str], int | None]) -> str:
+    """``sdp`` with the extension and its feedback added to each open video section that
+    lacks it and for whose mid ``id_for_mid`` gives an id not used there already."""
+    sections = _sections(sdp)
+    out = sections[0]
+    for section in sections[1:]:
+        out.extend(section)
+        parts = section[0].split()
+        if parts[0] != "m=video" or parts[1:2] == ["0"] or any(
+                line.startswith("a=extmap:") and URI in line for line in section):
+            continue
+        ident = id_for_mid(_mid_of(section))
+        if ident is None or any(line.startswith((f"a=extmap:{ident} ", f"a=extmap:{ident}/"))
+                                for line in section):
+            continue
+        out.append(f"a=extmap:{ident} {URI}")
+        out.extend(f"a=rtcp-fb:{pt} transport-cc" for pt in parts[3:])
     return "\r\n".join(out) + "\r\n"
 
 
