@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import re
-import struct
 import time
 import wave
 from collections import defaultdict
@@ -53,6 +52,7 @@ from townhall.config import Config
 from townhall.server import app as server_app
 from townhall.server.api import invite_url
 from townhall.sfu.transport import Transport
+from townhall.sfu.twcc import build_feedback as build_feedback
 
 VIDEO_RATE = 90000
 AUDIO_RATE = 48000
@@ -742,32 +742,3 @@ class NoMedia:
     def transport_closed(self, transport: Transport) -> None: ...
 
 
-def build_feedback(base: int, arrivals: list[int | None], count: int = 0) -> bytes:
-    """A feedback packet with two-bit status vectors (what a receiver could send)."""
-    received = [a for a in arrivals if a is not None]
-    reference = (received[0] // 64000) if received else 0
-    symbols, deltas = [], b""
-    previous = reference * 64000
-    for arrival in arrivals:
-        if arrival is None:
-            symbols.append(0)
-            continue
-        delta = (arrival - previous) // 250
-        previous += delta * 250
-        if 0 <= delta <= 255:
-            symbols.append(1)
-            deltas += bytes([delta])
-        else:
-            symbols.append(2)
-            deltas += struct.pack("!h", delta)
-    chunks = b""
-    for start in range(0, len(symbols), 7):
-        group = (symbols[start:start + 7] + [0] * 7)[:7]
-        value = 0xC000
-        for i, symbol in enumerate(group):
-            value |= symbol << (12 - 2 * i)
-        chunks += struct.pack("!H", value)
-    body = struct.pack("!HH", base, len(arrivals)) + \
-        reference.to_bytes(3, "big") + bytes([count & 0xFF]) + chunks + deltas
-    body += b"\x00" * (-len(body) % 4)
-    return struct.pack("!BBH", 0x8F, 205, (len(body) + 8) // 4) + b"\x00" * 8 + body

@@ -90,7 +90,8 @@ class _Socket:
         self.held.clear()
 
     def route(self, remote: socket.socket, rx: Session, target: _Target,
-              counters: Counters, video: Any = None) -> None:
+              counters: Counters, video: Any = None,
+              arrivals: twcc.TwccReceiver | None = None) -> None:
         address = remote.getsockname()
         key = self.native.sockaddr(address)
         assert key is not None
@@ -100,7 +101,8 @@ class _Socket:
         self.routes[key] = (address, target, receiver, NativeSend.session(rx), {}, counters,
                             lambda: 1.0, self.plain.append, self.rtcp.append,
                             video if video is not None else _Video(None),
-                            self.estimates.append)
+                            self.estimates.append,
+                            (arrivals if arrivals is not None else twcc.TwccReceiver()).arrivals)
 
     def read(self) -> int:
         native = self.native
@@ -223,6 +225,29 @@ def test_feedback_the_reader_cannot_take_goes_to_python_as_it_came() -> None:
         _read_all(reader, 1)
         assert reader.rtcp == [early, in_python, malformed]
         assert reader.estimates == [] and reader.failures == []
+
+
+def test_the_reader_notes_when_a_publishers_numbered_packets_arrived_as_python_does() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    in_c, in_python = twcc.TwccReceiver(), twcc.TwccReceiver()
+    in_c.extension_id = in_python.extension_id = 3
+    packets = [struct.pack("!BBHII", 0x90, 96, n, 960 * n, 0x1234)
+               + struct.pack("!HHBHB", 0xBEDE, 1, 0x31, 500 + n, 0) + bytes(40)
+               for n in (1, 2, 4)]
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), arrivals=in_c)
+        _send(remote, server, *[tx.protect(p) for p in packets])
+        _read_all(reader, 3)
+    assert reader.plain == packets  # no layer has the SSRC: left to Python, after the note
+    for packet in packets:
+        in_python.record(packet, 1.0)  # the route's clock says 1.0
+    assert in_c.arrivals == in_python.arrivals
+    [feedback] = in_c.feedback(1.05, 1, 2)
+    parsed = twcc.parse_feedback(feedback)
+    assert parsed.base_sequence == 501
+    assert [a is not None for _, a in parsed.packets] == [True, True, False, True]
 
 
 def test_datagrams_libsrtp_refuses_are_dropped_and_counted_and_the_next_ones_arrive() -> None:

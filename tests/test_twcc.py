@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import random
 import struct
+from types import SimpleNamespace
 
 import pytest
 
 from support import build_feedback, require_native_fanout
 from townhall.sfu import congestion, rtcp, twcc
+from townhall.sfu import router as router_module
 from townhall.sfu.router import Router
 
 
@@ -326,4 +328,111 @@ async def test_an_estimate_the_socket_reader_hands_the_router_is_taken_as_feedba
         estimated(500_000.0)
         assert video.estimate.bitrate == 500_000 and reallocated == [transport]
     finally:
+        await router.close()
+
+
+def _publisher_packet(sequence: int, extension_id: int = 3) -> bytes:
+    """An RTP packet carrying transport-wide sequence number ``sequence``."""
+    return struct.pack("!BBHII", 0x90, 96, 7, 0, 1234) + \
+        struct.pack("!HHBHB", 0xBEDE, 1, (extension_id << 4) | 1, sequence, 0) + b"payload"
+
+
+def _receiver(extension_id: int = 3) -> twcc.TwccReceiver:
+    receiver = twcc.TwccReceiver()
+    receiver.extension_id = extension_id
+    return receiver
+
+
+def test_feedback_to_a_publisher_reports_each_arrival_and_each_loss() -> None:
+    receiver = _receiver()
+    arrived = {s: 100.0 + s * 0.004 for s in range(10, 21) if s != 15}
+    for sequence, at in arrived.items():
+        receiver.record(_publisher_packet(sequence), at)
+    receiver.record(_publisher_packet(21, extension_id=4), 101.0)  # another extension: not it
+    [packet] = receiver.feedback(101.0, 1, 2)
+    assert struct.unpack_from("!II", packet, 4) == (1, 2)
+    feedback = twcc.parse_feedback(packet)
+    assert (feedback.base_sequence, feedback.count) == (10, 11)
+    for sequence, arrival in feedback.packets:
+        if sequence == 15:
+            assert arrival is None
+        else:
+            assert arrival is not None
+            assert abs(arrival - arrived[sequence] * 1_000_000) < 250
+
+
+def test_feedback_goes_on_from_the_last_and_is_empty_when_nothing_arrived() -> None:
+    receiver = _receiver()
+    for sequence in (65533, 65534, 65535):
+        receiver.record(_publisher_packet(sequence), 5.0 + sequence / 1e6)
+    first = receiver.feedback(5.1, 1, 2)
+    assert receiver.feedback(5.2, 1, 2) == []
+    for sequence in (0, 2):
+        receiver.record(_publisher_packet(sequence), 5.3)
+    [second] = receiver.feedback(5.4, 1, 2)
+    assert [twcc.parse_feedback(p).base_sequence for p in first] == [65533]
+    feedback = twcc.parse_feedback(second)
+    assert feedback.base_sequence == 0 and [s for s, a in feedback.packets if a is None] == [1]
+    # the feedback packet count (byte 19) goes up by one per packet
+    assert (first[0][19], second[19]) == (0, 1)
+
+
+def test_an_arrival_too_far_from_the_last_for_one_delta_starts_another_feedback_packet() -> None:
+    receiver = _receiver()
+    receiver.record(_publisher_packet(1), 10.0)
+    receiver.record(_publisher_packet(2), 10.001)
+    receiver.record(_publisher_packet(3), 19.5)  # 9.5 s later: beyond 16 bits of 250 µs
+    packets = receiver.feedback(19.6, 1, 2)
+    parsed = [twcc.parse_feedback(p) for p in packets]
+    assert [(f.base_sequence, f.count) for f in parsed] == [(1, 2), (3, 1)]
+    assert parsed[1].packets[0][1] is not None and \
+        abs(parsed[1].packets[0][1] - 19_500_000) < 250
+
+
+def test_a_publisher_without_the_extension_negotiated_gets_no_feedback() -> None:
+    receiver = twcc.TwccReceiver()
+    receiver.record(_publisher_packet(1), 1.0)
+    assert receiver.feedback(1.1, 1, 2) == []
+
+
+def test_the_answer_to_a_publisher_gives_the_id_the_router_reads_packets_with() -> None:
+    offer = "\r\n".join(["v=0", "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:0",
+                         f"a=extmap:9 {twcc.URI}", ""])
+    answer = "\r\n".join(["v=0", "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:0", ""])
+    assert twcc.answered_id(answer) == 0
+    assert twcc.answered_id(twcc.complete_answer(answer, offer)) == 9
+    assert twcc.sequence_in(_publisher_packet(77, 9), 9) == 77
+    assert twcc.sequence_in(_publisher_packet(77, 9), 3) is None
+    assert twcc.sequence_in(_publisher_packet(77, 9)[:18], 9) is None  # cut short
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+async def test_the_router_notes_a_publishers_numbered_packets_and_tells_it_on_the_tick(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if native:
+        require_native_fanout()
+    else:
+        monkeypatch.setattr(router_module, "receive", None)
+    router = Router("publisher feedback")
+    transport = router.create_transport("publisher")
+    sent: list[bytes] = []
+    monkeypatch.setattr(transport, "send_rtcp", sent.append)
+    state = router._transports[transport]
+    state.arrivals.extension_id = 3
+    layer = SimpleNamespace(ssrc=1234)
+    state.producers_by_mid["0"] = SimpleNamespace(  # type: ignore[assignment]
+        layers=[layer], track=SimpleNamespace(rtcp_ssrc=99, mid_extension=None))
+    try:
+        for sequence in (40, 41, 43):
+            router.rtp_received(transport, _publisher_packet(sequence))
+        router._send_transport_feedback()
+        router._send_transport_feedback()  # nothing new: nothing sent
+        [packet] = sent
+        assert struct.unpack_from("!II", packet, 4) == (99, 1234)
+        feedback = twcc.parse_feedback(packet)
+        assert feedback.base_sequence == 40
+        assert [a is not None for _, a in feedback.packets] == [True, True, False, True]
+    finally:
+        state.producers_by_mid.clear()
         await router.close()

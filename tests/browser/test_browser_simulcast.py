@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_browser_meeting import assert_video_playing, describe, join
 
-from townhall.sfu import bandwidth, simulcast
+from townhall.sfu import bandwidth, simulcast, twcc
 
 pytestmark = pytest.mark.browser
 
@@ -222,3 +222,62 @@ async def test_a_chromium_whep_player_sends_transport_feedback_and_gets_the_laye
     producer = next(p for p in live.router.producers.values()
                     if p.owner == alice_id and p.source == "camera")
     assert estimate.value() * bandwidth.KEEP_TOLERANCE > producer.layers[2].bitrate
+
+
+async def wait_top_layer(producer: Any, fits: Any, timeout: float, what: str) -> float:
+    """Wait until ``fits(bit/s of the top layer)``; returns the seconds it took."""
+    start = time.monotonic()
+    while not fits(producer.layers[-1].bitrate):
+        assert time.monotonic() - start < timeout, \
+            f"the top layer at {producer.layers[-1].bitrate} bit/s, not {what}, after {timeout} s"
+        await asyncio.sleep(0.25)
+    return time.monotonic() - start
+
+
+async def test_a_chromium_publisher_is_told_when_its_video_arrived_and_sends_by_it(
+    server: Any, new_page: Any
+) -> None:
+    room = await server.create_room("publisher feedback")
+    alice, bob = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    await join(bob, await server.invite(room, "listener"), "Bob")
+    await show_remote_video_at(bob, 1200, 675)  # watched: every layer stays on
+    live = server.running.services.registry.find(room)
+    deadline = time.monotonic() + 20
+    while not any(p.owner == alice_id and p.source == "camera"
+                  for p in live.router.producers.values()):
+        assert time.monotonic() < deadline, "Alice's camera never reached the server"
+        await asyncio.sleep(0.25)
+    producer = next(p for p in live.router.producers.values()
+                    if p.owner == alice_id and p.source == "camera")
+    transport = producer.transport
+    assert live.router._transports[transport].arrivals.extension_id != 0
+    sent: list[bytes] = []
+    withhold = False
+    send_rtcp = transport.send_rtcp
+
+    def keep(data: bytes) -> bool:
+        if len(data) > 1 and data[1] == 205 and data[0] & 0x1F == 15:
+            if withhold:
+                return True
+            sent.append(data)
+        return bool(send_rtcp(data))
+
+    transport.send_rtcp = keep
+    await wait_top_layer(producer, lambda b: b > 400_000, 30, "over 400 kbit/s")
+    await asyncio.sleep(2)
+    before = producer.layers[-1].bitrate
+    # Chromium's sending waits for the feedback: without it, it soon holds its video back.
+    withhold = True
+    dropped = await wait_top_layer(producer, lambda b: b < before / 2, 10,
+                                   f"under half of {before}")
+    withhold = False
+    back = await wait_top_layer(producer, lambda b: b > before * 0.8, 15,
+                                f"back over 80 % of {before}")
+    print(f"top layer {before} bit/s; without feedback under half in {dropped:.1f} s, "
+          f"back in {back:.1f} s with it")
+    feedback = [twcc.parse_feedback(data) for data in sent]
+    reported = sum(f.count for f in feedback)
+    lost = sum(1 for f in feedback for _, arrival in f.packets if arrival is None)
+    print(f"{len(feedback)} feedback packets about {reported} packets, {lost} reported lost")
+    assert len(feedback) > 20 and lost <= reported / 100  # loopback loses nothing

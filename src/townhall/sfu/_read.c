@@ -19,12 +19,13 @@
  * - Anything else (STUN, DTLS, an address without a route): deliver(data, address), the
  *   socket's own datagram_received.
  *
- * `routes` maps a packed sockaddr (as NativeSend.sockaddr makes it) to a route:
- * (address, target, receiver, srtp, layers, counters, clock, rtp, rtcp, video, estimated): the
+ * `routes` maps a packed sockaddr (as NativeSend.sockaddr makes it) to a route: (address,
+ * target, receiver, srtp, layers, counters, clock, rtp, rtcp, video, estimated, arrivals): the
  * (host, port) address, the ICE connection, its media receiver, the address of the receiving
  * libsrtp session, the transport's layers by SSRC, the router's counters, the router's clock,
  * Router.rtp_received and Router.rtcp_received for that transport, its VideoAllocation and
- * what takes a new estimate of its bandwidth. An RTCP datagram that is one transport feedback
+ * what takes a new estimate of its bandwidth, and the transport's arrivals
+ * (TwccReceiver.arrivals: a bytearray, see record_arrival()). An RTCP datagram that is one transport feedback
  * packet alone (as browsers send them, ten or more a second per receiver) is read here: once
  * the transport numbers its packets (`video.twcc`) and runs its estimate in C, the feedback is
  * matched and the estimate run (_twcc.c) and only a new estimate goes to Python,
@@ -312,14 +313,77 @@ done:
     return result;
 }
 
+/* TwccReceiver.arrivals (twcc.py): a header, then ARRIVALS records. */
+typedef struct {
+    int32_t extension_id, first, last, unused;
+    int64_t recorded;
+} ArrivalsHeader;
+typedef struct __attribute__((packed)) {
+    int32_t sequence;
+    int64_t at_us;
+} Arrival;
+#define ARRIVALS 1024
+
+/* The transport-wide sequence number in the one-byte header extension `id` of the RTP packet
+ * `p` (`length` bytes, unprotected), or -1. */
+static long transport_sequence(const unsigned char *p, Py_ssize_t length, long id) {
+    if (length < 12 || !(p[0] & 0x10))
+        return -1;
+    Py_ssize_t offset = 12 + 4 * (p[0] & 0x0F);
+    if (offset + 4 > length || p[offset] != 0xBE || p[offset + 1] != 0xDE)
+        return -1;
+    Py_ssize_t pos = offset + 4, end = pos + 4 * (((Py_ssize_t)p[offset + 2] << 8) | p[offset + 3]);
+    if (end > length)
+        return -1;
+    while (pos < end) {
+        unsigned char byte = p[pos];
+        if (byte == 0) {
+            pos++;
+            continue;
+        }
+        long found = byte >> 4, size = (byte & 0x0F) + 1;
+        if (found == 15 || pos + 1 + size > end)
+            return -1;
+        if (found == id)
+            return size == 2 ? ((long)p[pos + 1] << 8) | p[pos + 2] : -1;
+        pos += 1 + size;
+    }
+    return -1;
+}
+
+/* Notes when the RTP packet `p` arrived in `arrivals` (TwccReceiver.arrivals), if its
+ * publisher numbers its packets (the header's extension id is not 0). */
+static void record_arrival(PyObject *arrivals, const unsigned char *p, Py_ssize_t length,
+                           double now) {
+    if (!PyByteArray_Check(arrivals) || PyByteArray_GET_SIZE(arrivals) !=
+            (Py_ssize_t)(sizeof(ArrivalsHeader) + ARRIVALS * sizeof(Arrival)))
+        return;
+    char *buffer = PyByteArray_AS_STRING(arrivals);
+    ArrivalsHeader header;
+    memcpy(&header, buffer, sizeof header);
+    if (header.extension_id <= 0 || header.extension_id >= 15)
+        return;
+    long sequence = transport_sequence(p, length, header.extension_id);
+    if (sequence < 0)
+        return;
+    Arrival record = {(int32_t)sequence, (int64_t)(now * 1e6)};
+    memcpy(buffer + sizeof header + (sequence & (ARRIVALS - 1)) * sizeof record, &record,
+           sizeof record);
+    if (header.first < 0)
+        header.first = (int32_t)sequence;
+    header.last = (int32_t)sequence;
+    header.recorded++;
+    memcpy(buffer, &header, sizeof header);
+}
+
 /* One SRTP or SRTCP datagram from an address with a route: 1 if handled here (forwarded, given
  * to Python's rtp() or rtcp(), or dropped by libsrtp), 0 if it is for deliver(), -1 with an
  * exception. */
 static int read_media(PyObject *route, PyObject *by_address, unsigned char *packet,
                       Py_ssize_t length, unprotect_fn unprotect, int rtcp) {
-    if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 11) {
+    if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 12) {
         PyErr_SetString(PyExc_TypeError, "a route is (address, target, receiver, srtp, layers, "
-                        "counters, clock, rtp, rtcp, video, estimated)");
+                        "counters, clock, rtp, rtcp, video, estimated, arrivals)");
         return -1;
     }
     PyObject *address = PyTuple_GET_ITEM(route, 0), *target = PyTuple_GET_ITEM(route, 1),
@@ -327,7 +391,7 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
              *layers = PyTuple_GET_ITEM(route, 4), *counters = PyTuple_GET_ITEM(route, 5),
              *clock = PyTuple_GET_ITEM(route, 6), *rtp_handler = PyTuple_GET_ITEM(route, 7),
              *rtcp_handler = PyTuple_GET_ITEM(route, 8), *video = PyTuple_GET_ITEM(route, 9),
-             *estimated = PyTuple_GET_ITEM(route, 10);
+             *estimated = PyTuple_GET_ITEM(route, 10), *arrivals = PyTuple_GET_ITEM(route, 11);
     PyObject *bound = PyDict_GetItemWithError(by_address, address);  /* borrowed */
     if (bound != target)
         return PyErr_Occurred() ? -1 : 0;
@@ -371,6 +435,7 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
     double now = clock_now(clock);
     if (now == -1.0 && PyErr_Occurred())
         goto done;
+    record_arrival(arrivals, packet, size, now);
     Py_ssize_t copies = receive_packet(data, layers, now);
     if (copies == RECEIVE_ERROR)
         goto done;

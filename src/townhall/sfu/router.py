@@ -99,6 +99,9 @@ class _TransportState:
     #: ``Transport.datagrams_received`` when it last changed, and when that was.
     heard: int = -1
     heard_at: float = 0.0
+    #: When the publisher's packets arrived, for the transport feedback it gets (once its
+    #: answer accepted transport-wide congestion control).
+    arrivals: twcc.TwccReceiver = field(default_factory=twcc.TwccReceiver)
 
 
 class Router:
@@ -165,6 +168,7 @@ class Router:
         """Negotiate a publish offer; returns the answer, new producers and closed producers."""
         state = self._transports[transport]
         answer, tracks = await transport.answer(offer)
+        state.arrivals.extension_id = twcc.answered_id(answer)
         wanted: dict[str, IncomingTrack] = {t.mid: t for t in tracks if t.mid in sources}
         added, removed = [], []
         for mid, producer in list(state.producers_by_mid.items()):
@@ -304,12 +308,14 @@ class Router:
 
     def native_receive(self, transport: Transport) -> tuple[
             dict[int, Layer], Counters, Callable[[], float], Callable[[bytes], None],
-            Callable[[bytes], None], VideoAllocation, Callable[[float], None]] | None:
+            Callable[[bytes], None], VideoAllocation, Callable[[float], None],
+            bytearray] | None:
         """What the socket's native reader needs to do :meth:`rtp_received` and, for
         transport feedback, :meth:`rtcp_received` for ``transport`` itself (``native.Plain``
         but the session): the transport's layers by SSRC, the counters, the clock,
         :meth:`rtp_received` for what it leaves to Python, :meth:`rtcp_received`, the
-        transport's video allocation and what takes the estimate its feedback gave. None
+        transport's video allocation, what takes the estimate its feedback gave, and where
+        it notes when the publisher's packets arrived (``TwccReceiver.arrivals``). None
         without the native piece or for a transport the router does not know."""
         state = self._transports.get(transport)
         if receive is None or state is None:
@@ -317,7 +323,8 @@ class Router:
         return (state.layers_by_ssrc, self.counters, self._clock,
                 functools.partial(self.rtp_received, transport),
                 functools.partial(self.rtcp_received, transport), state.video,
-                functools.partial(self._estimated, transport, state.video))
+                functools.partial(self._estimated, transport, state.video),
+                state.arrivals.arrivals)
 
     def rtp_received(self, transport: Transport, data: bytes) -> None:
         counters = self.counters
@@ -326,7 +333,10 @@ class Router:
             state = self._transports.get(transport)
             if state is None:
                 return
-            sent = receive(data, state.layers_by_ssrc, self._clock())
+            now = self._clock()
+            if state.arrivals.extension_id:
+                state.arrivals.record(data, now)
+            sent = receive(data, state.layers_by_ssrc, now)
             if sent >= 0:
                 counters.packets_forwarded += sent
                 counters.bytes_forwarded += sent * len(data)
@@ -340,6 +350,8 @@ class Router:
         state = self._transports.get(transport)
         if state is None:
             return
+        if receive is None and state.arrivals.extension_id:
+            state.arrivals.record(data, self._clock())
         layer = state.layers_by_ssrc.get(header.ssrc)
         if layer is None:
             layer = self._learn_ssrc(state, data, header)
@@ -511,6 +523,7 @@ class Router:
         for producer in self.producers.values():
             if producer.keyframe_pending:
                 producer.flush_keyframe_request()
+        self._send_transport_feedback()
         activity = self._audio.tick(self.producers.values())
         if activity.speaking != self._speaking:
             self._speaking = activity.speaking
@@ -525,6 +538,19 @@ class Router:
             self._narrow, self._narrow_stale = narrow, False
             yield from self._narrow_audio(activity)
         yield from self._probe()
+
+    def _send_transport_feedback(self) -> None:
+        """Tell each publisher that numbers its packets when they arrived (every tick: a
+        browser's estimate of its uplink waits for this feedback)."""
+        now = self._clock()
+        for transport, state in self._transports.items():
+            arrivals = state.arrivals
+            if not arrivals.extension_id or not state.producers_by_mid:
+                continue
+            producer = next(iter(state.producers_by_mid.values()))
+            media = next((layer.ssrc for layer in producer.layers if layer.ssrc is not None), 0)
+            for packet in arrivals.feedback(now, producer.track.rtcp_ssrc, media):
+                transport.send_rtcp(packet)
 
     def _narrow_audio(self, activity: Activity) -> Iterator[None]:
         """Audio-only transports (asked for, or cut to audio by the allocation) get only the

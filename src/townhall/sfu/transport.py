@@ -428,6 +428,8 @@ class Transport:
         ]
         if any(layers):
             answer = simulcast_sdp.complete_answer(answer, layers)
+        # the router tells the publisher when its video arrived (``twcc.TwccReceiver``)
+        answer = twcc.complete_answer(answer, offer)
         return answer, self._incoming(description, parsed, layers)
 
     def _incoming(self, offer: Any, answer: Any,

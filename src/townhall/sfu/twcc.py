@@ -22,7 +22,7 @@ gets the estimate. Without it, :func:`parse_feedback` and
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from townhall.sfu import congestion, native
@@ -34,8 +34,8 @@ EXTENSION_ID = 5
 #: Packets remembered for matching feedback (a power of two).
 HISTORY = 4096
 
-__all__ = ["DELIVERED_SHARE", "URI", "Feedback", "TwccSender", "alone", "complete_answer",
-           "complete_offer", "parse_feedback", "split"]
+__all__ = ["DELIVERED_SHARE", "URI", "Feedback", "TwccReceiver", "TwccSender", "alone",
+           "build_feedback", "complete_answer", "complete_offer", "parse_feedback", "split"]
 
 _BLOCK = struct.Struct("!HHBHB")
 _HEADER = struct.Struct("!HHI")
@@ -267,3 +267,188 @@ class TwccSender:
             newest = arrival / 1000
             estimate.packet(sent_at * 1000, newest, size)
         return newest
+
+
+# -- the receiving side: feedback to a publisher ------------------------------------------------
+
+#: Arrivals a publish transport remembers between two feedback packets (a power of two).
+ARRIVALS = 1024
+#: ``TwccReceiver.arrivals``' header (``Arrivals`` in ``_read.c``): the extension id (0: not
+#: negotiated), the first and the last sequence number recorded (-1: none yet), and how many
+#: arrivals were recorded; then ``ARRIVALS`` records of (sequence number, arrival in µs).
+_ARRIVALS_HEADER = struct.Struct("=iiiiq")
+_ARRIVAL = struct.Struct("=iq")
+#: A record older than this is taken for a lost packet (µs): the ring has gone round since.
+_ARRIVAL_AGE = 10_000_000
+#: The largest receive delta a feedback packet carries (signed 16 bits of 250 µs).
+_MAX_DELTA = 0x7FFF
+
+
+def sequence_in(packet: bytes, extension_id: int) -> int | None:
+    """The transport-wide sequence number in the one-byte header extension ``extension_id``
+    of an RTP packet, or None (``transport_sequence`` in ``_read.c``)."""
+    if not 0 < extension_id < 15 or len(packet) < 12 or not packet[0] & 0x10:
+        return None
+    offset = 12 + 4 * (packet[0] & 0x0F)
+    if offset + 4 > len(packet) or packet[offset:offset + 2] != b"\xbe\xde":
+        return None
+    pos, end = offset + 4, offset + 4 + 4 * ((packet[offset + 2] << 8) | packet[offset + 3])
+    if end > len(packet):
+        return None
+    while pos < end:
+        byte = packet[pos]
+        if byte == 0:
+            pos += 1
+            continue
+        found, size = byte >> 4, (byte & 0x0F) + 1
+        if found == 15 or pos + 1 + size > end:
+            return None
+        if found == extension_id:
+            return (packet[pos + 1] << 8) | packet[pos + 2] if size == 2 else None
+        pos += 1 + size
+    return None
+
+
+def answered_id(answer: str) -> int:
+    """The id an answer gives the extension in its first open video section that has it (0:
+    none)."""
+    for section in _sections(answer)[1:]:
+        parts = section[0].split()
+        if parts[0] == "m=video" and parts[1:2] != ["0"]:
+            ident = _extension_in(section)
+            if ident is not None:
+                return ident
+    return 0
+
+
+def build_feedback(base: int, arrivals: Sequence[int | None], count: int = 0,
+                   sender_ssrc: int = 0, media_ssrc: int = 0) -> bytes:
+    """One transport feedback packet about the packets numbered from ``base``: each one's
+    arrival in µs on the receiver's clock, or None if it did not arrive. Two-bit status vectors;
+    every delta must fit in 16 signed bits of 250 µs (``TwccReceiver`` splits where one does
+    not). ``count``: the feedback packet's number (modulo 256)."""
+    received = [a for a in arrivals if a is not None]
+    reference = received[0] // 64000 if received else 0
+    symbols: list[int] = []
+    deltas = bytearray()
+    previous = reference * 64000
+    for arrival in arrivals:
+        if arrival is None:
+            symbols.append(0)
+            continue
+        delta = (arrival - previous) // 250
+        previous += delta * 250
+        if 0 <= delta <= 255:
+            symbols.append(1)
+            deltas.append(delta)
+        elif -_MAX_DELTA - 1 <= delta <= _MAX_DELTA:
+            symbols.append(2)
+            deltas += struct.pack("!h", delta)
+        else:
+            raise ValueError(f"a receive delta of {delta * 250} µs does not fit")
+    chunks = bytearray()
+    for start in range(0, len(symbols), 7):
+        value = 0xC000
+        for i, symbol in enumerate(symbols[start:start + 7]):
+            value |= symbol << (12 - 2 * i)
+        chunks += struct.pack("!H", value)
+    body = _HEADER.pack(base & 0xFFFF, len(arrivals), ((reference & 0xFFFFFF) << 8)
+                        | (count & 0xFF)) + chunks + deltas
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack("!BBHII", 0x8F, 205, (len(body) + 8) // 4, sender_ssrc,
+                       media_ssrc) + body
+
+
+class TwccReceiver:
+    """When a publisher's packets arrived, by transport-wide sequence number, and the feedback
+    that tells the publisher (whose browser estimates its uplink from it).
+
+    The socket's native reader records arrivals in ``arrivals`` itself (``_read.c``); the
+    Python path calls :meth:`record`. The router sends :meth:`feedback` on every beat.
+    """
+
+    __slots__ = ("_count", "_extension_id", "_next", "_recorded", "arrivals")
+
+    def __init__(self) -> None:
+        self.arrivals = bytearray(_ARRIVALS_HEADER.pack(0, -1, -1, 0, 0)) + \
+            bytearray(_ARRIVAL.pack(-1, 0) * ARRIVALS)
+        self._extension_id = 0
+        #: the next sequence number to report (None: none reported yet)
+        self._next: int | None = None
+        #: arrivals recorded when feedback was last made
+        self._recorded = 0
+        #: feedback packets made so far
+        self._count = 0
+
+    @property
+    def extension_id(self) -> int:
+        """The negotiated id of the extension in the publisher's packets (0: not negotiated)."""
+        return self._extension_id
+
+    @extension_id.setter
+    def extension_id(self, value: int) -> None:
+        header = list(_ARRIVALS_HEADER.unpack_from(self.arrivals))
+        header[0] = self._extension_id = value
+        _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
+
+    def record(self, packet: bytes, at: float) -> None:
+        """The RTP packet ``packet`` arrived at ``at`` (seconds, the router's clock): noted if
+        it carries a transport-wide sequence number."""
+        sequence = sequence_in(packet, self._extension_id)
+        if sequence is None:
+            return
+        _, first, _, _, recorded = _ARRIVALS_HEADER.unpack_from(self.arrivals)
+        _ARRIVAL.pack_into(self.arrivals, _ARRIVALS_HEADER.size
+                           + (sequence & (ARRIVALS - 1)) * _ARRIVAL.size,
+                           sequence, int(at * 1_000_000))
+        _ARRIVALS_HEADER.pack_into(self.arrivals, 0, self._extension_id,
+                                   sequence if first < 0 else first, sequence, 0, recorded + 1)
+
+    def feedback(self, now: float, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
+        """Feedback about every packet numbered since the last, up to the newest arrival
+        (usually one packet; more where a delta does not fit in one). Empty when nothing
+        arrived since."""
+        _, first, last, _, recorded = _ARRIVALS_HEADER.unpack_from(self.arrivals)
+        if recorded == self._recorded or last < 0:
+            return []
+        self._recorded = recorded
+        start = first if self._next is None else self._next
+        span = (last - start) & 0xFFFF
+        if span >= 0x8000:  # the newest arrival came late: reported as lost already
+            return []
+        if span >= ARRIVALS:
+            start = (last - ARRIVALS + 1) & 0xFFFF
+            span = ARRIVALS - 1
+        oldest = int(now * 1_000_000) - _ARRIVAL_AGE
+        arrivals: list[int | None] = []
+        for offset in range(span + 1):
+            sequence = (start + offset) & 0xFFFF
+            recorded_as, at = _ARRIVAL.unpack_from(
+                self.arrivals, _ARRIVALS_HEADER.size + (sequence & (ARRIVALS - 1))
+                * _ARRIVAL.size)
+            arrivals.append(at if recorded_as == sequence and at >= oldest else None)
+        self._next = (last + 1) & 0xFFFF
+        packets = []
+        for base, part in _parts(start, arrivals):
+            packets.append(build_feedback(base, part, self._count, sender_ssrc, media_ssrc))
+            self._count += 1
+        return packets
+
+
+def _parts(base: int, arrivals: list[int | None]) -> Iterator[tuple[int, list[int | None]]]:
+    """``arrivals`` (from ``base``) cut where a receive delta would not fit in a feedback
+    packet."""
+    part: list[int | None] = []
+    previous: int | None = None
+    for arrival in arrivals:
+        if arrival is not None:
+            if previous is None:
+                previous = arrival // 64000 * 64000
+            elif not -_MAX_DELTA * 250 <= arrival - previous <= _MAX_DELTA * 250:
+                yield base, part
+                base = (base + len(part)) & 0xFFFF
+                part, previous = [], arrival // 64000 * 64000
+            previous = arrival - (arrival - previous) % 250
+        part.append(arrival)
+    if part:
+        yield base, part
