@@ -191,6 +191,32 @@ def udp_counters() -> dict[str, int]:
     return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=False)}
 
 
+def pin(pid: int, cpus: set[int]) -> int:
+    """Keep every thread of ``pid`` alive now on ``cpus`` (threads they start later inherit
+    it); returns how many threads were pinned."""
+    pinned = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+            pinned += 1
+        except ProcessLookupError:
+            pass  # the thread ended meanwhile
+    return pinned
+
+
+#: The CPUs the benchmark may use, before ``--pin`` narrows its own.
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def pin_both(server: int) -> None:
+    """The benchmark's client on the first CPU, the server on the last: neither waits for a
+    CPU the other holds (``--pin``)."""
+    first, last = CPUS[0], CPUS[-1]
+    pin(os.getpid(), {first})
+    logger.info("pinned: client on CPU %d, %d server threads on CPU %d", first,
+                pin(server, {last}), last)
+
+
 def process_threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
@@ -285,7 +311,11 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
             len(subscribed),
             time.monotonic() - t_producer,
         )
+        if args.pin:
+            pin_both(target.pid)
         await asyncio.sleep(args.warmup)
+        if args.pin:  # threads the server started while clients joined
+            pin_both(target.pid)
 
         sent0 = sum(p.packets_sent for p in producers)
         requests0 = sum(p.keyframe_requests for p in producers)
@@ -562,6 +592,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the whole list of targets this many times, interleaved")
     parser.add_argument("--no-uvloop", action="store_true", help="client on plain asyncio")
+    parser.add_argument("--pin", action="store_true",
+                        help="the client on the first CPU and the server on the last, from "
+                        "before the warm-up (see pin_both)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
 
