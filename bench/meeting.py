@@ -271,7 +271,8 @@ CLOSE_TIMEOUT = 10
 async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) -> MeetingResult:
     target = make_target(name, size, args)
     people: People = [
-        (SyntheticProducer(clip, simulcast=not args.no_simulcast, pace=args.pace),
+        (SyntheticProducer(clip, simulcast=not args.no_simulcast, pace=args.pace,
+                           twcc=args.producer_twcc),
          SyntheticConsumer(raw=True, remb=args.remb or None, twcc=not args.no_twcc))
         for _ in range(size)
     ]
@@ -486,6 +487,9 @@ def main() -> None:
     parser.add_argument("--no-simulcast", action="store_true", help="one video layer only")
     parser.add_argument("--pace", action="store_true",
                         help="participants pace their video as a browser does (participants.Pacer)")
+    parser.add_argument("--producer-twcc", action="store_true",
+                        help="participants number their video with transport-wide sequence "
+                        "numbers, as browsers do, and the server sends them transport feedback")
     parser.add_argument("--no-delay", action="store_true",
                         help="do not turn on townhall's forwarding-delay measurement")
     parser.add_argument("--cpu-limit", type=float, default=70.0)

@@ -96,6 +96,8 @@ AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 #: Extension ids the simulcast offer gives its video section (aiortc's audio section uses 1, 2).
 SIMULCAST_MID_ID = 1
 SIMULCAST_RID_ID = 10
+#: The id a producer with ``twcc`` offers transport-wide sequence numbers with.
+PRODUCER_TWCC_ID = 11
 #: A browser's pacer sends at this multiple of its target rate (libwebrtc's pacing factor)...
 PACING_FACTOR = 2.5
 #: ... in a burst every this many seconds.
@@ -180,6 +182,21 @@ def simulcast_offer(sdp: str, rids: tuple[str, ...]) -> str:
                 *(f"a=rid:{rid} send" for rid in rids),
                 f"a=simulcast:send {';'.join(rids)}",
             ]
+    return "\r\n".join(out) + "\r\n"
+
+
+def twcc_offer(sdp: str) -> str:
+    """An offer with transport-wide sequence numbers offered on its video, as a browser's."""
+    out: list[str] = []
+    kind = ""
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            kind = line[2:].split()[0]
+            payload_types = line.split()[3:]
+        out.append(line)
+        if kind == "video" and line.startswith("a=mid:"):
+            out.append(f"a=extmap:{PRODUCER_TWCC_ID} {TWCC_URI}")
+            out += [f"a=rtcp-fb:{pt} transport-cc" for pt in payload_types]
     return "\r\n".join(out) + "\r\n"
 
 
@@ -361,6 +378,8 @@ class _Stream:
     extensions: list[tuple[int, bytes]]
     #: id of the audio-level extension, if negotiated (audio only)
     level_id: int | None = None
+    #: where the transport-wide sequence number goes in each packet (0: not numbered)
+    twcc_offset: int = 0
     sequence: int = field(default_factory=lambda: random.randint(0, 0xFFFF))
     timestamp: int = field(default_factory=lambda: random.randint(0, 0xFFFFFFFF))
     picture_id: int = field(default_factory=lambda: random.randint(0, 0x7FFF))
@@ -431,10 +450,16 @@ class SyntheticProducer:
         video: bool = True,
         simulcast: bool = False,
         pace: bool = False,
+        twcc: bool = False,
     ) -> None:
         self.clip = clip
         #: Send video through a :class:`Pacer`, as a browser does.
         self.pace = pace
+        #: Offer transport-wide sequence numbers on video, and number it if the answer takes
+        #: them, as a browser does (the feedback that comes back is counted, not used).
+        self.twcc = twcc
+        self._twcc_sequence = 0
+        self.transport_feedback = 0
         self.pc = new_peer_connection()
         self.simulcast = simulcast
         self.speaking = False
@@ -464,6 +489,8 @@ class SyntheticProducer:
                 self.mids[section.kind] = section.mid
         if self.simulcast and "video" in self._kinds:
             sdp = simulcast_offer(sdp, tuple(rid for rid, *_ in LAYERS))
+        if self.twcc:
+            sdp = twcc_offer(sdp)
         return sdp
 
     async def accept_answer(self, sdp: str, *, timeout: float = 60.0) -> None:
@@ -481,18 +508,23 @@ class SyntheticProducer:
             mid = [(mid_id, str(remote.mid).encode())] if mid_id else []
             payload_type = remote.payload_type_for(codec)
             rid_id = remote.extensions.get(RID_EXTENSION_URI)
+            twcc_id = remote.extensions.get(TWCC_URI) if self.twcc else None
+            numbered = [(twcc_id, b"\x00\x00")] if twcc_id and remote.kind == "video" else []
             if remote.kind == "video" and self.simulcast:
                 if rid_id is None:
                     raise RuntimeError("the server did not accept simulcast (no rid extension)")
                 for rid, *_ in LAYERS:
                     self._streams.append(_Stream(
                         "video", rid, random.randint(1, 0xFFFFFFFF), payload_type,
-                        [*mid, (rid_id, rid.encode())]))
+                        [*mid, (rid_id, rid.encode()), *numbered]))
             else:
                 self._streams.append(_Stream(
-                    remote.kind, "", mine.ssrcs[0], payload_type, mid,
+                    remote.kind, "", mine.ssrcs[0], payload_type, [*mid, *numbered],
                     level_id=remote.extensions.get(AUDIO_LEVEL_URI)
                     if remote.kind == "audio" else None))
+        for stream in self._streams:
+            if numbered and stream.kind == "video":  # the number is the last element
+                stream.twcc_offset = 12 + 4 + sum(1 + len(v) for _, v in stream.extensions) - 2
         if not self._streams:
             raise RuntimeError("the server accepted none of the producer's tracks")
         transport = _dtls_transport(self.pc)
@@ -505,6 +537,7 @@ class SyntheticProducer:
 
         async def handle_rtcp_data(data: bytes) -> None:
             pos = 0
+            others = False
             while pos + 4 <= len(data):
                 fmt = data[pos] & 0x1F
                 ptype = data[pos + 1]
@@ -512,8 +545,13 @@ class SyntheticProducer:
                 if ptype == RTCP_PSFB and fmt in (RTCP_FMT_PLI, RTCP_FMT_FIR):
                     self._keyframe_requested = True
                     self.keyframe_requests += 1
+                if ptype == RTCP_RTPFB and fmt == RTCP_FMT_TWCC:
+                    self.transport_feedback += 1
+                else:
+                    others = True
                 pos += length
-            await original(data)
+            if others:  # aiortc cannot read transport feedback: it comes alone from servers
+                await original(data)
 
         transport._handle_rtcp_data = handle_rtcp_data
 
@@ -535,6 +573,11 @@ class SyntheticProducer:
         return sum(self.failed_sends.values())
 
     def _send(self, send: Callable[[bytes], str], stream: _Stream, packet: bytes) -> None:
+        offset = stream.twcc_offset
+        if offset:  # numbered as it leaves, as a browser's pacer does
+            sequence = self._twcc_sequence
+            self._twcc_sequence = (sequence + 1) & 0xFFFF
+            packet = packet[:offset] + sequence.to_bytes(2, "big") + packet[offset + 2:]
         failure = send(packet)
         if failure:
             self.failed_sends[failure] = self.failed_sends.get(failure, 0) + 1

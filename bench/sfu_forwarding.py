@@ -286,7 +286,8 @@ def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
 
 async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespace) -> RunResult:
     target = make_target(name, consumers, args)
-    producers = [SyntheticProducer(clip, simulcast=args.simulcast, pace=args.pace)
+    producers = [SyntheticProducer(clip, simulcast=args.simulcast, pace=args.pace,
+                                   twcc=args.producer_twcc)
                  for _ in range(args.rooms)]
     subscribed: list[SyntheticConsumer] = []
     try:
@@ -345,6 +346,9 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         sent_kinds = _diff(_sum_kinds(p.packets_sent_by_kind() for p in producers), sent_kinds0)
         got_kinds = _diff(_sum_kinds(c.packets_by_kind() for c in subscribed), got_kinds0)
         threads = process_threads(target.pid)
+        if args.producer_twcc:
+            logger.info("%s: the producers got %d transport feedback packets in all", name,
+                        sum(p.transport_feedback for p in producers))
         copies = await _copies(target)
         delay1 = await _delay(target)
         if profiler is not None:
@@ -592,6 +596,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the whole list of targets this many times, interleaved")
     parser.add_argument("--no-uvloop", action="store_true", help="client on plain asyncio")
+    parser.add_argument("--producer-twcc", action="store_true",
+                        help="producers offer transport-wide sequence numbers on their video "
+                        "and number it when the server accepts them, as browsers do (the "
+                        "server then sends them transport feedback)")
     parser.add_argument("--pin", action="store_true",
                         help="the client on the first CPU and the server on the last, from "
                         "before the warm-up (see pin_both)")
