@@ -17,6 +17,11 @@ the piece built, a feedback packet is read, matched and grouped and the estimate
 (``_twcc.c``, the same steps as ``congestion.py``, whose constants it is handed), and Python
 gets the estimate. Without it, :func:`parse_feedback` and
 :class:`~townhall.sfu.congestion.DelayBasedEstimate` do all of it.
+
+The other way round, a publisher that numbers its video gets the feedback from the SFU: a
+:class:`TwccReceiver` per publish transport notes when each numbered packet arrived, and the
+router sends :meth:`TwccReceiver.feedback` every tick, from which the publisher's browser
+estimates its uplink.
 """
 
 from __future__ import annotations
@@ -81,10 +86,10 @@ def complete_offer(sdp: str, extension_id: int = EXTENSION_ID) -> str:
 
 
 def complete_answer(answer: str, offer: str) -> str:
-    """``answer`` (the server's, to ``offer``: a WHEP viewer's) accepting transport-wide
-    congestion control in each video section whose offer has it, under the offer's id (an
-    answer keeps the offerer's ids, RFC 8285). aiortc's answers leave out extensions it does not
-    know; the SFU writes this one and reads the feedback itself."""
+    """``answer`` (the server's, to ``offer``: a publisher's or a WHEP viewer's) accepting
+    transport-wide congestion control in each video section whose offer has it, under the
+    offer's id (an answer keeps the offerer's ids, RFC 8285). aiortc's answers leave out
+    extensions it does not know; the SFU numbers, notes and reports the packets itself."""
     offered: dict[str, int] = {}
     for section in _sections(offer)[1:]:
         ident = _extension_in(section)
