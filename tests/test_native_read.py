@@ -250,6 +250,33 @@ def test_the_reader_notes_when_a_publishers_numbered_packets_arrived_as_python_d
     assert [a is not None for _, a in parsed.packets] == [True, True, False, True]
 
 
+async def test_a_packet_the_reader_leaves_to_the_router_has_its_arrival_noted_once() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    router = Router("noted once")
+    transport = router.create_transport("publisher")
+    arrivals = router._transports[transport].arrivals
+    arrivals.extension_id = 3
+    to_router = router.native_receive(transport)
+    assert to_router is not None
+    packets = [struct.pack("!BBHII", 0x90, 96, n, 960 * n, 0x1234)
+               + struct.pack("!HHBHB", 0xBEDE, 1, 0x31, n, 0) + bytes(40) for n in (1, 2, 3)]
+    try:
+        with _pair() as (server, remote):
+            reader = _Socket(native, server)
+            reader.route(remote, rx, _Target(), Counters())
+            key, route = next(iter(reader.routes.items()))
+            reader.routes[key] = (*route[:4], *to_router)  # the router's own handlers
+            _send(remote, server, *[tx.protect(p) for p in packets])
+            _read_all(reader, 3)
+        # no layer has the SSRC: each packet went on to Router.rtp_received after the note
+        assert router.counters.packets_received == 3
+        assert struct.unpack_from("=iiiiq", arrivals.arrivals)[1:3] == (1, 3)
+        assert struct.unpack_from("=iiiiq", arrivals.arrivals)[4] == 3, "noted twice"
+    finally:
+        await router.close()
+
+
 def test_datagrams_libsrtp_refuses_are_dropped_and_counted_and_the_next_ones_arrive() -> None:
     native = _native()
     tx, rx = _sessions()

@@ -377,6 +377,22 @@ def test_feedback_goes_on_from_the_last_and_is_empty_when_nothing_arrived() -> N
     assert (first[0][19], second[19]) == (0, 1)
 
 
+def test_feedback_reaches_the_highest_number_that_arrived_even_when_it_came_before_others(
+) -> None:
+    receiver = _receiver()
+    receiver.record(_publisher_packet(98), 1.0)
+    receiver.feedback(1.0, 1, 2)
+    for sequence in (100, 101, 102, 99):  # 99 overtaken on the way
+        receiver.record(_publisher_packet(sequence), 1.01)
+    receiver.record(_publisher_packet(97), 1.02)  # reported lost already: too late
+    [packet] = receiver.feedback(1.05, 1, 2)
+    feedback = twcc.parse_feedback(packet)
+    assert feedback.base_sequence == 99
+    assert [s for s, a in feedback.packets if a is not None] == [99, 100, 101, 102]
+    receiver.record(_publisher_packet(96), 1.06)
+    assert receiver.feedback(1.1, 1, 2) == []
+
+
 def test_an_arrival_too_far_from_the_last_for_one_delta_starts_another_feedback_packet() -> None:
     receiver = _receiver()
     receiver.record(_publisher_packet(1), 10.0)

@@ -315,7 +315,7 @@ done:
 
 /* TwccReceiver.arrivals (twcc.py): a header, then ARRIVALS records. */
 typedef struct {
-    int32_t extension_id, first, last, unused;
+    int32_t extension_id, first, highest, unused;
     int64_t recorded;
 } ArrivalsHeader;
 typedef struct __attribute__((packed)) {
@@ -371,7 +371,8 @@ static void record_arrival(PyObject *arrivals, const unsigned char *p, Py_ssize_
            sizeof record);
     if (header.first < 0)
         header.first = (int32_t)sequence;
-    header.last = (int32_t)sequence;
+    if (header.highest < 0 || ((sequence - header.highest) & 0xFFFF) < 0x8000)
+        header.highest = (int32_t)sequence;  /* the newest in sequence, not in time */
     header.recorded++;
     memcpy(buffer, &header, sizeof header);
 }

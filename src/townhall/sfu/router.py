@@ -321,12 +321,14 @@ class Router:
         if receive is None or state is None:
             return None
         return (state.layers_by_ssrc, self.counters, self._clock,
-                functools.partial(self.rtp_received, transport),
+                functools.partial(self.rtp_received, transport, noted=True),
                 functools.partial(self.rtcp_received, transport), state.video,
                 functools.partial(self._estimated, transport, state.video),
                 state.arrivals.arrivals)
 
-    def rtp_received(self, transport: Transport, data: bytes) -> None:
+    def rtp_received(self, transport: Transport, data: bytes, noted: bool = False) -> None:
+        """An RTP packet from a publisher; ``noted``: its arrival is in ``arrivals`` already
+        (the socket's native reader notes it before it leaves a packet to Python)."""
         counters = self.counters
         counters.packets_received += 1
         if receive is not None:  # the whole of it in C, unless it leaves the packet to Python
@@ -334,7 +336,7 @@ class Router:
             if state is None:
                 return
             now = self._clock()
-            if state.arrivals.extension_id:
+            if state.arrivals.extension_id and not noted:
                 state.arrivals.record(data, now)
             sent = receive(data, state.layers_by_ssrc, now)
             if sent >= 0:
@@ -350,7 +352,7 @@ class Router:
         state = self._transports.get(transport)
         if state is None:
             return
-        if receive is None and state.arrivals.extension_id:
+        if receive is None and state.arrivals.extension_id and not noted:
             state.arrivals.record(data, self._clock())
         layer = state.layers_by_ssrc.get(header.ssrc)
         if layer is None:

@@ -279,7 +279,8 @@ class TwccSender:
 #: Arrivals a publish transport remembers between two feedback packets (a power of two).
 ARRIVALS = 1024
 #: ``TwccReceiver.arrivals``' header (``Arrivals`` in ``_read.c``): the extension id (0: not
-#: negotiated), the first and the last sequence number recorded (-1: none yet), and how many
+#: negotiated), the first sequence number recorded and the highest (modulo 2^16; -1: none yet),
+#: and how many
 #: arrivals were recorded; then ``ARRIVALS`` records of (sequence number, arrival in µs).
 _ARRIVALS_HEADER = struct.Struct("=iiiiq")
 _ARRIVAL = struct.Struct("=iq")
@@ -402,24 +403,26 @@ class TwccReceiver:
         sequence = sequence_in(packet, self._extension_id)
         if sequence is None:
             return
-        _, first, _, _, recorded = _ARRIVALS_HEADER.unpack_from(self.arrivals)
+        _, first, highest, _, recorded = _ARRIVALS_HEADER.unpack_from(self.arrivals)
         _ARRIVAL.pack_into(self.arrivals, _ARRIVALS_HEADER.size
                            + (sequence & (ARRIVALS - 1)) * _ARRIVAL.size,
                            sequence, int(at * 1_000_000))
+        if highest < 0 or (sequence - highest) & 0xFFFF < 0x8000:
+            highest = sequence
         _ARRIVALS_HEADER.pack_into(self.arrivals, 0, self._extension_id,
-                                   sequence if first < 0 else first, sequence, 0, recorded + 1)
+                                   sequence if first < 0 else first, highest, 0, recorded + 1)
 
     def feedback(self, now: float, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
-        """Feedback about every packet numbered since the last, up to the newest arrival
-        (usually one packet; more where a delta does not fit in one). Empty when nothing
-        arrived since."""
+        """Feedback about every packet numbered since the last, up to the highest number
+        that arrived (usually one packet; more where a delta does not fit in one). Empty when
+        nothing newer arrived since."""
         _, first, last, _, recorded = _ARRIVALS_HEADER.unpack_from(self.arrivals)
         if recorded == self._recorded or last < 0:
             return []
         self._recorded = recorded
         start = first if self._next is None else self._next
         span = (last - start) & 0xFFFF
-        if span >= 0x8000:  # the newest arrival came late: reported as lost already
+        if span >= 0x8000:  # only packets reported already (as lost) came since
             return []
         if span >= ARRIVALS:
             start = (last - ARRIVALS + 1) & 0xFFFF
