@@ -420,6 +420,12 @@ def test_the_answer_to_a_publisher_gives_the_id_the_router_reads_packets_with() 
     assert twcc.sequence_in(_publisher_packet(77, 9), 9) == 77
     assert twcc.sequence_in(_publisher_packet(77, 9), 3) is None
     assert twcc.sequence_in(_publisher_packet(77, 9)[:18], 9) is None  # cut short
+    one_byte = bytearray(_publisher_packet(77, 9))
+    one_byte[16] = (9 << 4) | 0  # the element says it holds one byte: not a sequence number
+    assert twcc.sequence_in(bytes(one_byte), 9) is None
+    receiver = _receiver(9)
+    receiver.record(bytes(one_byte), 1.0)
+    assert receiver.feedback(1.1, 1, 2) == []
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
