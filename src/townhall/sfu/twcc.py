@@ -30,7 +30,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from townhall.sfu import congestion, native
+from townhall.sfu import congestion, native, rtp
 from townhall.sfu.congestion import DELIVERED_SHARE, DelayBasedEstimate
 
 URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -280,8 +280,8 @@ class TwccSender:
 ARRIVALS = 1024
 #: ``TwccReceiver.arrivals``' header (``Arrivals`` in ``_read.c``): the extension id (0: not
 #: negotiated), the first sequence number recorded and the highest (modulo 2^16; -1: none yet),
-#: and how many
-#: arrivals were recorded; then ``ARRIVALS`` records of (sequence number, arrival in µs).
+#: and how many arrivals were recorded; then ``ARRIVALS`` records of (sequence number, arrival
+#: in µs).
 _ARRIVALS_HEADER = struct.Struct("=iiiiq")
 _ARRIVAL = struct.Struct("=iq")
 #: A record older than this is taken for a lost packet (µs): the ring has gone round since.
@@ -291,28 +291,14 @@ _MAX_DELTA = 0x7FFF
 
 
 def sequence_in(packet: bytes, extension_id: int) -> int | None:
-    """The transport-wide sequence number in the one-byte header extension ``extension_id``
-    of an RTP packet, or None (``transport_sequence`` in ``_read.c``)."""
-    if not 0 < extension_id < 15 or len(packet) < 12 or not packet[0] & 0x10:
+    """The transport-wide sequence number in header extension ``extension_id`` of an RTP
+    packet, or None (``transport_sequence`` in ``_read.c``, which reads the one-byte form
+    browsers use)."""
+    try:
+        value = rtp.extensions(packet, rtp.parse_header(packet)).get(extension_id)
+    except ValueError:
         return None
-    offset = 12 + 4 * (packet[0] & 0x0F)
-    if offset + 4 > len(packet) or packet[offset:offset + 2] != b"\xbe\xde":
-        return None
-    pos, end = offset + 4, offset + 4 + 4 * ((packet[offset + 2] << 8) | packet[offset + 3])
-    if end > len(packet):
-        return None
-    while pos < end:
-        byte = packet[pos]
-        if byte == 0:
-            pos += 1
-            continue
-        found, size = byte >> 4, (byte & 0x0F) + 1
-        if found == 15 or pos + 1 + size > end:
-            return None
-        if found == extension_id:
-            return (packet[pos + 1] << 8) | packet[pos + 2] if size == 2 else None
-        pos += 1 + size
-    return None
+    return None if value is None or len(value) != 2 else int.from_bytes(value, "big")
 
 
 def answered_id(answer: str) -> int:
@@ -416,16 +402,16 @@ class TwccReceiver:
         """Feedback about every packet numbered since the last, up to the highest number
         that arrived (usually one packet; more where a delta does not fit in one). Empty when
         nothing newer arrived since."""
-        _, first, last, _, recorded = _ARRIVALS_HEADER.unpack_from(self.arrivals)
-        if recorded == self._recorded or last < 0:
+        _, first, highest, _, recorded = _ARRIVALS_HEADER.unpack_from(self.arrivals)
+        if recorded == self._recorded or highest < 0:
             return []
         self._recorded = recorded
         start = first if self._next is None else self._next
-        span = (last - start) & 0xFFFF
+        span = (highest - start) & 0xFFFF
         if span >= 0x8000:  # only packets reported already (as lost) came since
             return []
         if span >= ARRIVALS:
-            start = (last - ARRIVALS + 1) & 0xFFFF
+            start = (highest - ARRIVALS + 1) & 0xFFFF
             span = ARRIVALS - 1
         oldest = int(now * 1_000_000) - _ARRIVAL_AGE
         arrivals: list[int | None] = []
@@ -435,7 +421,7 @@ class TwccReceiver:
                 self.arrivals, _ARRIVALS_HEADER.size + (sequence & (ARRIVALS - 1))
                 * _ARRIVAL.size)
             arrivals.append(at if recorded_as == sequence and at >= oldest else None)
-        self._next = (last + 1) & 0xFFFF
+        self._next = (highest + 1) & 0xFFFF
         packets = []
         for base, part in _parts(start, arrivals):
             packets.append(build_feedback(base, part, self._count, sender_ssrc, media_ssrc))
