@@ -428,8 +428,8 @@ class Transport:
         ]
         if any(layers):
             answer = simulcast_sdp.complete_answer(answer, layers)
-        # the router tells the publisher when its video arrived (``twcc.TwccReceiver``)
-        answer = twcc.complete_answer(answer, offer)
+        if twcc.PUBLISHER_FEEDBACK:  # the router tells it when its video arrived
+            answer = twcc.complete_answer(answer, offer)
         return answer, self._incoming(description, parsed, layers)
 
     def _incoming(self, offer: Any, answer: Any,
