@@ -8,7 +8,8 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -91,7 +92,8 @@ class _Socket:
 
     def route(self, remote: socket.socket, rx: Session, target: _Target,
               counters: Counters, video: Any = None,
-              arrivals: twcc.TwccReceiver | None = None) -> None:
+              arrivals: twcc.TwccReceiver | None = None,
+              clock: Callable[[], float] = lambda: 1.0) -> None:
         address = remote.getsockname()
         key = self.native.sockaddr(address)
         assert key is not None
@@ -99,7 +101,7 @@ class _Socket:
         target.media_receiver = receiver
         self.by_address[address] = target
         self.routes[key] = (address, target, receiver, NativeSend.session(rx), {}, counters,
-                            lambda: 1.0, self.plain.append, self.rtcp.append,
+                            clock, self.plain.append, self.rtcp.append,
                             video if video is not None else _Video(None),
                             self.estimates.append,
                             (arrivals if arrivals is not None else twcc.TwccReceiver()).arrivals)
@@ -248,6 +250,28 @@ def test_the_reader_notes_when_a_publishers_numbered_packets_arrived_as_python_d
     parsed = twcc.parse_feedback(feedback)
     assert parsed.base_sequence == 501
     assert [a is not None for _, a in parsed.packets] == [True, True, False, True]
+
+
+def test_an_arrival_is_when_the_kernel_received_the_packet_not_when_the_loop_got_to_it() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    arrivals = twcc.TwccReceiver()
+    arrivals.extension_id = 3
+    packets = [struct.pack("!BBHII", 0x90, 96, n, 960 * n, 0x1234)
+               + struct.pack("!HHBHB", 0xBEDE, 1, 0x31, n, 0) + bytes(40) for n in (1, 2)]
+    with _pair() as (server, remote):
+        server.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS, as the server's socket
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), arrivals=arrivals, clock=time.monotonic)
+        sent = time.monotonic()
+        _send(remote, server, *[tx.protect(p) for p in packets])
+        time.sleep(0.3)  # the event loop held up
+        _read_all(reader, 2)
+        read = time.monotonic()
+    assert read - sent >= 0.3
+    for n in (1, 2):
+        _, at_us = struct.unpack_from("=iq", arrivals.arrivals, 24 + 12 * n)
+        assert sent - 0.01 <= at_us / 1e6 <= sent + 0.1, (at_us / 1e6 - sent, read - sent)
 
 
 async def test_a_packet_the_reader_leaves_to_the_router_has_its_arrival_noted_once() -> None:

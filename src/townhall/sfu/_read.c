@@ -25,8 +25,9 @@
  * libsrtp session, the transport's layers by SSRC, the router's counters, the router's clock,
  * Router.rtp_received and Router.rtcp_received for that transport, its VideoAllocation and
  * what takes a new estimate of its bandwidth, and the transport's arrivals
- * (TwccReceiver.arrivals: a bytearray, see record_arrival()). An RTCP datagram that is one transport feedback
- * packet alone (as browsers send them, ten or more a second per receiver) is read here: once
+ * (TwccReceiver.arrivals: a bytearray, see record_arrival(); the socket has SO_TIMESTAMPNS on
+ * so that an arrival is the kernel's receive time). An RTCP datagram that is one transport
+ * feedback packet alone (as browsers send them, ten or more a second per receiver) is read here: once
  * the transport numbers its packets (`video.twcc`) and runs its estimate in C, the feedback is
  * matched and the estimate run (_twcc.c) and only a new estimate goes to Python,
  * `estimated(bit/s)`.
@@ -35,8 +36,8 @@
  * socket queues its copies in `held`; they are sent (`flush()`) after each datagram. The counts
  * the router and the ICE connections keep are added up in C and added to theirs once per call
  * (`received`, `packets_received`, `packets_forwarded`, `bytes_forwarded`). With
- * `delay` (a ForwardingDelay; the socket then has SO_TIMESTAMPNS on), the kernel's receive time
- * of each datagram is delay.arrived_ns while it is handled, and the copies the fan-out sent for
+ * `delay` (a ForwardingDelay), the kernel's receive time of each datagram is delay.arrived_ns
+ * while it is handled, and the copies the fan-out sent for
  * it go to delay.sent_many(). It raises nothing once its arguments are read: an exception while
  * handling one datagram drops that datagram only, failed(address, exception) is told and the
  * rest are handled (failed(None, exception) for a failure of the read itself).
@@ -313,6 +314,45 @@ done:
     return result;
 }
 
+static long long realtime_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* The kernel's receive time of a datagram (SCM_TIMESTAMPNS) in ns since the epoch, or 0 if the
+ * socket does not have SO_TIMESTAMPNS on. */
+static long long kernel_stamp_ns(struct msghdr *header) {
+    if (header->msg_control == NULL)
+        return 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(header); c != NULL; c = CMSG_NXTHDR(header, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec stamp;
+            memcpy(&stamp, CMSG_DATA(c), sizeof stamp);
+            return (long long)stamp.tv_sec * 1000000000LL + stamp.tv_nsec;
+        }
+    }
+    return 0;
+}
+
+/* The kernel's receive time of a datagram, or now, in ns since the epoch. */
+static long long arrival_ns(struct msghdr *header) {
+    long long stamp = kernel_stamp_ns(header);
+    return stamp != 0 ? stamp : realtime_ns();
+}
+
+/* How long ago the kernel received a datagram stamped `stamp` (kernel_stamp_ns), in s: 0
+ * without a stamp; at most MAX_WAITED, so that a step of the system's clock cannot put an
+ * arrival far from the others. */
+#define MAX_WAITED 1.0
+static double waited(long long stamp) {
+    long long now_ns = stamp == 0 ? 0 : realtime_ns();
+    if (stamp == 0 || stamp >= now_ns)
+        return 0.0;
+    double seconds = (double)(now_ns - stamp) * 1e-9;
+    return seconds < MAX_WAITED ? seconds : MAX_WAITED;
+}
+
 /* TwccReceiver.arrivals (twcc.py): a header, then ARRIVALS records. */
 typedef struct {
     int32_t extension_id, first, highest, unused;
@@ -352,9 +392,12 @@ static long transport_sequence(const unsigned char *p, Py_ssize_t length, long i
 }
 
 /* Notes when the RTP packet `p` arrived in `arrivals` (TwccReceiver.arrivals), if its
- * publisher numbers its packets (the header's extension id is not 0). */
+ * publisher numbers its packets (the header's extension id is not 0): when it reached the
+ * socket (`stamp`, the kernel's, see waited()) on the route's clock, which says `now`. Not when
+ * the event loop got to it: a hold of the loop is not queueing on the publisher's uplink, and
+ * its browser would slow down for it. */
 static void record_arrival(PyObject *arrivals, const unsigned char *p, Py_ssize_t length,
-                           double now) {
+                           double now, long long stamp) {
     if (!PyByteArray_Check(arrivals) || PyByteArray_GET_SIZE(arrivals) !=
             (Py_ssize_t)(sizeof(ArrivalsHeader) + ARRIVALS * sizeof(Arrival)))
         return;
@@ -366,7 +409,7 @@ static void record_arrival(PyObject *arrivals, const unsigned char *p, Py_ssize_
     long sequence = transport_sequence(p, length, header.extension_id);
     if (sequence < 0)
         return;
-    Arrival record = {(int32_t)sequence, (int64_t)(now * 1e6)};
+    Arrival record = {(int32_t)sequence, (int64_t)((now - waited(stamp)) * 1e6)};
     memcpy(buffer + sizeof header + (sequence & (ARRIVALS - 1)) * sizeof record, &record,
            sizeof record);
     if (header.first < 0)
@@ -381,7 +424,7 @@ static void record_arrival(PyObject *arrivals, const unsigned char *p, Py_ssize_
  * to Python's rtp() or rtcp(), or dropped by libsrtp), 0 if it is for deliver(), -1 with an
  * exception. */
 static int read_media(PyObject *route, PyObject *by_address, unsigned char *packet,
-                      Py_ssize_t length, unprotect_fn unprotect, int rtcp) {
+                      Py_ssize_t length, unprotect_fn unprotect, int rtcp, long long stamp) {
     if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 12) {
         PyErr_SetString(PyExc_TypeError, "a route is (address, target, receiver, srtp, layers, "
                         "counters, clock, rtp, rtcp, video, estimated, arrivals)");
@@ -436,7 +479,7 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
     double now = clock_now(clock);
     if (now == -1.0 && PyErr_Occurred())
         goto done;
-    record_arrival(arrivals, packet, size, now);
+    record_arrival(arrivals, packet, size, now, stamp);
     Py_ssize_t copies = receive_packet(data, layers, now);
     if (copies == RECEIVE_ERROR)
         goto done;
@@ -452,20 +495,6 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
 done:
     Py_DECREF(data);
     return result;
-}
-
-/* The kernel's receive time of a datagram (SCM_TIMESTAMPNS), or now, in ns since the epoch. */
-static long long arrival_ns(struct msghdr *header) {
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(header); c != NULL; c = CMSG_NXTHDR(header, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
-            struct timespec stamp;
-            memcpy(&stamp, CMSG_DATA(c), sizeof stamp);
-            return (long long)stamp.tv_sec * 1000000000LL + stamp.tv_nsec;
-        }
-    }
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
 }
 
 static int set_arrived(PyObject *delay, long long ns) {
@@ -569,10 +598,8 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
         header->msg_namelen = sizeof read_names[i];
         header->msg_iov = &read_vectors[i];
         header->msg_iovlen = 1;
-        if (timed) {
-            header->msg_control = read_controls[i];
-            header->msg_controllen = sizeof read_controls[i];
-        }
+        header->msg_control = read_controls[i];  /* the socket's SO_TIMESTAMPNS, if on */
+        header->msg_controllen = sizeof read_controls[i];
     }
     int count;
     do {
@@ -609,7 +636,8 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
                 if (route != NULL) {
                     Py_INCREF(route);
                     handled = read_media(route, by_address, packet, length,
-                                         rtcp ? unprotect_rtcp : unprotect, rtcp);
+                                         rtcp ? unprotect_rtcp : unprotect, rtcp,
+                                         kernel_stamp_ns(header));
                     Py_DECREF(route);
                 } else if (PyErr_Occurred()) {
                     handled = -1;

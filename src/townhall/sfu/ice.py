@@ -627,8 +627,10 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         try:
             sock.setblocking(False)
             sock.bind((self.host, port))
-            if self._delay is not None:  # the kernel's receive time of each datagram
-                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            # the kernel's receive time of each datagram: publishers' arrivals (transport
+            # feedback) and the forwarding delay are measured from it, not from when the event
+            # loop got to the datagram
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         except OSError:
             sock.close()
             raise

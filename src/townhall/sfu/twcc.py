@@ -277,12 +277,11 @@ class TwccSender:
 # -- the receiving side: feedback to a publisher ------------------------------------------------
 
 #: Whether publish answers accept transport-wide sequence numbers (and publishers get
-#: feedback). Off for now: the arrival times noted are when the event loop read each packet, so
-#: a hold of the loop (100-400 ms while people join) would reach the publisher's browser as
-#: queueing on its uplink; with it on, a browser test of replaced connections
-#: (tests/browser/test_browser_receiving.py) failed now and then with the video held back. It
-#: waits for the kernel's receive time of each datagram.
-PUBLISHER_FEEDBACK = False
+#: feedback). An arrival is the kernel's receive time of the datagram where the socket's native
+#: reader reads it (SO_TIMESTAMPNS, ``_read.c``), so a hold of the event loop does not reach the
+#: publisher's browser as queueing on its uplink. The Python path (no native piece, ICE-TCP)
+#: notes when the event loop read the packet.
+PUBLISHER_FEEDBACK = True
 #: Arrivals a publish transport remembers between two feedback packets (a power of two).
 ARRIVALS = 1024
 #: ``TwccReceiver.arrivals``' header (``Arrivals`` in ``_read.c``): the extension id (0: not
