@@ -13,6 +13,7 @@ import fractions
 import itertools
 import json
 import math
+import os
 import re
 import time
 import wave
@@ -57,6 +58,26 @@ from townhall.sfu.twcc import build_feedback as build_feedback
 VIDEO_RATE = 90000
 AUDIO_RATE = 48000
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+#: Debian's Chromium and the flags the browser tests run it with (``tests/browser``).
+CHROMIUM = os.environ.get("TOWNHALL_CHROMIUM", "/usr/bin/chromium")
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-dev-shm-usage",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
+]
 
 
 class Clock:

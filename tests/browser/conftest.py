@@ -20,24 +20,7 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = os.environ.get("TOWNHALL_CHROMIUM", "/usr/bin/chromium")
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-dev-shm-usage",
-    "--remote-debugging-address=127.0.0.1",
-    "--remote-debugging-port=0",
-]
+from support import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
