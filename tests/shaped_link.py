@@ -59,12 +59,12 @@ class ShapedLink:
             raise
         return self
 
-    def narrow(self, bits_per_second: int) -> None:
-        """Everything towards the namespace leaves at ``bits_per_second`` at most; what waits
-        longer than 300 ms for its turn is dropped, as on a congested mobile link."""
+    def narrow(self, bits_per_second: int, queue_ms: int = 300) -> None:
+        """Everything towards the namespace leaves at ``bits_per_second`` at most; what would
+        wait longer than ``queue_ms`` for its turn is dropped, as on a congested mobile link."""
         subprocess.run(
             ["tc", "qdisc", "replace", "dev", self.device, "root", "tbf",
-             "rate", f"{bits_per_second}bit", "burst", "12kb", "latency", "300ms"],
+             "rate", f"{bits_per_second}bit", "burst", "12kb", "latency", f"{queue_ms}ms"],
             check=True, capture_output=True, timeout=10)
 
     def widen(self) -> None:

@@ -159,3 +159,70 @@ def test_a_truncated_remb_raises_value_error() -> None:
         assert str(exc) == "RTCP REMB is truncated"
     else:
         raise AssertionError("no error")
+
+
+def test_reported_loss_over_a_tenth_bounds_the_estimate_and_holds_it_from_going_up() -> None:
+    clock = Clock(50.0)
+    estimate = Estimate(clock)
+    estimate.update(1_000_000)
+    assert estimate.lost(0.05) is False  # a little loss changes nothing
+    assert estimate.value() == 1_000_000
+    assert estimate.lost(0.4) is True
+    assert estimate.value() == 800_000  # (1 - loss / 2) of it
+    assert not estimate.may_raise()
+    estimate.update(1_100_000)  # the delay-based estimate goes on growing: the bound holds
+    assert estimate.value() == 800_000
+
+
+def test_loss_reported_again_at_once_is_taken_as_the_same_loss() -> None:
+    clock = Clock(50.0)
+    estimate = Estimate(clock)
+    estimate.update(1_000_000)
+    assert estimate.lost(0.4) is True
+    clock.now += 0.1  # another stream's report of the same moment
+    assert estimate.lost(0.4) is False
+    assert estimate.value() == 800_000
+    clock.now += bandwidth.LOSS_INTERVAL
+    assert estimate.lost(0.2) is True
+    assert estimate.value() == 720_000
+
+
+def test_once_loss_stops_the_bound_grows_until_the_estimate_is_below_it() -> None:
+    clock = Clock(50.0)
+    estimate = Estimate(clock)
+    estimate.update(1_000_000)
+    estimate.lost(0.5)
+    assert estimate.value() == 750_000
+    estimate.lost(0.05)  # between the two thresholds: held
+    assert estimate.value() == 750_000
+    values = []
+    while estimate.loss_bound is not None:
+        assert estimate.lost(0.0) is False
+        values.append(estimate.value())
+    assert values[0] == int(750_000 * bandwidth.LOSS_GROWTH)
+    assert values == sorted(values) and values[-1] == 1_000_000
+    assert len(values) == 6  # 1.05 ** 6 > 4 / 3
+
+
+def test_trying_video_again_after_it_was_cut_lifts_the_loss_bound() -> None:
+    clock = Clock(50.0)
+    estimate = Estimate(clock)
+    estimate.update(200_000)
+    estimate.lost(0.6)
+    estimate.retry(400_000)
+    assert estimate.loss_bound is None
+    assert estimate.value() == 400_000
+
+
+def test_retransmissions_get_a_quarter_of_the_estimate_in_short_bursts() -> None:
+    clock = Clock(50.0)
+    budget = bandwidth.ResendBudget(clock)
+    assert budget.take(100_000)  # no estimate yet: no limit
+    budget.set_estimate(800_000)  # 25,000 bytes a second, at most 5,000 at once
+    clock.now += 10
+    taken = 0
+    while budget.take(1_000):
+        taken += 1_000
+    assert taken == 5_000
+    clock.now += 0.1
+    assert budget.take(2_000) and not budget.take(1_000)

@@ -10,7 +10,8 @@ import pytest
 from aiortc.rtp import RtcpPacket, RtpPacket
 
 from support import Clock
-from townhall.sfu import simulcast_sdp, vp8
+from townhall.sfu import bandwidth, simulcast_sdp, vp8
+from townhall.sfu import consumer as consumer_module
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer
 from townhall.sfu.rtp import parse_header
@@ -269,6 +270,38 @@ def test_retransmissions_after_a_switch_carry_the_rewritten_picture_id() -> None
     assert again[0].sequence_number == original[0].sequence_number
     assert again[1].picture_id == original[1].picture_id == 501
     assert again[0].payload == original[0].payload
+
+
+def test_a_packet_asked_for_again_at_once_is_not_resent_twice() -> None:
+    clock = Clock(1000.0)
+    producer, _, out, consumer = consumed(clock)
+    layer = Layer(0, 1000, 7000, 0, 9000, 160)
+    consumer.set_target(0)
+    feed(producer, layer.frame(keyframe=True, packets=3), 0)
+    first, second = (p.sequence_number for p, _ in sent(out)[:2])
+    consumer.retransmit((first, second))
+    clock.now += 0.05  # asked again before the copies could have arrived
+    consumer.retransmit((first, second))
+    assert [p.sequence_number for p, _ in sent(out)] == [first, second]
+    clock.now += consumer_module.RESEND_INTERVAL
+    consumer.retransmit((second,))
+    assert [p.sequence_number for p, _ in sent(out)] == [second]
+    assert consumer.resent == 3
+
+
+def test_retransmissions_stop_where_the_transports_budget_ends() -> None:
+    clock = Clock(1000.0)
+    producer, _, out, consumer = consumed(clock)
+    layer = Layer(0, 1000, 7000, 0, 9000, 160)
+    consumer.set_target(0)
+    feed(producer, layer.frame(keyframe=True, packets=4), 0)
+    sequences = tuple(p.sequence_number for p, _ in sent(out)[:4])
+    size = len(producer.layers[0].cache.get(7000) or b"")
+    budget = bandwidth.ResendBudget(clock)
+    budget.set_estimate(int(size * 2.5 / bandwidth.RESEND_BURST / bandwidth.RESEND_SHARE * 8))
+    clock.now += 1  # the bucket full: two and a half packets
+    assert consumer.retransmit(sequences, budget) == []  # not missing: held back
+    assert [p.sequence_number for p, _ in sent(out)] == list(sequences[:2])
 
 
 def test_a_target_of_minus_one_stops_forwarding_at_once() -> None:

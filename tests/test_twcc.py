@@ -16,6 +16,7 @@ from support import build_feedback, require_native_fanout
 from townhall.sfu import congestion, rtcp, twcc
 from townhall.sfu import router as router_module
 from townhall.sfu.router import Router
+from townhall.sfu.transport import Transport
 
 
 @pytest.fixture(params=["python", "c"])
@@ -457,4 +458,37 @@ async def test_the_router_notes_a_publishers_numbered_packets_and_tells_it_on_th
         assert [a is not None for _, a in feedback.packets] == [True, True, False, True]
     finally:
         state.producers_by_mid.clear()
+        await router.close()
+
+
+async def test_receiver_reports_of_heavy_video_loss_bound_the_transports_estimate() -> None:
+    """On a link that drops rather than queues, delays stop growing and transport feedback
+    alone would let the estimate grow on; the receiver's reports of loss bound it."""
+    router = Router("loss")
+    transport = router.create_transport("viewer")
+    state = router._transports[transport]
+    video = state.video
+    allocated: list[Transport] = []
+    router._allocate_on = allocated.append  # type: ignore[method-assign]
+    streams = {ssrc: SimpleNamespace(producer=SimpleNamespace(kind=kind), packets=0,
+                                     packets_at_report=0)
+               for ssrc, kind in ((11, "video"), (12, "video"), (13, "audio"))}
+    state.consumers_by_ssrc.update(streams)  # type: ignore[arg-type]
+
+    def report(*blocks: tuple[int, int]) -> bytes:
+        body = b"".join(struct.pack("!IB3xIIII", ssrc, lost, 0, 0, 0, 0) for ssrc, lost in blocks)
+        return struct.pack("!BBHI", 0x80 | len(blocks), 201, 1 + 6 * len(blocks), 1) + body
+
+    try:
+        video.estimate.update(1_000_000)
+        streams[11].packets, streams[12].packets, streams[13].packets = 90, 10, 50
+        # 90 packets with 0 lost and 10 with all lost: a tenth of the video, not over it
+        router.rtcp_received(transport, report((11, 0), (12, 255), (13, 255)))
+        assert video.estimate.loss_bound is None and allocated == []
+        streams[11].packets, streams[12].packets = 180, 20
+        router.rtcp_received(transport, report((11, 77), (12, 77)))  # 30 %
+        assert video.estimate.value() == int(1_000_000 * (1 - 77 / 256 / 2))
+        assert allocated == [transport]
+    finally:
+        state.consumers_by_ssrc.clear()
         await router.close()

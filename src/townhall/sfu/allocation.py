@@ -30,11 +30,13 @@ class VideoAllocation:
     """Allocation state of one transport."""
 
     __slots__ = ("estimate", "forwarding", "growth", "low_bandwidth", "name", "probe_rate",
-                 "twcc")
+                 "resend", "twcc")
 
     def __init__(self, name: str, clock: Callable[[], float]) -> None:
         self.name = name
         self.estimate = bandwidth.Estimate(clock)
+        #: What retransmissions may take of it (set from the estimate on every run).
+        self.resend = bandwidth.ResendBudget(clock)
         #: Ids of the video consumers given a layer by the last run.
         self.forwarding: frozenset[str] = frozenset()
         #: Video is cut because even the lowest layer of one video does not fit.
@@ -101,6 +103,7 @@ class VideoAllocation:
         ]
         estimate = self.estimate
         budget = estimate.value()
+        self.resend.set_estimate(budget)
         may_raise = estimate.may_raise()
         allocation = bandwidth.allocate(budget, demands, may_raise)
         if may_raise and allocation.total == 0 and allocation.wanted:

@@ -22,6 +22,15 @@ After a drop no layer is raised and nothing is probed for ``UPGRADE_HOLD`` secon
 each further drop within a minute, so a link that is really full is not pushed every few
 seconds.
 
+**Loss.** Neither estimate sees loss: on a link that drops what it cannot carry rather than
+queueing it (a shallow buffer, a policer), the delays stop growing once the queue is full and
+the delay-based estimate goes on growing with what gets through, so a probe for the next layer
+would overfill the link for as long as it lasts. So the receiver's reports bound it too, as
+Google congestion control's loss-based part does: while more than ``LOSS_HIGH`` of the video
+sent is reported lost, the bound drops to (1 - loss / 2) times the estimate, which counts as a
+drop (the hold above); while less than ``LOSS_LOW`` is, it grows by ``LOSS_GROWTH`` a report
+until the estimate is below it again.
+
 Both estimates measure video only (audio carries neither extension: it is cross traffic to
 them), so they are the video budget: audio is never dropped for video and is not counted
 against it.
@@ -63,6 +72,18 @@ MAX_UPGRADE_HOLD = 60.0
 DROP_MEMORY = 60.0
 #: A drop of the estimate by more than this share makes the allocation run at once.
 DROP_RATIO = 0.1
+#: Reported loss above this share bounds the estimate; below ``LOSS_LOW`` the bound grows by
+#: ``LOSS_GROWTH`` a report (draft-ietf-rmcat-gcc-02, section 6).
+LOSS_HIGH = 0.10
+LOSS_LOW = 0.02
+LOSS_GROWTH = 1.05
+#: The bound drops at most once in this many seconds (reports of several streams, or one
+#: that covers the same loss as the last, do not cut it twice).
+LOSS_INTERVAL = 0.5
+#: Retransmissions may take this share of a transport's estimate, in bursts of at most this
+#: many seconds' worth (``ResendBudget``).
+RESEND_SHARE = 0.25
+RESEND_BURST = 0.2
 #: How far past what it sees a receiver's estimate can grow (REMB: 1.5 times; a little less).
 ESTIMATE_GROWTH = 1.4
 #: Most a probe adds to a transport, in bit/s.
@@ -72,8 +93,8 @@ MAX_PROBE_RATE = 1_500_000
 class Estimate:
     """The available bandwidth of one transport the SFU sends on."""
 
-    __slots__ = ("_clock", "_created", "_drops", "_ignore_until", "_updated_at", "bitrate",
-                 "reports", "source")
+    __slots__ = ("_bounded_at", "_clock", "_created", "_drops", "_ignore_until", "_updated_at",
+                 "bitrate", "loss_bound", "reports", "source")
 
     def __init__(self, clock: Callable[[], float], initial: int = INITIAL_BITRATE) -> None:
         self._clock = clock
@@ -85,6 +106,9 @@ class Estimate:
         self.reports = 0
         #: Where the reports come from: "remb", or "transport-cc" (``twcc.py``).
         self.source = "remb"
+        #: The bound reported loss puts on ``bitrate`` (None: none, see :meth:`lost`).
+        self.loss_bound: int | None = None
+        self._bounded_at = -LOSS_INTERVAL
 
     def update(self, bitrate: int) -> bool:
         """A new estimate from the receiver; True when it dropped enough to reallocate now."""
@@ -95,28 +119,55 @@ class Estimate:
         bitrate = max(0, bitrate)
         dropped = bitrate < self.bitrate * (1 - DROP_RATIO)
         if dropped:
-            self._drops = [*(t for t in self._drops if now - t < DROP_MEMORY), now][-8:]
+            self._dropped(now)
         self.bitrate = bitrate
         self._updated_at = now
         return dropped
+
+    def lost(self, fraction: float) -> bool:
+        """The share of the video sent that the receiver reported lost since its last report;
+        True when that bounds the estimate lower (reallocate now)."""
+        now = self._clock()
+        if fraction > LOSS_HIGH:
+            if now - self._bounded_at < LOSS_INTERVAL:
+                return False  # the same loss, reported for another stream
+            self._bounded_at = now
+            current = self.value()
+            self.loss_bound = int((self.bitrate if current is None else current)
+                                  * (1 - fraction / 2))
+            self._dropped(now)
+            return True
+        if fraction < LOSS_LOW and self.loss_bound is not None:
+            self.loss_bound = int(self.loss_bound * LOSS_GROWTH)
+            if self.loss_bound >= self.bitrate:
+                self.loss_bound = None
+        return False
+
+    def _dropped(self, now: float) -> None:
+        self._drops = [*(t for t in self._drops if now - t < DROP_MEMORY), now][-8:]
 
     def retry(self, bitrate: int) -> None:
         """Try ``bitrate`` (video was cut and the hold has passed): take it as the estimate
         and ignore reports for ``RETRY_GRACE`` seconds, while the receiver measures again."""
         now = self._clock()
         self.bitrate = max(self.bitrate, bitrate)
+        self.loss_bound = None  # tried afresh: loss bounds it again if it comes back
         self._updated_at = now
         self._ignore_until = now + RETRY_GRACE
 
     def value(self) -> int | None:
         """Bit/s this transport may carry, or None when it is not limited."""
         now = self._clock()
+        value: int | None = self.bitrate
         if self._updated_at < 0:
-            return self.bitrate if now - self._created < FEEDBACK_WAIT else None
-        if now - self._updated_at > FEEDBACK_EXPIRY:
-            self.bitrate = int(self.bitrate * RETRY_FACTOR)
+            if now - self._created >= FEEDBACK_WAIT:
+                value = None
+        elif now - self._updated_at > FEEDBACK_EXPIRY:
+            self.bitrate = value = int(self.bitrate * RETRY_FACTOR)
             self._updated_at = now
-        return self.bitrate
+        if self.loss_bound is None:
+            return value
+        return self.loss_bound if value is None else min(value, self.loss_bound)
 
     def may_raise(self) -> bool:
         """Whether layers may go up (and probes be sent): no recent drop."""
@@ -126,6 +177,38 @@ class Estimate:
         recent = sum(1 for t in self._drops if now - t < DROP_MEMORY)
         hold = min(MAX_UPGRADE_HOLD, UPGRADE_HOLD * (1 << max(0, recent - 1)))
         return now - self._drops[-1] >= hold
+
+
+class ResendBudget:
+    """What a transport may spend on retransmissions (answers to NACKs): a bucket of bytes
+    that fills at ``RESEND_SHARE`` of the estimate and holds ``RESEND_BURST`` seconds of it.
+    On a full link every loss brings NACKs, and answering all of them (a receiver asks again
+    for what has not come back within its round trip) would fill it further: the media then
+    waits behind copies of itself, and more is lost."""
+
+    __slots__ = ("_clock", "_level", "_updated_at", "rate")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        #: Bytes a second (None: no limit, the estimate is not known).
+        self.rate: float | None = None
+        self._level = 0.0
+        self._updated_at = clock()
+
+    def set_estimate(self, estimate: int | None) -> None:
+        self.rate = None if estimate is None else estimate * RESEND_SHARE / 8
+
+    def take(self, size: int) -> bool:
+        """Whether ``size`` bytes may be resent now (taken from the bucket if so)."""
+        now = self._clock()
+        elapsed, self._updated_at = now - self._updated_at, now
+        if self.rate is None:
+            return True
+        self._level = min(self.rate * RESEND_BURST, self._level + elapsed * self.rate)
+        if self._level < size:
+            return False
+        self._level -= size
+        return True
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ import itertools
 import logging
 from collections.abc import Callable
 
-from townhall.sfu import rtcp, rtp, vp8
+from townhall.sfu import bandwidth, rtcp, rtp, vp8
 from townhall.sfu.producer import Producer
 from townhall.sfu.sequence import SequenceRewriter
 from townhall.sfu.transport import Slot, Transport
@@ -25,13 +25,19 @@ _ids = itertools.count(1)
 
 #: Most padding packets sent after one frame.
 MAX_PADDING_PACKETS = 8
+#: A packet is resent at most once in this many seconds, however often it is asked for (a
+#: receiver asks again when the copy has not come within its round trip; on a full link it is
+#: still queued).
+RESEND_INTERVAL = 0.1
+#: Packets whose last resend is remembered.
+RESENDS_KEPT = 512
 
 
 class Consumer:
-    __slots__ = ("_clock", "_pauses", "_reported_packets", "closed", "id", "last_layer",
-                 "layer", "max_layer", "octets", "packets", "padding", "paused", "pictures",
-                 "priority", "producer", "redundancy", "rewriter", "slot", "target",
-                 "transport", "twcc")
+    __slots__ = ("_clock", "_pauses", "_reported_packets", "_resent_at", "closed", "id",
+                 "last_layer", "layer", "max_layer", "octets", "packets", "packets_at_report",
+                 "padding", "paused", "pictures", "priority", "producer", "redundancy", "resent",
+                 "rewriter", "slot", "target", "transport", "twcc")
 
     def __init__(
         self,
@@ -53,6 +59,12 @@ class Consumer:
         self.packets = 0
         self.octets = 0
         self._reported_packets = 0
+        #: When each recently resent output sequence number was resent.
+        self._resent_at: dict[int, float] = {}
+        #: Packets resent in answer to NACKs.
+        self.resent = 0
+        #: ``packets`` when the far end last reported what it lost of them (``Router``).
+        self.packets_at_report = 0
         #: Send RED (RFC 2198) as it comes when the far end negotiated it; False sends the
         #: primary Opus frames alone (the router's choice while the transport is audio-only).
         self.redundancy = True
@@ -217,26 +229,45 @@ class Consumer:
         """The reasons holding this consumer paused."""
         return frozenset(self._pauses)
 
-    def retransmit(self, sequences: tuple[int, ...]) -> list[int]:
-        """Resend what the cache holds; returns the producer's sequence numbers it lacks."""
+    def retransmit(self, sequences: tuple[int, ...],
+                   budget: bandwidth.ResendBudget | None = None) -> list[int]:
+        """Resend what the cache holds, within ``budget`` and not what was resent less than
+        ``RESEND_INTERVAL`` ago; returns the producer's sequence numbers it lacks."""
         if self.layer < 0:
             return []
         missing = []
+        now = self._clock()
+        resent = self._resent_at
         for out_sequence in sequences:
+            if now - resent.get(out_sequence, -RESEND_INTERVAL) < RESEND_INTERVAL:
+                continue
             sequence = self.rewriter.input_sequence(out_sequence)
-            if sequence is not None and self._resend(self.layer, out_sequence, sequence) < 0:
+            if sequence is None:
+                continue
+            size = self._resend(self.layer, out_sequence, sequence, budget)
+            if size < 0:
                 missing.append(sequence)
+            elif size > 0:
+                self.resent += 1
+                resent.pop(out_sequence, None)  # kept in the order of resending
+                resent[out_sequence] = now
+        while len(resent) > RESENDS_KEPT:
+            del resent[next(iter(resent))]
         return missing
 
-    def _resend(self, layer: int, out_sequence: int, sequence: int) -> int:
+    def _resend(self, layer: int, out_sequence: int, sequence: int,
+                budget: bandwidth.ResendBudget | None = None) -> int:
         """Send the producer's packet ``sequence`` of ``layer`` again as ``out_sequence``;
-        returns its size, 0 if it cannot be sent, -1 if the cache no longer has it."""
+        returns its size, 0 if it cannot be sent (or ``budget`` has no room for it), -1 if the
+        cache no longer has it."""
         payload_type = self.slot.payload_type
         if payload_type is None:
             return 0
         data = self.producer.layers[layer].cache.get(sequence)
         if data is None:
             return -1
+        if budget is not None and not budget.take(len(data)):
+            return 0
         header = rtp.parse_header(data)
         if header.payload_type != self.producer.codec.payload_type:
             variant = self._red(data, header, payload_type)

@@ -39,6 +39,8 @@ REPORT_INTERVAL = 1.0
 #: Sender reports (28 bytes each) stacked in one compound RTCP packet: under 1,200 bytes.
 REPORTS_PER_PACKET = 40
 ALLOCATE_INTERVAL = 0.5
+#: Receiver reports about fewer video packets than this say too little to bound an estimate.
+LOSS_MIN_PACKETS = 20
 #: Period of the router's short periodic work: held-back keyframe requests, audio levels,
 #: bandwidth probes.
 TICK_INTERVAL = speaker.TICK
@@ -420,6 +422,7 @@ class Router:
         state = self._transports.get(transport)
         if state is None:
             return
+        reports: list[tuple[Consumer, int]] = []
         for item in feedback:
             if item.kind == "sender-report":
                 layer = state.layers_by_ssrc.get(item.media_ssrc)
@@ -438,14 +441,34 @@ class Router:
             if consumer is None:
                 continue
             if item.kind == "nack":
-                missing = consumer.retransmit(item.lost)
-                self.counters.retransmissions += len(item.lost) - len(missing)
+                resent = consumer.resent
+                missing = consumer.retransmit(item.lost, state.video.resend)
+                self.counters.retransmissions += consumer.resent - resent
                 if consumer.layer >= 0:
                     consumer.producer.request_retransmission(consumer.layer, missing)
             elif item.kind == "keyframe":
                 self.counters.keyframe_requests += 1
                 consumer.producer.request_keyframe(
                     consumer.layer if consumer.layer >= 0 else max(0, consumer.target))
+            elif item.kind == "report" and consumer.producer.kind == "video":
+                reports.append((consumer, item.fraction_lost))
+        if reports:
+            self._reported_loss(transport, state, reports)
+
+    def _reported_loss(self, transport: Transport, state: _TransportState,
+                       reports: list[tuple[Consumer, int]]) -> None:
+        """Receiver reports about video (fraction lost in 1/256): the share of what was sent
+        since each stream's last report, weighted by how much that was, bounds the estimate."""
+        sent = lost = 0.0
+        for consumer, fraction in reports:
+            packets = consumer.packets - consumer.packets_at_report
+            consumer.packets_at_report = consumer.packets
+            sent += packets
+            lost += packets * fraction / 256
+        if sent >= LOSS_MIN_PACKETS and state.video.estimate.lost(lost / sent):
+            logger.debug("%s: %.0f %% of the video reported lost: estimate bounded to %s bit/s",
+                         transport.name, 100 * lost / sent, state.video.estimate.loss_bound)
+            self._allocate_on(transport)
 
     def _estimated(self, transport: Transport, video: VideoAllocation, bitrate: float) -> None:
         """The estimate the socket's native reader got from ``transport``'s feedback."""
