@@ -60,11 +60,13 @@ class ShapedLink:
         return self
 
     def narrow(self, bits_per_second: int, queue_ms: int = 300) -> None:
-        """Everything towards the namespace leaves at ``bits_per_second`` at most; what would
-        wait longer than ``queue_ms`` for its turn is dropped, as on a congested mobile link."""
+        """Everything towards the namespace leaves at ``bits_per_second`` at most, through a
+        queue of ``queue_ms`` at that rate; what does not fit in it is dropped, as on a
+        congested link."""
+        queue = max(3_000, bits_per_second // 8 * queue_ms // 1000)
         subprocess.run(
             ["tc", "qdisc", "replace", "dev", self.device, "root", "tbf",
-             "rate", f"{bits_per_second}bit", "burst", "12kb", "latency", f"{queue_ms}ms"],
+             "rate", f"{bits_per_second}bit", "burst", "3000", "limit", str(queue)],
             check=True, capture_output=True, timeout=10)
 
     def widen(self) -> None:

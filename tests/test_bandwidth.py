@@ -226,3 +226,6 @@ def test_retransmissions_get_a_quarter_of_the_estimate_in_short_bursts() -> None
     assert taken == 5_000
     clock.now += 0.1
     assert budget.take(2_000) and not budget.take(1_000)
+    budget.set_estimate(100_000)  # a narrow link: still two full packets at once
+    clock.now += 10
+    assert budget.take(1_200) and budget.take(1_200) and not budget.take(1_200)

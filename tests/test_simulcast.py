@@ -289,7 +289,10 @@ def test_a_packet_asked_for_again_at_once_is_not_resent_twice() -> None:
     assert consumer.resent == 3
 
 
-def test_retransmissions_stop_where_the_transports_budget_ends() -> None:
+def test_retransmissions_stop_where_the_transports_budget_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bandwidth, "RESEND_MIN_BURST", 0)  # the test's packets are small
     clock = Clock(1000.0)
     producer, _, out, consumer = consumed(clock)
     layer = Layer(0, 1000, 7000, 0, 9000, 160)

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from support import build_feedback, require_native_fanout
-from townhall.sfu import congestion, rtcp, twcc
+from support import Clock, build_feedback, require_native_fanout
+from townhall.sfu import bandwidth, congestion, rtcp, twcc
 from townhall.sfu import router as router_module
 from townhall.sfu.router import Router
 from townhall.sfu.transport import Transport
@@ -464,7 +464,8 @@ async def test_the_router_notes_a_publishers_numbered_packets_and_tells_it_on_th
 async def test_receiver_reports_of_heavy_video_loss_bound_the_transports_estimate() -> None:
     """On a link that drops rather than queues, delays stop growing and transport feedback
     alone would let the estimate grow on; the receiver's reports of loss bound it."""
-    router = Router("loss")
+    clock = Clock(100.0)
+    router = Router("loss", clock=clock)
     transport = router.create_transport("viewer")
     state = router._transports[transport]
     video = state.video
@@ -487,8 +488,17 @@ async def test_receiver_reports_of_heavy_video_loss_bound_the_transports_estimat
         assert video.estimate.loss_bound is None and allocated == []
         streams[11].packets, streams[12].packets = 180, 20
         router.rtcp_received(transport, report((11, 77), (12, 77)))  # 30 %
-        assert video.estimate.value() == int(1_000_000 * (1 - 77 / 256 / 2))
+        bounded = int(1_000_000 * (1 - 77 / 256 / 2))
+        assert video.estimate.value() == bounded
         assert allocated == [transport]
+        # Reports that each cover a few packets (one comes with every NACK) add up.
+        clock.now += bandwidth.LOSS_INTERVAL  # a bound drops at most once in it
+        streams[11].packets += 8
+        router.rtcp_received(transport, report((11, 128),))
+        assert video.estimate.value() == bounded
+        streams[11].packets += 12
+        router.rtcp_received(transport, report((11, 128),))
+        assert video.estimate.loss_bound == int(bounded * (1 - 0.5 / 2))
     finally:
         state.consumers_by_ssrc.clear()
         await router.close()

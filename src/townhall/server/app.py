@@ -172,12 +172,7 @@ class Running:
     @property
     def base_url(self) -> str:
         """This server's address as seen from this machine (its own bound address)."""
-        host = self.services.config.http_host
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return captions_worker.local_url(self.services.config, self.port)
 
     async def stop(self) -> None:
         if self.worker is not None:

@@ -84,6 +84,9 @@ LOSS_INTERVAL = 0.5
 #: many seconds' worth (``ResendBudget``).
 RESEND_SHARE = 0.25
 RESEND_BURST = 0.2
+#: ... but at least this many bytes (two full packets) at once, so that a narrow link's lost
+#: packets are resent at all.
+RESEND_MIN_BURST = 2_400
 #: How far past what it sees a receiver's estimate can grow (REMB: 1.5 times; a little less).
 ESTIMATE_GROWTH = 1.4
 #: Most a probe adds to a transport, in bit/s.
@@ -181,7 +184,8 @@ class Estimate:
 
 class ResendBudget:
     """What a transport may spend on retransmissions (answers to NACKs): a bucket of bytes
-    that fills at ``RESEND_SHARE`` of the estimate and holds ``RESEND_BURST`` seconds of it.
+    that fills at ``RESEND_SHARE`` of the estimate and holds ``RESEND_BURST`` seconds of it
+    (``RESEND_MIN_BURST`` at least).
     On a full link every loss brings NACKs, and answering all of them (a receiver asks again
     for what has not come back within its round trip) would fill it further: the media then
     waits behind copies of itself, and more is lost."""
@@ -204,7 +208,8 @@ class ResendBudget:
         elapsed, self._updated_at = now - self._updated_at, now
         if self.rate is None:
             return True
-        self._level = min(self.rate * RESEND_BURST, self._level + elapsed * self.rate)
+        self._level = min(max(self.rate * RESEND_BURST, RESEND_MIN_BURST),
+                          self._level + elapsed * self.rate)
         if self._level < size:
             return False
         self._level -= size

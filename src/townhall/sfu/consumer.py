@@ -26,9 +26,9 @@ _ids = itertools.count(1)
 #: Most padding packets sent after one frame.
 MAX_PADDING_PACKETS = 8
 #: A packet is resent at most once in this many seconds, however often it is asked for (a
-#: receiver asks again when the copy has not come within its round trip; on a full link it is
-#: still queued).
-RESEND_INTERVAL = 0.1
+#: receiver asks again when the copy has not come within its round trip, 100 ms until it has
+#: measured one; on a full link the copy is still queued).
+RESEND_INTERVAL = 0.15
 #: Packets whose last resend is remembered.
 RESENDS_KEPT = 512
 

@@ -104,6 +104,10 @@ class _TransportState:
     #: When the publisher's packets arrived, for the transport feedback it gets (once its
     #: answer accepted transport-wide congestion control).
     arrivals: twcc.TwccReceiver = field(default_factory=twcc.TwccReceiver)
+    #: Video packets the receiver's reports covered since the loss was last judged, and how
+    #: many of them it reported lost.
+    reported_sent: float = 0.0
+    reported_lost: float = 0.0
 
 
 class Router:
@@ -457,17 +461,22 @@ class Router:
 
     def _reported_loss(self, transport: Transport, state: _TransportState,
                        reports: list[tuple[Consumer, int]]) -> None:
-        """Receiver reports about video (fraction lost in 1/256): the share of what was sent
-        since each stream's last report, weighted by how much that was, bounds the estimate."""
-        sent = lost = 0.0
+        """Receiver reports about video (fraction lost in 1/256): the share lost of what was
+        sent since each stream's last report, weighted by how much that was and added up over
+        reports until they cover ``LOSS_MIN_PACKETS``, bounds the estimate."""
         for consumer, fraction in reports:
             packets = consumer.packets - consumer.packets_at_report
             consumer.packets_at_report = consumer.packets
-            sent += packets
-            lost += packets * fraction / 256
-        if sent >= LOSS_MIN_PACKETS and state.video.estimate.lost(lost / sent):
+            state.reported_sent += packets
+            state.reported_lost += packets * fraction / 256
+        sent = state.reported_sent
+        if sent < LOSS_MIN_PACKETS:
+            return
+        share = state.reported_lost / sent
+        state.reported_sent = state.reported_lost = 0.0
+        if state.video.estimate.lost(share):
             logger.debug("%s: %.0f %% of the video reported lost: estimate bounded to %s bit/s",
-                         transport.name, 100 * lost / sent, state.video.estimate.loss_bound)
+                         transport.name, 100 * share, state.video.estimate.loss_bound)
             self._allocate_on(transport)
 
     def _estimated(self, transport: Transport, video: VideoAllocation, bitrate: float) -> None:
