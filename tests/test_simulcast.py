@@ -272,6 +272,21 @@ def test_retransmissions_after_a_switch_carry_the_rewritten_picture_id() -> None
     assert again[0].payload == original[0].payload
 
 
+def test_packets_sent_before_a_switch_are_not_resent_from_the_new_layer() -> None:
+    clock = Clock(1000.0)
+    producer, _, out, consumer = consumed(clock)
+    high, low = Layer(2, 3000, 10, 0, 500, 640), Layer(0, 1000, 7000, 0, 9000, 160)
+    consumer.set_target(2)
+    feed(producer, high.frame(keyframe=True, packets=3), 2)
+    before = [p.sequence_number for p, _ in sent(out)]
+    consumer.set_target(0)
+    feed(producer, low.frame(keyframe=True), 0)
+    feed(producer, low.frame(keyframe=False), 0)
+    sent(out)
+    assert consumer.retransmit(tuple(before)) == []
+    assert out.rtp == [], "a packet of the new layer went out under an old layer's number"
+
+
 def test_a_packet_asked_for_again_at_once_is_not_resent_twice() -> None:
     clock = Clock(1000.0)
     producer, _, out, consumer = consumed(clock)

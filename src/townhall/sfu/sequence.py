@@ -29,6 +29,7 @@ class SequenceRewriter:
         "_last_sent_at",
         "_padding",
         "_padding_lost",
+        "_run_first",
         "_seq_offset",
         "_started",
         "_ts_offset",
@@ -48,6 +49,8 @@ class SequenceRewriter:
         self._padding: deque[tuple[int, int]] = deque(maxlen=MAX_PADDING)
         #: Output sequence of the newest padding packet forgotten (-1: none forgotten).
         self._padding_lost = -1
+        #: Output sequence of the first packet of this run.
+        self._run_first = 0
 
     def restart(self) -> None:
         """The next packet starts a new run (after a pause or a change of producer)."""
@@ -68,7 +71,8 @@ class SequenceRewriter:
 
     def rewrite(self, sequence: int, timestamp: int) -> tuple[int, int]:
         """Output (sequence, timestamp) for an input packet."""
-        if not self._started:
+        starting = not self._started
+        if starting:
             self._start(sequence, timestamp)
         offset = self._seq_offset
         if self._padding and ((sequence - self._last_in_seq) & 0xFFFF) >= 0x8000:
@@ -77,6 +81,8 @@ class SequenceRewriter:
                           if ((before - sequence) & 0xFFFF) < 0x8000)
         out_seq = (sequence + offset) & 0xFFFF
         out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
+        if starting:
+            self._run_first = out_seq
         # the common case first: the next packet in order (``_last_sent_at`` is set after the
         # first packet ever sent)
         if ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000 or not self._last_sent_at:
@@ -99,6 +105,8 @@ class SequenceRewriter:
         """The input sequence number an output one came from, if it is in the current run."""
         if not self._started:
             return None
+        if ((out_sequence - self._run_first) & 0xFFFF) >= 0x8000:
+            return None  # sent in an earlier run: of another layer or producer
         offset = self._seq_offset
         if self._padding or self._padding_lost >= 0:
             last = self._last_out_seq
