@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from support import skip_or_fail
 
 
 def _ip(*args: str) -> None:
@@ -19,16 +19,10 @@ def _ip(*args: str) -> None:
 
 def require_namespaces() -> None:
     """Skip (fail on CI) unless this process may make network namespaces and shape links."""
-    reason = ""
     if shutil.which("ip") is None or shutil.which("tc") is None:
-        reason = "iproute2's ip and tc are not installed (apt-get install iproute2)"
-    elif os.geteuid() != 0:
-        reason = "making a network namespace needs root"
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        skip_or_fail("iproute2's ip and tc are not installed (apt-get install iproute2)")
+    if os.geteuid() != 0:
+        skip_or_fail("making a network namespace needs root")
 
 
 class ShapedLink:

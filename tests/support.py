@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import numpy as np
@@ -737,18 +737,22 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
 
 def require_native_fanout() -> None:
     """Skip (fail on CI, where ``pip install`` builds it) when the native fan-out is not built."""
-    import os
-
-    import pytest
-
     from townhall.sfu import producer
 
     if producer.fanout is None:
-        reason = ("the native fan-out is not built "
-                  "(pip install -e ., or python -m townhall.sfu.native)")
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail("the native fan-out is not built "
+                     "(pip install -e ., or python -m townhall.sfu.native)")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """A test that needs what this machine lacks: skipped with the reason printed, failed on
+    CI (where everything a test needs is installed)."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    print(f"SKIP: {reason}")
+    pytest.skip(reason)
 
 
 class NoMedia:

@@ -9,7 +9,6 @@ Playwright's own browser download is never used.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -20,26 +19,18 @@ from typing import Any
 
 import pytest
 
-from support import CHROMIUM, CHROMIUM_ARGS
+from support import CHROMIUM, CHROMIUM_ARGS, skip_or_fail
 
 pytestmark = pytest.mark.browser
 
 
 def _require_chromium() -> None:
     if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
-        reason = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        skip_or_fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
     try:
         import playwright.async_api  # noqa: F401
     except ImportError:
-        reason = "the playwright Python package is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        skip_or_fail("the playwright Python package is not installed")
 
 
 @pytest.fixture(scope="module")
