@@ -24,13 +24,15 @@ logger = logging.getLogger(__name__)
 #: Padding owed to a consumer is at most this many probe intervals' worth (frames may be far
 #: apart).
 PADDING_BACKLOG = 4
+#: Receiver reports about fewer video packets than this say too little to bound an estimate.
+LOSS_MIN_PACKETS = 20
 
 
 class VideoAllocation:
     """Allocation state of one transport."""
 
-    __slots__ = ("estimate", "forwarding", "growth", "low_bandwidth", "name", "probe_rate",
-                 "resend", "twcc")
+    __slots__ = ("_reported_lost", "_reported_sent", "estimate", "forwarding", "growth",
+                 "low_bandwidth", "name", "probe_rate", "resend", "twcc")
 
     def __init__(self, name: str, clock: Callable[[], float]) -> None:
         self.name = name
@@ -47,6 +49,9 @@ class VideoAllocation:
         self.growth = bandwidth.ESTIMATE_GROWTH
         #: Transport-wide sequence numbers and their feedback, once the far end accepted them.
         self.twcc: twcc.TwccSender | None = None
+        #: Video packets the receiver's reports covered since the loss was last judged, and
+        #: how many of them it reported lost.
+        self._reported_sent = self._reported_lost = 0.0
 
     def use_twcc(self, consumers: Iterable[Consumer]) -> None:
         """After a negotiation: the consumers whose far end accepted transport-wide congestion
@@ -86,6 +91,27 @@ class VideoAllocation:
             return False
         logger.debug("%s: REMB %d bit/s (probing at %d)", self.name, bitrate, self.probe_rate)
         return self.estimate.update(bitrate)
+
+    def receiver_reports(self, reports: Iterable[tuple[Consumer, int]]) -> bool:
+        """What the far end reported lost of video consumers' streams (fraction lost in
+        1/256): the share lost of what was sent since each stream's last report, weighted by
+        how much that was and added up over reports until they cover ``LOSS_MIN_PACKETS``,
+        bounds the estimate. True when it bounded it lower (allocate at once)."""
+        for consumer, fraction in reports:
+            packets = consumer.packets - consumer.packets_at_report
+            consumer.packets_at_report = consumer.packets
+            self._reported_sent += packets
+            self._reported_lost += packets * fraction / 256
+        sent = self._reported_sent
+        if sent < LOSS_MIN_PACKETS:
+            return False
+        share = self._reported_lost / sent
+        self._reported_sent = self._reported_lost = 0.0
+        if not self.estimate.lost(share):
+            return False
+        logger.debug("%s: %.0f %% of the video reported lost: estimate bounded to %s bit/s",
+                     self.name, 100 * share, self.estimate.loss_bound)
+        return True
 
     def run(self, consumers: Iterable[Consumer], now: float) -> bool:
         """Choose every video consumer's layer; True when ``forwarding`` or ``low_bandwidth``

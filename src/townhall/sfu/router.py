@@ -39,8 +39,6 @@ REPORT_INTERVAL = 1.0
 #: Sender reports (28 bytes each) stacked in one compound RTCP packet: under 1,200 bytes.
 REPORTS_PER_PACKET = 40
 ALLOCATE_INTERVAL = 0.5
-#: Receiver reports about fewer video packets than this say too little to bound an estimate.
-LOSS_MIN_PACKETS = 20
 #: Period of the router's short periodic work: held-back keyframe requests, audio levels,
 #: bandwidth probes.
 TICK_INTERVAL = speaker.TICK
@@ -104,10 +102,6 @@ class _TransportState:
     #: When the publisher's packets arrived, for the transport feedback it gets (once its
     #: answer accepted transport-wide congestion control).
     arrivals: twcc.TwccReceiver = field(default_factory=twcc.TwccReceiver)
-    #: Video packets the receiver's reports covered since the loss was last judged, and how
-    #: many of them it reported lost.
-    reported_sent: float = 0.0
-    reported_lost: float = 0.0
 
 
 class Router:
@@ -456,27 +450,7 @@ class Router:
                     consumer.layer if consumer.layer >= 0 else max(0, consumer.target))
             elif item.kind == "report" and consumer.producer.kind == "video":
                 reports.append((consumer, item.fraction_lost))
-        if reports:
-            self._reported_loss(transport, state, reports)
-
-    def _reported_loss(self, transport: Transport, state: _TransportState,
-                       reports: list[tuple[Consumer, int]]) -> None:
-        """Receiver reports about video (fraction lost in 1/256): the share lost of what was
-        sent since each stream's last report, weighted by how much that was and added up over
-        reports until they cover ``LOSS_MIN_PACKETS``, bounds the estimate."""
-        for consumer, fraction in reports:
-            packets = consumer.packets - consumer.packets_at_report
-            consumer.packets_at_report = consumer.packets
-            state.reported_sent += packets
-            state.reported_lost += packets * fraction / 256
-        sent = state.reported_sent
-        if sent < LOSS_MIN_PACKETS:
-            return
-        share = state.reported_lost / sent
-        state.reported_sent = state.reported_lost = 0.0
-        if state.video.estimate.lost(share):
-            logger.debug("%s: %.0f %% of the video reported lost: estimate bounded to %s bit/s",
-                         transport.name, 100 * share, state.video.estimate.loss_bound)
+        if reports and state.video.receiver_reports(reports):
             self._allocate_on(transport)
 
     def _estimated(self, transport: Transport, video: VideoAllocation, bitrate: float) -> None:
