@@ -7,15 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from support import RunningServer, make_config
-from townhall.server import app as server_app
+from support import RunningServer, make_config, serving
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    running = await server_app.start(make_config(tmp_path / "data"))
-    running.services.config = running.services.config.replace(http_port=running.port)
-    try:
-        yield RunningServer(running)
-    finally:
-        await running.stop()
+    async with serving(make_config(tmp_path / "data")) as running:
+        yield running

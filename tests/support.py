@@ -18,7 +18,7 @@ import re
 import time
 import wave
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -111,6 +111,18 @@ def make_config(data_dir: Path) -> Config:
         reconnect_grace=3.0,
         captions_worker=False,
     )
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config) -> AsyncIterator[RunningServer]:
+    """A townhall server started on ``config`` (its HTTP port chosen by the system), stopped
+    at the end."""
+    running = await server_app.start(config)
+    running.services.config = running.services.config.replace(http_port=running.port)
+    try:
+        yield RunningServer(running)
+    finally:
+        await running.stop()
 
 
 @dataclass

@@ -472,7 +472,7 @@ async def test_receiver_reports_of_heavy_video_loss_bound_the_transports_estimat
     allocated: list[Transport] = []
     router._allocate_on = allocated.append  # type: ignore[method-assign]
     streams = {ssrc: SimpleNamespace(producer=SimpleNamespace(kind=kind), packets=0,
-                                     packets_at_report=0)
+                                     packets_at_receiver_report=0)
                for ssrc, kind in ((11, "video"), (12, "video"), (13, "audio"))}
     state.consumers_by_ssrc.update(streams)  # type: ignore[arg-type]
 

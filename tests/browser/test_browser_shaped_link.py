@@ -17,8 +17,7 @@ from test_browser_meeting import assert_video_playing, describe, join
 from test_browser_simulcast import FRAME_WIDTH, show_remote_video_at, wait_frame_width
 
 from shaped_link import ShapedLink, require_namespaces
-from support import CHROMIUM, CHROMIUM_ARGS, RunningServer, make_config, skip_or_fail
-from townhall.server import app as server_app
+from support import CHROMIUM, CHROMIUM_ARGS, RunningServer, make_config, serving, skip_or_fail
 
 pytestmark = pytest.mark.browser
 
@@ -54,12 +53,8 @@ async def server(tmp_path: Path, link: ShapedLink) -> AsyncIterator[RunningServe
     """The server on this side of the link, on its address there."""
     config = make_config(tmp_path / "data").replace(
         http_host=link.outside, media_addresses=(link.outside,))
-    running = await server_app.start(config)
-    running.services.config = running.services.config.replace(http_port=running.port)
-    try:
-        yield RunningServer(running)
-    finally:
-        await running.stop()
+    async with serving(config) as running:
+        yield running
 
 
 @pytest.fixture

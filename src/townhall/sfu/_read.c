@@ -346,8 +346,10 @@ static long long arrival_ns(struct msghdr *header) {
  * arrival far from the others. */
 #define MAX_WAITED 1.0
 static double waited(long long stamp) {
-    long long now_ns = stamp == 0 ? 0 : realtime_ns();
-    if (stamp == 0 || stamp >= now_ns)
+    if (stamp == 0)
+        return 0.0;
+    long long now_ns = realtime_ns();
+    if (stamp >= now_ns)
         return 0.0;
     double seconds = (double)(now_ns - stamp) * 1e-9;
     return seconds < MAX_WAITED ? seconds : MAX_WAITED;
@@ -637,7 +639,7 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
                     Py_INCREF(route);
                     handled = read_media(route, by_address, packet, length,
                                          rtcp ? unprotect_rtcp : unprotect, rtcp,
-                                         kernel_stamp_ns(header));
+                                         rtcp ? 0 : kernel_stamp_ns(header));
                     Py_DECREF(route);
                 } else if (PyErr_Occurred()) {
                     handled = -1;

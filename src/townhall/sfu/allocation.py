@@ -98,8 +98,8 @@ class VideoAllocation:
         how much that was and added up over reports until they cover ``LOSS_MIN_PACKETS``,
         bounds the estimate. True when it bounded it lower (allocate at once)."""
         for consumer, fraction in reports:
-            packets = consumer.packets - consumer.packets_at_report
-            consumer.packets_at_report = consumer.packets
+            packets = consumer.packets - consumer.packets_at_receiver_report
+            consumer.packets_at_receiver_report = consumer.packets
             self._reported_sent += packets
             self._reported_lost += packets * fraction / 256
         sent = self._reported_sent

@@ -35,9 +35,10 @@ RESENDS_KEPT = 512
 
 class Consumer:
     __slots__ = ("_clock", "_pauses", "_reported_packets", "_resent_at", "closed", "id",
-                 "last_layer", "layer", "max_layer", "octets", "packets", "packets_at_report",
-                 "padding", "paused", "pictures", "priority", "producer", "redundancy", "resent",
-                 "rewriter", "slot", "target", "transport", "twcc")
+                 "last_layer", "layer", "max_layer", "octets", "packets",
+                 "packets_at_receiver_report", "padding", "paused", "pictures", "priority",
+                 "producer", "redundancy", "resent", "rewriter", "slot", "target", "transport",
+                 "twcc")
 
     def __init__(
         self,
@@ -64,7 +65,7 @@ class Consumer:
         #: Packets resent in answer to NACKs.
         self.resent = 0
         #: ``packets`` when the far end last reported what it lost of them (``Router``).
-        self.packets_at_report = 0
+        self.packets_at_receiver_report = 0
         #: Send RED (RFC 2198) as it comes when the far end negotiated it; False sends the
         #: primary Opus frames alone (the router's choice while the transport is audio-only).
         self.redundancy = True
