@@ -38,29 +38,38 @@ def label(shape: Shape) -> str:
     return text + ", paced" if paced else text
 
 
+def _column(runs: list[dict[str, float]], key: str) -> list[float]:
+    return [r[key] for r in runs if r.get(key)]
+
+
 def table(runs: dict[tuple[str, Shape], list[dict[str, float]]], reference: str) -> str:
     targets = list(dict.fromkeys(target for target, _ in runs))
     sizes = sorted({size for _, size in runs})
+    # the threads' run time from schedstat, in ns, where every run has it (older runs do not)
+    exact = all(r.get("packets_per_run_second") for results in runs.values() for r in results)
     lines = [
         "| target | consumers | pkts per CPU-s, median (range, runs) | server CPU % "
-        f"| × {reference} |",
-        "|---|---:|---:|---:|---:|",
+        f"| × {reference} |" + (f" pkts per run-s (schedstat) | × {reference} |" if exact else ""),
+        "|---|---:|---:|---:|---:|" + ("---:|---:|" if exact else ""),
     ]
     for target in targets:
         for size in sizes:
             results = runs.get((target, size))
             if not results:
                 continue
-            rates = [r["packets_per_cpu_second"] for r in results]
-            median = statistics.median(rates)
             cpu = statistics.median(r["server_cpu_percent"] for r in results)
-            base = runs.get((reference, size))
-            ratio = ""
-            if base:
-                reference_median = statistics.median(r["packets_per_cpu_second"] for r in base)
-                ratio = f"{median / reference_median:.2f}"
-            lines.append(f"| {target} | {label(size)} | **{median:,.0f}** ({min(rates):,.0f}–"
-                         f"{max(rates):,.0f}, {len(rates)}) | {cpu:.1f} | {ratio} |")
+            cells = []
+            for key in ("packets_per_cpu_second",) + (("packets_per_run_second",) if exact
+                                                      else ()):
+                rates = _column(results, key)
+                median = statistics.median(rates)
+                base = _column(runs.get((reference, size), []), key)
+                ratio = f"{median / statistics.median(base):.2f}" if base else ""
+                cells.append(f"**{median:,.0f}** ({min(rates):,.0f}–{max(rates):,.0f}, "
+                             f"{len(rates)})")
+                cells.append(ratio)
+            cells.insert(1, f"{cpu:.1f}")
+            lines.append(f"| {target} | {label(size)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

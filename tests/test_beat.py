@@ -176,3 +176,41 @@ async def test_short_steps_run_together_without_a_trip_through_the_loop() -> Non
     ran = await _interleaving(0.0, 50)
     first = ran.index("step")
     assert ran[first:first + 50] == ["step"] * 50
+
+
+async def test_with_no_reader_riding_a_beats_sleepers_wake_when_it_is_due(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
+    wakeups = beat.Wakeups(asyncio.get_running_loop())
+    due = asyncio.get_running_loop().time() + 0.05
+    await asyncio.wait_for(wakeups.until(due), 2.0)  # not the slack's 5 s
+    assert wakeups.due == float("inf")
+
+
+async def test_where_a_reader_rides_the_beats_a_ride_after_the_beat_wakes_its_sleepers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
+    loop = asyncio.get_running_loop()
+    wakeups = beat.Wakeups(loop)
+    wakeups.readers = 1
+    due = loop.time() + 0.05
+    first, second = wakeups.until(due), wakeups.until(due)
+    later = wakeups.until(due + 10.0)
+    assert wakeups.due == due
+    wakeups.ride()  # before the beat: nothing wakes
+    await asyncio.sleep(0.2)
+    assert not first.done() and not second.done()  # the timer waits the slack for a datagram
+    wakeups.ride()
+    assert first.done() and second.done() and not later.done()
+    assert wakeups.due == due + 10.0
+    later.cancel()
+
+
+async def test_a_sleeper_cancelled_leaves_the_others_of_its_beat_asleep() -> None:
+    loop = asyncio.get_running_loop()
+    wakeups = beat.Wakeups(loop)
+    due = loop.time() + 0.05
+    cancelled, kept = wakeups.until(due), wakeups.until(due)
+    cancelled.cancel()
+    await asyncio.wait_for(kept, 2.0)
+    assert cancelled.cancelled()

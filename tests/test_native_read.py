@@ -17,6 +17,7 @@ import pytest
 from pylibsrtp import Policy, Session
 
 from support import Attendee, RunningServer, build_feedback, require_native_fanout
+from townhall import beat
 from townhall.sfu import native as native_module
 from townhall.sfu import producer as producer_module  # noqa: F401 (sets up ``receive``)
 from townhall.sfu import twcc
@@ -106,11 +107,11 @@ class _Socket:
                             self.estimates.append,
                             (arrivals if arrivals is not None else twcc.TwccReceiver()).arrivals)
 
-    def read(self) -> int:
+    def read(self, wakeups: object = None) -> int:
         native = self.native
         return native.read(self.sock.fileno(), native.unprotect, native.unprotect_rtcp,
                            self.routes, self.by_address, self.deliver, self.failed, self.held,
-                           self.flush, None, self)
+                           self.flush, None, self, wakeups)
 
 
 @contextlib.contextmanager
@@ -273,6 +274,57 @@ def test_an_arrival_is_when_the_kernel_received_the_packet_not_when_the_loop_got
     for n in (1, 2):
         _, at_us = struct.unpack_from("=iq", arrivals.arrivals, 24 + 12 * n)
         assert sent - 0.01 <= at_us / 1e6 <= sent + 0.1, (at_us / 1e6 - sent, read - sent)
+
+
+class _Wakeups:
+    """Stands in for ``beat.Wakeups``: when the next beat is due, and the rides."""
+
+    def __init__(self, due: float) -> None:
+        self.due = due
+        self.rides = 0
+
+    def ride(self) -> None:
+        self.rides += 1
+
+
+def test_a_read_after_a_beat_was_due_rides_it_and_one_before_does_not() -> None:
+    native = _native()
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        early = _Wakeups(time.monotonic() + 60)
+        _send(remote, server, _rtp(1))
+        _read_all(reader, 1)
+        reader.read(early)
+        assert early.rides == 0
+        late = _Wakeups(time.monotonic() - 0.001)
+        _send(remote, server, _rtp(2))
+        for _ in range(100):
+            if reader.read(late):
+                break
+        assert late.rides == 1
+        assert reader.failures == []
+
+
+async def test_periodic_work_runs_in_the_wake_up_of_a_datagram_read_after_its_beat(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    native = _native()
+    monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
+    loop = asyncio.get_running_loop()
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        wakeups = beat.Wakeups(loop)
+        wakeups.readers = 1
+        loop.add_reader(server.fileno(), reader.read, wakeups)
+        try:
+            due = loop.time() + 0.05
+            sleeper = wakeups.until(due)
+            await asyncio.sleep(0.1)
+            assert not sleeper.done()  # its timer waits the slack
+            _send(remote, server, _rtp(1))
+            await asyncio.wait_for(sleeper, 2.0)
+            assert [data for data, _ in reader.delivered] == [_rtp(1)]
+        finally:
+            loop.remove_reader(server.fileno())
 
 
 async def test_a_packet_the_reader_leaves_to_the_router_has_its_arrival_noted_once() -> None:

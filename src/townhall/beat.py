@@ -10,6 +10,11 @@ Every room's periodic work runs from one task per event loop (:class:`Beat`), in
 that is a generator gives the loop back to arriving packets whenever the beat's steps have run
 for ``STEP_TIME`` since it last did. One task bounds that hold for all rooms together; a task
 per room would let each of them hold the loop that long in the same turn.
+
+A beat rides on datagrams (:class:`Wakeups`): where the media socket's reader reads after a
+beat was due, it wakes that beat's sleepers there, and their timer, ``RIDE_SLACK`` later, is
+only for when no datagram comes. A meeting's packets wake the server every few milliseconds,
+so its periodic work needs no wake-up of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ logger = logging.getLogger(__name__)
 INTERVAL = 0.1
 #: Periodic work gives the event loop back to packets after this long (seconds).
 STEP_TIME = 0.001
+#: Where a socket's reader rides the beats, their timers fire this long after they were due
+#: (seconds), for when no datagram comes first: a meeting's audio alone arrives every 20 ms.
+RIDE_SLACK = 0.03
 
 #: Periodic work: a function, or a generator function whose steps the beat runs apart.
 Work = Callable[[], Iterator[None] | None]
@@ -42,10 +50,77 @@ async def sleep_to_next(interval: float) -> float:
     """Sleep until the next multiple of ``interval`` on the running loop's clock; returns that
     time, on the same clock (``loop.time()`` minus it is how late the wake-up came)."""
     loop = asyncio.get_running_loop()
-    now = loop.time()
-    due = next_beat(now, interval)
-    await asyncio.sleep(due - now)
+    due = next_beat(loop.time(), interval)
+    await wakeups(loop).until(due)
     return due
+
+
+class Wakeups:
+    """An event loop's sleepers until a beat (:func:`sleep_to_next`), woken together.
+
+    A timer wakes the sleepers of a beat when it is due, or ``RIDE_SLACK`` after it while a
+    socket's reader rides the beats (``readers``): the reader calls :meth:`ride` when it reads
+    at or after ``due``, so the beat's work runs in a wake-up datagrams cause anyway. The loop's
+    clock must be ``time.monotonic``'s (asyncio's and uvloop's are), which the reader reads.
+    """
+
+    __slots__ = ("_beats", "_loop", "due", "readers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # weak: the loops' table of these holds them by a weak reference to the loop
+        self._loop = weakref.ref(loop)
+        #: The earliest beat anyone sleeps until, on the loop's clock (inf: none); the native
+        #: reader compares it with the clock on every wake-up.
+        self.due = math.inf
+        #: Readers that ride the beats (call :meth:`ride`); with none, timers fire on time.
+        self.readers = 0
+        #: beat (rounded) -> (its time, its timer, its sleepers)
+        self._beats: dict[float, tuple[float, asyncio.TimerHandle, list[asyncio.Future[None]]]] \
+            = {}
+
+    def until(self, due: float) -> asyncio.Future[None]:
+        """A future done at the beat ``due`` (the loop's clock), or soon after it."""
+        loop = self._loop()
+        assert loop is not None, "the loop is gone"
+        future = loop.create_future()
+        key = round(due, 6)
+        entry = self._beats.get(key)
+        if entry is None:
+            slack = RIDE_SLACK if self.readers > 0 else 0.0
+            timer = loop.call_at(due + slack, self._wake, key)
+            self._beats[key] = entry = (due, timer, [])
+            self.due = min(self.due, due)
+        entry[2].append(future)
+        return future
+
+    def ride(self) -> None:
+        """Wake the sleepers of every beat that is due by now."""
+        now = time.monotonic()
+        for key, (due, timer, _) in list(self._beats.items()):
+            if due <= now:
+                timer.cancel()
+                self._wake(key)
+
+    def _wake(self, key: float) -> None:
+        entry = self._beats.pop(key, None)
+        if entry is not None:
+            for future in entry[2]:
+                if not future.done():
+                    future.set_result(None)
+        self.due = min((due for due, _, _ in self._beats.values()), default=math.inf)
+
+
+_wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakeups] = \
+    weakref.WeakKeyDictionary()
+
+
+def wakeups(loop: asyncio.AbstractEventLoop | None = None) -> Wakeups:
+    """The event loop's (by default the running one's) sleepers until a beat."""
+    loop = loop or asyncio.get_running_loop()
+    found = _wakeups.get(loop)
+    if found is None:
+        found = _wakeups[loop] = Wakeups(loop)
+    return found
 
 
 @dataclass

@@ -72,11 +72,12 @@ static unsigned long long read_truncated = 0, read_unprotect_failed = 0;
 enum {
     R_RECEIVED, R_MEDIA_RECEIVER, R_PACKETS_RECEIVED, R_PACKETS_FORWARDED, R_BYTES_FORWARDED,
     R_ARRIVED_NS, R_SENT_MANY, R_HOLDING, R_TWCC, R_HISTORY, R_NATIVE_STATE, R_PARAMETERS,
-    R_COUNT
+    R_DUE, R_RIDE, R_COUNT
 };
 static const char *read_name_texts[R_COUNT] = {
     "received", "media_receiver", "packets_received", "packets_forwarded", "bytes_forwarded",
     "arrived_ns", "sent_many", "_holding", "twcc", "history", "native_state", "parameters",
+    "due", "ride",
 };
 static PyObject *read_names_interned[R_COUNT];
 
@@ -540,9 +541,26 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
                           PyObject *deliver, PyObject *failed, PyObject *held, PyObject *flush,
                           PyObject *delay, unprotect_fn unprotect_rtcp);
 
+/* Wakes the loop's sleepers whose beat is due (`beat.Wakeups`): periodic work then runs in
+ * this wake-up rather than in one of its own. 0, or -1 with an exception. */
+static int ride_beat(PyObject *wakeups) {
+    PyObject *due_object = PyObject_GetAttr(wakeups, read_names_interned[R_DUE]);
+    if (due_object == NULL)
+        return -1;
+    double due = PyFloat_AsDouble(due_object);
+    Py_DECREF(due_object);
+    if (due == -1.0 && PyErr_Occurred())
+        return -1;
+    if (clock_now(monotonic) < due)
+        return 0;
+    PyObject *returned = PyObject_CallMethodNoArgs(wakeups, read_names_interned[R_RIDE]);
+    Py_XDECREF(returned);
+    return returned == NULL ? -1 : 0;
+}
+
 PyObject *media_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 11) {
-        PyErr_Format(PyExc_TypeError, "read() takes 11 arguments (%zd given)", nargs);
+    if (nargs != 12) {
+        PyErr_Format(PyExc_TypeError, "read() takes 12 arguments (%zd given)", nargs);
         return NULL;
     }
     long fd_value = PyLong_AsLong(args[0]);
@@ -558,7 +576,8 @@ PyObject *media_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (PyErr_Occurred())
         return NULL;
     PyObject *routes = args[3], *by_address = args[4], *deliver = args[5], *failed = args[6],
-             *held = args[7], *flush = args[8], *delay = args[9], *holder = args[10];
+             *held = args[7], *flush = args[8], *delay = args[9], *holder = args[10],
+             *wakeups = args[11];
     if (!PyDict_Check(routes) || !PyDict_Check(by_address) || !PyList_Check(held)) {
         PyErr_SetString(PyExc_TypeError, "read(): routes and by_address are dicts, held a list");
         return NULL;
@@ -583,6 +602,8 @@ PyObject *media_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             report_failure(failed, NULL, 0);
         Py_XDECREF(returned);
     }
+    if (wakeups != Py_None && ride_beat(wakeups) < 0)
+        report_failure(failed, NULL, 0);
     return PyLong_FromLong(count < 0 ? 0 : count);
 }
 

@@ -59,6 +59,7 @@ from aioice.ice import StunProtocol, get_host_addresses
 from aiortc import RTCIceGatherer, RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
+from townhall import beat
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.icetcp import TcpFrameListener
 from townhall.sfu.native import Held, NativeSend, Plain
@@ -641,11 +642,14 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         self._set_buffers(sock)
         native = self.native
         assert native is not None
-        # the reader is the callback itself: no Python frame per wake-up
-        asyncio.get_running_loop().add_reader(
+        # the reader is the callback itself: no Python frame per wake-up; it rides the beats
+        loop = asyncio.get_running_loop()
+        wakeups = beat.wakeups(loop)
+        loop.add_reader(
             self.fd, native.read, self.fd, native.unprotect, native.unprotect_rtcp, self.routes,
             self.table._by_address, self.datagram_received, self._failed, self._held, self._flush,
-            self._delay, self)
+            self._delay, self, wakeups)
+        wakeups.readers += 1
 
     def _set_buffers(self, sock: socket.socket) -> None:
         received = set_buffers(sock, SOCKET_BUFFER_SIZE)
@@ -761,7 +765,9 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
             transport.close()
         sock, self._sock = self._sock, None
         if sock is not None:
-            asyncio.get_running_loop().remove_reader(sock.fileno())
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock.fileno())
+            beat.wakeups(loop).readers -= 1
             sock.close()
         # the number may soon name another file: nothing may send or read on it from here on
         self.fd = -1

@@ -78,7 +78,8 @@ class NativeSend:
         self.unprotect = self._address("srtp_unprotect")
         self.unprotect_rtcp = self._address("srtp_unprotect_rtcp")
         #: ``read(fd, unprotect, unprotect_rtcp, routes, by_address, deliver, failed, held,
-        #: flush, delay, holder)``: the shared UDP socket's reader callback (``_read.c``).
+        #: flush, delay, holder, wakeups)``: the shared UDP socket's reader callback
+        #: (``_read.c``); ``wakeups`` (``beat.Wakeups`` or None) is ridden after the datagrams.
         self.read: Callable[..., int] = module.read
         #: Totals: (datagrams ``read`` dropped as longer than its buffer, and as refused by
         #: libsrtp).
