@@ -261,7 +261,7 @@ def test_an_arrival_is_when_the_kernel_received_the_packet_not_when_the_loop_got
     packets = [struct.pack("!BBHII", 0x90, 96, n, 960 * n, 0x1234)
                + struct.pack("!HHBHB", 0xBEDE, 1, 0x31, n, 0) + bytes(40) for n in (1, 2)]
     with _pair() as (server, remote):
-        server.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS, as the server's socket
+        server.setsockopt(socket.SOL_SOCKET, native.so_timestampns, 1)  # as the server's
         time.sleep(0.1)  # where no socket had it on, the kernel turns it on in deferred work
         reader = _Socket(native, server)
         reader.route(remote, rx, _Target(), Counters(), arrivals=arrivals, clock=time.monotonic)

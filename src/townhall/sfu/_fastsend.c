@@ -1172,5 +1172,9 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     PyObject *made = PyModule_Create(&module);
     if (made != NULL && PyModule_AddIntConstant(made, "TWCC_STATE_SIZE", twcc_state_size) < 0)
         Py_CLEAR(made);
+    /* the option whose control message the reader looks for (SCM_TIMESTAMPNS): the number
+     * differs between architectures and, on 32-bit ones, with the size of time_t */
+    if (made != NULL && PyModule_AddIntConstant(made, "SO_TIMESTAMPNS", SO_TIMESTAMPNS) < 0)
+        Py_CLEAR(made);
     return made;
 }

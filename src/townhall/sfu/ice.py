@@ -90,8 +90,6 @@ CONSENT_RETRANSMISSIONS = 2
 #: and each takes about 2 KiB of buffer, so 16 MiB holds about a second and a half of them.
 SOCKET_BUFFER_SIZE = 16 << 20
 _DATAGRAM_READ_SIZE = 65536
-#: Linux's SO_TIMESTAMPNS (the socket module of Python 3.11 does not name it).
-_SO_TIMESTAMPNS = 35
 _BIND_ATTEMPTS = 5
 
 
@@ -623,6 +621,8 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
 
     def _bind_own(self, port: int) -> None:
         """Bind a socket of this one's own and read it with the native reader."""
+        native = self.native
+        assert native is not None
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -631,7 +631,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
             # the kernel's receive time of each datagram: publishers' arrivals (transport
             # feedback) and the forwarding delay are measured from it, not from when the event
             # loop got to the datagram
-            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.SOL_SOCKET, native.so_timestampns, 1)
         except OSError:
             sock.close()
             raise
@@ -640,8 +640,6 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         self.table.name = f"ICE udp {self.host}:{self.port}"
         self.fd = sock.fileno()
         self._set_buffers(sock)
-        native = self.native
-        assert native is not None
         # the reader is the callback itself: no Python frame per wake-up; it rides the beats
         loop = asyncio.get_running_loop()
         wakeups = beat.wakeups(loop)

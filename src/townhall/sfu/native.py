@@ -81,6 +81,8 @@ class NativeSend:
         #: flush, delay, holder, wakeups)``: the shared UDP socket's reader callback
         #: (``_read.c``); ``wakeups`` (``beat.Wakeups`` or None) is ridden after the datagrams.
         self.read: Callable[..., int] = module.read
+        #: The socket option that turns on the kernel's receive times ``read`` looks for.
+        self.so_timestampns: int = module.SO_TIMESTAMPNS
         #: Totals: (datagrams ``read`` dropped as longer than its buffer, and as refused by
         #: libsrtp).
         self.read_counts: Callable[[], tuple[int, int]] = module.read_counts
