@@ -50,6 +50,20 @@ def test_each_further_drop_within_a_minute_doubles_the_hold_before_going_up() ->
     assert estimate.may_raise()
 
 
+def test_drops_during_a_hold_start_it_again_without_doubling_it() -> None:
+    clock = Clock(50.0)
+    estimate = Estimate(clock)
+    estimate.update(2_000_000)
+    estimate.update(1_000_000)
+    for _ in range(8):  # heavy loss, reported every half second for 4 s
+        clock.now += 0.5
+        assert estimate.lost(0.3)
+    clock.now += bandwidth.UPGRADE_HOLD - 0.5
+    assert not estimate.may_raise()
+    clock.now += 0.5
+    assert estimate.may_raise()  # one hold after the last drop, not eight doublings of it
+
+
 def test_when_reports_stop_the_estimate_is_raised_step_by_step() -> None:
     clock = Clock(50.0)
     estimate = Estimate(clock)

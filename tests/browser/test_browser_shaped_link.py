@@ -23,6 +23,10 @@ pytestmark = pytest.mark.browser
 
 #: What the audio takes of the link, with its headers (bit/s).
 AUDIO = 60_000
+#: Seconds after the link opens again by which the top layer is back: the hold after the
+#: estimate's drops (``bandwidth.UPGRADE_HOLD``, doubled for each further drop within a minute,
+#: so 12 s after three), then probing up through the middle layer's rate and a keyframe.
+RECOVERY = 25.0
 
 FRAMES_DECODED = """() => new Promise((resolve) => {
     window.townhall.subscribeTransport.getStats().then((stats) => {
@@ -99,7 +103,7 @@ async def _until(condition: Any, timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
-async def test_a_viewer_whose_link_narrows_gets_a_smaller_layer_within_2_s_and_keeps_playing(
+async def test_a_narrowed_link_gets_a_smaller_layer_within_2_s_and_the_top_one_back_once_open(
     server: Any, pages: tuple[Any, Any], link: ShapedLink
 ) -> None:
     room = await server.create_room("narrow link")
@@ -159,4 +163,17 @@ async def test_a_viewer_whose_link_narrows_gets_a_smaller_layer_within_2_s_and_k
     # see architecture.md, *Full links*); that it goes on does not.
     assert sum(per_second) >= 8, f"{per_second} frames decoded a second on the narrow link"
     assert consumer.layer in (0, 1), f"back on layer {consumer.layer} on the narrow link"
+    await assert_video_playing(bob, alice_id)
+
+    # The link opens again: the SFU probes once its hold after the drops is over, and the
+    # viewer gets the top layer back.
+    narrowed = estimate.value()
+    link.widen()
+    back = await _until(lambda: consumer.layer == 2, RECOVERY, lambda: (
+        f"still on layer {consumer.layer} (aiming at {consumer.target}) {RECOVERY:.0f} s after "
+        f"the link opened: estimate {narrowed:.0f} -> {estimate.value():.0f} bit/s (loss bound "
+        f"{estimate.loss_bound}, may raise: {estimate.may_raise()})"))
+    print(f"link opened: back on the top layer after {back:.2f} s, estimate "
+          f"{narrowed:.0f} -> {estimate.value():.0f} bit/s")
+    await wait_frame_width(bob, 1280, timeout=5)
     await assert_video_playing(bob, alice_id)

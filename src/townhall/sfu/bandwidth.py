@@ -19,8 +19,10 @@ reason to go down); going up needs ``UPGRADE_MARGIN`` over the new total; and to
 estimate grow past what is being sent the SFU **probes**: it sends RTP padding after frames
 (which receivers measure, then discard) at the rate the next layer needs (:func:`probe_rate`).
 After a drop no layer is raised and nothing is probed for ``UPGRADE_HOLD`` seconds, doubled for
-each further drop within a minute, so a link that is really full is not pushed every few
-seconds.
+each further drop within a minute that follows a hold's end, so a link that is really full is
+not pushed every few seconds. Drops while the hold lasts are the same congestion: they start it
+again but do not double it, or a stretch of heavy loss (which bounds the estimate every 0.5 s)
+would hold the layers down for a minute after the link recovered.
 
 **Loss.** Neither estimate sees loss: on a link that drops what it cannot carry rather than
 queueing it (a shallow buffer, a policer), the delays stop growing once the queue is full and
@@ -66,7 +68,8 @@ RETRY_GRACE = 2.0
 #: Going up a layer needs the new total times this to fit the estimate.
 UPGRADE_MARGIN = 1.15
 #: After the estimate dropped, no layer is raised (nor probed for) for this long, in seconds;
-#: doubled for each further drop within ``DROP_MEMORY`` seconds, up to ``MAX_UPGRADE_HOLD``.
+#: doubled for each further drop within ``DROP_MEMORY`` seconds that comes after the hold
+#: ended, up to ``MAX_UPGRADE_HOLD``. A drop during the hold starts it again, not doubled.
 UPGRADE_HOLD = 3.0
 MAX_UPGRADE_HOLD = 60.0
 DROP_MEMORY = 60.0
@@ -147,7 +150,14 @@ class Estimate:
         return False
 
     def _dropped(self, now: float) -> None:
-        self._drops = [*(t for t in self._drops if now - t < DROP_MEMORY), now][-8:]
+        drops = [t for t in self._drops if now - t < DROP_MEMORY]
+        if drops and now - drops[-1] < _hold(len(drops)):
+            # the same congestion, before anything was raised or probed again: the hold
+            # starts again, as long as it was (a full link reports loss every 0.5 s)
+            drops[-1] = now
+        else:
+            drops.append(now)
+        self._drops = drops[-8:]
 
     def retry(self, bitrate: int) -> None:
         """Try ``bitrate`` (video was cut and the hold has passed): take it as the estimate
@@ -178,8 +188,12 @@ class Estimate:
             return True
         now = self._clock()
         recent = sum(1 for t in self._drops if now - t < DROP_MEMORY)
-        hold = min(MAX_UPGRADE_HOLD, UPGRADE_HOLD * (1 << max(0, recent - 1)))
-        return now - self._drops[-1] >= hold
+        return now - self._drops[-1] >= _hold(recent)
+
+
+def _hold(drops: int) -> float:
+    """Seconds no layer is raised after the last of ``drops`` drops within ``DROP_MEMORY``."""
+    return min(MAX_UPGRADE_HOLD, UPGRADE_HOLD * (1 << max(0, min(drops, 8) - 1)))
 
 
 class ResendBudget:
