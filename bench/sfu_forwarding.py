@@ -113,8 +113,9 @@ class RunResult:
     #: the longest any producer's sending loop was behind its clock in the window (ms): the
     #: benchmark's client held up, so that its producers then sent in a burst
     producers_late_ms: float | None = None
-    #: the server's threads' run time in the window, in nanoseconds (schedstat; threads that
-    #: ended within the window are left out), and the packets delivered per second of it
+    #: the server's threads' run time in the window in seconds, counted in nanoseconds
+    #: (schedstat; threads that started or ended within the window are left out), and the
+    #: packets delivered per second of it
     server_run_seconds: float | None = None
     packets_per_run_second: float | None = None
     error: str | None = None
@@ -161,25 +162,34 @@ def process_cpu_seconds(pid: int) -> float:
     return sum(process_cpu_times(pid))
 
 
-def process_schedstat(pid: int) -> tuple[float, float, int]:
-    """(seconds the threads alive now ran, and spent ready but waiting for a CPU, times they
-    were preempted): the sum over /proc/PID/task/*/schedstat and …/status. The run time is
-    counted in nanoseconds; /proc/PID/stat's utime and stime only in 10 ms steps, which at a
-    few per cent of a core over 20 s is a step of several per cent of the whole."""
-    ran, waited, preempted = 0, 0, 0
+def process_schedstat(pid: int) -> dict[str, tuple[int, int, int]]:
+    """Per thread alive now: (nanoseconds it ran, nanoseconds it was ready but waited for a
+    CPU, times it was preempted), from /proc/PID/task/*/schedstat and …/status. The run time
+    is counted in nanoseconds; /proc/PID/stat's utime and stime in 10 ms steps."""
+    threads = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
                 fields = stat.read().split()
-                ran += int(fields[0])
-                waited += int(fields[1])
+            preempted = 0
             with open(f"/proc/{pid}/task/{task}/status") as status:
                 for line in status:
                     if line.startswith("nonvoluntary_ctxt_switches:"):
-                        preempted += int(line.split()[1])
+                        preempted = int(line.split()[1])
+            threads[task] = (int(fields[0]), int(fields[1]), preempted)
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue  # a thread that ended meanwhile, or a kernel without schedstat
-    return ran / 1e9, waited / 1e9, preempted
+    return threads
+
+
+def schedstat_change(before: dict[str, tuple[int, int, int]],
+                     after: dict[str, tuple[int, int, int]]) -> tuple[float, float, int]:
+    """(seconds run, seconds waited, preemptions) between two samples, summed over the threads
+    in both (a thread that started or ended in between is left out)."""
+    common = before.keys() & after.keys()
+    return (sum(after[t][0] - before[t][0] for t in common) / 1e9,
+            sum(after[t][1] - before[t][1] for t in common) / 1e9,
+            sum(after[t][2] - before[t][2] for t in common))
 
 
 def machine_steal() -> float:
@@ -363,7 +373,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
             await asyncio.to_thread(profiler.wait)
 
         server_cpu = sum(server1) - sum(server0)
-        server_run = schedstat1[0] - schedstat0[0]
+        server_run, server_waited, server_preempted = schedstat_change(schedstat0, schedstat1)
         server_system = server1[1] - server0[1]
         # with simulcast each consumer is expected to get one layer (--expect-layer)
         per_consumer = sum(n for kind, n in sent_kinds.items()
@@ -404,9 +414,8 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
             delay_p99_ms=None if p99 is None else round(p99 * 1000, 2),
             delay_samples=samples,
             delay_histogram=histogram(delay0, delay1) if samples else None,
-            server_waiting_ms_per_second=round(
-                1000 * (schedstat1[1] - schedstat0[1]) / elapsed, 2),
-            server_preempted=schedstat1[2] - schedstat0[2],
+            server_waiting_ms_per_second=round(1000 * server_waited / elapsed, 2),
+            server_preempted=server_preempted,
             server_run_seconds=round(server_run, 4),
             packets_per_run_second=round(delivered / server_run) if server_run > 0 else 0,
             steal_ms_per_second=round(1000 * (steal1 - steal0) / elapsed, 1),

@@ -39,14 +39,15 @@ def label(shape: Shape) -> str:
 
 
 def _column(runs: list[dict[str, float]], key: str) -> list[float]:
-    return [r[key] for r in runs if r.get(key)]
+    return [r[key] for r in runs if r.get(key) is not None]
 
 
 def table(runs: dict[tuple[str, Shape], list[dict[str, float]]], reference: str) -> str:
     targets = list(dict.fromkeys(target for target, _ in runs))
     sizes = sorted({size for _, size in runs})
     # the threads' run time from schedstat, in ns, where every run has it (older runs do not)
-    exact = all(r.get("packets_per_run_second") for results in runs.values() for r in results)
+    exact = all(r.get("packets_per_run_second") is not None
+                for results in runs.values() for r in results)
     lines = [
         "| target | consumers | pkts per CPU-s, median (range, runs) | server CPU % "
         f"| × {reference} |" + (f" pkts per run-s (schedstat) | × {reference} |" if exact else ""),

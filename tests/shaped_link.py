@@ -65,7 +65,7 @@ class ShapedLink:
 
     def widen(self) -> None:
         subprocess.run(["tc", "qdisc", "del", "dev", self.device, "root"],
-                       capture_output=True, timeout=10)
+                       check=True, capture_output=True, timeout=10)
 
     def wrapper(self, program: str, directory: Path) -> Path:
         """A script that runs ``program`` with its arguments inside the namespace."""

@@ -201,9 +201,54 @@ async def test_where_a_reader_rides_the_beats_a_ride_after_the_beat_wakes_its_sl
     await asyncio.sleep(0.2)
     assert not first.done() and not second.done()  # the timer waits the slack for a datagram
     wakeups.ride()
-    assert first.done() and second.done() and not later.done()
+    assert first.result() == second.result() == due  # owed at the beat
+    assert not later.done()
     assert wakeups.due == due + 10.0
     later.cancel()
+
+
+async def test_a_beat_the_timer_wakes_was_owed_at_the_timers_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(beat, "RIDE_SLACK", 0.05)
+    loop = asyncio.get_running_loop()
+    wakeups = beat.Wakeups(loop)
+    wakeups.readers = 1
+    due = loop.time() + 0.02
+    assert await asyncio.wait_for(wakeups.until(due), 2.0) == pytest.approx(due + 0.05)
+
+
+async def test_a_beat_nobody_sleeps_until_any_more_has_no_timer_left() -> None:
+    loop = asyncio.get_running_loop()
+    wakeups = beat.Wakeups(loop)
+    sleeper = wakeups.until(loop.time() + 60)
+    sleeper.cancel()
+    await asyncio.sleep(0)  # the future's callbacks run
+    assert wakeups.due == float("inf")
+    assert not [h for h in loop._scheduled if not h.cancelled()  # type: ignore[attr-defined]
+                and h.when() > loop.time() + 30]
+
+
+async def test_a_sleeper_woken_just_after_a_beat_sleeps_until_the_next_though_the_loop_lags(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    # uvloop's clock counts whole milliseconds, behind the monotonic clock the reader rides by
+    monkeypatch.setattr(loop, "time", lambda: time.monotonic() - 0.001)
+    monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
+    wakeups = beat.wakeups(loop)
+    wakeups.readers += 1
+
+    async def ride() -> None:  # a datagram every millisecond
+        while True:
+            wakeups.ride()
+            await asyncio.sleep(0.0005)
+
+    rider = loop.create_task(ride())
+    try:
+        beats = [await asyncio.wait_for(beat.sleep_to_next(0.05), 2.0) for _ in range(4)]
+    finally:
+        rider.cancel()
+        wakeups.readers -= 1
+    assert [b - a for a, b in itertools.pairwise(beats)] == pytest.approx([0.05] * 3)
 
 
 async def test_a_sleeper_cancelled_leaves_the_others_of_its_beat_asleep() -> None:

@@ -285,6 +285,7 @@ class _Wakeups:
 
     def ride(self) -> None:
         self.rides += 1
+        self.due = float("inf")  # as beat.Wakeups: nobody sleeps until a later beat
 
 
 def test_a_read_after_a_beat_was_due_rides_it_and_one_before_does_not() -> None:

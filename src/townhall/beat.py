@@ -20,6 +20,7 @@ so its periodic work needs no wake-up of its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -36,6 +37,8 @@ STEP_TIME = 0.001
 #: Where a socket's reader rides the beats, their timers fire this long after they were due
 #: (seconds), for when no datagram comes first: a meeting's audio alone arrives every 20 ms.
 RIDE_SLACK = 0.03
+#: A sleeper whose clock reads this close before a beat sleeps until the one after it (s).
+CLOCK_TOLERANCE = 0.002
 
 #: Periodic work: a function, or a generator function whose steps the beat runs apart.
 Work = Callable[[], Iterator[None] | None]
@@ -48,11 +51,20 @@ def next_beat(now: float, interval: float) -> float:
 
 async def sleep_to_next(interval: float) -> float:
     """Sleep until the next multiple of ``interval`` on the running loop's clock; returns that
-    time, on the same clock (``loop.time()`` minus it is how late the wake-up came)."""
+    time, on the same clock."""
+    return (await sleep_to_next_beat(interval))[0]
+
+
+async def sleep_to_next_beat(interval: float) -> tuple[float, float]:
+    """:func:`sleep_to_next`, returning (the beat, when the wake-up was owed): the beat when a
+    datagram's reader woke it, ``RIDE_SLACK`` later when its timer did. ``loop.time()`` minus
+    the second is how late the wake-up came."""
     loop = asyncio.get_running_loop()
-    due = next_beat(loop.time(), interval)
-    await wakeups(loop).until(due)
-    return due
+    # uvloop's clock counts whole milliseconds behind the monotonic clock the reader rides by:
+    # woken just after a beat, it may still read a time before it
+    now = max(loop.time(), time.monotonic()) + CLOCK_TOLERANCE
+    due = next_beat(now, interval)
+    return due, await wakeups(loop).until(due)
 
 
 class Wakeups:
@@ -74,40 +86,58 @@ class Wakeups:
         self.due = math.inf
         #: Readers that ride the beats (call :meth:`ride`); with none, timers fire on time.
         self.readers = 0
-        #: beat (rounded) -> (its time, its timer, its sleepers)
-        self._beats: dict[float, tuple[float, asyncio.TimerHandle, list[asyncio.Future[None]]]] \
-            = {}
+        #: beat (rounded) -> (its time, its timer's time, its timer, its sleepers)
+        self._beats: dict[float, tuple[float, float, asyncio.TimerHandle,
+                                       list[asyncio.Future[float]]]] = {}
 
-    def until(self, due: float) -> asyncio.Future[None]:
-        """A future done at the beat ``due`` (the loop's clock), or soon after it."""
+    def until(self, due: float) -> asyncio.Future[float]:
+        """A future done at the beat ``due`` (the loop's clock), or soon after it, with the time
+        the wake-up was owed (the beat for a ride, the timer's time for the timer)."""
         loop = self._loop()
         assert loop is not None, "the loop is gone"
-        future = loop.create_future()
+        future: asyncio.Future[float] = loop.create_future()
         key = round(due, 6)
         entry = self._beats.get(key)
         if entry is None:
-            slack = RIDE_SLACK if self.readers > 0 else 0.0
-            timer = loop.call_at(due + slack, self._wake, key)
-            self._beats[key] = entry = (due, timer, [])
+            at = due + (RIDE_SLACK if self.readers > 0 else 0.0)
+            entry = self._beats[key] = (due, at, loop.call_at(at, self._wake, key, at), [])
             self.due = min(self.due, due)
-        entry[2].append(future)
+        entry[3].append(future)
+        future.add_done_callback(functools.partial(self._forget, key))
         return future
 
     def ride(self) -> None:
         """Wake the sleepers of every beat that is due by now."""
         now = time.monotonic()
-        for key, (due, timer, _) in list(self._beats.items()):
+        for key, (due, _, timer, _) in list(self._beats.items()):
             if due <= now:
                 timer.cancel()
-                self._wake(key)
+                self._wake(key, due)
 
-    def _wake(self, key: float) -> None:
-        entry = self._beats.pop(key, None)
-        if entry is not None:
-            for future in entry[2]:
-                if not future.done():
-                    future.set_result(None)
-        self.due = min((due for due, _, _ in self._beats.values()), default=math.inf)
+    def _wake(self, key: float, owed: float) -> None:
+        try:
+            entry = self._beats.pop(key, None)
+            if entry is not None:
+                for future in entry[3]:
+                    if not future.done():
+                        future.set_result(owed)
+        finally:
+            self._update_due()
+
+    def _forget(self, key: float, future: asyncio.Future[float]) -> None:
+        """A sleeper cancelled: its beat's timer goes when nobody else sleeps until it."""
+        entry = self._beats.get(key)
+        if not future.cancelled() or entry is None:
+            return
+        sleepers = entry[3]
+        sleepers.remove(future)
+        if not sleepers:
+            entry[2].cancel()
+            del self._beats[key]
+            self._update_due()
+
+    def _update_due(self) -> None:
+        self.due = min((entry[0] for entry in self._beats.values()), default=math.inf)
 
 
 _wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakeups] = \

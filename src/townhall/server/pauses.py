@@ -68,8 +68,10 @@ class LoopWatch:
 
     A task asks to wake at every multiple of ``interval`` seconds on the event loop's clock
     (``townhall.beat``); each wake-up at least ``long`` late is a stall. The lateness is what
-    is counted: a hold that began before the wake-up was due counts from then, so a stall's
-    length is a lower bound of the hold's.
+    is counted, from when the wake-up was owed: a hold that began before then counts from then.
+    Where the beats ride on datagrams, a wake-up is owed at the beat and comes with the first
+    datagram after it, so a stall may also include the wait for that datagram (under
+    ``beat.RIDE_SLACK``, after which the timer is owed).
     """
 
     def __init__(self, interval: float = LOOP_INTERVAL, long: float = LOOP_STALL,
@@ -100,8 +102,9 @@ class LoopWatch:
     async def _run(self) -> None:
         loop, busy = asyncio.get_running_loop(), self.busy
         while True:
-            due = await beat.sleep_to_next(self.interval if busy() else self.idle_interval)
-            self.woke(loop.time() - due)
+            _, owed = await beat.sleep_to_next_beat(
+                self.interval if busy() else self.idle_interval)
+            self.woke(loop.time() - owed)
 
     def woke(self, late: float) -> None:
         """Count one wake-up that came ``late`` seconds after it was due."""

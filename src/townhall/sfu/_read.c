@@ -1,7 +1,7 @@
 /* townhall.sfu._fastsend.read: the shared UDP socket's reader (see native.py and ice.py).
  *
  *     read(fd, unprotect, unprotect_rtcp, routes, by_address, deliver, failed, held, flush,
- *          delay, holder) -> datagrams
+ *          delay, holder, wakeups) -> datagrams
  *
  * is the event loop's reader callback of the socket `fd` itself (no Python frame in between):
  * it reads what is waiting with one recvmmsg() (at most READ_BATCH datagrams; the event loop

@@ -69,7 +69,8 @@ RETRY_GRACE = 2.0
 UPGRADE_MARGIN = 1.15
 #: After the estimate dropped, no layer is raised (nor probed for) for this long, in seconds;
 #: doubled for each further drop within ``DROP_MEMORY`` seconds that comes after the hold
-#: ended, up to ``MAX_UPGRADE_HOLD``. A drop during the hold starts it again, not doubled.
+#: ended (layers could go up again), up to ``MAX_UPGRADE_HOLD``. A drop during the hold starts
+#: it again, not doubled.
 UPGRADE_HOLD = 3.0
 MAX_UPGRADE_HOLD = 60.0
 DROP_MEMORY = 60.0

@@ -597,6 +597,8 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
         self.native = native
         self._holding = False
         self._held: list[Held] = []
+        #: The beats the native reader rides (``beat.Wakeups``), while it does.
+        self._riding: beat.Wakeups | None = None
         #: The native reader's routes: packed remote sockaddr -> (remote address, its ICE
         #: connection, that connection's media receiver, *``native.Plain``); see ``_read.c``.
         self.routes: dict[bytes, tuple[Any, ...]] = {}
@@ -648,6 +650,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
             self.table._by_address, self.datagram_received, self._failed, self._held, self._flush,
             self._delay, self, wakeups)
         wakeups.readers += 1
+        self._riding = wakeups
 
     def _set_buffers(self, sock: socket.socket) -> None:
         received = set_buffers(sock, SOCKET_BUFFER_SIZE)
@@ -763,10 +766,11 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
             transport.close()
         sock, self._sock = self._sock, None
         if sock is not None:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(sock.fileno())
-            beat.wakeups(loop).readers -= 1
+            asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
+        riding, self._riding = self._riding, None
+        if riding is not None:
+            riding.readers -= 1
         # the number may soon name another file: nothing may send or read on it from here on
         self.fd = -1
         self.routes.clear()
