@@ -48,6 +48,7 @@ def table(runs: dict[tuple[str, Shape], list[dict[str, float]]], reference: str)
     # the threads' run time from schedstat, in ns, where every run has it (older runs do not)
     exact = all(r.get("packets_per_run_second") is not None
                 for results in runs.values() for r in results)
+    keys = ["packets_per_cpu_second", *(["packets_per_run_second"] if exact else [])]
     lines = [
         "| target | consumers | pkts per CPU-s, median (range, runs) | server CPU % "
         f"| × {reference} |" + (f" pkts per run-s (schedstat) | × {reference} |" if exact else ""),
@@ -60,8 +61,7 @@ def table(runs: dict[tuple[str, Shape], list[dict[str, float]]], reference: str)
                 continue
             cpu = statistics.median(r["server_cpu_percent"] for r in results)
             cells = []
-            for key in ("packets_per_cpu_second",) + (("packets_per_run_second",) if exact
-                                                      else ()):
+            for key in keys:
                 rates = _column(results, key)
                 median = statistics.median(rates)
                 base = _column(runs.get((reference, size), []), key)

@@ -86,9 +86,8 @@ class Wakeups:
         self.due = math.inf
         #: Readers that ride the beats (call :meth:`ride`); with none, timers fire on time.
         self.readers = 0
-        #: beat (rounded) -> (its time, its timer's time, its timer, its sleepers)
-        self._beats: dict[float, tuple[float, float, asyncio.TimerHandle,
-                                       list[asyncio.Future[float]]]] = {}
+        #: beat (rounded) -> who sleeps until it
+        self._beats: dict[float, _Sleepers] = {}
 
     def until(self, due: float) -> asyncio.Future[float]:
         """A future done at the beat ``due`` (the loop's clock), or soon after it, with the time
@@ -97,28 +96,28 @@ class Wakeups:
         assert loop is not None, "the loop is gone"
         future: asyncio.Future[float] = loop.create_future()
         key = round(due, 6)
-        entry = self._beats.get(key)
-        if entry is None:
+        sleepers = self._beats.get(key)
+        if sleepers is None:
             at = due + (RIDE_SLACK if self.readers > 0 else 0.0)
-            entry = self._beats[key] = (due, at, loop.call_at(at, self._wake, key, at), [])
+            sleepers = self._beats[key] = _Sleepers(due, loop.call_at(at, self._wake, key, at))
             self.due = min(self.due, due)
-        entry[3].append(future)
+        sleepers.futures.append(future)
         future.add_done_callback(functools.partial(self._forget, key))
         return future
 
     def ride(self) -> None:
         """Wake the sleepers of every beat that is due by now."""
         now = time.monotonic()
-        for key, (due, _, timer, _) in list(self._beats.items()):
-            if due <= now:
-                timer.cancel()
-                self._wake(key, due)
+        for key, sleepers in list(self._beats.items()):
+            if sleepers.due <= now:
+                sleepers.timer.cancel()
+                self._wake(key, sleepers.due)
 
     def _wake(self, key: float, owed: float) -> None:
         try:
-            entry = self._beats.pop(key, None)
-            if entry is not None:
-                for future in entry[3]:
+            sleepers = self._beats.pop(key, None)
+            if sleepers is not None:
+                for future in sleepers.futures:
                     if not future.done():
                         future.set_result(owed)
         finally:
@@ -126,18 +125,28 @@ class Wakeups:
 
     def _forget(self, key: float, future: asyncio.Future[float]) -> None:
         """A sleeper cancelled: its beat's timer goes when nobody else sleeps until it."""
-        entry = self._beats.get(key)
-        if not future.cancelled() or entry is None:
+        sleepers = self._beats.get(key)
+        if not future.cancelled() or sleepers is None:
             return
-        sleepers = entry[3]
-        sleepers.remove(future)
-        if not sleepers:
-            entry[2].cancel()
+        sleepers.futures.remove(future)
+        if not sleepers.futures:
+            sleepers.timer.cancel()
             del self._beats[key]
             self._update_due()
 
     def _update_due(self) -> None:
-        self.due = min((entry[0] for entry in self._beats.values()), default=math.inf)
+        self.due = min((sleepers.due for sleepers in self._beats.values()), default=math.inf)
+
+
+class _Sleepers:
+    """Those asleep until one beat, and the timer that wakes them if no datagram does."""
+
+    __slots__ = ("due", "futures", "timer")
+
+    def __init__(self, due: float, timer: asyncio.TimerHandle) -> None:
+        self.due = due
+        self.timer = timer
+        self.futures: list[asyncio.Future[float]] = []
 
 
 _wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakeups] = \

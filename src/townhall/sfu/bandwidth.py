@@ -74,6 +74,8 @@ UPGRADE_MARGIN = 1.15
 UPGRADE_HOLD = 3.0
 MAX_UPGRADE_HOLD = 60.0
 DROP_MEMORY = 60.0
+#: Drops remembered (the hold reaches ``MAX_UPGRADE_HOLD`` well before).
+DROPS_KEPT = 8
 #: A drop of the estimate by more than this share makes the allocation run at once.
 DROP_RATIO = 0.1
 #: Reported loss above this share bounds the estimate; below ``LOSS_LOW`` the bound grows by
@@ -153,12 +155,12 @@ class Estimate:
     def _dropped(self, now: float) -> None:
         drops = [t for t in self._drops if now - t < DROP_MEMORY]
         if drops and now - drops[-1] < _hold(len(drops)):
-            # the same congestion, before anything was raised or probed again: the hold
-            # starts again, as long as it was (a full link reports loss every 0.5 s)
+            # the same congestion, while the hold lasts: it starts again, as long as it was
+            # (a full link reports loss every 0.5 s)
             drops[-1] = now
         else:
             drops.append(now)
-        self._drops = drops[-8:]
+        self._drops = drops[-DROPS_KEPT:]
 
     def retry(self, bitrate: int) -> None:
         """Try ``bitrate`` (video was cut and the hold has passed): take it as the estimate
@@ -194,7 +196,7 @@ class Estimate:
 
 def _hold(drops: int) -> float:
     """Seconds no layer is raised after the last of ``drops`` drops within ``DROP_MEMORY``."""
-    return min(MAX_UPGRADE_HOLD, UPGRADE_HOLD * (1 << max(0, min(drops, 8) - 1)))
+    return min(MAX_UPGRADE_HOLD, UPGRADE_HOLD * (1 << max(0, drops - 1)))
 
 
 class ResendBudget:
