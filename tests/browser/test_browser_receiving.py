@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -43,9 +45,48 @@ async def growth(page: Any, kind: str, ms: int = 2000) -> int:
     return await inbound(page, kind) - before
 
 
-async def wait_receiving(page: Any, kind: str) -> None:
-    await page.wait_for_function(
-        f"({INBOUND_PACKETS})('{kind}').then(n => n > 20)".replace("\n", " "), polling=200)
+async def wait_packets(page: Any, kind: str, at_least: int, within: float) -> int:
+    """Poll the page's count of ``kind`` packets every 0.2 s until it reaches ``at_least`` or
+    ``within`` seconds pass; returns the last count. (``page.wait_for_function`` cannot do
+    this: it takes the promise that ``getStats`` makes for a true value and returns at once.)"""
+    deadline = time.monotonic() + within
+    while (count := await inbound(page, kind)) < at_least and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    return count
+
+
+async def keeps_receiving(page: Any, kind: str, packets: int, live: Any = None,
+                          viewer: str = "", within: float = 5.0) -> None:
+    """``packets`` more packets of ``kind`` reach ``page`` within ``within`` seconds; if not,
+    the failure says how many did and, given the live room and the viewer's id, how the server
+    forwards video to them. (A loaded machine slows the camera's frame rate: a window of fixed
+    length would fail on that, not on video that stopped.)"""
+    before = await inbound(page, kind)
+    got = await wait_packets(page, kind, before + packets, within) - before
+    assert got >= packets, \
+        f"{got} of {packets} {kind} packets in {within} s; {forwarding(live, viewer)}"
+
+
+def forwarding(live: Any, viewer: str) -> str:
+    """How the server forwards to ``viewer``: each consumer's layer, target and pauses, and the
+    estimate of their receiving transport."""
+    if live is None or viewer not in live.participants:
+        return "no server state"
+    participant = live.participants[viewer]
+    transport = participant.subscribe_transport
+    estimate = live.router.estimate(transport) if transport is not None else None
+    consumers = [f"{c.id} {c.producer.kind} layer {c.layer} target {c.target} "
+                 f"paused {c.paused} packets {c.packets}"
+                 for c in participant.consumers.values()]
+    return (f"estimate {estimate.bitrate if estimate else None} bit/s, low bandwidth "
+            f"{transport is not None and live.router.low_bandwidth(transport)}, "
+            f"consumers: {'; '.join(consumers)}")
+
+
+async def wait_receiving(page: Any, kind: str, within: float = 20.0) -> None:
+    """The page has received more than 20 packets of ``kind`` (on its current connection)."""
+    count = await wait_packets(page, kind, 21, within)
+    assert count > 20, f"{count} {kind} packets after {within} s"
 
 
 async def test_a_page_switched_to_audio_only_receives_no_video_packets_while_another_does(
@@ -54,7 +95,8 @@ async def test_a_page_switched_to_audio_only_receives_no_video_packets_while_ano
     room = await server.create_room("audio only")
     alice, bob = await new_page(), await new_page()
     alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
-    await join(bob, await server.invite(room, "speaker"), "Bob")
+    bob_id = await join(bob, await server.invite(room, "speaker"), "Bob")
+    live = server.running.services.registry.find(room)
     await wait_receiving(bob, "video")
     await wait_receiving(alice, "video")
 
@@ -63,8 +105,8 @@ async def test_a_page_switched_to_audio_only_receives_no_video_packets_while_ano
     await bob.wait_for_function("window.townhall.forwarded && window.townhall.forwarded.size === 0")
     await bob.wait_for_timeout(500)  # packets already on the way
     assert await growth(bob, "video") == 0, "audio-only: not one video packet"
-    assert await growth(bob, "audio") > 10, "audio keeps coming"
-    assert await growth(alice, "video") > 20, "the other page keeps receiving video"
+    await keeps_receiving(bob, "audio", 10)  # audio keeps coming
+    await keeps_receiving(alice, "video", 20)  # the other page keeps receiving video
     paused = bob.locator(f'figure[data-participant="{alice_id}"] [data-testid="video-paused"]')
     assert await paused.is_visible()
 
@@ -72,7 +114,7 @@ async def test_a_page_switched_to_audio_only_receives_no_video_packets_while_ano
     assert await bob.get_attribute("#audio-only-toggle", "aria-pressed") == "false"
     await bob.wait_for_function(
         "(id) => window.townhall.forwarded && window.townhall.forwarded.has(id)", arg=alice_id)
-    assert await growth(bob, "video", 1500) > 20, "video resumes without renegotiation"
+    await keeps_receiving(bob, "video", 20, live, bob_id)  # without renegotiation
     assert await paused.is_hidden()
 
 
@@ -109,7 +151,7 @@ async def test_red_audio_from_a_browser_reaches_a_browser_as_red_and_aiortc_as_o
                      if microphone.id in p.consumers}
         assert consumers["Bob"].slot.red_payload_type is not None, "Chromium accepted RED"
         assert consumers["aiortc"].slot.red_payload_type is None
-        assert await growth(bob, "audio") > 40
+        await keeps_receiving(bob, "audio", 40)
     finally:
         await plain.close()
 
@@ -140,7 +182,8 @@ async def test_pages_connect_again_when_the_server_loses_their_media_connections
     await lost.close()
     await bob.wait_for_function("window.townhall._subscribeConnection === 2")
     await wait_receiving(bob, "video")
-    assert await growth(bob, "video") > 20, "Alice's video comes back on the new connection"
+    # Alice's video comes back on the new connection and keeps coming
+    await keeps_receiving(bob, "video", 20, live, bob_id)
     assert await first_video.count() == 1, "one tile for Alice, not a stale one beside it"
 
     # Alice's publishing connection dies: her page publishes again on a new one.
@@ -155,9 +198,8 @@ async def test_pages_connect_again_when_the_server_loses_their_media_connections
     assert live.participants[alice_id].publish_transport is not lost
     await bob.wait_for_function(
         "(id) => window.townhall.forwarded && window.townhall.forwarded.has(id)", arg=alice_id)
-    await bob.wait_for_timeout(1000)
-    assert await growth(bob, "video") > 20, "Bob receives Alice's new video"
-    assert await growth(bob, "audio") > 10, "and her audio"
+    await keeps_receiving(bob, "video", 20, live, bob_id)  # Alice's new video
+    await keeps_receiving(bob, "audio", 10, live, bob_id)  # and her audio
     assert await first_video.count() == 1
 
 
@@ -182,7 +224,7 @@ async def test_pages_replace_their_own_media_connections_when_these_fail_or_stay
     await bob.wait_for_function("window.townhall._subscribeConnection === 2")
     assert live.participants[bob_id].subscribe_transport is not first
     await wait_receiving(bob, "video")
-    assert await growth(bob, "video") > 20, "Alice's video comes back on the new connection"
+    await keeps_receiving(bob, "video", 20, live, bob_id)  # Alice's video is back
 
     # Alice's publishing peer connection stays disconnected: after 5 s her page reports it,
     # and publishes again on a new one without waiting for the server to notice.
@@ -194,5 +236,4 @@ async def test_pages_replace_their_own_media_connections_when_these_fail_or_stay
         "window.townhall.publishTransport !== window.failedTransport && "
         "window.townhall.publishTransport.connectionState === 'connected'", timeout=10000)
     assert live.participants[alice_id].publish_transport is not lost
-    await bob.wait_for_timeout(1500)
-    assert await growth(bob, "video") > 20, "Bob receives Alice's new video"
+    await keeps_receiving(bob, "video", 20, live, bob_id)  # Alice's new video
