@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 from support import Clock
 from townhall.sfu import bandwidth, rtcp
+from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.bandwidth import Estimate, VideoDemand, allocate
 
 LAYERS = [150_000, 500_000, 1_500_000]
@@ -243,3 +247,23 @@ def test_retransmissions_get_a_quarter_of_the_estimate_in_short_bursts() -> None
     budget.set_estimate(100_000)  # a narrow link: still two full packets at once
     clock.now += 10
     assert budget.take(1_200) and budget.take(1_200) and not budget.take(1_200)
+
+
+def test_probe_padding_is_shared_out_each_tick_and_cleared_once_probing_stops() -> None:
+    video = [SimpleNamespace(producer=SimpleNamespace(kind="video"), layer=1, paused=False,
+                             padding=0) for _ in range(2)]
+    audio = SimpleNamespace(producer=SimpleNamespace(kind="audio"), layer=0, paused=False,
+                            padding=0)
+    allocation = VideoAllocation("t", Clock())
+    consumers: list[Any] = [*video, audio]
+    allocation.probe(consumers, 0.1)
+    assert [c.padding for c in consumers] == [0, 0, 0], "not probing: no padding"
+
+    allocation.probe_rate = 160_000  # 2,000 bytes a tick, shared by the two videos
+    allocation.probe(consumers, 0.1)
+    assert [c.padding for c in consumers] == [1000, 1000, 0]
+    video[0].padding = 0  # sent after its next frame
+
+    allocation.probe_rate = 0
+    allocation.probe(consumers, 0.1)
+    assert [c.padding for c in consumers] == [0, 0, 0], "what is still owed is dropped"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from aiortc.rtp import RtcpPacket, RtcpRrPacket
 
 from support import Clock
 from townhall.sfu import rtcp, sequence
@@ -78,10 +79,38 @@ def test_feedback_is_read_from_the_packets_the_sfu_builds() -> None:
     stats = rtcp.ReceptionStats()
     stats.add(1)
     compound = (rtcp.nack(1, 2, [9, 5, 5]) + rtcp.pli(1, 3)
-                + rtcp.sender_report(4, 1 << 40, 99, 3, 300) + rtcp.receiver_report(1, 2, stats))
+                + rtcp.sender_report(4, 1 << 40, 99, 3, 300)
+                + rtcp.receiver_report(1, [(2, stats)]))
     kinds = [(f.kind, f.media_ssrc) for f in rtcp.parse(compound)]
     assert kinds == [("nack", 2), ("keyframe", 3), ("sender-report", 4), ("report", 2)]
     assert rtcp.parse(rtcp.nack(1, 2, [9, 5, 5]))[0].lost == (5, 9)
+
+
+def test_a_receiver_report_about_a_producers_layers_reads_back_block_by_block() -> None:
+    received, lossy, doubled = rtcp.ReceptionStats(), rtcp.ReceptionStats(), rtcp.ReceptionStats()
+    for number in range(65530, 65536 + 4):
+        received.add(number & 0xFFFF)
+    lossy.add(1)
+    lossy.add(10)  # 8 lost of 10
+    lossy.last_sr = 0x12345678
+    doubled.add(7)
+    doubled.add(7)  # a duplicate: more received than expected, reported as no loss
+    report = rtcp.receiver_report(99, [(1, received), (2, lossy), (3, doubled)])
+    parsed = RtcpPacket.parse(report)
+    assert len(parsed) == 1 and isinstance(parsed[0], RtcpRrPacket) and parsed[0].ssrc == 99
+    blocks = [(b.ssrc, b.fraction_lost, b.packets_lost, b.highest_sequence, b.lsr)
+              for b in parsed[0].reports]
+    assert blocks == [(1, 0, 0, 0x10003, 0), (2, (8 << 8) // 10, 8, 10, 0x12345678),
+                      (3, 0, 0, 7, 0)]
+
+
+def test_a_receiver_report_holds_one_to_31_blocks() -> None:
+    stats = rtcp.ReceptionStats()
+    stats.add(1)
+    assert len(rtcp.receiver_report(1, [(n, stats) for n in range(31)])) == 8 + 31 * 24
+    for count in (0, 32):
+        with pytest.raises(ValueError):
+            rtcp.receiver_report(1, [(n, stats) for n in range(count)])
 
 
 def test_malformed_rtcp_raises_value_error() -> None:

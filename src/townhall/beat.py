@@ -191,6 +191,8 @@ class Beat:
         #: Work of each length (in beats) registered so far, to spread it over its beats.
         self._registered: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Called at every beat with how late the wake-up came (:meth:`watch`).
+        self._watchers: list[Callable[[float], None]] = []
 
     def every(self, interval: float, work: Work, name: str = "") -> Callable[[], None]:
         """Run ``work`` every ``interval`` (a multiple of the beat's) from now on, on one of
@@ -214,6 +216,19 @@ class Beat:
             self._task = loop.create_task(self._run())
         return lambda: self._stop(key)
 
+    @property
+    def running(self) -> bool:
+        """Whether the beat wakes every interval now: some work is registered."""
+        return self._task is not None and not self._task.done()
+
+    def watch(self, watcher: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``watcher`` at every beat while the beat runs, with how late its wake-up came
+        (``sleep_to_next_beat``), before the work; returns what stops it. The loop watch
+        (``server/pauses.py``) measures holds of the event loop so, without a task of its own
+        to wake."""
+        self._watchers.append(watcher)
+        return lambda: self._watchers.remove(watcher) if watcher in self._watchers else None
+
     def _stop(self, key: int) -> None:
         self._entries.pop(key, None)
         if not self._entries and self._task is not None:
@@ -221,8 +236,16 @@ class Beat:
             self._task = None
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._entries:
-            number = round(await sleep_to_next(self.interval) / self.interval)
+            due, owed = await sleep_to_next_beat(self.interval)
+            late = loop.time() - owed
+            for watcher in self._watchers:
+                try:
+                    watcher(late)
+                except Exception:
+                    logger.exception("a beat's watcher failed")
+            number = round(due / self.interval)
             since = self._clock()
             for key, entry in list(self._entries.items()):
                 # Work due by this beat runs; so does work whose beat went by while the last

@@ -32,7 +32,7 @@ class VideoAllocation:
     """Allocation state of one transport."""
 
     __slots__ = ("_reported_lost", "_reported_sent", "estimate", "forwarding", "growth",
-                 "low_bandwidth", "name", "probe_rate", "resend", "twcc")
+                 "low_bandwidth", "name", "padded", "probe_rate", "resend", "twcc")
 
     def __init__(self, name: str, clock: Callable[[], float]) -> None:
         self.name = name
@@ -45,6 +45,8 @@ class VideoAllocation:
         self.low_bandwidth = False
         #: Bit/s of probe padding to send (0: none).
         self.probe_rate = 0
+        #: Probe padding was given out since the consumers' padding was last cleared.
+        self.padded = False
         #: How far past what gets through the estimate can grow (see ``bandwidth.probe_rate``).
         self.growth = bandwidth.ESTIMATE_GROWTH
         #: Transport-wide sequence numbers and their feedback, once the far end accepted them.
@@ -159,14 +161,17 @@ class VideoAllocation:
     def probe(self, consumers: Iterable[Consumer], interval: float) -> None:
         """Give the forwarding video consumers their share of ``interval`` seconds of probe
         padding (or none, when not probing)."""
+        if not self.probe_rate:
+            if self.padded:  # probing stopped: what is still owed is not sent
+                for consumer in consumers:
+                    consumer.padding = 0
+                self.padded = False
+            return
         video = [c for c in consumers
                  if c.producer.kind == "video" and c.layer >= 0 and not c.paused]
-        if not self.probe_rate:
-            for consumer in video:
-                consumer.padding = 0
-            return
         if not video:
             return
+        self.padded = True
         share = int(self.probe_rate * interval / 8 / len(video))
         for consumer in video:
             consumer.padding = min(consumer.padding + share, share * PADDING_BACKLOG)

@@ -252,14 +252,16 @@ class Producer:
             self.transport.send_rtcp(rtcp.nack(self.track.rtcp_ssrc, ssrc, sequences))
 
     def send_reports(self, bitrate: int) -> None:
-        """Receiver reports, and for video a bandwidth estimate the producer may use."""
-        ssrcs = [layer.ssrc for layer in self.layers if layer.ssrc is not None]
-        for layer in self.layers:
-            if layer.ssrc is not None:
-                self.transport.send_rtcp(rtcp.receiver_report(
-                    self.track.rtcp_ssrc, layer.ssrc, layer.reception))
-        if self.kind == "video" and ssrcs:
-            self.transport.send_rtcp(rtcp.remb(self.track.rtcp_ssrc, bitrate, ssrcs))
+        """One compound RTCP packet: a receiver report about every layer, and for video a
+        bandwidth estimate the producer may use."""
+        blocks = [(layer.ssrc, layer.reception) for layer in self.layers
+                  if layer.ssrc is not None]
+        if not blocks:
+            return
+        report = rtcp.receiver_report(self.track.rtcp_ssrc, blocks)
+        if self.kind == "video":
+            report += rtcp.remb(self.track.rtcp_ssrc, bitrate, [ssrc for ssrc, _ in blocks])
+        self.transport.send_rtcp(report)
 
     def measure(self, now: float) -> None:
         """Update each layer's bitrate (periodic work)."""

@@ -657,7 +657,7 @@ class Router:
     def _probe(self) -> Iterator[None]:
         """Periodic work: probe padding for the transports whose estimate should grow."""
         for state in list(self._transports.values()):
-            if state.video.probe_rate or state.video.forwarding:
+            if state.video.probe_rate or state.video.padded:
                 yield
                 state.video.probe(state.consumers_by_ssrc.values(), TICK_INTERVAL)
 

@@ -7,6 +7,7 @@ fields the SFU needs and builds the packets it sends.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiortc.rtp import (
@@ -17,7 +18,6 @@ from aiortc.rtp import (
     RtcpByePacket,
     RtcpPacket,
     RtcpPsfbPacket,
-    RtcpReceiverInfo,
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
@@ -105,18 +105,27 @@ def remb(sender_ssrc: int, bitrate: int, media_ssrcs: list[int]) -> bytes:
     )
 
 
-def receiver_report(sender_ssrc: int, media_ssrc: int, stats: ReceptionStats) -> bytes:
-    fraction, _lost = stats.interval_loss()
-    info = RtcpReceiverInfo(
-        ssrc=media_ssrc,
-        fraction_lost=fraction,
-        packets_lost=min(stats.cumulative_lost, 0x7FFFFF),
-        highest_sequence=stats.extended_highest & 0xFFFFFFFF,
-        jitter=0,
-        lsr=stats.last_sr,
-        dlsr=0,
-    )
-    return bytes(RtcpRrPacket(ssrc=sender_ssrc, reports=[info]))
+#: A receiver report's header (RFC 3550 6.4.2): V=2 and the block count, PT=201, length in
+#: 32-bit words minus one, the sender's SSRC; then per block SSRC, fraction lost and the 24-bit
+#: cumulative loss, extended highest sequence number, jitter, LSR, DLSR.
+_RR_HEADER = struct.Struct("!BBHI")
+_RR_BLOCK = struct.Struct("!IIIIII")
+#: Report blocks one receiver report holds (its 5-bit count).
+MAX_REPORT_BLOCKS = 31
+
+
+def receiver_report(sender_ssrc: int, blocks: Sequence[tuple[int, ReceptionStats]]) -> bytes:
+    """One receiver report about each (media SSRC, reception) of ``blocks`` (at most
+    ``MAX_REPORT_BLOCKS``): a producer's layers are reported in one packet."""
+    if not 0 < len(blocks) <= MAX_REPORT_BLOCKS:
+        raise ValueError(f"a receiver report holds 1 to {MAX_REPORT_BLOCKS} blocks")
+    out = [_RR_HEADER.pack(0x80 | len(blocks), 201, 1 + 6 * len(blocks), sender_ssrc)]
+    for media_ssrc, stats in blocks:
+        fraction, _lost = stats.interval_loss()
+        lost = min(stats.cumulative_lost, 0x7FFFFF)  # never negative (ReceptionStats)
+        out.append(_RR_BLOCK.pack(media_ssrc, fraction << 24 | lost,
+                                  stats.extended_highest & 0xFFFFFFFF, 0, stats.last_sr, 0))
+    return b"".join(out)
 
 
 #: A sender report without report blocks (RFC 3550 6.4.1): V=2, PT=200, length 6 words.
