@@ -133,7 +133,7 @@ async def test_work_of_the_same_interval_is_dealt_out_over_the_beats_of_the_inte
     rooms_by_beat = [beat.split() for beat in " ".join(ran).split("beat")]
     assert sum(len(rooms) for rooms in rooms_by_beat) >= 10 * 2  # each room's, twice or more
     # never two rooms' work of a second on the same beat: one after another, in turn
-    assert max(len(rooms) for rooms in rooms_by_beat) == 1
+    assert max(len(rooms) for rooms in rooms_by_beat) == 1, ran
 
 
 async def _interleaving(step_time: float, steps: int) -> list[str]:

@@ -210,7 +210,11 @@ class Beat:
         self._registered[period] = turn + 1
         key, self._next_key = self._next_key, self._next_key + 1
         entry = _Entry(period, turn % period, work, name or getattr(work, "__qualname__", "?"))
-        entry.due = entry.next_after(math.floor(loop.time() / self.interval))
+        # the beat a sleeper would count as the last one (see sleep_to_next_beat): taking the
+        # loop's clock alone, work registered just before a beat would be due at the beat the
+        # task skips, and run one beat late beside the next one's
+        now = max(loop.time(), time.monotonic()) + CLOCK_TOLERANCE
+        entry.due = entry.next_after(math.floor(now / self.interval))
         self._entries[key] = entry
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())

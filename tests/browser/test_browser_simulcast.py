@@ -235,9 +235,8 @@ async def wait_top_layer(producer: Any, fits: Any, timeout: float, what: str) ->
 
 
 async def test_a_chromium_publisher_is_told_when_its_video_arrived_and_sends_by_it(
-    server: Any, new_page: Any, monkeypatch: pytest.MonkeyPatch
+    server: Any, new_page: Any
 ) -> None:
-    monkeypatch.setattr(twcc, "PUBLISHER_FEEDBACK", True)  # off by default: see twcc.py
     room = await server.create_room("publisher feedback")
     alice, bob = await new_page(), await new_page()
     alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")

@@ -277,14 +277,13 @@ class TwccSender:
 # -- the receiving side: feedback to a publisher ------------------------------------------------
 
 #: Whether publish answers accept transport-wide sequence numbers (and publishers get
-#: feedback). Off: a browser test of replaced connections
-#: (tests/browser/test_browser_receiving.py) fails now and then with it on, with the video held
-#: back after a long hold of the event loop, also since an arrival is the kernel's receive time
-#: of the datagram where the socket's native reader reads it (SO_TIMESTAMPNS, ``_read.c``).
-#: What is left: a hold of the loop also holds the feedback back, and a browser that has had
-#: none for a while stops sending until it comes (see ``architecture.md``, *Publishers'
-#: uplinks*). Not shown.
-PUBLISHER_FEEDBACK = False
+#: feedback, from which a browser estimates its uplink). An arrival is the kernel's receive time
+#: of the datagram where the socket's native reader reads it (SO_TIMESTAMPNS, ``_read.c``), so
+#: a hold of the event loop does not reach the publisher's browser as queueing on its uplink.
+#: (It was off for a while after a browser test of replaced connections failed now and then;
+#: the test's wait for video had returned at once, see ``architecture.md``, *Publishers'
+#: uplinks*.)
+PUBLISHER_FEEDBACK = True
 #: Arrivals a publish transport remembers between two feedback packets (a power of two).
 ARRIVALS = 1024
 #: ``TwccReceiver.arrivals``' header (``Arrivals`` in ``_read.c``): the extension id (0: not
