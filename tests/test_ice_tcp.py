@@ -12,8 +12,9 @@ import pytest
 from aioice import stun
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from townhall import beat
 from townhall.sfu.ice import IceMux
-from townhall.sfu.icetcp import FrameDecoder, encode_frame
+from townhall.sfu.icetcp import FrameDecoder, TcpFrameListener, encode_frame
 
 LOOPBACK = "127.0.0.1"
 
@@ -189,3 +190,28 @@ async def test_silent_stream_is_closed_after_the_first_frame_timeout(mux: IceMux
         await wait_for(lambda: mux.tcp_stream_count == 0, timeout=1)
     finally:
         writer.close()
+
+
+async def test_periodic_work_runs_in_the_wake_up_of_a_frame_read_after_its_beat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
+    loop = asyncio.get_running_loop()
+    wakeups = beat.wakeups(loop)
+    wakeups.readers += 1  # as the UDP socket's native reader does: the beats' timers wait
+    frames: list[bytes] = []
+    listener = TcpFrameListener(lambda frame, peer: frames.append(frame) is None,
+                                lambda peer: None)
+    port = await listener.start(LOOPBACK, 0)
+    _, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        sleeper = wakeups.until(loop.time() + 0.05)
+        await asyncio.sleep(0.1)
+        assert not sleeper.done()  # its timer waits the slack
+        writer.write(encode_frame(b"media"))
+        await asyncio.wait_for(sleeper, 2.0)
+        assert frames == [b"media"]
+    finally:
+        wakeups.readers -= 1
+        writer.close()
+        await listener.close()

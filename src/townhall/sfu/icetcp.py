@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable
+
+from townhall import beat
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Address | None = None
         self.confirmed = False
+        self._wakeups: beat.Wakeups | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -84,9 +88,10 @@ class _Stream(asyncio.Protocol):
             return
         self.transport = transport
         self.peer = (str(peer[0]), int(peer[1]))
-        self._timeout = asyncio.get_running_loop().call_later(
-            self._listener.first_frame_timeout, self._expire
-        )
+        loop = asyncio.get_running_loop()
+        self._timeout = loop.call_later(self._listener.first_frame_timeout, self._expire)
+        # a meeting whose media all comes over TCP wakes the beats too (see beat.Wakeups)
+        self._wakeups = beat.wakeups(loop)
         self._listener.stream_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -100,6 +105,9 @@ class _Stream(asyncio.Protocol):
             if not self.confirmed:
                 self.confirmed = True
                 self._cancel_timeout()
+        wakeups = self._wakeups
+        if wakeups is not None and wakeups.due <= time.monotonic():
+            wakeups.ride()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
