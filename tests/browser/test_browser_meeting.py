@@ -208,7 +208,7 @@ async def test_a_page_reconnects_by_itself_after_its_socket_closes_abnormally(
     await assert_video_playing(bob, await alice.evaluate("window.townhall.self.id"))
 
 
-async def test_a_shared_screen_appears_as_its_own_tile_on_the_other_page(
+async def test_a_shared_screen_appears_as_its_own_tile_on_the_other_page_and_can_be_shared_again(
     server: Any, new_page: Any
 ) -> None:
     room = await server.create_room("screen")
@@ -230,3 +230,11 @@ async def test_a_shared_screen_appears_as_its_own_tile_on_the_other_page(
     await bob.locator(f'video[data-participant="{alice_id}"][data-source="screen"]').wait_for(
         state="detached"
     )
+
+    # The offer that ends the share keeps its section, rejected; the answer must reject it too
+    # (see sfu/rejected_sdp.py), or the page's publishing connection takes no new offer.
+    await alice.wait_for_function("window.townhall.publishTransport.signalingState === 'stable'")
+    await alice.click("#screen-toggle")
+    await alice.locator('#screen-toggle[aria-pressed="true"]').wait_for()
+    await assert_video_playing(bob, alice_id, "screen")
+    await assert_video_playing(bob, alice_id, "camera")

@@ -31,7 +31,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest, MediaClosed
-from townhall.sfu import audio_sdp, simulcast_sdp, twcc
+from townhall.sfu import audio_sdp, rejected_sdp, simulcast_sdp, twcc
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
 from townhall.sfu.native import NativeSend, Route
@@ -430,6 +430,7 @@ class Transport:
             answer = simulcast_sdp.complete_answer(answer, layers)
         if twcc.PUBLISHER_FEEDBACK:  # the router tells it when its video arrived
             answer = twcc.complete_answer(answer, offer)
+        answer = rejected_sdp.rejected_as_offered(offer, answer)
         return answer, self._incoming(description, parsed, layers)
 
     def _incoming(self, offer: Any, answer: Any,

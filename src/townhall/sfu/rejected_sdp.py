@@ -1,0 +1,56 @@
+"""Media sections an offer rejects stay rejected in the answer (RFC 8829 5.3.1, RFC 9143 7.3.3).
+
+When a page stops a transceiver (a screen share ends) its next offer keeps the media section
+with port 0 and leaves its mid out of the BUNDLE group. aiortc answers such a section with a
+live port, ``a=inactive``, and its mid in the BUNDLE group, and Chromium refuses that answer ("A
+BUNDLE group in answer contains a MID that was not in the offered group"): the publishing
+connection is then stuck with an offer nobody answered, and the page can publish nothing new on
+it. So the answer's section gets port 0 too, and the BUNDLE group loses its mid.
+"""
+
+from __future__ import annotations
+
+_BUNDLE = "a=group:BUNDLE"
+
+
+def _sections(sdp: str) -> list[list[str]]:
+    """The session part, then each media section, as lists of lines."""
+    parts: list[list[str]] = [[]]
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            parts.append([])
+        parts[-1].append(line)
+    return parts
+
+
+def _port(section: list[str]) -> str:
+    fields = section[0].split(" ")
+    return fields[1] if len(fields) > 1 else ""
+
+
+def rejected_as_offered(offer: str, answer: str) -> str:
+    """``answer`` with port 0, and out of its BUNDLE group, every media section the offer
+    rejected (port 0 in the offer); unchanged when the offer rejected none."""
+    offered = _sections(offer)[1:]
+    rejected = [index for index, section in enumerate(offered) if _port(section) == "0"]
+    if not rejected:
+        return answer
+    parts = _sections(answer)
+    mids: set[str] = set()
+    for index in rejected:
+        if index + 1 >= len(parts):
+            continue
+        section = parts[index + 1]
+        kind, _, rest = section[0].partition(" ")
+        section[0] = " ".join([kind, "0", *rest.split(" ")[1:]])
+        mids.update(line[len("a=mid:"):] for line in section if line.startswith("a=mid:"))
+    session: list[str] = []
+    for line in parts[0]:
+        if line.startswith(_BUNDLE):
+            kept = [mid for mid in line[len(_BUNDLE):].split() if mid not in mids]
+            if not kept:
+                continue  # nothing left to bundle
+            line = " ".join([_BUNDLE, *kept])
+        session.append(line)
+    parts[0] = session
+    return "\r\n".join(line for part in parts for line in part) + "\r\n"
