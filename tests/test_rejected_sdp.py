@@ -32,8 +32,16 @@ def test_an_answer_to_an_offer_that_rejects_nothing_is_left_as_it_is() -> None:
 
 
 def test_a_bundle_group_left_empty_is_dropped() -> None:
-    offer = OFFER.replace("m=audio 9 ", "m=audio 0 ").replace("m=video 9 ", "m=video 0 ")
+    offer = OFFER.replace("m=audio 9 ", "m=audio 0 ").replace("m=video 9 ", "m=video 0 ") \
+        .replace("a=group:BUNDLE 0 1\r\n", "")
     answer = rejected_as_offered(offer, ANSWER)
     assert "a=group:BUNDLE" not in answer
     assert answer.count(" 0 UDP/TLS/RTP/SAVPF") == 3
 
+
+
+def test_a_bundle_only_section_is_not_taken_for_a_rejected_one() -> None:
+    # RFC 9143: port 0 with a=bundle-only, its mid in the group (GStreamer offers so)
+    offer = OFFER.replace("m=video 0 ", "m=video 9 ").replace("BUNDLE 0 1", "BUNDLE 0 1 2") \
+        .replace("m=audio 9 ", "m=audio 0 ").replace("a=mid:0", "a=mid:0\r\na=bundle-only")
+    assert rejected_as_offered(offer, ANSWER) == ANSWER

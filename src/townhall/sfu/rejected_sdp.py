@@ -28,11 +28,19 @@ def _port(section: list[str]) -> str:
     return fields[1] if len(fields) > 1 else ""
 
 
+def _mids(section: list[str]) -> list[str]:
+    return [line[len("a=mid:"):] for line in section if line.startswith("a=mid:")]
+
+
 def rejected_as_offered(offer: str, answer: str) -> str:
     """``answer`` with port 0, and out of its BUNDLE group, every media section the offer
-    rejected (port 0 in the offer); unchanged when the offer rejected none."""
-    offered = _sections(offer)[1:]
-    rejected = [index for index, section in enumerate(offered) if _port(section) == "0"]
+    rejected (port 0, its mid in no BUNDLE group); unchanged when the offer rejected none."""
+    session, *offered = _sections(offer)
+    bundled = {mid for line in session if line.startswith(_BUNDLE)
+               for mid in line[len(_BUNDLE):].split()}
+    # port 0 with its mid in the group is "bundle-only" (RFC 9143 7.2.1), not rejected
+    rejected = [index for index, section in enumerate(offered)
+                if _port(section) == "0" and not bundled & set(_mids(section))]
     if not rejected:
         return answer
     parts = _sections(answer)
@@ -43,14 +51,14 @@ def rejected_as_offered(offer: str, answer: str) -> str:
         section = parts[index + 1]
         kind, _, rest = section[0].partition(" ")
         section[0] = " ".join([kind, "0", *rest.split(" ")[1:]])
-        mids.update(line[len("a=mid:"):] for line in section if line.startswith("a=mid:"))
-    session: list[str] = []
+        mids.update(_mids(section))
+    kept_lines: list[str] = []
     for line in parts[0]:
         if line.startswith(_BUNDLE):
             kept = [mid for mid in line[len(_BUNDLE):].split() if mid not in mids]
             if not kept:
                 continue  # nothing left to bundle
             line = " ".join([_BUNDLE, *kept])
-        session.append(line)
-    parts[0] = session
+        kept_lines.append(line)
+    parts[0] = kept_lines
     return "\r\n".join(line for part in parts for line in part) + "\r\n"
