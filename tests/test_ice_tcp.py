@@ -192,7 +192,7 @@ async def test_silent_stream_is_closed_after_the_first_frame_timeout(mux: IceMux
         writer.close()
 
 
-async def test_periodic_work_runs_in_the_wake_up_of_a_frame_read_after_its_beat(
+async def test_a_frame_read_after_a_beat_wakes_the_beats_sleepers_before_their_timer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
@@ -200,8 +200,12 @@ async def test_periodic_work_runs_in_the_wake_up_of_a_frame_read_after_its_beat(
     wakeups = beat.wakeups(loop)
     wakeups.readers += 1  # as the UDP socket's native reader does: the beats' timers wait
     frames: list[bytes] = []
-    listener = TcpFrameListener(lambda frame, peer: frames.append(frame) is None,
-                                lambda peer: None)
+
+    def on_frame(frame: bytes, peer: tuple[str, int]) -> bool:
+        frames.append(frame)
+        return True
+
+    listener = TcpFrameListener(on_frame, lambda peer: None)
     port = await listener.start(LOOPBACK, 0)
     _, writer = await asyncio.open_connection(LOOPBACK, port)
     try:

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from support import Clock, NoMedia
-from townhall import beat
 from townhall.server.pauses import LoopWatch, PauseWatch, watch
 from townhall.sfu.transport import Codec, Transport
 
@@ -110,25 +109,3 @@ async def test_each_video_consumer_leaves_few_objects_for_a_full_collection_to_w
     finally:
         await transport.close()
     assert per_slot < 250, f"{per_slot:.0f} objects per video slot"
-
-
-async def test_while_the_routers_beat_runs_the_watch_counts_a_hold_once_through_its_beats(
-) -> None:
-    periodic = beat.shared()
-    stop_work = periodic.every(beat.INTERVAL, lambda: None, "a router's tick")
-    told: list[float] = []
-    stop_telling = periodic.watch(told.append)
-    # its own task looks again only every 10 s: a stall it counts came through the beat
-    loop_watch = LoopWatch(long=0.1, idle_interval=10.0)
-    loop_watch.start()
-    try:
-        await asyncio.sleep(0.25)
-        time.sleep(0.3)
-        await asyncio.sleep(0.25)
-    finally:
-        await loop_watch.stop()
-        stop_work()
-        stop_telling()
-    assert loop_watch.stalls == 1
-    assert 0.2 <= loop_watch.longest <= 0.4
-    assert len(told) >= 4, "every beat tells its watchers how late it came"

@@ -60,11 +60,15 @@ async def sleep_to_next_beat(interval: float) -> tuple[float, float]:
     datagram's reader woke it, ``RIDE_SLACK`` later when its timer did. ``loop.time()`` minus
     the second is how late the wake-up came."""
     loop = asyncio.get_running_loop()
-    # uvloop's clock counts whole milliseconds behind the monotonic clock the reader rides by:
-    # woken just after a beat, it may still read a time before it
-    now = max(loop.time(), time.monotonic()) + CLOCK_TOLERANCE
-    due = next_beat(now, interval)
+    due = next_beat(_beat_clock(loop), interval)
     return due, await wakeups(loop).until(due)
+
+
+def _beat_clock(loop: asyncio.AbstractEventLoop) -> float:
+    """Now, as the beats count it: uvloop's clock counts whole milliseconds behind the
+    monotonic clock the reader rides by, so woken just after a beat it may still read a time
+    before it; and a time within ``CLOCK_TOLERANCE`` before a beat counts as that beat."""
+    return max(loop.time(), time.monotonic()) + CLOCK_TOLERANCE
 
 
 class Wakeups:
@@ -191,8 +195,6 @@ class Beat:
         #: Work of each length (in beats) registered so far, to spread it over its beats.
         self._registered: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
-        #: Called at every beat with how late the wake-up came (:meth:`watch`).
-        self._watchers: list[Callable[[float], None]] = []
 
     def every(self, interval: float, work: Work, name: str = "") -> Callable[[], None]:
         """Run ``work`` every ``interval`` (a multiple of the beat's) from now on, on one of
@@ -210,28 +212,13 @@ class Beat:
         self._registered[period] = turn + 1
         key, self._next_key = self._next_key, self._next_key + 1
         entry = _Entry(period, turn % period, work, name or getattr(work, "__qualname__", "?"))
-        # the beat a sleeper would count as the last one (see sleep_to_next_beat): taking the
-        # loop's clock alone, work registered just before a beat would be due at the beat the
-        # task skips, and run one beat late beside the next one's
-        now = max(loop.time(), time.monotonic()) + CLOCK_TOLERANCE
-        entry.due = entry.next_after(math.floor(now / self.interval))
+        # on the sleepers' clock: with the loop's alone, work registered just before a beat
+        # would be due at the beat the task skips, and run a beat late beside the next one's
+        entry.due = entry.next_after(math.floor(_beat_clock(loop) / self.interval))
         self._entries[key] = entry
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
         return lambda: self._stop(key)
-
-    @property
-    def running(self) -> bool:
-        """Whether the beat wakes every interval now: some work is registered."""
-        return self._task is not None and not self._task.done()
-
-    def watch(self, watcher: Callable[[float], None]) -> Callable[[], None]:
-        """Call ``watcher`` at every beat while the beat runs, with how late its wake-up came
-        (``sleep_to_next_beat``), before the work; returns what stops it. The loop watch
-        (``server/pauses.py``) measures holds of the event loop so, without a task of its own
-        to wake."""
-        self._watchers.append(watcher)
-        return lambda: self._watchers.remove(watcher) if watcher in self._watchers else None
 
     def _stop(self, key: int) -> None:
         self._entries.pop(key, None)
@@ -240,16 +227,8 @@ class Beat:
             self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._entries:
-            due, owed = await sleep_to_next_beat(self.interval)
-            late = loop.time() - owed
-            for watcher in self._watchers:
-                try:
-                    watcher(late)
-                except Exception:
-                    logger.exception("a beat's watcher failed")
-            number = round(due / self.interval)
+            number = round(await sleep_to_next(self.interval) / self.interval)
             since = self._clock()
             for key, entry in list(self._entries.items()):
                 # Work due by this beat runs; so does work whose beat went by while the last

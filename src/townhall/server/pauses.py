@@ -66,16 +66,12 @@ LOOP_STALL = 0.1
 class LoopWatch:
     """Counts and logs the times the event loop was held for ``long`` seconds or more.
 
-    It asks to wake at every multiple of ``interval`` seconds on the event loop's clock
+    A task asks to wake at every multiple of ``interval`` seconds on the event loop's clock
     (``townhall.beat``); each wake-up at least ``long`` late is a stall. The lateness is what
     is counted, from when the wake-up was owed: a hold that began before then counts from then.
     Where the beats ride on datagrams, a wake-up is owed at the beat and comes with the first
     datagram after it, so a stall may also include the wait for that datagram (under
     ``beat.RIDE_SLACK``, after which the timer is owed).
-
-    While the routers' periodic work runs (``beat.shared()``, at ``interval``), the watch is told
-    the lateness of each of its beats (``Beat.watch``) rather than waking a task of its own on
-    the same beats: one wake-up fewer to handle ten times a second.
     """
 
     def __init__(self, interval: float = LOOP_INTERVAL, long: float = LOOP_STALL,
@@ -88,8 +84,6 @@ class LoopWatch:
         #: ``idle_interval`` only (a hold then is caught only if it spans a wake-up).
         self.busy = busy
         self._task: asyncio.Task[None] | None = None
-        self._periodic: beat.Beat | None = None
-        self._unwatch: Callable[[], None] | None = None
         #: stalls so far, their total length and the longest, in seconds
         self.stalls = 0
         self.stalled = 0.0
@@ -97,38 +91,20 @@ class LoopWatch:
 
     def start(self) -> None:
         if self._task is None:
-            periodic = self._periodic = beat.shared()
-            self._unwatch = periodic.watch(self._beat_woke)
-            self._task = asyncio.get_running_loop().create_task(self._run(periodic))
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if self._unwatch is not None:
-            self._unwatch()
-            self._unwatch = None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    def _riding(self, periodic: beat.Beat) -> bool:
-        """Whether the routers' beat wakes when the watch would and tells it how late."""
-        return self.busy() and periodic.running and periodic.interval == self.interval
-
-    def _beat_woke(self, late: float) -> None:
-        if self._periodic is not None and self._riding(self._periodic):
-            self.woke(late)
-
-    async def _run(self, periodic: beat.Beat) -> None:
+    async def _run(self) -> None:
         loop, busy = asyncio.get_running_loop(), self.busy
         while True:
-            if self._riding(periodic):
-                # only to look again whether it still does
-                await beat.sleep_to_next(self.idle_interval)
-                continue
             _, owed = await beat.sleep_to_next_beat(
                 self.interval if busy() else self.idle_interval)
-            if not self._riding(periodic):
-                self.woke(loop.time() - owed)
+            self.woke(loop.time() - owed)
 
     def woke(self, late: float) -> None:
         """Count one wake-up that came ``late`` seconds after it was due."""

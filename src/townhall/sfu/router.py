@@ -500,7 +500,7 @@ class Router:
         compound RTCP packets (one per transport and second, not one per consumer)."""
         for producer in list(self.producers.values()):
             if not producer.closed:
-                producer.send_reports(DEFAULT_BITRATE)  # one per layer: 3 for a camera
+                producer.send_reports(DEFAULT_BITRATE)  # one compound packet
                 yield
         for transport, state in list(self._transports.items()):
             reports = [report for consumer in list(state.consumers_by_ssrc.values())
