@@ -80,37 +80,39 @@ def test_feedback_is_read_from_the_packets_the_sfu_builds() -> None:
     stats.add(1)
     compound = (rtcp.nack(1, 2, [9, 5, 5]) + rtcp.pli(1, 3)
                 + rtcp.sender_report(4, 1 << 40, 99, 3, 300)
-                + rtcp.receiver_report(1, [(2, stats)]))
+                + rtcp.receiver_report(1, [(2, stats)], 0.0))
     kinds = [(f.kind, f.media_ssrc) for f in rtcp.parse(compound)]
     assert kinds == [("nack", 2), ("keyframe", 3), ("sender-report", 4), ("report", 2)]
     assert rtcp.parse(rtcp.nack(1, 2, [9, 5, 5]))[0].lost == (5, 9)
 
 
-def test_a_receiver_report_about_a_producers_layers_reads_back_block_by_block() -> None:
+def test_a_producers_receiver_report_reads_back_block_by_block_with_its_delays() -> None:
     received, lossy, doubled = rtcp.ReceptionStats(), rtcp.ReceptionStats(), rtcp.ReceptionStats()
     for number in range(65530, 65536 + 4):
         received.add(number & 0xFFFF)
     lossy.add(1)
     lossy.add(10)  # 8 lost of 10
-    lossy.last_sr = 0x12345678
+    lossy.sender_report(0x1234_5678_9ABC << 16 | 0xDEF0, now=10.0)  # LSR: the middle 32 bits
     doubled.add(7)
     doubled.add(7)  # a duplicate: more received than expected, reported as no loss
-    report = rtcp.receiver_report(99, [(1, received), (2, lossy), (3, doubled)])
+    report = rtcp.receiver_report(99, [(1, received), (2, lossy), (3, doubled)], now=10.75)
     parsed = RtcpPacket.parse(report)
     assert len(parsed) == 1 and isinstance(parsed[0], RtcpRrPacket) and parsed[0].ssrc == 99
-    blocks = [(b.ssrc, b.fraction_lost, b.packets_lost, b.highest_sequence, b.lsr)
+    blocks = [(b.ssrc, b.fraction_lost, b.packets_lost, b.highest_sequence, b.lsr, b.dlsr)
               for b in parsed[0].reports]
-    assert blocks == [(1, 0, 0, 0x10003, 0), (2, (8 << 8) // 10, 8, 10, 0x12345678),
-                      (3, 0, 0, 7, 0)]
+    # the delay since the last sender report in 1/65536 s (0 where none came)
+    assert blocks == [(1, 0, 0, 0x10003, 0, 0),
+                      (2, (8 << 8) // 10, 8, 10, 0x56789ABC, 49152),
+                      (3, 0, 0, 7, 0, 0)]
 
 
 def test_a_receiver_report_holds_one_to_31_blocks() -> None:
     stats = rtcp.ReceptionStats()
     stats.add(1)
-    assert len(rtcp.receiver_report(1, [(n, stats) for n in range(31)])) == 8 + 31 * 24
+    assert len(rtcp.receiver_report(1, [(n, stats) for n in range(31)], 0.0)) == 8 + 31 * 24
     for count in (0, 32):
         with pytest.raises(ValueError):
-            rtcp.receiver_report(1, [(n, stats) for n in range(count)])
+            rtcp.receiver_report(1, [(n, stats) for n in range(count)], 0.0)
 
 
 def test_malformed_rtcp_raises_value_error() -> None:

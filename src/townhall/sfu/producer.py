@@ -258,7 +258,7 @@ class Producer:
                   if layer.ssrc is not None]
         if not blocks:
             return
-        report = rtcp.receiver_report(self.track.rtcp_ssrc, blocks)
+        report = rtcp.receiver_report(self.track.rtcp_ssrc, blocks, self._clock())
         if self.kind == "video":
             report += rtcp.remb(self.track.rtcp_ssrc, bitrate, [ssrc for ssrc, _ in blocks])
         self.transport.send_rtcp(report)

@@ -426,7 +426,7 @@ class Router:
                 layer = state.layers_by_ssrc.get(item.media_ssrc)
                 if layer is not None:
                     layer.sender_report = (item.ntp_timestamp, item.rtp_timestamp)
-                    layer.reception.last_sr = (item.ntp_timestamp >> 16) & 0xFFFFFFFF
+                    layer.reception.sender_report(item.ntp_timestamp, self._clock())
                 continue
             if item.kind == "twcc":
                 self._transport_feedback(transport, state, item.raw)

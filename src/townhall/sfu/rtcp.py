@@ -114,17 +114,23 @@ _RR_BLOCK = struct.Struct("!IIIIII")
 MAX_REPORT_BLOCKS = 31
 
 
-def receiver_report(sender_ssrc: int, blocks: Sequence[tuple[int, ReceptionStats]]) -> bytes:
+def receiver_report(sender_ssrc: int, blocks: Sequence[tuple[int, ReceptionStats]],
+                    now: float) -> bytes:
     """One receiver report about each (media SSRC, reception) of ``blocks`` (at most
-    ``MAX_REPORT_BLOCKS``): a producer's layers are reported in one packet."""
+    ``MAX_REPORT_BLOCKS``): a producer's layers are reported in one packet. ``now`` is on the
+    clock of ``ReceptionStats.sender_report``: the delay since the last sender report (DLSR)
+    lets the sender take it out of its round-trip time."""
     if not 0 < len(blocks) <= MAX_REPORT_BLOCKS:
         raise ValueError(f"a receiver report holds 1 to {MAX_REPORT_BLOCKS} blocks")
     out = [_RR_HEADER.pack(0x80 | len(blocks), 201, 1 + 6 * len(blocks), sender_ssrc)]
     for media_ssrc, stats in blocks:
         fraction, _lost = stats.interval_loss()
         lost = min(stats.cumulative_lost, 0x7FFFFF)  # never negative (ReceptionStats)
+        delay = 0
+        if stats.last_sr:
+            delay = min(int(max(0.0, now - stats.last_sr_at) * 65536), 0xFFFFFFFF)
         out.append(_RR_BLOCK.pack(media_ssrc, fraction << 24 | lost,
-                                  stats.extended_highest & 0xFFFFFFFF, 0, stats.last_sr, 0))
+                                  stats.extended_highest & 0xFFFFFFFF, 0, stats.last_sr, delay))
     return b"".join(out)
 
 
@@ -144,7 +150,7 @@ class ReceptionStats:
     """What a receiver report says about one incoming SSRC (RFC 3550 appendix A.3)."""
 
     __slots__ = ("_base", "_cycles", "_expected_prior", "_highest", "_received",
-                 "_received_prior", "last_sr")
+                 "_received_prior", "last_sr", "last_sr_at")
 
     def __init__(self) -> None:
         self._base = -1
@@ -153,7 +159,15 @@ class ReceptionStats:
         self._received = 0
         self._expected_prior = 0
         self._received_prior = 0
+        #: The middle 32 bits of the last sender report's NTP timestamp (LSR; 0: none yet),
+        #: and when it arrived.
         self.last_sr = 0
+        self.last_sr_at = 0.0
+
+    def sender_report(self, ntp_timestamp: int, now: float) -> None:
+        """The source's sender report with ``ntp_timestamp`` arrived ``now``."""
+        self.last_sr = (ntp_timestamp >> 16) & 0xFFFFFFFF
+        self.last_sr_at = now
 
     def add(self, sequence: int) -> None:
         if self._base < 0:
