@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -238,3 +240,30 @@ async def test_a_shared_screen_appears_as_its_own_tile_on_the_other_page_and_can
     await alice.locator('#screen-toggle[aria-pressed="true"]').wait_for()
     await assert_video_playing(bob, alice_id, "screen")
     await assert_video_playing(bob, alice_id, "camera")
+
+
+ROUND_TRIPS = """async () => {
+    const out = [];
+    (await window.townhall.publishTransport.getStats()).forEach((s) => {
+        if (s.type === 'remote-inbound-rtp' && s.roundTripTimeMeasurements > 0)
+            out.push([s.kind, s.roundTripTime]);
+    });
+    return out;
+}"""
+
+
+async def test_a_publishing_page_measures_its_round_trip_from_the_servers_reports(
+    server: Any, new_page: Any
+) -> None:
+    """The receiver reports give the delay since each sender report (DLSR): without it the
+    page counted the wait for the server's next report, up to a second, as round trip."""
+    room = await server.create_room("round trip")
+    alice, bob = await new_page(), await new_page()
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    await join(bob, await server.invite(room, "speaker"), "Bob")
+    await assert_video_playing(bob, alice_id)
+    deadline = time.monotonic() + 15
+    while len(measured := await alice.evaluate(ROUND_TRIPS)) < 2:  # the audio and a layer
+        assert time.monotonic() < deadline, f"no round trip measured: {measured}"
+        await asyncio.sleep(0.5)
+    assert all(rtt < 0.1 for _, rtt in measured), f"round trips over loopback: {measured}"
