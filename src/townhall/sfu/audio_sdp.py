@@ -20,26 +20,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from townhall.sfu import sdp_text
+
 OPUS_PARAMETERS = (("useinbandfec", "1"), ("usedtx", "1"))
 #: Payload types tried for RED in an offer, Chrome's usual 63 first.
 RED_PAYLOAD_TYPES = (63, *range(62, 34, -1))
 
 _RTPMAP = re.compile(r"a=rtpmap:(\d+) ([^/\s]+)/(\d+)")
 _FMTP = re.compile(r"a=fmtp:(\d+) ?(.*)")
-
-
-def _sections(sdp: str) -> list[list[str]]:
-    """The session part and then each media section, as lists of lines without endings."""
-    sections: list[list[str]] = [[]]
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            sections.append([])
-        sections[-1].append(line)
-    return sections
-
-
-def _join(sections: list[list[str]]) -> str:
-    return "".join(line + "\r\n" for section in sections for line in section if line)
 
 
 def _rtpmap(section: list[str], name: str) -> int | None:
@@ -107,8 +95,8 @@ def _add_red(section: list[str], red: int, opus: int, first: bool) -> None:
 
 def complete_answer(offer: str, answer: str, red: bool = True) -> str:
     """The server's answer to a publisher, with Opus FEC/DTX and (if ``red``) RED accepted."""
-    offered = _sections(offer)[1:]
-    sections = _sections(answer)
+    offered = sdp_text.sections(offer)[1:]
+    sections = sdp_text.sections(answer)
     for n, section in enumerate(sections[1:]):
         if not _is_audio(section):
             continue
@@ -118,12 +106,12 @@ def complete_answer(offer: str, answer: str, red: bool = True) -> str:
         offered_red = _red_over(offered[n], opus)
         if offered_red is not None and _rtpmap(offered[n], "opus") == opus:
             _add_red(section, offered_red, opus, first=True)
-    return _join(sections)
+    return sdp_text.join(sections)
 
 
 def complete_offer(offer: str, red: bool = True) -> str:
     """The server's offer to a receiving page, with Opus FEC/DTX and (if ``red``) RED offered."""
-    sections = _sections(offer)
+    sections = sdp_text.sections(offer)
     used = {int(f) for section in sections[1:] for f in section[0].split()[3:] if f.isdigit()}
     free = next((pt for pt in RED_PAYLOAD_TYPES if pt not in used), None)
     for section in sections[1:]:
@@ -132,7 +120,7 @@ def complete_offer(offer: str, red: bool = True) -> str:
         opus = _with_opus_parameters(section)
         if opus is not None and red and free is not None:
             _add_red(section, free, opus, first=False)
-    return _join(sections)
+    return sdp_text.join(sections)
 
 
 def red_payload_type(media: Any, primary: int) -> int | None:

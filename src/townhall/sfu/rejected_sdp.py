@@ -10,17 +10,9 @@ it. So the answer's section gets port 0 too, and the BUNDLE group loses its mid.
 
 from __future__ import annotations
 
+from townhall.sfu import sdp_text
+
 _BUNDLE = "a=group:BUNDLE"
-
-
-def _sections(sdp: str) -> list[list[str]]:
-    """The session part, then each media section, as lists of lines."""
-    parts: list[list[str]] = [[]]
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            parts.append([])
-        parts[-1].append(line)
-    return parts
 
 
 def _port(section: list[str]) -> str:
@@ -35,7 +27,7 @@ def _mids(section: list[str]) -> list[str]:
 def rejected_as_offered(offer: str, answer: str) -> str:
     """``answer`` with port 0, and out of its BUNDLE group, every media section the offer
     rejected (port 0, its mid in no BUNDLE group); unchanged when the offer rejected none."""
-    session, *offered = _sections(offer)
+    session, *offered = sdp_text.sections(offer)
     bundled = {mid for line in session if line.startswith(_BUNDLE)
                for mid in line[len(_BUNDLE):].split()}
     # port 0 with its mid in the group is "bundle-only" (RFC 9143 7.2.1), not rejected
@@ -43,7 +35,7 @@ def rejected_as_offered(offer: str, answer: str) -> str:
                 if _port(section) == "0" and not bundled & set(_mids(section))]
     if not rejected:
         return answer
-    parts = _sections(answer)
+    parts = sdp_text.sections(answer)
     mids: set[str] = set()
     for index in rejected:
         if index + 1 >= len(parts):
@@ -61,4 +53,4 @@ def rejected_as_offered(offer: str, answer: str) -> str:
             line = " ".join([_BUNDLE, *kept])
         kept_lines.append(line)
     parts[0] = kept_lines
-    return "\r\n".join(line for part in parts for line in part) + "\r\n"
+    return sdp_text.join(parts)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from townhall.sfu import sdp_text
+
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 #: Most simulcast layers accepted from one track.
@@ -31,17 +33,6 @@ class OfferedSimulcast:
     rids: tuple[str, ...]
     rid_extension: int
     repaired_rid_extension: int | None
-
-
-def _sections(sdp: str) -> list[list[str]]:
-    """The media sections of ``sdp`` as lists of lines (the session part is dropped)."""
-    sections: list[list[str]] = []
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            sections.append([])
-        if sections:
-            sections[-1].append(line)
-    return sections
 
 
 def _simulcast_in(lines: list[str]) -> OfferedSimulcast | None:
@@ -77,7 +68,7 @@ def _simulcast_in(lines: list[str]) -> OfferedSimulcast | None:
 
 def offered(offer: str) -> list[OfferedSimulcast | None]:
     """Per media section of ``offer``: its simulcast layers, or None for a single stream."""
-    return [_simulcast_in(lines) for lines in _sections(offer)]
+    return [_simulcast_in(lines) for lines in sdp_text.sections(offer)[1:]]
 
 
 def complete_answer(answer: str, accepted: list[OfferedSimulcast | None]) -> str:

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from townhall.sfu import congestion, native, rtp
+from townhall.sfu import congestion, native, rtp, sdp_text
 from townhall.sfu.congestion import DELIVERED_SHARE, DelayBasedEstimate
 
 URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -91,21 +91,11 @@ def complete_answer(answer: str, offer: str) -> str:
     offer's id (an answer keeps the offerer's ids, RFC 8285). aiortc's answers leave out
     extensions it does not know; the SFU numbers, notes and reports the packets itself."""
     offered: dict[str, int] = {}
-    for section in _sections(offer)[1:]:
+    for section in sdp_text.sections(offer)[1:]:
         ident = _extension_in(section)
         if ident is not None:
             offered[_mid_of(section)] = ident
     return _complete(answer, offered.get)
-
-
-def _sections(sdp: str) -> list[list[str]]:
-    """The session part, then each media section, as lists of lines."""
-    sections: list[list[str]] = [[]]
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            sections.append([])
-        sections[-1].append(line)
-    return sections
 
 
 def _mid_of(section: list[str]) -> str:
@@ -126,7 +116,7 @@ def _extension_in(section: list[str]) -> int | None:
 def _complete(sdp: str, id_for_mid: Callable[[str], int | None]) -> str:
     """``sdp`` with the extension and its feedback added to each open video section that
     lacks it and for whose mid ``id_for_mid`` gives an id not used there already."""
-    sections = _sections(sdp)
+    sections = sdp_text.sections(sdp)
     out = sections[0]
     for section in sections[1:]:
         out.extend(section)
@@ -312,7 +302,7 @@ def sequence_in(packet: bytes, extension_id: int) -> int | None:
 def answered_id(answer: str) -> int:
     """The id an answer gives the extension in its first open video section that has it (0:
     none)."""
-    for section in _sections(answer)[1:]:
+    for section in sdp_text.sections(answer)[1:]:
         parts = section[0].split()
         if parts[0] == "m=video" and parts[1:2] != ["0"]:
             ident = _extension_in(section)
