@@ -15,24 +15,19 @@ from townhall.sfu import sdp_text
 _BUNDLE = "a=group:BUNDLE"
 
 
-def _port(section: list[str]) -> str:
-    fields = section[0].split(" ")
-    return fields[1] if len(fields) > 1 else ""
-
-
-def _mids(section: list[str]) -> list[str]:
-    return [line[len("a=mid:"):] for line in section if line.startswith("a=mid:")]
+def _bundled(line: str) -> list[str]:
+    """The mids of a BUNDLE group line."""
+    return line[len(_BUNDLE):].split()
 
 
 def rejected_as_offered(offer: str, answer: str) -> str:
     """``answer`` with port 0, and out of its BUNDLE group, every media section the offer
     rejected (port 0, its mid in no BUNDLE group); unchanged when the offer rejected none."""
     session, *offered = sdp_text.sections(offer)
-    bundled = {mid for line in session if line.startswith(_BUNDLE)
-               for mid in line[len(_BUNDLE):].split()}
+    bundled = {mid for line in session if line.startswith(_BUNDLE) for mid in _bundled(line)}
     # port 0 with its mid in the group is "bundle-only" (RFC 9143 7.2.1), not rejected
     rejected = [index for index, section in enumerate(offered)
-                if _port(section) == "0" and not bundled & set(_mids(section))]
+                if sdp_text.port_of(section) == "0" and sdp_text.mid_of(section) not in bundled]
     if not rejected:
         return answer
     parts = sdp_text.sections(answer)
@@ -43,11 +38,11 @@ def rejected_as_offered(offer: str, answer: str) -> str:
         section = parts[index + 1]
         kind, _, rest = section[0].partition(" ")
         section[0] = " ".join([kind, "0", *rest.split(" ")[1:]])
-        mids.update(_mids(section))
+        mids.add(sdp_text.mid_of(section))
     kept_lines: list[str] = []
     for line in parts[0]:
         if line.startswith(_BUNDLE):
-            kept = [mid for mid in line[len(_BUNDLE):].split() if mid not in mids]
+            kept = [mid for mid in _bundled(line) if mid not in mids]
             if not kept:
                 continue  # nothing left to bundle
             line = " ".join([_BUNDLE, *kept])

@@ -94,12 +94,8 @@ def complete_answer(answer: str, offer: str) -> str:
     for section in sdp_text.sections(offer)[1:]:
         ident = _extension_in(section)
         if ident is not None:
-            offered[_mid_of(section)] = ident
+            offered[sdp_text.mid_of(section)] = ident
     return _complete(answer, offered.get)
-
-
-def _mid_of(section: list[str]) -> str:
-    return next((line[6:].strip() for line in section if line.startswith("a=mid:")), "")
 
 
 def _extension_in(section: list[str]) -> int | None:
@@ -124,7 +120,7 @@ def _complete(sdp: str, id_for_mid: Callable[[str], int | None]) -> str:
         if parts[0] != "m=video" or parts[1:2] == ["0"] or any(
                 line.startswith("a=extmap:") and URI in line for line in section):
             continue
-        ident = id_for_mid(_mid_of(section))
+        ident = id_for_mid(sdp_text.mid_of(section))
         if ident is None or any(line.startswith((f"a=extmap:{ident} ", f"a=extmap:{ident}/"))
                                 for line in section):
             continue
