@@ -259,3 +259,53 @@ async def test_a_sleeper_cancelled_leaves_the_others_of_its_beat_asleep() -> Non
     cancelled.cancel()
     await asyncio.wait_for(kept, 2.0)
     assert cancelled.cancelled()
+
+
+async def test_a_beats_work_runs_in_the_wake_up_of_the_datagram_that_rides_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
+    loop = asyncio.get_running_loop()
+    wakeups = beat.wakeups(loop)
+    wakeups.readers += 1
+    periodic = Beat(interval=0.05)
+    ran: list[float] = []
+    stop = periodic.every(0.05, lambda: ran.append(loop.time()))
+    try:
+        time.sleep(max(0.0, wakeups.due - time.monotonic()) + 0.001)  # the beat is due
+        assert not ran
+        wakeups.ride()  # what the socket's reader does after reading
+        assert len(ran) == 1  # in the same call: no turn of the loop, no task woken
+        assert wakeups.due == pytest.approx(beat.next_beat(ran[0] + beat.CLOCK_TOLERANCE, 0.05))
+    finally:
+        stop()
+        wakeups.readers -= 1
+    assert wakeups.due == float("inf")  # stopped: nothing sleeps
+
+
+async def test_a_sleeper_that_fails_is_logged_and_the_others_of_its_beat_still_wake(
+        caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    wakeups = beat.Wakeups(loop)
+    due = loop.time() + 0.02
+    woken: list[float] = []
+
+    def fails(owed: float) -> None:
+        raise RuntimeError("broken sleeper")
+
+    wakeups.at(due, fails)
+    cancel = wakeups.at(due, woken.append)
+    kept = wakeups.until(due)
+    assert await asyncio.wait_for(kept, 2.0) == woken[0]
+    cancel()  # after the wake-up: nothing to cancel, no harm
+    assert "broken sleeper" in caplog.text
+
+
+async def test_a_cancelled_call_at_a_beat_is_not_made() -> None:
+    loop = asyncio.get_running_loop()
+    wakeups = beat.Wakeups(loop)
+    called: list[float] = []
+    cancel = wakeups.at(loop.time() + 0.02, called.append)
+    cancel()
+    assert wakeups.due == float("inf")
+    await asyncio.sleep(0.06)
+    assert not called

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from support import Clock, NoMedia
+from townhall.beat import Beat
 from townhall.server.pauses import LoopWatch, PauseWatch, watch
 from townhall.sfu.transport import Codec, Transport
 
@@ -48,7 +49,7 @@ def test_watching_follows_real_collections() -> None:
 def test_a_wake_up_late_by_the_limit_or_more_is_a_stall_and_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    loop_watch = LoopWatch(interval=0.05, long=0.1)
+    loop_watch = LoopWatch(long=0.1)
     with caplog.at_level(logging.WARNING, logger="townhall.server.pauses"):
         for late in (0.0, 0.099, 0.1, 0.02, 0.45):
             loop_watch.woke(late)
@@ -61,7 +62,9 @@ def test_a_wake_up_late_by_the_limit_or_more_is_a_stall_and_is_logged(
 
 
 async def test_holding_the_event_loop_is_caught_as_one_stall_of_about_the_hold() -> None:
-    loop_watch = LoopWatch(interval=0.02, long=0.1)
+    periodic = Beat(interval=0.02)
+    stop_work = periodic.every(0.02, lambda: None)  # a meeting's periodic work
+    loop_watch = LoopWatch(long=0.1, periodic=periodic)
     loop_watch.start()
     try:
         await asyncio.sleep(0.1)
@@ -69,27 +72,50 @@ async def test_holding_the_event_loop_is_caught_as_one_stall_of_about_the_hold()
         await asyncio.sleep(0.1)
     finally:
         await loop_watch.stop()
+        stop_work()
     assert loop_watch.stalls == 1
     assert 0.26 <= loop_watch.longest <= 0.4
 
 
-async def test_the_watch_wakes_rarely_while_nothing_is_live_and_often_once_something_is(
+async def test_a_hold_within_the_beats_own_work_is_caught_too() -> None:
+    periodic = Beat(interval=0.02)
+    holds = [0.3]
+    stop_work = periodic.every(0.02, lambda: holds and time.sleep(holds.pop()))
+    loop_watch = LoopWatch(long=0.1, periodic=periodic)
+    loop_watch.start()
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        await loop_watch.stop()
+        stop_work()
+    assert not holds, "the work ran"
+    assert loop_watch.stalls == 1
+    assert 0.26 <= loop_watch.longest <= 0.4
+
+
+async def test_the_watch_wakes_rarely_on_its_own_and_with_every_beat_while_work_runs(
 ) -> None:
-    live = False
-    loop_watch = LoopWatch(interval=0.01, long=0.1, busy=lambda: live, idle_interval=0.25)
+    periodic = Beat(interval=0.01)
+    loop_watch = LoopWatch(long=0.1, idle_interval=0.25, periodic=periodic)
     wake_ups: list[float] = []
     loop_watch.woke = wake_ups.append  # type: ignore[method-assign]
     loop_watch.start()
+    stop_work = None
     try:
         await asyncio.sleep(0.4)
         idle = len(wake_ups)
-        live = True
-        await asyncio.sleep(0.45)  # the idle sleep under way ends first
+        assert not loop_watch.busy()
+        stop_work = periodic.every(0.01, lambda: None)  # a meeting began
+        assert loop_watch.busy()
+        await asyncio.sleep(0.3)
         busy = len(wake_ups) - idle
     finally:
         await loop_watch.stop()
+        if stop_work is not None:
+            stop_work()
     assert 1 <= idle <= 2
     assert busy >= 10
+    assert periodic.watch is None  # stopped: the beat no longer tells it
 
 
 async def test_each_video_consumer_leaves_few_objects_for_a_full_collection_to_walk() -> None:

@@ -6,10 +6,12 @@ a meeting's packets arriving a few hundred times a second, every wake-up finds t
 multiple of its interval on the event loop's clock rather than for the interval
 (:func:`sleep_to_next`), and work that falls due together wakes the process once.
 
-Every room's periodic work runs from one task per event loop (:class:`Beat`), in steps: work
+Every room's periodic work runs from one runner per event loop (:class:`Beat`), in steps: work
 that is a generator gives the loop back to arriving packets whenever the beat's steps have run
-for ``STEP_TIME`` since it last did. One task bounds that hold for all rooms together; a task
-per room would let each of them hold the loop that long in the same turn.
+for ``STEP_TIME`` since it last did. One runner bounds that hold for all rooms together; one
+per room would let each of them hold the loop that long in the same turn. The runner is plain
+callbacks, not a task: at one consumer, the tasks' wake-ups (a future, a task step and a
+coroutine chain per beat) were a measurable part of the server's CPU.
 
 A beat rides on datagrams (:class:`Wakeups`): where the media socket's reader reads after a
 beat was due, it wakes that beat's sleepers there, and their timer, ``RIDE_SLACK`` later, is
@@ -20,6 +22,7 @@ so its periodic work needs no wake-up of its own.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import math
@@ -64,6 +67,15 @@ async def sleep_to_next_beat(interval: float) -> tuple[float, float]:
     return due, await wakeups(loop).until(due)
 
 
+def call_at_next_beat(loop: asyncio.AbstractEventLoop, interval: float,
+                      callback: Callable[[float, float], object]) -> Callable[[], None]:
+    """:func:`sleep_to_next_beat` for a callback: ``callback(beat, owed)`` is called at the
+    next multiple of ``interval`` on ``loop``'s clock, in the wake-up of the datagram or timer
+    that wakes the beat. Returns what cancels it."""
+    due = next_beat(_beat_clock(loop), interval)
+    return wakeups(loop).at(due, functools.partial(callback, due))
+
+
 def _beat_clock(loop: asyncio.AbstractEventLoop) -> float:
     """Now, as the beats count it: uvloop's clock counts whole milliseconds behind the
     monotonic clock the reader rides by, so woken just after a beat it may still read a time
@@ -99,15 +111,24 @@ class Wakeups:
         loop = self._loop()
         assert loop is not None, "the loop is gone"
         future: asyncio.Future[float] = loop.create_future()
+        cancel = self.at(due, functools.partial(_resolve, future))
+        future.add_done_callback(lambda done: done.cancelled() and cancel())
+        return future
+
+    def at(self, due: float, callback: Callable[[float], object]) -> Callable[[], None]:
+        """Call ``callback(owed)`` at the beat ``due`` or soon after it, where :meth:`until`'s
+        future would be done; returns what cancels the call (nothing once it was made). An
+        exception from the callback is logged and the beat's other sleepers still wake."""
+        loop = self._loop()
+        assert loop is not None, "the loop is gone"
         key = round(due, 6)
         sleepers = self._beats.get(key)
         if sleepers is None:
             at = due + (RIDE_SLACK if self.readers > 0 else 0.0)
             sleepers = self._beats[key] = _Sleepers(due, loop.call_at(at, self._wake, key, at))
             self.due = min(self.due, due)
-        sleepers.futures.append(future)
-        future.add_done_callback(functools.partial(self._forget, key))
-        return future
+        sleepers.callbacks.append(callback)
+        return functools.partial(self._forget, key, callback)
 
     def ride(self) -> None:
         """Wake the sleepers of every beat that is due by now."""
@@ -118,22 +139,23 @@ class Wakeups:
                 self._wake(key, sleepers.due)
 
     def _wake(self, key: float, owed: float) -> None:
-        try:
-            sleepers = self._beats.pop(key, None)
-            if sleepers is not None:
-                for future in sleepers.futures:
-                    if not future.done():
-                        future.set_result(owed)
-        finally:
-            self._update_due()
+        sleepers = self._beats.pop(key, None)
+        self._update_due()
+        if sleepers is None:
+            return
+        for callback in sleepers.callbacks:
+            try:
+                callback(owed)
+            except Exception:
+                logger.exception("a sleeper of the beat at %.3f failed", sleepers.due)
 
-    def _forget(self, key: float, future: asyncio.Future[float]) -> None:
+    def _forget(self, key: float, callback: Callable[[float], object]) -> None:
         """A sleeper cancelled: its beat's timer goes when nobody else sleeps until it."""
         sleepers = self._beats.get(key)
-        if not future.cancelled() or sleepers is None:
-            return
-        sleepers.futures.remove(future)
-        if not sleepers.futures:
+        if sleepers is None or callback not in sleepers.callbacks:
+            return  # woken already
+        sleepers.callbacks.remove(callback)
+        if not sleepers.callbacks:
             sleepers.timer.cancel()
             del self._beats[key]
             self._update_due()
@@ -145,12 +167,18 @@ class Wakeups:
 class _Sleepers:
     """Those asleep until one beat, and the timer that wakes them if no datagram does."""
 
-    __slots__ = ("due", "futures", "timer")
+    __slots__ = ("callbacks", "due", "timer")
 
     def __init__(self, due: float, timer: asyncio.TimerHandle) -> None:
         self.due = due
         self.timer = timer
-        self.futures: list[asyncio.Future[float]] = []
+        #: each is called with the time the wake-up was owed
+        self.callbacks: list[Callable[[float], object]] = []
+
+
+def _resolve(future: asyncio.Future[float], owed: float) -> None:
+    if not future.done():
+        future.set_result(owed)
 
 
 _wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakeups] = \
@@ -182,7 +210,7 @@ class _Entry:
 
 
 class Beat:
-    """Runs periodic work every multiple of its interval, from one task, in steps."""
+    """Runs periodic work every multiple of its interval, in steps, from callbacks."""
 
     def __init__(self, interval: float = INTERVAL, step_time: float = STEP_TIME,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -194,7 +222,26 @@ class Beat:
         self._next_key = 0
         #: Work of each length (in beats) registered so far, to spread it over its beats.
         self._registered: dict[int, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: cancels the wait for the next beat, while there is one
+        self._sleeping: Callable[[], None] | None = None
+        #: the beat being worked through: its number, the entries left to look at, and the
+        #: steps of the work under way (its key, its entry, its steps)
+        self._number = 0
+        self._pending: collections.deque[tuple[int, _Entry]] = collections.deque()
+        self._steps: tuple[int, _Entry, Iterator[None]] | None = None
+        #: the call that goes on with the beat's work after a turn of the loop
+        self._resume: asyncio.Handle | None = None
+        #: Told how late each wake-up came (seconds after it was owed), while work is
+        #: registered: the server's loop watch (``server/pauses.py``). The next beat is
+        #: asked for before the beat's work runs, so a hold within that work that lasts past
+        #: the next beat makes it late too.
+        self.watch: Callable[[float], object] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether any work is registered (so the beat wakes every interval)."""
+        return bool(self._entries)
 
     def every(self, interval: float, work: Work, name: str = "") -> Callable[[], None]:
         """Run ``work`` every ``interval`` (a multiple of the beat's) from now on, on one of
@@ -208,46 +255,96 @@ class Beat:
         if interval <= 0 or abs(interval / self.interval - period) > 1e-9:
             raise ValueError(f"{interval} s is not a multiple of the beat's {self.interval} s")
         loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._halt()
+            self._loop = loop
         turn = self._registered.get(period, 0)
         self._registered[period] = turn + 1
         key, self._next_key = self._next_key, self._next_key + 1
         entry = _Entry(period, turn % period, work, name or getattr(work, "__qualname__", "?"))
         # on the sleepers' clock: with the loop's alone, work registered just before a beat
-        # would be due at the beat the task skips, and run a beat late beside the next one's
+        # would be due at the beat the runner skips, and run a beat late beside the next one's
         entry.due = entry.next_after(math.floor(_beat_clock(loop) / self.interval))
         self._entries[key] = entry
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run())
+        if self._sleeping is None:
+            self._sleep()
         return lambda: self._stop(key)
 
     def _stop(self, key: int) -> None:
         self._entries.pop(key, None)
-        if not self._entries and self._task is not None:
-            self._task.cancel()
-            self._task = None
+        if not self._entries:
+            self._halt()
 
-    async def _run(self) -> None:
-        while self._entries:
-            number = round(await sleep_to_next(self.interval) / self.interval)
-            since = self._clock()
-            for key, entry in list(self._entries.items()):
+    def _halt(self) -> None:
+        """Stop waiting and working: nothing is registered (or the loop changed)."""
+        if self._sleeping is not None:
+            self._sleeping()
+        if self._resume is not None:
+            self._resume.cancel()
+        self._sleeping = self._resume = self._steps = None
+        self._pending.clear()
+
+    def _sleep(self) -> None:
+        assert self._loop is not None
+        self._sleeping = call_at_next_beat(self._loop, self.interval, self._woke)
+
+    def _woke(self, due: float, owed: float) -> None:
+        self._sleep()  # first: a hold from here on makes the next wake-up late
+        if self.watch is not None:
+            assert self._loop is not None
+            self.watch(self._loop.time() - owed)
+        self._number = round(due / self.interval)
+        self._pending.extend(self._entries.items())
+        if self._resume is None and self._steps is None:
+            self._work()
+        # else the last beat's work is still under way: this beat's goes on after it
+
+    def _work(self) -> None:
+        """Work through the beat's due work until its steps have run for ``step_time``; then
+        go on after a turn of the loop, until all of it ran."""
+        self._resume = None
+        number, pending, entries = self._number, self._pending, self._entries
+        since = self._clock()
+        while True:
+            if self._steps is None:
+                if not pending:
+                    break
+                key, entry = pending.popleft()
                 # Work due by this beat runs; so does work whose beat went by while the last
                 # beat's work ran long.
-                if entry.due > number or self._entries.get(key) is not entry:
+                if entry.due > number or entries.get(key) is not entry:
                     continue
                 entry.due = entry.next_after(number)
                 try:
                     steps = entry.work()
-                    if steps is None:
-                        continue
-                    for _ in steps:
-                        if self._clock() - since > self.step_time:
-                            await asyncio.sleep(0)
-                            since = self._clock()
-                            if self._entries.get(key) is not entry:  # stopped meanwhile
-                                break
                 except Exception:
                     logger.exception("%s: periodic work failed", entry.name)
+                    continue
+                if steps is None:
+                    continue
+                self._steps = (key, entry, steps)
+            key, entry, steps = self._steps
+            try:
+                next(steps)
+            except StopIteration:
+                self._steps = None
+                continue
+            except Exception:
+                logger.exception("%s: periodic work failed", entry.name)
+                self._steps = None
+                continue
+            if self._steps is None:  # stopped by its own step
+                continue
+            if self._clock() - since > self.step_time:
+                assert self._loop is not None
+                self._resume = self._loop.call_soon(self._go_on)
+                return
+
+    def _go_on(self) -> None:
+        """After a turn of the loop: work stopped meanwhile takes no further step."""
+        if self._steps is not None and self._entries.get(self._steps[0]) is not self._steps[1]:
+            self._steps = None
+        self._work()
 
 
 _beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Beat] = \

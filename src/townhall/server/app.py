@@ -190,8 +190,7 @@ async def start(
     followed by the ``captions`` arguments.
     """
     services = await open_services(config)
-    registry = services.registry
-    services.loop_watch = pauses.LoopWatch(busy=lambda: bool(registry.rooms))
+    services.loop_watch = pauses.LoopWatch()
     services.loop_watch.start()
     app = build(services)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)

@@ -53,11 +53,11 @@ def watch(long: float = LONG) -> PauseWatch:
     return pause_watch
 
 
-#: How often :class:`LoopWatch` asks to be woken while a meeting runs, in seconds: the routers'
-#: tick (``sfu.speaker.TICK``), whose beats it shares (``townhall.beat``), so it adds no wake-up.
-#: Waking on its own every 50 ms cost a tenth of the server's CPU at 5 consumers (4 pairs).
-LOOP_INTERVAL = 0.1
-#: ... and while no room is live: 20 wake-ups a second were 0.45 % of a core on an idle server.
+#: How often :class:`LoopWatch` wakes on its own while no periodic work runs, in seconds: 20
+#: wake-ups a second were 0.45 % of a core on an idle server. While a meeting runs, the beat
+#: of its periodic work (``townhall.beat``, every 0.1 s) tells the watch how late each of its
+#: wake-ups came, so the watch adds no work of its own to a beat: waking beside it cost about
+#: 4 % of the server's CPU at one consumer.
 LOOP_IDLE_INTERVAL = 1.0
 #: A wake-up this many seconds later than asked for is a stall.
 LOOP_STALL = 0.1
@@ -66,45 +66,57 @@ LOOP_STALL = 0.1
 class LoopWatch:
     """Counts and logs the times the event loop was held for ``long`` seconds or more.
 
-    A task asks to wake at every multiple of ``interval`` seconds on the event loop's clock
-    (``townhall.beat``); each wake-up at least ``long`` late is a stall. The lateness is what
-    is counted, from when the wake-up was owed: a hold that began before then counts from then.
-    Where the beats ride on datagrams, a wake-up is owed at the beat and comes with the first
-    datagram after it, so a stall may also include the wait for that datagram (under
+    Wake-ups that come at least ``long`` after they were owed are stalls: those of the beat
+    (``townhall.beat``) while periodic work is registered (it asks for its next beat before
+    that beat's work runs, so its own work's holds count too), else the watch's own, every
+    ``idle_interval``. A hold that began before a wake-up was owed counts from then. Where the
+    beats ride on datagrams, a wake-up is owed at the beat and comes with the first datagram
+    after it, so a stall may also include the wait for that datagram (under
     ``beat.RIDE_SLACK``, after which the timer is owed).
     """
 
-    def __init__(self, interval: float = LOOP_INTERVAL, long: float = LOOP_STALL,
-                 busy: Callable[[], bool] = lambda: True,
-                 idle_interval: float = LOOP_IDLE_INTERVAL) -> None:
-        self.interval = interval
+    def __init__(self, long: float = LOOP_STALL, idle_interval: float = LOOP_IDLE_INTERVAL,
+                 periodic: beat.Beat | None = None) -> None:
         self.idle_interval = idle_interval
         self.long = long
-        #: Whether there is media to hold up now; if not, the watch wakes every
-        #: ``idle_interval`` only (a hold then is caught only if it spans a wake-up).
-        self.busy = busy
-        self._task: asyncio.Task[None] | None = None
+        #: the beat watched (default: the running loop's shared one, from ``start``)
+        self._beat = periodic
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: cancels the wait for the next wake-up of its own while the watch runs
+        self._sleeping: Callable[[], None] | None = None
         #: stalls so far, their total length and the longest, in seconds
         self.stalls = 0
         self.stalled = 0.0
         self.longest = 0.0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._sleeping is None:
+            self._loop = asyncio.get_running_loop()
+            if self._beat is None:
+                self._beat = beat.shared()
+            self._beat.watch = self.woke
+            self._sleep()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        sleeping, self._sleeping = self._sleeping, None
+        if sleeping is not None:
+            sleeping()
+        if self._beat is not None and self._beat.watch == self.woke:
+            self._beat.watch = None
 
-    async def _run(self) -> None:
-        loop, busy = asyncio.get_running_loop(), self.busy
-        while True:
-            _, owed = await beat.sleep_to_next_beat(
-                self.interval if busy() else self.idle_interval)
-            self.woke(loop.time() - owed)
+    def busy(self) -> bool:
+        """Whether the beat of periodic work runs now, and tells the watch its lateness."""
+        return self._beat is not None and self._beat.running
+
+    def _sleep(self) -> None:
+        assert self._loop is not None
+        self._sleeping = beat.call_at_next_beat(self._loop, self.idle_interval, self._woken)
+
+    def _woken(self, _beat: float, owed: float) -> None:
+        self._sleep()
+        if not self.busy():  # else the beat's wake-ups are watched
+            assert self._loop is not None
+            self.woke(self._loop.time() - owed)
 
     def woke(self, late: float) -> None:
         """Count one wake-up that came ``late`` seconds after it was due."""
