@@ -288,21 +288,21 @@ def _srtp_call(session: Any, function: Any, trailer: int) -> Callable[[bytes], b
 
 def _srtp_sender(
     session: Any, sendto: Callable[[bytes, Any], None], remote: Any,
-    delay: ForwardingDelay | None, name: str,
+    delay: ForwardingDelay | None, name: str, protect: Any = _srtp_lib.srtp_protect,
 ) -> Callable[[bytes], bool]:
-    """``Transport.send_rtp`` once the transport is linked: protect with libsrtp and write to
-    the socket in one call of its own (see ``_srtp_call``)."""
+    """``Transport.send_rtp`` once the transport is linked (or ``send_rtcp``, with libsrtp's
+    ``srtp_protect_rtcp`` for ``protect``): protect with libsrtp and write to the socket in
+    one call of its own (see ``_srtp_call``)."""
     srtp = session._srtp[0]
     buffer = _srtp_ffi.new("char[]", _SRTP_BUFFER)
     view = _srtp_ffi.buffer(buffer)
     size = _srtp_ffi.new("int *")
     limit = _SRTP_BUFFER - _SRTP_MAX_TRAILER
-    protect = _srtp_lib.srtp_protect
 
     def send_rtp(data: bytes, _session: Any = session) -> bool:
         length = len(data)
         if length > limit:
-            logger.debug("%s: RTP packet too long to protect (%d bytes)", name, length)
+            logger.debug("%s: packet too long to protect (%d bytes)", name, length)
             return False
         view[0:length] = data
         size[0] = length
@@ -604,7 +604,10 @@ class Transport:
         return self._send(data, rtcp=False)
 
     def send_rtcp(self, data: bytes) -> bool:
-        """Protect and send one (compound) RTCP packet now; False if it cannot send yet."""
+        """Protect and send one (compound) RTCP packet now; False if it cannot send yet.
+
+        Once the transport is linked, an instance attribute stands in for it, as for
+        :meth:`send_rtp`."""
         return self._send(data, rtcp=True)
 
     def _send(self, data: bytes, rtcp: bool) -> bool:
@@ -671,6 +674,10 @@ class Transport:
         else:
             self.send_rtp = _srtp_sender(  # type: ignore[method-assign,assignment]
                 dtls._tx_srtp, path.sendto, path.address, path.delay, self.name)
+        # reports, feedback and requests: every tick to a publisher that numbers its packets
+        self.send_rtcp = _srtp_sender(  # type: ignore[method-assign,assignment]
+            dtls._tx_srtp, path.sendto, path.address, None, self.name,
+            _srtp_lib.srtp_protect_rtcp)
         rx = dtls._rx_srtp
         unprotect = _srtp_call(rx, _srtp_lib.srtp_unprotect, 0)
         unprotect_rtcp = _srtp_call(rx, _srtp_lib.srtp_unprotect_rtcp, 0)
@@ -700,6 +707,7 @@ class Transport:
         if self._path is not None:
             self._path.close()
             vars(self).pop("send_rtp", None)
+            vars(self).pop("send_rtcp", None)
         self._path = None
 
     async def _rtp_arrived(self, dtls: Any, data: bytes, arrival_time_ms: int = 0) -> None:
