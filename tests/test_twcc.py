@@ -338,13 +338,23 @@ def _publisher_packet(sequence: int, extension_id: int = 3) -> bytes:
         struct.pack("!HHBHB", 0xBEDE, 1, (extension_id << 4) | 1, sequence, 0) + b"payload"
 
 
+@pytest.fixture(params=["python", "c"])
+def reports_in(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which path writes the feedback to a publisher: Python, or C (``twcc_report``)."""
+    if request.param == "c":
+        require_native_fanout()
+    else:
+        monkeypatch.setattr(twcc, "native_report", None)
+    return str(request.param)
+
+
 def _receiver(extension_id: int = 3) -> twcc.TwccReceiver:
     receiver = twcc.TwccReceiver()
     receiver.extension_id = extension_id
     return receiver
 
 
-def test_feedback_to_a_publisher_reports_each_arrival_and_each_loss() -> None:
+def test_feedback_to_a_publisher_reports_each_arrival_and_each_loss(reports_in: str) -> None:
     receiver = _receiver()
     arrived = {s: 100.0 + s * 0.004 for s in range(10, 21) if s != 15}
     for sequence, at in arrived.items():
@@ -362,7 +372,7 @@ def test_feedback_to_a_publisher_reports_each_arrival_and_each_loss() -> None:
             assert abs(arrival - arrived[sequence] * 1_000_000) < 250
 
 
-def test_feedback_goes_on_from_the_last_and_is_empty_when_nothing_arrived() -> None:
+def test_feedback_goes_on_from_the_last_and_is_empty_when_nothing_arrived(reports_in: str) -> None:
     receiver = _receiver()
     for sequence in (65533, 65534, 65535):
         receiver.record(_publisher_packet(sequence), 5.0 + sequence / 1e6)
@@ -379,7 +389,7 @@ def test_feedback_goes_on_from_the_last_and_is_empty_when_nothing_arrived() -> N
 
 
 def test_feedback_reaches_the_highest_number_that_arrived_even_when_it_came_before_others(
-) -> None:
+        reports_in: str) -> None:
     receiver = _receiver()
     receiver.record(_publisher_packet(98), 1.0)
     receiver.feedback(1.0, 1, 2)
@@ -394,7 +404,7 @@ def test_feedback_reaches_the_highest_number_that_arrived_even_when_it_came_befo
     assert receiver.feedback(1.1, 1, 2) == []
 
 
-def test_an_arrival_too_far_from_the_last_for_one_delta_starts_another_feedback_packet() -> None:
+def test_an_arrival_too_far_from_the_last_for_one_delta_starts_another_feedback_packet(reports_in: str) -> None:
     receiver = _receiver()
     receiver.record(_publisher_packet(1), 10.0)
     receiver.record(_publisher_packet(2), 10.001)
@@ -404,6 +414,33 @@ def test_an_arrival_too_far_from_the_last_for_one_delta_starts_another_feedback_
     assert [(f.base_sequence, f.count) for f in parsed] == [(1, 2), (3, 1)]
     assert parsed[1].packets[0][1] is not None and \
         abs(parsed[1].packets[0][1] - 19_500_000) < 250
+
+
+def test_feedback_to_a_publisher_in_c_is_byte_for_byte_what_python_writes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    require_native_fanout()
+    native_report = twcc.native_report
+    rng = random.Random(7)
+    in_c, in_python = _receiver(), _receiver()
+    sequence, at, made = 65000, 50.0, 0
+    for tick in range(400):
+        for _ in range(rng.randrange(0, 40)):
+            sequence = (sequence + rng.choice((1, 1, 1, 2, 5, -3))) & 0xFFFF  # loss, reorder
+            at += rng.choice((0.0, 0.0002, 0.004, 0.02, -0.001))  # bursts, late stamps
+            if rng.random() < 0.01:
+                at += rng.choice((9.0, 20.0))  # a gap no delta spans
+            for receiver in (in_c, in_python):
+                receiver.record(_publisher_packet(sequence), at)
+        now = at + 0.1
+        expected_count = in_c._count
+        monkeypatch.setattr(twcc, "native_report", None)
+        python_packets = in_python.feedback(now, 11, 22)
+        monkeypatch.setattr(twcc, "native_report", native_report)
+        c_packets = in_c.feedback(now, 11, 22)
+        assert c_packets == python_packets, f"tick {tick}"
+        assert in_c._count == in_python._count == expected_count + len(c_packets)
+        made += len(c_packets)
+    assert made > 300  # most ticks reported something, some in more than one packet
 
 
 def test_a_publisher_without_the_extension_negotiated_gets_no_feedback() -> None:

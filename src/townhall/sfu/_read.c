@@ -356,17 +356,6 @@ static double waited(long long stamp) {
     return seconds < MAX_WAITED ? seconds : MAX_WAITED;
 }
 
-/* TwccReceiver.arrivals (twcc.py): a header, then ARRIVALS records. */
-typedef struct {
-    int32_t extension_id, first, highest, unused;
-    int64_t recorded;
-} ArrivalsHeader;
-typedef struct __attribute__((packed)) {
-    int32_t sequence;
-    int64_t at_us;
-} Arrival;
-#define ARRIVALS 1024
-
 /* The transport-wide sequence number in the one-byte header extension `id` of the RTP packet
  * `p` (`length` bytes, unprotected), or -1. */
 static long transport_sequence(const unsigned char *p, Py_ssize_t length, long id) {

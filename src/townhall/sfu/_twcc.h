@@ -1,4 +1,4 @@
-/* Shared by _fastsend.c and _twcc.c: what the native piece knows of twcc.py's buffers. */
+/* Shared by _fastsend.c, _read.c and _twcc.c: what the native piece knows of twcc.py's buffers. */
 
 #ifndef TOWNHALL_TWCC_H
 #define TOWNHALL_TWCC_H
@@ -15,6 +15,18 @@ typedef struct {
     int32_t size;
     int32_t sequence;
 } TwccSent;
+
+/* TwccReceiver.arrivals (twcc.py): a header, then ARRIVALS records, each slot the packet
+ * whose sequence number is the slot's modulo ARRIVALS (structs "=iiiiq" and "=iq"). */
+typedef struct {
+    int32_t extension_id, first, highest, unused;
+    int64_t recorded;
+} ArrivalsHeader;
+typedef struct __attribute__((packed)) {
+    int32_t sequence;
+    int64_t at_us;
+} Arrival;
+#define ARRIVALS 1024
 
 /* The size of the estimate's state (a bytearray twcc.py makes; the module's TWCC_STATE_SIZE). */
 extern const Py_ssize_t twcc_state_size;
@@ -33,5 +45,9 @@ int twcc_estimate(const unsigned char *data, Py_ssize_t length, PyObject *histor
 
 /* twcc_feedback(data, history, state, parameters) -> estimate or None: see _twcc.c. */
 PyObject *twcc_feedback(PyObject *self, PyObject *args);
+
+/* twcc_report(arrivals, base, count, oldest, feedback_count, sender_ssrc, media_ssrc)
+ * -> [feedback packets]: see _twcc.c. */
+PyObject *twcc_report(PyObject *self, PyObject *args);
 
 #endif

@@ -50,6 +50,8 @@ _SENT = struct.Struct("=dii")
 
 #: The feedback in C and the size of its state, when the native piece is built.
 native_feedback = native.twcc_feedback()
+#: The feedback to publishers in C, when the native piece is built.
+native_report = native.twcc_report()
 
 
 def parameters() -> bytes:
@@ -408,19 +410,27 @@ class TwccReceiver:
             start = (highest - ARRIVALS + 1) & 0xFFFF
             span = ARRIVALS - 1
         oldest = int(now * 1_000_000) - _ARRIVAL_AGE
+        self._next = (highest + 1) & 0xFFFF
+        if native_report is not None:
+            packets = native_report(self.arrivals, start, span + 1, oldest, self._count,
+                                    sender_ssrc, media_ssrc)
+        else:
+            packets = self._report(start, span + 1, oldest, sender_ssrc, media_ssrc)
+        self._count += len(packets)
+        return packets
+
+    def _report(self, start: int, count: int, oldest: int, sender_ssrc: int,
+                media_ssrc: int) -> list[bytes]:
+        """The feedback about ``count`` packets from ``start`` (``twcc_report`` in C)."""
         arrivals: list[int | None] = []
-        for offset in range(span + 1):
+        for offset in range(count):
             sequence = (start + offset) & 0xFFFF
             recorded_as, at = _ARRIVAL.unpack_from(
                 self.arrivals, _ARRIVALS_HEADER.size + (sequence & (ARRIVALS - 1))
                 * _ARRIVAL.size)
             arrivals.append(at if recorded_as == sequence and at >= oldest else None)
-        self._next = (highest + 1) & 0xFFFF
-        packets = []
-        for base, part in _parts(start, arrivals):
-            packets.append(build_feedback(base, part, self._count, sender_ssrc, media_ssrc))
-            self._count += 1
-        return packets
+        return [build_feedback(base, part, self._count + n, sender_ssrc, media_ssrc)
+                for n, (base, part) in enumerate(_parts(start, arrivals))]
 
 
 def _parts(base: int, arrivals: list[int | None]) -> Iterator[tuple[int, list[int | None]]]:
