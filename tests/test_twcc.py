@@ -404,7 +404,8 @@ def test_feedback_reaches_the_highest_number_that_arrived_even_when_it_came_befo
     assert receiver.feedback(1.1, 1, 2) == []
 
 
-def test_an_arrival_too_far_from_the_last_for_one_delta_starts_another_feedback_packet(reports_in: str) -> None:
+def test_an_arrival_too_far_from_the_last_for_one_delta_starts_another_feedback_packet(
+        reports_in: str) -> None:
     receiver = _receiver()
     receiver.record(_publisher_packet(1), 10.0)
     receiver.record(_publisher_packet(2), 10.001)
