@@ -4,9 +4,11 @@ packets."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -309,3 +311,71 @@ async def test_a_cancelled_call_at_a_beat_is_not_made() -> None:
     assert wakeups.due == float("inf")
     await asyncio.sleep(0.06)
     assert not called
+
+
+class _Interrupt(BaseException):
+    """Raised past the logging, as KeyboardInterrupt or SystemExit would be."""
+
+
+async def test_work_that_raises_past_the_logging_leaves_the_beat_and_the_others_work_going(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
+    loop = asyncio.get_running_loop()
+    wakeups = beat.wakeups(loop)
+    wakeups.readers += 1
+    periodic = Beat(interval=0.05)
+    ran: list[float] = []
+    raising = [_Interrupt()]
+
+    def interrupted() -> None:
+        if raising:
+            raise raising.pop()
+
+    stops = [periodic.every(0.05, interrupted), periodic.every(0.05, lambda: ran.append(1.0))]
+    try:
+        time.sleep(max(0.0, wakeups.due - time.monotonic()) + 0.001)
+        with pytest.raises(_Interrupt):
+            wakeups.ride()
+        await asyncio.sleep(0)  # the rest of that beat's work goes on after a turn
+        assert ran == [1.0]
+        time.sleep(max(0.0, wakeups.due - time.monotonic()) + 0.001)
+        wakeups.ride()  # and the next beat comes as ever
+        assert ran == [1.0, 1.0]
+    finally:
+        for stop in stops:
+            stop()
+        wakeups.readers -= 1
+
+
+async def test_a_sleeper_cancelled_by_another_of_its_beat_as_it_wakes_is_not_called() -> None:
+    loop = asyncio.get_running_loop()
+    wakeups = beat.Wakeups(loop)
+    due = loop.time() + 0.02
+    called: list[str] = []
+    cancels: list[Callable[[], None]] = []
+
+    def first(owed: float) -> None:
+        called.append("first")
+        cancels[0]()
+
+    wakeups.at(due, first)
+    cancels.append(wakeups.at(due, lambda owed: called.append("second")))
+    kept = wakeups.until(due)
+    await asyncio.wait_for(kept, 2.0)
+    assert called == ["first"]
+
+
+def test_a_beat_whose_work_stopped_keeps_no_event_loop_alive() -> None:
+    loop = asyncio.new_event_loop()
+    periodic = Beat(interval=0.01)
+
+    async def register_and_stop() -> None:
+        periodic.every(0.01, lambda: None)()
+
+    loop.run_until_complete(register_and_stop())
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None
+    assert not periodic.running  # the beat itself is still there, for the next loop

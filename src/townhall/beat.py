@@ -125,10 +125,11 @@ class Wakeups:
         sleepers = self._beats.get(key)
         if sleepers is None:
             at = due + (RIDE_SLACK if self.readers > 0 else 0.0)
-            sleepers = self._beats[key] = _Sleepers(due, loop.call_at(at, self._wake, key, at))
+            sleepers = self._beats[key] = _Sleepers(
+                key, due, loop.call_at(at, self._wake, key, at))
             self.due = min(self.due, due)
         sleepers.callbacks.append(callback)
-        return functools.partial(self._forget, key, callback)
+        return functools.partial(self._forget, sleepers, callback)
 
     def ride(self) -> None:
         """Wake the sleepers of every beat that is due by now."""
@@ -143,21 +144,32 @@ class Wakeups:
         self._update_due()
         if sleepers is None:
             return
-        for callback in sleepers.callbacks:
+        # one at a time from the list itself: a sleeper that cancels a later one of the same
+        # beat takes it out before its turn
+        callbacks = sleepers.callbacks
+        while callbacks:
+            callback = callbacks.pop(0)
             try:
                 callback(owed)
             except Exception:
                 logger.exception("a sleeper of the beat at %.3f failed", sleepers.due)
+            except BaseException:
+                # the rest still wake, after the loop has seen this one
+                loop = self._loop()
+                if loop is not None:
+                    for rest in callbacks:
+                        loop.call_soon(rest, owed)
+                callbacks.clear()
+                raise
 
-    def _forget(self, key: float, callback: Callable[[float], object]) -> None:
+    def _forget(self, sleepers: _Sleepers, callback: Callable[[float], object]) -> None:
         """A sleeper cancelled: its beat's timer goes when nobody else sleeps until it."""
-        sleepers = self._beats.get(key)
-        if sleepers is None or callback not in sleepers.callbacks:
+        if callback not in sleepers.callbacks:
             return  # woken already
         sleepers.callbacks.remove(callback)
-        if not sleepers.callbacks:
+        if not sleepers.callbacks and self._beats.get(sleepers.key) is sleepers:
             sleepers.timer.cancel()
-            del self._beats[key]
+            del self._beats[sleepers.key]
             self._update_due()
 
     def _update_due(self) -> None:
@@ -167,9 +179,10 @@ class Wakeups:
 class _Sleepers:
     """Those asleep until one beat, and the timer that wakes them if no datagram does."""
 
-    __slots__ = ("callbacks", "due", "timer")
+    __slots__ = ("callbacks", "due", "key", "timer")
 
-    def __init__(self, due: float, timer: asyncio.TimerHandle) -> None:
+    def __init__(self, key: float, due: float, timer: asyncio.TimerHandle) -> None:
+        self.key = key
         self.due = due
         self.timer = timer
         #: each is called with the time the wake-up was owed
@@ -222,7 +235,9 @@ class Beat:
         self._next_key = 0
         #: Work of each length (in beats) registered so far, to spread it over its beats.
         self._registered: dict[int, int] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        #: the event loop it runs on (weak: the loops' table of beats holds them by a weak
+        #: reference to the loop)
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         #: cancels the wait for the next beat, while there is one
         self._sleeping: Callable[[], None] | None = None
         #: the beat being worked through: its number, the entries left to look at, and the
@@ -230,6 +245,8 @@ class Beat:
         self._number = 0
         self._pending: collections.deque[tuple[int, _Entry]] = collections.deque()
         self._steps: tuple[int, _Entry, Iterator[None]] | None = None
+        #: a later beat came while this one's work was under way: its work follows
+        self._again = False
         #: the call that goes on with the beat's work after a turn of the loop
         self._resume: asyncio.Handle | None = None
         #: Told how late each wake-up came (seconds after it was owed), while work is
@@ -255,9 +272,9 @@ class Beat:
         if interval <= 0 or abs(interval / self.interval - period) > 1e-9:
             raise ValueError(f"{interval} s is not a multiple of the beat's {self.interval} s")
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
+        if self._loop is None or self._loop() is not loop:
             self._halt()
-            self._loop = loop
+            self._loop = weakref.ref(loop)
         turn = self._registered.get(period, 0)
         self._registered[period] = turn + 1
         key, self._next_key = self._next_key, self._next_key + 1
@@ -267,7 +284,7 @@ class Beat:
         entry.due = entry.next_after(math.floor(_beat_clock(loop) / self.interval))
         self._entries[key] = entry
         if self._sleeping is None:
-            self._sleep()
+            self._sleep(loop)
         return lambda: self._stop(key)
 
     def _stop(self, key: int) -> None:
@@ -282,39 +299,60 @@ class Beat:
         if self._resume is not None:
             self._resume.cancel()
         self._sleeping = self._resume = self._steps = None
+        self._again = False
         self._pending.clear()
 
-    def _sleep(self) -> None:
-        assert self._loop is not None
-        self._sleeping = call_at_next_beat(self._loop, self.interval, self._woke)
+    def _sleep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sleeping = call_at_next_beat(loop, self.interval, self._woke)
 
     def _woke(self, due: float, owed: float) -> None:
-        self._sleep()  # first: a hold from here on makes the next wake-up late
+        self._sleeping = None
+        loop = None if self._loop is None else self._loop()
+        if loop is None or not self._entries:
+            return
+        self._sleep(loop)  # first: a hold from here on makes the next wake-up late
         if self.watch is not None:
-            assert self._loop is not None
-            self.watch(self._loop.time() - owed)
+            try:
+                self.watch(loop.time() - owed)
+            except Exception:
+                logger.exception("the beat's watch failed")
         self._number = round(due / self.interval)
+        if self._resume is not None or self._steps is not None or self._pending:
+            self._again = True  # the last beat's work is still under way: this one's follows
+            return
         self._pending.extend(self._entries.items())
-        if self._resume is None and self._steps is None:
-            self._work()
-        # else the last beat's work is still under way: this beat's goes on after it
+        self._work()
 
     def _work(self) -> None:
         """Work through the beat's due work until its steps have run for ``step_time``; then
         go on after a turn of the loop, until all of it ran."""
         self._resume = None
-        number, pending, entries = self._number, self._pending, self._entries
-        since = self._clock()
+        try:
+            self._steps_for(self._clock())
+        except BaseException:
+            # what raised is over; the rest of the beat's work goes on after the loop saw it
+            self._steps = None
+            loop = None if self._loop is None else self._loop()
+            if loop is not None and self._entries and self._resume is None:
+                self._resume = loop.call_soon(self._go_on)
+            raise
+
+    def _steps_for(self, since: float) -> None:
+        pending, entries = self._pending, self._entries
         while True:
             if self._steps is None:
                 if not pending:
-                    break
+                    if not self._again:
+                        return
+                    self._again = False
+                    pending.extend(entries.items())
+                    continue
                 key, entry = pending.popleft()
                 # Work due by this beat runs; so does work whose beat went by while the last
                 # beat's work ran long.
-                if entry.due > number or entries.get(key) is not entry:
+                if entry.due > self._number or entries.get(key) is not entry:
                     continue
-                entry.due = entry.next_after(number)
+                entry.due = entry.next_after(self._number)
                 try:
                     steps = entry.work()
                 except Exception:
@@ -336,8 +374,9 @@ class Beat:
             if self._steps is None:  # stopped by its own step
                 continue
             if self._clock() - since > self.step_time:
-                assert self._loop is not None
-                self._resume = self._loop.call_soon(self._go_on)
+                loop = None if self._loop is None else self._loop()
+                if loop is not None:
+                    self._resume = loop.call_soon(self._go_on)
                 return
 
     def _go_on(self) -> None:

@@ -79,8 +79,9 @@ class LoopWatch:
                  periodic: beat.Beat | None = None) -> None:
         self.idle_interval = idle_interval
         self.long = long
-        #: the beat watched (default: the running loop's shared one, from ``start``)
-        self._beat = periodic
+        #: the beat watched: ``periodic``, else the running loop's shared one (``start``)
+        self._periodic = periodic
+        self._beat: beat.Beat | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: cancels the wait for the next wake-up of its own while the watch runs
         self._sleeping: Callable[[], None] | None = None
@@ -92,8 +93,7 @@ class LoopWatch:
     def start(self) -> None:
         if self._sleeping is None:
             self._loop = asyncio.get_running_loop()
-            if self._beat is None:
-                self._beat = beat.shared()
+            self._beat = self._periodic or beat.shared()
             self._beat.watch = self.woke
             self._sleep()
 
@@ -103,6 +103,7 @@ class LoopWatch:
             sleeping()
         if self._beat is not None and self._beat.watch == self.woke:
             self._beat.watch = None
+        self._beat = None
 
     def busy(self) -> bool:
         """Whether the beat of periodic work runs now, and tells the watch its lateness."""
