@@ -417,15 +417,16 @@ def test_an_arrival_too_far_from_the_last_for_one_delta_starts_another_feedback_
         abs(parsed[1].packets[0][1] - 19_500_000) < 250
 
 
+@pytest.mark.parametrize("start", [50.0, -3.0])  # a test's clock may start before 0
 def test_feedback_to_a_publisher_in_c_is_byte_for_byte_what_python_writes(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, start: float) -> None:
     require_native_fanout()
     native_report = twcc.native_report
     rng = random.Random(7)
     in_c, in_python = _receiver(), _receiver()
-    sequence, at, made = 65000, 50.0, 0
+    sequence, at, made = 65000, start, 0
     for tick in range(400):
-        for _ in range(rng.randrange(0, 40)):
+        for _ in range(rng.randrange(0, 40) if tick % 50 else 900):  # now and then a backlog
             sequence = (sequence + rng.choice((1, 1, 1, 2, 5, -3))) & 0xFFFF  # loss, reorder
             at += rng.choice((0.0, 0.0002, 0.004, 0.02, -0.001))  # bursts, late stamps
             if rng.random() < 0.01:
@@ -442,6 +443,18 @@ def test_feedback_to_a_publisher_in_c_is_byte_for_byte_what_python_writes(
         assert in_c._count == in_python._count == expected_count + len(c_packets)
         made += len(c_packets)
     assert made > 300  # most ticks reported something, some in more than one packet
+
+
+def test_a_backlog_of_arrivals_is_reported_in_feedback_packets_that_fit_a_datagram(
+        reports_in: str) -> None:
+    receiver = _receiver()
+    for sequence in range(1000):  # what a long hold of the loop leaves to report
+        receiver.record(_publisher_packet(sequence), 1.0 + sequence * 0.005)
+    packets = receiver.feedback(6.5, 1, 2)
+    parsed = [twcc.parse_feedback(p) for p in packets]
+    assert [(f.base_sequence, f.count) for f in parsed] == [(0, 400), (400, 400), (800, 200)]
+    assert max(len(p) for p in packets) < 1200
+    assert all(a is not None for f in parsed for _, a in f.packets)
 
 
 def test_a_publisher_without_the_extension_negotiated_gets_no_feedback() -> None:

@@ -418,6 +418,10 @@ PyObject *twcc_feedback(PyObject *self, PyObject *args) {
  * `feedback_count`. The same bytes as the Python path (a twin test checks it). */
 
 #define MAX_DELTA 0x7FFF
+/* The most packets one feedback packet reports (twcc.FEEDBACK_MOST). */
+#define FEEDBACK_MOST 400
+/* An arrival that did not come (or is too old to report). */
+#define LOST INT64_MIN
 
 /* Python's a // b for b > 0. */
 static int64_t floor_div(int64_t a, int64_t b) {
@@ -435,13 +439,13 @@ static void put32(unsigned char *p, uint32_t value) {
     put16(p + 2, value & 0xFFFF);
 }
 
-/* One feedback packet about `n` packets from `base` (arrivals in µs, -1: lost), as
+/* One feedback packet about `n` packets from `base` (arrivals in µs, or LOST), as
  * twcc.build_feedback writes it; a new bytes object, or NULL with an exception. */
 static PyObject *feedback_packet(unsigned base, const int64_t *arrivals, int n, unsigned number,
                                  uint32_t sender_ssrc, uint32_t media_ssrc) {
     int64_t reference = 0;
     for (int i = 0; i < n; i++) {
-        if (arrivals[i] >= 0) {
+        if (arrivals[i] != LOST) {
             reference = floor_div(arrivals[i], 64000);
             break;
         }
@@ -458,7 +462,7 @@ static PyObject *feedback_packet(unsigned base, const int64_t *arrivals, int n, 
     unsigned value = 0xC000;
     for (int i = 0; i < n; i++) {
         unsigned symbol = 0;
-        if (arrivals[i] >= 0) {
+        if (arrivals[i] != LOST) {
             int64_t delta = floor_div(arrivals[i] - previous, 250);
             previous += delta * 250;
             if (delta >= 0 && delta <= 255) {
@@ -520,17 +524,18 @@ PyObject *twcc_report(PyObject *self, PyObject *args) {
         Arrival record;
         memcpy(&record, records + (sequence & (ARRIVALS - 1)) * sizeof record, sizeof record);
         arrivals[i] = record.sequence == (int32_t)sequence && record.at_us >= oldest
-            ? record.at_us : -1;
+            ? record.at_us : LOST;
     }
     packets = PyList_New(0);
     if (packets == NULL)
         goto done;
-    /* cut where a delta from the last arrival would not fit (twcc._parts) */
+    /* cut where a delta from the last arrival would not fit, and after every FEEDBACK_MOST
+     * (twcc._parts) */
     int start = 0, have_previous = 0;
     int64_t previous = 0;
     for (int i = 0; i <= count; i++) {
-        int cut = i == count;
-        if (!cut && arrivals[i] >= 0) {
+        int cut = i == count || i - start == FEEDBACK_MOST;
+        if (!cut && arrivals[i] != LOST) {
             int64_t arrival = arrivals[i];
             if (!have_previous) {
                 previous = floor_div(arrival, 64000) * 64000;
@@ -551,10 +556,11 @@ PyObject *twcc_report(PyObject *self, PyObject *args) {
             }
             Py_DECREF(packet);
             start = i;
-            if (i < count)
+            have_previous = i < count && arrivals[i] != LOST;
+            if (have_previous)
                 previous = floor_div(arrivals[i], 64000) * 64000;
         }
-        if (i < count && arrivals[i] >= 0) {
+        if (i < count && arrivals[i] != LOST) {
             int64_t offset = (arrivals[i] - previous) % 250;
             previous = arrivals[i] - (offset < 0 ? offset + 250 : offset);
         }

@@ -284,6 +284,10 @@ _ARRIVAL = struct.Struct("=iq")
 _ARRIVAL_AGE = 10_000_000
 #: The largest receive delta a feedback packet carries (signed 16 bits of 250 µs).
 _MAX_DELTA = 0x7FFF
+#: The most packets one feedback packet reports (``FEEDBACK_MOST`` in ``_twcc.c``): at most
+#: 939 bytes, inside what a linked transport protects in one go (a long hold of the loop can
+#: leave more than that to report at once).
+FEEDBACK_MOST = 400
 
 
 def sequence_in(packet: bytes, extension_id: int) -> int | None:
@@ -435,10 +439,14 @@ class TwccReceiver:
 
 def _parts(base: int, arrivals: list[int | None]) -> Iterator[tuple[int, list[int | None]]]:
     """``arrivals`` (from ``base``) cut where a receive delta would not fit in a feedback
-    packet."""
+    packet, and after every ``FEEDBACK_MOST``."""
     part: list[int | None] = []
     previous: int | None = None
     for arrival in arrivals:
+        if len(part) == FEEDBACK_MOST:
+            yield base, part
+            base = (base + len(part)) & 0xFFFF
+            part, previous = [], None
         if arrival is not None:
             if previous is None:
                 previous = arrival // 64000 * 64000
