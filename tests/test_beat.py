@@ -8,7 +8,7 @@ import gc
 import itertools
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -263,25 +263,35 @@ async def test_a_sleeper_cancelled_leaves_the_others_of_its_beat_asleep() -> Non
     assert cancelled.cancelled()
 
 
-async def test_a_beats_work_runs_in_the_wake_up_of_the_datagram_that_rides_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+async def ridden(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[beat.Wakeups]:
+    """The running loop's sleepers, ridden as the socket's reader does; timers 5 s late."""
     monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
-    loop = asyncio.get_running_loop()
-    wakeups = beat.wakeups(loop)
+    wakeups = beat.wakeups(asyncio.get_running_loop())
     wakeups.readers += 1
+    yield wakeups
+    wakeups.readers -= 1
+
+
+def _ride_when_due(wakeups: beat.Wakeups) -> None:
+    """Wait for the next beat, then ride it as the socket's reader does after reading."""
+    time.sleep(max(0.0, wakeups.due - time.monotonic()) + 0.001)
+    wakeups.ride()
+
+
+async def test_a_beats_work_runs_in_the_wake_up_of_the_datagram_that_rides_it(
+        ridden: beat.Wakeups) -> None:
+    loop = asyncio.get_running_loop()
     periodic = Beat(interval=0.05)
     ran: list[float] = []
     stop = periodic.every(0.05, lambda: ran.append(loop.time()))
     try:
-        time.sleep(max(0.0, wakeups.due - time.monotonic()) + 0.001)  # the beat is due
-        assert not ran
-        wakeups.ride()  # what the socket's reader does after reading
+        _ride_when_due(ridden)
         assert len(ran) == 1  # in the same call: no turn of the loop, no task woken
-        assert wakeups.due == pytest.approx(beat.next_beat(ran[0] + beat.CLOCK_TOLERANCE, 0.05))
+        assert ridden.due == pytest.approx(beat.next_beat(ran[0] + beat.CLOCK_TOLERANCE, 0.05))
     finally:
         stop()
-        wakeups.readers -= 1
-    assert wakeups.due == float("inf")  # stopped: nothing sleeps
+    assert ridden.due == float("inf")  # stopped: nothing sleeps
 
 
 async def test_a_sleeper_that_fails_is_logged_and_the_others_of_its_beat_still_wake(
@@ -318,11 +328,7 @@ class _Interrupt(BaseException):
 
 
 async def test_work_that_raises_past_the_logging_leaves_the_beat_and_the_others_work_going(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(beat, "RIDE_SLACK", 5.0)
-    loop = asyncio.get_running_loop()
-    wakeups = beat.wakeups(loop)
-    wakeups.readers += 1
+        ridden: beat.Wakeups) -> None:
     periodic = Beat(interval=0.05)
     ran: list[float] = []
     raising = [_Interrupt()]
@@ -333,18 +339,15 @@ async def test_work_that_raises_past_the_logging_leaves_the_beat_and_the_others_
 
     stops = [periodic.every(0.05, interrupted), periodic.every(0.05, lambda: ran.append(1.0))]
     try:
-        time.sleep(max(0.0, wakeups.due - time.monotonic()) + 0.001)
         with pytest.raises(_Interrupt):
-            wakeups.ride()
+            _ride_when_due(ridden)
         await asyncio.sleep(0)  # the rest of that beat's work goes on after a turn
         assert ran == [1.0]
-        time.sleep(max(0.0, wakeups.due - time.monotonic()) + 0.001)
-        wakeups.ride()  # and the next beat comes as ever
+        _ride_when_due(ridden)  # and the next beat comes as ever
         assert ran == [1.0, 1.0]
     finally:
         for stop in stops:
             stop()
-        wakeups.readers -= 1
 
 
 async def test_a_sleeper_cancelled_by_another_of_its_beat_as_it_wakes_is_not_called() -> None:
