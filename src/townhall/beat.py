@@ -302,12 +302,16 @@ class Beat:
         self._again = False
         self._pending.clear()
 
+    def _live_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the beat runs on, unless it is gone."""
+        return None if self._loop is None else self._loop()
+
     def _sleep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sleeping = call_at_next_beat(loop, self.interval, self._woke)
 
     def _woke(self, due: float, owed: float) -> None:
         self._sleeping = None
-        loop = None if self._loop is None else self._loop()
+        loop = self._live_loop()
         if loop is None or not self._entries:
             return
         self._sleep(loop)  # first: a hold from here on makes the next wake-up late
@@ -332,7 +336,7 @@ class Beat:
         except BaseException:
             # what raised is over; the rest of the beat's work goes on after the loop saw it
             self._steps = None
-            loop = None if self._loop is None else self._loop()
+            loop = self._live_loop()
             if loop is not None and self._entries and self._resume is None:
                 self._resume = loop.call_soon(self._go_on)
             raise
@@ -374,7 +378,7 @@ class Beat:
             if self._steps is None:  # stopped by its own step
                 continue
             if self._clock() - since > self.step_time:
-                loop = None if self._loop is None else self._loop()
+                loop = self._live_loop()
                 if loop is not None:
                     self._resume = loop.call_soon(self._go_on)
                 return

@@ -39,6 +39,7 @@
  */
 
 #include "_twcc.h"
+#include "_bytes.h"
 #include "_read.h"
 
 #include <structmember.h>
@@ -348,20 +349,6 @@ static void parts_clear(Parts *parts) {
     Py_CLEAR(parts->twcc);
     Py_CLEAR(parts->pictures);
     Py_CLEAR(parts->history);
-}
-
-static int put16(unsigned char *at, long value) {
-    at[0] = (unsigned char)((value >> 8) & 0xFF);
-    at[1] = (unsigned char)(value & 0xFF);
-    return 2;
-}
-
-static int put32(unsigned char *at, unsigned long value) {
-    at[0] = (unsigned char)((value >> 24) & 0xFF);
-    at[1] = (unsigned char)((value >> 16) & 0xFF);
-    at[2] = (unsigned char)((value >> 8) & 0xFF);
-    at[3] = (unsigned char)(value & 0xFF);
-    return 4;
 }
 
 /* One consumer's copy: queued, not sent, or COPY_PYTHON for the consumer's own send(). Reads

@@ -24,6 +24,7 @@
  */
 
 #include "_twcc.h"
+#include "_bytes.h"
 
 #include <math.h>
 #include <string.h>
@@ -427,16 +428,6 @@ PyObject *twcc_feedback(PyObject *self, PyObject *args) {
 static int64_t floor_div(int64_t a, int64_t b) {
     int64_t q = a / b;
     return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-
-static void put16(unsigned char *p, unsigned value) {
-    p[0] = (unsigned char)(value >> 8);
-    p[1] = (unsigned char)value;
-}
-
-static void put32(unsigned char *p, uint32_t value) {
-    put16(p, value >> 16);
-    put16(p + 2, value & 0xFFFF);
 }
 
 /* One feedback packet about `n` packets from `base` (arrivals in µs, or LOST), as

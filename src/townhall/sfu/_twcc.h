@@ -1,4 +1,5 @@
-/* Shared by _fastsend.c, _read.c and _twcc.c: what the native piece knows of twcc.py's buffers. */
+/* Shared by _fastsend.c, _read.c and _twcc.c: what the native piece knows of twcc.py's
+ * buffers. */
 
 #ifndef TOWNHALL_TWCC_H
 #define TOWNHALL_TWCC_H

@@ -299,7 +299,7 @@ def _srtp_sender(
     size = _srtp_ffi.new("int *")
     limit = _SRTP_BUFFER - _SRTP_MAX_TRAILER
 
-    def send_rtp(data: bytes, _session: Any = session) -> bool:
+    def send(data: bytes, _session: Any = session) -> bool:
         length = len(data)
         if length > limit:
             logger.debug("%s: packet too long to protect (%d bytes)", name, length)
@@ -315,7 +315,7 @@ def _srtp_sender(
             delay.sent()
         return True
 
-    return send_rtp
+    return send
 
 
 def _held_sender(
