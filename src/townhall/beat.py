@@ -245,8 +245,6 @@ class Beat:
         self._number = 0
         self._pending: collections.deque[tuple[int, _Entry]] = collections.deque()
         self._steps: tuple[int, _Entry, Iterator[None]] | None = None
-        #: a later beat came while this one's work was under way: its work follows
-        self._again = False
         #: the call that goes on with the beat's work after a turn of the loop
         self._resume: asyncio.Handle | None = None
         #: Told how late each wake-up came (seconds after it was owed), while work is
@@ -299,7 +297,6 @@ class Beat:
         if self._resume is not None:
             self._resume.cancel()
         self._sleeping = self._resume = self._steps = None
-        self._again = False
         self._pending.clear()
 
     def _live_loop(self) -> asyncio.AbstractEventLoop | None:
@@ -320,10 +317,10 @@ class Beat:
                 self.watch(loop.time() - owed)
             except Exception:
                 logger.exception("the beat's watch failed")
-        self._number = round(due / self.interval)
         if self._resume is not None or self._steps is not None or self._pending:
-            self._again = True  # the last beat's work is still under way: this one's follows
+            # the last beat's work is still under way: work due now runs at the next beat
             return
+        self._number = round(due / self.interval)
         self._pending.extend(self._entries.items())
         self._work()
 
@@ -346,11 +343,7 @@ class Beat:
         while True:
             if self._steps is None:
                 if not pending:
-                    if not self._again:
-                        return
-                    self._again = False
-                    pending.extend(entries.items())
-                    continue
+                    return
                 key, entry = pending.popleft()
                 # Work due by this beat runs; so does work whose beat went by while the last
                 # beat's work ran long.
