@@ -382,3 +382,32 @@ def test_a_beat_whose_work_stopped_keeps_no_event_loop_alive() -> None:
     gc.collect()
     assert gone() is None
     assert not periodic.running  # the beat itself is still there, for the next loop
+
+
+def test_work_waiting_its_turn_when_the_loop_changes_runs_on_the_new_loop() -> None:
+    periodic = Beat(interval=0.02, step_time=0.0)  # every step gives the loop back
+    ran: list[str] = []
+
+    def sweep() -> Iterator[None]:
+        ran.append("sweep")
+        for _ in range(5):
+            yield
+
+    async def first() -> None:
+        periodic.every(0.02, sweep)
+        periodic.every(0.02, lambda: ran.append("after the sweep"))
+        while "sweep" not in ran:  # the loop goes while the sweep's steps are under way
+            await asyncio.sleep(0)
+
+    async def second() -> None:
+        periodic.every(0.02, lambda: ran.append("on the new loop"))
+        await asyncio.sleep(0.2)
+
+    for run in (first, second):
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(run())
+        finally:
+            loop.close()
+    assert ran.count("after the sweep") >= 3, ran
+    assert ran.count("on the new loop") >= 3

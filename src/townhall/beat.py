@@ -119,17 +119,22 @@ class Wakeups:
         """Call ``callback(owed)`` at the beat ``due`` or soon after it, where :meth:`until`'s
         future would be done; returns what cancels the call (nothing once it was made). An
         exception from the callback is logged and the beat's other sleepers still wake."""
-        loop = self._loop()
-        assert loop is not None, "the loop is gone"
+        return functools.partial(self._forget, self._add(due, callback), callback)
+
+    def _add(self, due: float, callback: Callable[[float], object]) -> _Sleepers:
+        """:meth:`at`, returning the beat's sleepers (``_forget(them, callback)`` cancels)."""
         key = round(due, 6)
         sleepers = self._beats.get(key)
         if sleepers is None:
+            loop = self._loop()
+            assert loop is not None, "the loop is gone"
             at = due + (RIDE_SLACK if self.readers > 0 else 0.0)
             sleepers = self._beats[key] = _Sleepers(
                 key, due, loop.call_at(at, self._wake, key, at))
-            self.due = min(self.due, due)
+            if due < self.due:
+                self.due = due
         sleepers.callbacks.append(callback)
-        return functools.partial(self._forget, sleepers, callback)
+        return sleepers
 
     def ride(self) -> None:
         """Wake the sleepers of every beat that is due by now."""
@@ -173,7 +178,11 @@ class Wakeups:
             self._update_due()
 
     def _update_due(self) -> None:
-        self.due = min((sleepers.due for sleepers in self._beats.values()), default=math.inf)
+        due = math.inf
+        for sleepers in self._beats.values():
+            if sleepers.due < due:
+                due = sleepers.due
+        self.due = due
 
 
 class _Sleepers:
@@ -215,8 +224,6 @@ class _Entry:
     phase: int
     work: Work
     name: str
-    #: the number of the next beat it runs on
-    due: int = 0
 
     def next_after(self, beat: int) -> int:
         return beat - (beat - self.phase) % self.period + self.period
@@ -232,17 +239,26 @@ class Beat:
         #: Measures the steps; the beats themselves follow the event loop's clock.
         self._clock = clock
         self._entries: dict[int, _Entry] = {}
+        #: beat number -> the work due at it, (key, entry) in the order it was registered;
+        #: work stopped since stays listed until its beat (``_entries`` says it stopped)
+        self._schedule: dict[int, list[tuple[int, _Entry]]] = {}
         self._next_key = 0
         #: Work of each length (in beats) registered so far, to spread it over its beats.
         self._registered: dict[int, int] = {}
         #: the event loop it runs on (weak: the loops' table of beats holds them by a weak
-        #: reference to the loop)
+        #: reference to the loop), and that loop's sleepers
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
-        #: cancels the wait for the next beat, while there is one
-        self._sleeping: Callable[[], None] | None = None
+        self._wakeups: Wakeups | None = None
+        #: the next beat, and its sleepers while the beat waits for it
+        self._due = 0.0
+        self._sleeping: _Sleepers | None = None
+        #: the one callback the sleepers call (a bound method made once)
+        self._woke_at = self._woke
         #: the beat being worked through: its number, the entries left to look at, and the
         #: steps of the work under way (its key, its entry, its steps)
         self._number = 0
+        #: the last beat whose work was taken from the schedule
+        self._taken = -1
         self._pending: collections.deque[tuple[int, _Entry]] = collections.deque()
         self._steps: tuple[int, _Entry, Iterator[None]] | None = None
         #: the call that goes on with the beat's work after a turn of the loop
@@ -273,17 +289,29 @@ class Beat:
         if self._loop is None or self._loop() is not loop:
             self._halt()
             self._loop = weakref.ref(loop)
+            self._wakeups = wakeups(loop)
         turn = self._registered.get(period, 0)
         self._registered[period] = turn + 1
         key, self._next_key = self._next_key, self._next_key + 1
         entry = _Entry(period, turn % period, work, name or getattr(work, "__qualname__", "?"))
         # on the sleepers' clock: with the loop's alone, work registered just before a beat
         # would be due at the beat the runner skips, and run a beat late beside the next one's
-        entry.due = entry.next_after(math.floor(_beat_clock(loop) / self.interval))
+        now = math.floor(_beat_clock(loop) / self.interval)
+        self._enter(key, entry, entry.next_after(now))
+        if self._taken < 0:
+            self._taken = now
         self._entries[key] = entry
         if self._sleeping is None:
             self._sleep(loop)
         return lambda: self._stop(key)
+
+    def _enter(self, key: int, entry: _Entry, due: int) -> None:
+        """List ``entry`` for the beat numbered ``due``."""
+        listed = self._schedule.get(due)
+        if listed is None:
+            self._schedule[due] = [(key, entry)]
+        else:
+            listed.append((key, entry))
 
     def _stop(self, key: int) -> None:
         self._entries.pop(key, None)
@@ -292,25 +320,36 @@ class Beat:
 
     def _halt(self) -> None:
         """Stop waiting and working: nothing is registered (or the loop changed)."""
-        if self._sleeping is not None:
-            self._sleeping()
+        if self._sleeping is not None and self._wakeups is not None:
+            self._wakeups._forget(self._sleeping, self._woke_at)
         if self._resume is not None:
             self._resume.cancel()
         self._sleeping = self._resume = self._steps = None
-        self._pending.clear()
+        if not self._entries:
+            self._pending.clear()
+            self._schedule.clear()
+            self._taken = -1
+            return
+        # the loop changed: work taken for a beat but not yet run runs at the next beat
+        while self._pending:
+            key, entry = self._pending.popleft()
+            self._enter(key, entry, self._taken + 1)
 
     def _live_loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop the beat runs on, unless it is gone."""
         return None if self._loop is None else self._loop()
 
     def _sleep(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sleeping = call_at_next_beat(loop, self.interval, self._woke)
+        assert self._wakeups is not None
+        self._due = due = next_beat(_beat_clock(loop), self.interval)
+        self._sleeping = self._wakeups._add(due, self._woke_at)
 
-    def _woke(self, due: float, owed: float) -> None:
+    def _woke(self, owed: float) -> None:
         self._sleeping = None
         loop = self._live_loop()
         if loop is None or not self._entries:
             return
+        number = round(self._due / self.interval)
         self._sleep(loop)  # first: a hold from here on makes the next wake-up late
         if self.watch is not None:
             try:
@@ -320,9 +359,24 @@ class Beat:
         if self._resume is not None or self._steps is not None or self._pending:
             # the last beat's work is still under way: work due now runs at the next beat
             return
-        self._number = round(due / self.interval)
-        self._pending.extend(self._entries.items())
+        self._number = number
+        self._take(number)
         self._work()
+
+    def _take(self, number: int) -> None:
+        """The work due by beat ``number`` becomes the beat's: its own, and that of beats
+        that went by while the work of the one before them ran long."""
+        schedule, taken = self._schedule, self._taken
+        if number - taken <= len(schedule):
+            due = [schedule.pop(n) for n in range(taken + 1, number + 1) if n in schedule]
+        else:  # a long hold: fewer beats listed than went by
+            due = [schedule.pop(n) for n in sorted(n for n in schedule if n <= number)]
+        self._taken = max(taken, number)
+        if len(due) == 1 and len(due[0]) == 1:
+            self._pending.append(due[0][0])
+        elif due:
+            self._pending.extend(sorted((item for items in due for item in items),
+                                        key=_registered_first))
 
     def _work(self) -> None:
         """Work through the beat's due work until its steps have run for ``step_time``; then
@@ -345,11 +399,9 @@ class Beat:
                 if not pending:
                     return
                 key, entry = pending.popleft()
-                # Work due by this beat runs; so does work whose beat went by while the last
-                # beat's work ran long.
-                if entry.due > self._number or entries.get(key) is not entry:
-                    continue
-                entry.due = entry.next_after(self._number)
+                if entries.get(key) is not entry:
+                    continue  # stopped
+                self._enter(key, entry, entry.next_after(self._number))
                 try:
                     steps = entry.work()
                 except Exception:
@@ -381,6 +433,10 @@ class Beat:
         if self._steps is not None and self._entries.get(self._steps[0]) is not self._steps[1]:
             self._steps = None
         self._work()
+
+
+def _registered_first(item: tuple[int, _Entry]) -> int:
+    return item[0]
 
 
 _beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Beat] = \

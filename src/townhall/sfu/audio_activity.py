@@ -11,8 +11,7 @@ mode receive: the router pauses their other audio consumers (``Router._tick``).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from townhall.sfu.audio_selection import AudioSelection
 from townhall.sfu.speaker import DominantSpeaker, Voices
@@ -21,8 +20,7 @@ if TYPE_CHECKING:
     from townhall.sfu.producer import Producer
 
 
-@dataclass(frozen=True)
-class Activity:
+class Activity(NamedTuple):
     #: Participants whose microphone made sound within ``SPEAKING_HOLD``.
     speaking: frozenset[str]
     #: The dominant speaker (a participant), or None.
