@@ -154,11 +154,14 @@ def test_a_retry_is_measured_before_reports_count_again() -> None:
     estimate = Estimate(clock)
     estimate.update(1_000_000)
     estimate.update(50_000)
+    assert estimate.taking()
     estimate.retry(200_000)
     assert estimate.value() == 200_000
+    assert not estimate.taking()
     assert estimate.update(50_000) is False  # the receiver's old estimate, repeated
     assert estimate.value() == 200_000
     clock.now += bandwidth.RETRY_GRACE
+    assert estimate.taking()
     assert estimate.update(60_000) is True
     assert estimate.value() == 60_000
 

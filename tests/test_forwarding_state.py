@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from aiortc.rtp import RtcpPacket, RtcpRrPacket
 
@@ -84,6 +86,16 @@ def test_feedback_is_read_from_the_packets_the_sfu_builds() -> None:
     kinds = [(f.kind, f.media_ssrc) for f in rtcp.parse(compound)]
     assert kinds == [("nack", 2), ("keyframe", 3), ("sender-report", 4), ("report", 2)]
     assert rtcp.parse(rtcp.nack(1, 2, [9, 5, 5]))[0].lost == (5, 9)
+
+
+def test_feedback_beside_a_description_of_several_sources_is_read() -> None:
+    # two chunks of an SDES, each a CNAME of 6 bytes and four null octets (RFC 3550 6.5)
+    chunks = b"".join(struct.pack("!IBB", ssrc, 1, 6) + b"camera" + bytes(4)
+                      for ssrc in (7, 0x1FF))
+    description = struct.pack("!BBH", 0x82, 202, len(chunks) // 4) + chunks
+    compound = rtcp.sender_report(7, 1 << 40, 99, 3, 300) + description + rtcp.pli(7, 3)
+    kinds = [(f.kind, f.media_ssrc) for f in rtcp.parse(compound)]
+    assert kinds == [("sender-report", 7), ("keyframe", 3)]
 
 
 def test_a_producers_receiver_report_reads_back_block_by_block_with_its_delays() -> None:

@@ -174,6 +174,13 @@ async def test_with_five_percent_loss_nacks_keep_the_video_decoding(
         decoded = receiver.frames[key] - start
         assert decoded >= 0.8 * 4 * 30, f"only {decoded} frames in 4 s at 30 fps"
         assert server.running.services.counters.retransmissions > 0
+        # the listener's reports on the sender reports gave its round trip (on loopback,
+        # shorter than the fixed interval a resend waits at least)
+        live = server.running.services.registry.find(room)
+        assert live is not None and isinstance(live.router, router_module.Router)
+        consumer = next(iter(live.participants[receiver.id].consumers.values()))
+        trip = live.router.round_trip(consumer.transport)
+        assert trip is not None and 0.0 <= trip < 0.1
     finally:
         await sender.close()
         await receiver.close()

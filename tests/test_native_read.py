@@ -20,9 +20,10 @@ from support import Attendee, RunningServer, build_feedback, require_native_fano
 from townhall import beat
 from townhall.sfu import native as native_module
 from townhall.sfu import producer as producer_module  # noqa: F401 (sets up ``receive``)
-from townhall.sfu import twcc
+from townhall.sfu import rtcp, twcc
 from townhall.sfu.native import NativeSend
 from townhall.sfu.router import Counters, Router
+from townhall.sfu.simulcast import Layer
 
 
 def _native() -> NativeSend:
@@ -75,6 +76,8 @@ class _Socket:
         self.plain: list[bytes] = []
         self.rtcp: list[bytes] = []
         self.estimates: list[float] = []
+        #: what estimated() says: False stands for an estimate that ignores reports for now
+        self.estimates_taken = True
         self.fail_next_delivery = False
 
     def deliver(self, data: bytes, address: Any) -> None:
@@ -83,6 +86,10 @@ class _Socket:
             self.fail_next_delivery = False
             raise ValueError("this datagram breaks the handler")
         self.delivered.append((data, address))
+
+    def estimated(self, bitrate: float) -> bool:
+        self.estimates.append(bitrate)
+        return self.estimates_taken
 
     def failed(self, address: Any, exc: BaseException | None) -> None:
         self.failures.append((address, exc))
@@ -94,17 +101,19 @@ class _Socket:
     def route(self, remote: socket.socket, rx: Session, target: _Target,
               counters: Counters, video: Any = None,
               arrivals: twcc.TwccReceiver | None = None,
-              clock: Callable[[], float] = lambda: 1.0) -> None:
+              clock: Callable[[], float] = lambda: 1.0,
+              layers: dict[int, Layer] | None = None) -> None:
         address = remote.getsockname()
         key = self.native.sockaddr(address)
         assert key is not None
         receiver = object()
         target.media_receiver = receiver
         self.by_address[address] = target
-        self.routes[key] = (address, target, receiver, NativeSend.session(rx), {}, counters,
+        self.routes[key] = (address, target, receiver, NativeSend.session(rx),
+                            layers if layers is not None else {}, counters,
                             clock, self.plain.append, self.rtcp.append,
                             video if video is not None else _Video(None),
-                            self.estimates.append,
+                            self.estimated,
                             (arrivals if arrivals is not None else twcc.TwccReceiver()).arrivals)
 
     def read(self, wakeups: object = None) -> int:
@@ -206,6 +215,52 @@ def test_transport_feedback_alone_is_read_in_c_and_only_the_estimate_goes_to_pyt
         assert reader.rtcp == [receiver_report + feedback]
 
 
+def test_an_unchanged_estimate_goes_to_python_again_only_after_half_a_second() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    sender, twin = twcc.TwccSender(5), twcc.TwccSender(5)
+    arrivals = _numbered(sender, 3060)
+    _numbered(twin, 3060)
+    now = [10.0]
+    estimates: list[int | None] = []  # what the reader's estimate gives, feedback by feedback
+    handed_at: list[int] = []  # which feedback's estimate went to Python
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), _Video(sender), clock=lambda: now[0])
+        for k in range(100):  # eight a second: the estimate rises, then holds at its cap
+            # from the 96th, Python does not take them (it ignores reports after a retry)
+            reader.estimates_taken = k < 95
+            feedback = build_feedback(30 * k, arrivals[30 * k:30 * k + 30], k)
+            estimates.append(twin.feedback(feedback))
+            before = len(reader.estimates)
+            _send(remote, server, tx.protect_rtcp(feedback))
+            _read_all(reader, 1)
+            handed_at += [k] * (len(reader.estimates) - before)
+            now[0] += 0.125
+        handed = [int(e) for e in reader.estimates]
+        # feedback Python reads (in a compound packet) gives Python the estimate itself: the
+        # reader's next is news, though the same and soon after
+        reader.estimates_taken = True
+        now[0] = 10.0 + (handed_at[-1] + 1) * 0.125  # soon after the reader last handed one
+        in_python = sender.feedback(build_feedback(3000, arrivals[3000:3030], 100))
+        assert in_python == int(reader.estimates[-1])
+        _send(remote, server, tx.protect_rtcp(build_feedback(3030, arrivals[3030:3060], 101)))
+        _read_all(reader, 1)
+        assert len(reader.estimates) == len(handed_at) + 1
+        assert int(reader.estimates[-1]) == in_python
+    assert handed == [estimates[k] for k in handed_at]
+    changed = [k for k in range(1, 100) if estimates[k] != estimates[k - 1]]
+    assert set(changed) <= set(handed_at)  # every change went to Python at once
+    held = [k for k in range(1, 95) if k > max(changed)]
+    assert len(held) >= 16, estimates  # the estimate held still at the end
+    # while it held, Python heard it again every half second (four feedbacks), not eight
+    # times a second
+    assert 0 < len([k for k in handed_at if k in held]) <= len(held) / 4 + 1
+    # once Python did not take one, each after it went too, though the same and soon after
+    refused = min(k for k in handed_at if k >= 95)
+    assert refused < 99 and set(range(refused, 100)) <= set(handed_at)
+
+
 def test_feedback_the_reader_cannot_take_goes_to_python_as_it_came() -> None:
     native = _native()
     tx, rx = _sessions()
@@ -228,6 +283,74 @@ def test_feedback_the_reader_cannot_take_goes_to_python_as_it_came() -> None:
         _read_all(reader, 1)
         assert reader.rtcp == [early, in_python, malformed]
         assert reader.estimates == [] and reader.failures == []
+
+
+def _layers(*ssrcs: int) -> dict[int, Layer]:
+    return {ssrc: Layer(Any, 0, None, ssrc, True) for ssrc in ssrcs}
+
+
+def _sender_report(ssrc: int, ntp: int, sent: int = 0, blocks: int = 0) -> bytes:
+    report = struct.pack("!BBHIQIII", 0x80 | blocks, 200, 6 + 6 * blocks, ssrc, ntp,
+                         90 * sent, 100 + sent, 1000 + sent)
+    return report + bytes(24 * blocks)
+
+
+def _description(*ssrcs: int) -> bytes:
+    """A source description (SDES) with each source's CNAME, as senders send it."""
+    chunks = b"".join(struct.pack("!IBB", ssrc, 1, 6) + b"camera" + bytes(4) for ssrc in ssrcs)
+    return struct.pack("!BBHI", 0x80 | len(ssrcs), 202, len(chunks) // 4, 0)[:4] + chunks
+
+
+def test_a_publishers_sender_reports_are_noted_on_its_layers_in_c_as_python_notes_them() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    in_c, in_python = _layers(11, 12, 13), _layers(11, 12, 13)
+    packets = [_sender_report(11, 0x1122334455667788, 1) + _description(11),
+               _sender_report(12, 0x99AABBCCDDEEFF00, 2) + _sender_report(13, 5 << 32, 3)
+               + _description(12, 13),
+               _sender_report(11, 0xFFFFFFFFFFFFFFFF, 4) + _description(11)]  # a later one
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), clock=lambda: 7.5, layers=in_c)
+        _send(remote, server, *[tx.protect_rtcp(p) for p in packets])
+        _read_all(reader, 3)
+    assert reader.rtcp == []  # not one of them went to Python
+    for packet in packets:
+        for item in rtcp.parse(packet):
+            if item.kind == "sender-report":
+                in_python[item.media_ssrc].sender_reported(item.ntp_timestamp,
+                                                           item.rtp_timestamp, 7.5)
+    for ssrc, layer in in_c.items():
+        twin = in_python[ssrc]
+        assert layer.sender_report is not None and layer.sender_report == twin.sender_report
+        assert (layer.reception.last_sr, layer.reception.last_sr_at) == \
+            (twin.reception.last_sr, twin.reception.last_sr_at)
+
+
+def test_rtcp_from_a_publisher_the_reader_cannot_note_whole_goes_to_python_as_it_came() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    layers = _layers(11)
+    report = _sender_report(11, 1 << 40)
+    padded = bytes([report[0] | 0x20]) + report[1:3] + bytes([report[3] + 1]) + report[4:] \
+        + bytes([0, 0, 0, 4])
+    packets = [
+        _sender_report(99, 1 << 40) + _description(99),  # a stream it does not know
+        _sender_report(11, 1 << 40, blocks=1),  # what the publisher receives: Python's
+        report + struct.pack("!BBHI", 0x80, 201, 1, 11),  # with a receiver report
+        report + rtcp.pli(11, 11),  # with a keyframe request
+        padded,
+        report[:-4],  # cut short
+    ]
+    with pytest.raises(ValueError):
+        rtcp.parse(report[:-4])  # Python refuses it whole, and counts it
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), layers=layers)
+        _send(remote, server, *[tx.protect_rtcp(p) for p in packets])
+        _read_all(reader, len(packets))
+    assert reader.rtcp == packets
+    assert layers[11].sender_report is None and layers[11].reception.last_sr == 0
 
 
 def test_the_reader_notes_when_a_publishers_numbered_packets_arrived_as_python_does() -> None:

@@ -287,13 +287,19 @@ def test_packets_sent_before_a_switch_are_not_resent_from_the_new_layer() -> Non
     assert out.rtp == [], "a packet of the new layer went out under an old layer's number"
 
 
-def test_a_packet_asked_for_again_at_once_is_not_resent_twice() -> None:
-    clock = Clock(1000.0)
+def keyframe_sent(clock: Clock) -> tuple[FakeTransport, Consumer, list[int]]:
+    """A consumer that sent a keyframe of three packets: its transport, itself and the
+    packets' sequence numbers."""
     producer, _, out, consumer = consumed(clock)
     layer = Layer(0, 1000, 7000, 0, 9000, 160)
     consumer.set_target(0)
     feed(producer, layer.frame(keyframe=True, packets=3), 0)
-    first, second = (p.sequence_number for p, _ in sent(out)[:2])
+    return out, consumer, [p.sequence_number for p, _ in sent(out)]
+
+
+def test_a_packet_asked_for_again_at_once_is_not_resent_twice() -> None:
+    clock = Clock(1000.0)
+    out, consumer, [first, second, _] = keyframe_sent(clock)
     consumer.retransmit((first, second))
     clock.now += 0.05  # asked again before the copies could have arrived
     consumer.retransmit((first, second))
@@ -302,6 +308,17 @@ def test_a_packet_asked_for_again_at_once_is_not_resent_twice() -> None:
     consumer.retransmit((second,))
     assert [p.sequence_number for p, _ in sent(out)] == [second]
     assert consumer.resent == 3
+
+
+def test_a_packet_is_resent_again_once_the_interval_asked_for_has_gone_by() -> None:
+    clock = Clock(1000.0)
+    out, consumer, [first, _, _] = keyframe_sent(clock)
+    consumer.retransmit((first,), interval=0.4)  # a round trip of 400 ms
+    clock.now += consumer_module.RESEND_INTERVAL + 0.05
+    consumer.retransmit((first,), interval=0.4)  # asked again within it: on its way still
+    clock.now += 0.25
+    consumer.retransmit((first,), interval=0.4)  # and after it
+    assert [p.sequence_number for p, _ in sent(out)] == [first, first]
 
 
 def test_retransmissions_stop_where_the_transports_budget_ends(

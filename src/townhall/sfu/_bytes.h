@@ -1,4 +1,4 @@
-/* Big-endian writes into packets, shared by the native piece's sources. */
+/* Big-endian reads and writes of packets, shared by the native piece's sources. */
 
 #ifndef TOWNHALL_BYTES_H
 #define TOWNHALL_BYTES_H
@@ -17,6 +17,12 @@ static inline int put32(unsigned char *at, unsigned long value) {
     at[2] = (unsigned char)((value >> 8) & 0xFF);
     at[3] = (unsigned char)(value & 0xFF);
     return 4;
+}
+
+/* The 32 bits at `at`, network order. */
+static inline unsigned long get32(const unsigned char *at) {
+    return ((unsigned long)at[0] << 24) | ((unsigned long)at[1] << 16) |
+           ((unsigned long)at[2] << 8) | (unsigned long)at[3];
 }
 
 #endif

@@ -764,10 +764,8 @@ static int parse_rtp(const unsigned char *p, Py_ssize_t size, Incoming *in, Head
     in->marker = p[1] >> 7;
     in->payload_type = p[1] & 0x7F;
     in->sequence = (p[2] << 8) | p[3];
-    in->timestamp = (long)(((unsigned long)p[4] << 24) | ((unsigned long)p[5] << 16) |
-                           ((unsigned long)p[6] << 8) | p[7]);
-    header->ssrc = ((unsigned long)p[8] << 24) | ((unsigned long)p[9] << 16) |
-                   ((unsigned long)p[10] << 8) | p[11];
+    in->timestamp = (long)get32(p + 4);
+    header->ssrc = get32(p + 8);
     in->payload_offset = (long)offset;
     return 0;
 }

@@ -29,8 +29,10 @@
  * so that an arrival is the kernel's receive time). An RTCP datagram that is one transport
  * feedback packet alone (as browsers send them, ten or more a second per receiver) is read here: once
  * the transport numbers its packets (`video.twcc`) and runs its estimate in C, the feedback is
- * matched and the estimate run (_twcc.c) and only a new estimate goes to Python,
- * `estimated(bit/s)`.
+ * matched and the estimate run (_twcc.c) and only an estimate that is news goes to Python,
+ * `estimated(bit/s)` (twcc_news: one that differs from the last, or the same once that is
+ * REPORT_REFRESH old). So is a publisher's compound of sender reports and source descriptions
+ * alone (read_sender_reports_here()): each report is noted on its layer in C.
  *
  * While it runs, `holder._holding` (the socket's) is true, so that Python code sending on the
  * socket queues its copies in `held`; they are sent (`flush()`) after each datagram. The counts
@@ -45,6 +47,7 @@
 
 #include "_read.h"
 #include "_twcc.h"
+#include "_bytes.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -72,12 +75,12 @@ static unsigned long long read_truncated = 0, read_unprotect_failed = 0;
 enum {
     R_RECEIVED, R_MEDIA_RECEIVER, R_PACKETS_RECEIVED, R_PACKETS_FORWARDED, R_BYTES_FORWARDED,
     R_ARRIVED_NS, R_SENT_MANY, R_HOLDING, R_TWCC, R_HISTORY, R_NATIVE_STATE, R_PARAMETERS,
-    R_DUE, R_RIDE, R_COUNT
+    R_DUE, R_RIDE, R_SENDER_REPORT, R_RECEPTION, R_LAST_SR, R_LAST_SR_AT, R_COUNT
 };
 static const char *read_name_texts[R_COUNT] = {
     "received", "media_receiver", "packets_received", "packets_forwarded", "bytes_forwarded",
     "arrived_ns", "sent_many", "_holding", "twcc", "history", "native_state", "parameters",
-    "due", "ride",
+    "due", "ride", "sender_report", "reception", "last_sr", "last_sr_at",
 };
 static PyObject *read_names_interned[R_COUNT];
 
@@ -256,12 +259,13 @@ static int feedback_alone(const unsigned char *packet, Py_ssize_t length) {
 }
 
 /* A transport feedback packet for the transport whose VideoAllocation is `video`, matched and
- * run through its estimate in C (twcc_estimate) as TwccSender.feedback does; an estimate goes
- * to `estimated(bit/s)`. 1 if handled here, 0 if it is for Python's rtcp() (no transport-wide
+ * run through its estimate in C (twcc_estimate) as TwccSender.feedback does; an estimate that
+ * is news at the route's `clock` (twcc_news) goes to `estimated(bit/s)`, which returns False
+ * if it did not take it (then the next one is news too). 1 if handled here, 0 if it is for Python's rtcp() (no transport-wide
  * sequence numbers yet, the estimate in Python, or a malformed packet, which rtcp() counts and
  * logs), -1 with an exception. */
-static int read_feedback_here(PyObject *video, PyObject *estimated, const unsigned char *packet,
-                              Py_ssize_t length) {
+static int read_feedback_here(PyObject *video, PyObject *estimated, PyObject *clock,
+                              const unsigned char *packet, Py_ssize_t length) {
     PyObject *twcc = PyObject_GetAttr(video, read_names_interned[R_TWCC]);
     if (twcc == NULL)
         return -1;
@@ -299,12 +303,19 @@ static int read_feedback_here(PyObject *video, PyObject *estimated, const unsign
         goto done;
     }
     result = 1;
-    if (found > 0) {
+    double now = found > 0 ? clock_now(clock) : 0.0;
+    if (now == -1.0 && PyErr_Occurred()) {
+        result = -1;
+        goto done;
+    }
+    if (found > 0 && twcc_news(state, estimate, now)) {
         PyObject *value = PyFloat_FromDouble(estimate);
         PyObject *returned = value == NULL ? NULL : PyObject_CallOneArg(estimated, value);
         Py_XDECREF(value);
         if (returned == NULL)
             result = -1;
+        else if (returned == Py_False)  /* not taken (ignored for now): hand the next one */
+            twcc_unreported(state);
         Py_XDECREF(returned);
     }
 done:
@@ -312,6 +323,99 @@ done:
     Py_XDECREF(state);
     Py_XDECREF(history);
     Py_XDECREF(parameters);
+    return result;
+}
+
+/* Sender reports one compound RTCP packet holds at most for the reader to take them. */
+#define SENDER_REPORTS_HERE 8
+
+/* One sender report's SSRC, NTP and RTP timestamps. */
+typedef struct {
+    unsigned long ssrc, rtp;
+    unsigned long long ntp;
+} SenderReport;
+
+/* Each report noted on its layer (`layers[i]`): Layer.sender_reported in C. 0, or -1 with an
+ * exception. */
+static int note_sender_reports(PyObject *const *layers, const SenderReport *reports, int count,
+                               PyObject *clock) {
+    double now = clock_now(clock);
+    if (now == -1.0 && PyErr_Occurred())
+        return -1;
+    for (int i = 0; i < count; i++) {
+        PyObject *report = Py_BuildValue("(KK)", reports[i].ntp,
+                                         (unsigned long long)reports[i].rtp);
+        int failed = report == NULL ||
+            PyObject_SetAttr(layers[i], read_names_interned[R_SENDER_REPORT], report) < 0;
+        Py_XDECREF(report);
+        PyObject *reception = failed ? NULL :
+            PyObject_GetAttr(layers[i], read_names_interned[R_RECEPTION]);
+        PyObject *last_sr = reception == NULL ? NULL :
+            PyLong_FromUnsignedLong((unsigned long)((reports[i].ntp >> 16) & 0xFFFFFFFFUL));
+        PyObject *at = last_sr == NULL ? NULL : PyFloat_FromDouble(now);
+        failed = at == NULL ||
+            PyObject_SetAttr(reception, read_names_interned[R_LAST_SR], last_sr) < 0 ||
+            PyObject_SetAttr(reception, read_names_interned[R_LAST_SR_AT], at) < 0;
+        Py_XDECREF(reception);
+        Py_XDECREF(last_sr);
+        Py_XDECREF(at);
+        if (failed)
+            return -1;
+    }
+    return 0;
+}
+
+/* A compound RTCP packet from a publisher that is nothing but sender reports without report
+ * blocks and source descriptions (as a sending browser sends them, one a second or so for
+ * each of its streams), each about a stream of `layers` (the transport's layers by SSRC):
+ * noted on those layers as Router.rtcp_received notes them (Layer.sender_reported), with the
+ * route's `clock`; the descriptions are skipped, as rtcp.parse skips them. 1 if handled
+ * here, 0 if it is for Python's rtcp() (anything else, or anything Python would read
+ * differently or refuse), -1 with an exception. */
+static int read_sender_reports_here(PyObject *layers, PyObject *clock,
+                                    const unsigned char *packet, Py_ssize_t length) {
+    SenderReport reports[SENDER_REPORTS_HERE];
+    int found = 0;
+    Py_ssize_t pos = 0;
+    while (pos < length) {
+        if (length < pos + 4)
+            return 0;
+        const unsigned char *header = packet + pos;
+        int count = header[0] & 0x1F;
+        Py_ssize_t size = 4 * (Py_ssize_t)((header[2] << 8) | header[3]);
+        if ((header[0] >> 6) != 2 || (header[0] & 0x20) || length < pos + 4 + size)
+            return 0;  /* not version 2, padded or truncated */
+        if (header[1] == 200) {
+            if (count != 0 || size != 24 || found == SENDER_REPORTS_HERE)
+                return 0;
+            reports[found].ssrc = get32(header + 4);
+            reports[found].ntp = ((unsigned long long)get32(header + 8) << 32) |
+                                 get32(header + 12);
+            reports[found].rtp = get32(header + 16);
+            found++;
+        } else if (header[1] != 202) {
+            return 0;  /* a source description says nothing the SFU reads: skipped */
+        }
+        pos += 4 + size;
+    }
+    if (found == 0 || !PyDict_Check(layers))
+        return 0;
+    PyObject *found_layers[SENDER_REPORTS_HERE];
+    int held = 0, result = 1;
+    for (; held < found; held++) {
+        PyObject *ssrc = PyLong_FromUnsignedLong(reports[held].ssrc);
+        PyObject *layer = ssrc == NULL ? NULL : PyDict_GetItemWithError(layers, ssrc);
+        Py_XDECREF(ssrc);
+        if (layer == NULL) {  /* not a stream it knows: Python's; or an error */
+            result = PyErr_Occurred() ? -1 : 0;
+            break;
+        }
+        found_layers[held] = Py_NewRef(layer);  /* held: what follows may run Python code */
+    }
+    if (result == 1 && note_sender_reports(found_layers, reports, found, clock) < 0)
+        result = -1;
+    for (int i = 0; i < held; i++)
+        Py_DECREF(found_layers[i]);
     return result;
 }
 
@@ -451,8 +555,10 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
         read_unprotect_failed++;
         return 1;
     }
-    if (rtcp && feedback_alone(packet, size)) {
-        int handled = read_feedback_here(video, estimated, packet, size);
+    if (rtcp) {
+        int handled = feedback_alone(packet, size) ?
+            read_feedback_here(video, estimated, clock, packet, size) :
+            read_sender_reports_here(layers, clock, packet, size);
         if (handled != 0)
             return handled;
     }

@@ -79,6 +79,9 @@ typedef struct {
     double updated_at;
     int64_t deltas, usage, has_estimate;
     double estimate;
+    /* the last estimate the socket's reader handed to Python, and when (twcc_news) */
+    int64_t has_reported;
+    double reported, reported_at;
 } EstimateState;
 
 const Py_ssize_t twcc_state_size = (Py_ssize_t)sizeof(EstimateState);
@@ -404,7 +407,33 @@ PyObject *twcc_feedback(PyObject *self, PyObject *args) {
         return NULL;
     if (found == 0)
         Py_RETURN_NONE;
+    /* Python has this one: the reader's next one is news whatever it is */
+    ((EstimateState *)PyByteArray_AS_STRING(state_object))->has_reported = 0;
     return PyFloat_FromDouble(estimate);
+}
+
+/* An estimate the same as the last one handed to Python is handed again once it is this old
+ * (s): Python's Estimate counts an estimate this old as stale only after seconds
+ * (bandwidth.FEEDBACK_EXPIRY). */
+#define REPORT_REFRESH 0.5
+
+void twcc_unreported(PyObject *state_object) {
+    if (PyByteArray_Check(state_object) && PyByteArray_GET_SIZE(state_object) == twcc_state_size)
+        ((EstimateState *)PyByteArray_AS_STRING(state_object))->has_reported = 0;
+}
+
+int twcc_news(PyObject *state_object, double estimate, double now) {
+    if (!PyByteArray_Check(state_object) ||
+            PyByteArray_GET_SIZE(state_object) != twcc_state_size)
+        return 1;
+    EstimateState *state = (EstimateState *)PyByteArray_AS_STRING(state_object);
+    if (state->has_reported && state->reported == estimate && now >= state->reported_at &&
+            now - state->reported_at < REPORT_REFRESH)
+        return 0;
+    state->has_reported = 1;
+    state->reported = estimate;
+    state->reported_at = now;
+    return 1;
 }
 
 /* --- feedback to a publisher ----------------------------------------------------------------

@@ -44,6 +44,15 @@ int twcc_estimate(const unsigned char *data, Py_ssize_t length, PyObject *histor
                   PyObject *state, const void *parameters, Py_ssize_t parameters_length,
                   double *estimate);
 
+/* Whether the socket's reader hands the estimate `estimate` that the state `state` gave to
+ * Python at `now` (s, the router's clock): not when it is the one it handed last, under
+ * REPORT_REFRESH ago, and Python heard nothing from the state since (twcc_feedback). It notes
+ * what it hands. At a steady rate most estimates are the one before. */
+int twcc_news(PyObject *state, double estimate, double now);
+
+/* The estimate last handed to Python was not taken: the next one is news, whatever it is. */
+void twcc_unreported(PyObject *state);
+
 /* twcc_feedback(data, history, state, parameters) -> estimate or None: see _twcc.c. */
 PyObject *twcc_feedback(PyObject *self, PyObject *args);
 

@@ -133,6 +133,11 @@ class Estimate:
         self._updated_at = now
         return dropped
 
+    def taking(self) -> bool:
+        """Whether a report now would be taken (not while reports are ignored after
+        :meth:`retry`)."""
+        return self._clock() >= self._ignore_until
+
     def lost(self, fraction: float) -> bool:
         """The share of the video sent that the receiver reported lost since its last report;
         True when that bounds the estimate lower (reallocate now)."""

@@ -25,9 +25,10 @@ _ids = itertools.count(1)
 
 #: Most padding packets sent after one frame.
 MAX_PADDING_PACKETS = 8
-#: A packet is resent at most once in this many seconds, however often it is asked for (a
-#: receiver asks again when the copy has not come within its round trip, 100 ms until it has
-#: measured one; on a full link the copy is still queued).
+#: A packet is resent at most once in this many seconds, however often it is asked for, or
+#: once a round trip where the transport's is longer (``round_trip.py``). A receiver asks again
+#: when the copy has not come within its round trip, 100 ms until it has measured one; on a
+#: full link the copy is still queued.
 RESEND_INTERVAL = 0.15
 #: Packets whose last resend is remembered.
 RESENDS_KEPT = 512
@@ -231,16 +232,18 @@ class Consumer:
         return frozenset(self._pauses)
 
     def retransmit(self, sequences: tuple[int, ...],
-                   budget: bandwidth.ResendBudget | None = None) -> list[int]:
+                   budget: bandwidth.ResendBudget | None = None,
+                   interval: float = RESEND_INTERVAL) -> list[int]:
         """Resend what the cache holds, within ``budget`` and not what was resent less than
-        ``RESEND_INTERVAL`` ago; returns the producer's sequence numbers it lacks."""
+        ``interval`` ago (the transport's round trip, once known: ``round_trip.py``); returns
+        the producer's sequence numbers it lacks."""
         if self.layer < 0:
             return []
         missing = []
         now = self._clock()
         resent = self._resent_at
         for out_sequence in sequences:
-            if now - resent.get(out_sequence, -RESEND_INTERVAL) < RESEND_INTERVAL:
+            if now - resent.get(out_sequence, -interval) < interval:
                 continue
             sequence = self.rewriter.input_sequence(out_sequence)
             if sequence is None:

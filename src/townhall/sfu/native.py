@@ -62,7 +62,7 @@ Receive = Callable[[bytes, dict[int, Any], float], int]
 #: router's clock, ``Router.rtp_received`` and ``Router.rtcp_received`` for that transport,
 #: its ``VideoAllocation``, and what takes the estimate its transport feedback gave).
 Plain = tuple[int, dict[int, Any], Any, Callable[[], float], Callable[[bytes], None],
-              Callable[[bytes], None], Any, Callable[[float], None]]
+              Callable[[bytes], None], Any, Callable[[float], bool | None]]
 #: ``twcc_feedback(data, history, state, parameters)``: the estimate in bit/s, or None
 TwccFeedback = Callable[[bytes, bytearray, bytearray, bytes], float | None]
 #: ``twcc_report(arrivals, base, count, oldest µs, feedback count, sender SSRC, media SSRC)``:

@@ -28,6 +28,7 @@ from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.audio_activity import Activity, AudioActivity
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import Producer, receive
+from townhall.sfu.round_trip import RoundTrip
 from townhall.sfu.simulcast import Layer, layer_for_size, needed_layers
 from townhall.sfu.transport import IncomingTrack, Slot, Transport
 
@@ -94,6 +95,8 @@ class _TransportState:
     layers_by_ssrc: dict[int, Layer] = field(default_factory=dict)
     producers_by_mid: dict[str, Producer] = field(default_factory=dict)
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
+    #: The round trip to the far end, from its reports on the sender reports sent to it.
+    round_trip: RoundTrip = field(default_factory=RoundTrip)
     #: Reasons every video consumer on this transport is paused for (``set_video_paused``).
     video_pauses: set[str] = field(default_factory=set)
     #: ``Transport.datagrams_received`` when it last changed, and when that was.
@@ -308,7 +311,7 @@ class Router:
 
     def native_receive(self, transport: Transport) -> tuple[
             dict[int, Layer], Counters, Callable[[], float], Callable[[bytes], None],
-            Callable[[bytes], None], VideoAllocation, Callable[[float], None],
+            Callable[[bytes], None], VideoAllocation, Callable[[float], bool],
             bytearray] | None:
         """What the socket's native reader needs to do :meth:`rtp_received` and, for
         transport feedback, :meth:`rtcp_received` for ``transport`` itself (``native.Plain``
@@ -425,8 +428,8 @@ class Router:
             if item.kind == "sender-report":
                 layer = state.layers_by_ssrc.get(item.media_ssrc)
                 if layer is not None:
-                    layer.sender_report = (item.ntp_timestamp, item.rtp_timestamp)
-                    layer.reception.sender_report(item.ntp_timestamp, self._clock())
+                    layer.sender_reported(item.ntp_timestamp, item.rtp_timestamp,
+                                          self._clock())
                 continue
             if item.kind == "twcc":
                 self._transport_feedback(transport, state, item.raw)
@@ -440,7 +443,8 @@ class Router:
                 continue
             if item.kind == "nack":
                 resent = consumer.resent
-                missing = consumer.retransmit(item.lost, state.video.resend)
+                missing = consumer.retransmit(item.lost, state.video.resend,
+                                              state.round_trip.resend_interval())
                 self.counters.retransmissions += consumer.resent - resent
                 if consumer.layer >= 0:
                     consumer.producer.request_retransmission(consumer.layer, missing)
@@ -448,15 +452,21 @@ class Router:
                 self.counters.keyframe_requests += 1
                 consumer.producer.request_keyframe(
                     consumer.layer if consumer.layer >= 0 else max(0, consumer.target))
-            elif item.kind == "report" and consumer.producer.kind == "video":
-                reports.append((consumer, item.fraction_lost))
+            elif item.kind == "report":
+                state.round_trip.reported(item.last_sr, item.delay_since_sr, self._clock())
+                if consumer.producer.kind == "video":
+                    reports.append((consumer, item.fraction_lost))
         if reports and state.video.receiver_reports(reports):
             self._allocate_on(transport)
 
-    def _estimated(self, transport: Transport, video: VideoAllocation, bitrate: float) -> None:
-        """The estimate the socket's native reader got from ``transport``'s feedback."""
+    def _estimated(self, transport: Transport, video: VideoAllocation, bitrate: float) -> bool:
+        """The estimate the socket's native reader got from ``transport``'s feedback; returns
+        whether it was taken (not while reports are ignored after a retry: the reader then
+        hands the next one over whether or not it changed)."""
+        taken = video.estimate.taking()
         if video.estimated(bitrate) and transport in self._transports:
             self._allocate_on(transport)
+        return taken
 
     def _transport_feedback(self, transport: Transport, state: _TransportState,
                             raw: bytes) -> None:
@@ -505,6 +515,9 @@ class Router:
         for transport, state in list(self._transports.items()):
             reports = [report for consumer in list(state.consumers_by_ssrc.values())
                        if (report := consumer.sender_report()) is not None]
+            now = self._clock()
+            for report in reports:
+                state.round_trip.sent(rtcp.sender_report_ntp(report), now)
             for start in range(0, len(reports), REPORTS_PER_PACKET):
                 transport.send_rtcp(b"".join(reports[start:start + REPORTS_PER_PACKET]))
             yield
@@ -593,6 +606,12 @@ class Router:
             consumer.max_layer = layer
             self._update_sent_layers(consumer.producer, self._clock())
             self._allocate_on(consumer.transport)
+
+    def round_trip(self, transport: Transport) -> float | None:
+        """The smoothed round trip to ``transport``'s far end in seconds, None until its
+        reports on the sender reports sent to it gave one."""
+        state = self._transports.get(transport)
+        return None if state is None else state.round_trip.rtt
 
     def low_bandwidth(self, transport: Transport) -> bool:
         """Whether video to ``transport`` is cut because even the lowest layer of one video

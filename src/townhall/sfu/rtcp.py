@@ -18,6 +18,7 @@ from aiortc.rtp import (
     RtcpByePacket,
     RtcpPacket,
     RtcpPsfbPacket,
+    RtcpReceiverInfo,
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
@@ -39,6 +40,9 @@ class Feedback:
     ntp_timestamp: int = 0
     rtp_timestamp: int = 0
     fraction_lost: int = 0
+    #: For "report": the LSR and DLSR of the block (``round_trip.py``).
+    last_sr: int = 0
+    delay_since_sr: int = 0
     #: For "remb": the receiver's estimate of the bandwidth available to it, in bit/s.
     bitrate: int = 0
     #: For "twcc": the transport feedback packet as it came (parsed by ``twcc.parse_feedback``).
@@ -47,7 +51,7 @@ class Feedback:
 
 def parse(data: bytes) -> list[Feedback]:
     """Feedback in a compound RTCP packet; raises ``ValueError`` if it is malformed."""
-    transport_feedback, rest = twcc.split(data)
+    transport_feedback, rest = _split(data)
     out: list[Feedback] = [Feedback("twcc", 0, raw=raw) for raw in transport_feedback]
     packets = RtcpPacket.parse(rest) if rest else []
     for packet in packets:
@@ -76,14 +80,44 @@ def parse(data: bytes) -> list[Feedback]:
                     rtp_timestamp=info.rtp_timestamp,
                 )
             )
-            out.extend(Feedback("report", r.ssrc, fraction_lost=r.fraction_lost)
-                       for r in packet.reports)
+            out.extend(_report(r) for r in packet.reports)
         elif isinstance(packet, RtcpRrPacket):
-            out.extend(Feedback("report", r.ssrc, fraction_lost=r.fraction_lost)
-                       for r in packet.reports)
+            out.extend(_report(r) for r in packet.reports)
         elif isinstance(packet, RtcpByePacket):
             out.extend(Feedback("bye", ssrc) for ssrc in packet.sources)
     return out
+
+
+#: RTCP packet type of a source description (SDES, RFC 3550 6.5).
+_SDES = 202
+
+
+def _split(data: bytes) -> tuple[list[bytes], bytes]:
+    """The transport feedback packets of a compound RTCP packet, and the rest of it without
+    its source descriptions, for aiortc's parser: it cannot read transport feedback and
+    refuses the whole compound; and after a description chunk whose padding is over two bytes
+    it steps into the middle of the next, and refuses the compound where that runs past the
+    end. The SFU reads no description; one that does not read whole is left for aiortc to
+    refuse."""
+    found: list[bytes] = []
+    if b"\xcd" not in data and b"\xca" not in data:  # no RTPFB nor SDES: the common case
+        return found, data
+    rest: list[bytes] = []
+    pos = 0
+    while pos + 4 <= len(data):
+        first, packet_type = data[pos], data[pos + 1]
+        end = pos + 4 + 4 * ((data[pos + 2] << 8) | data[pos + 3])
+        if twcc.is_feedback(first, packet_type):
+            found.append(data[pos:end])
+        elif packet_type != _SDES or end > len(data):
+            rest.append(data[pos:end])
+        pos = end
+    return found, b"".join(rest) + data[pos:]
+
+
+def _report(block: RtcpReceiverInfo) -> Feedback:
+    return Feedback("report", block.ssrc, fraction_lost=block.fraction_lost, last_sr=block.lsr,
+                    delay_since_sr=block.dlsr)
 
 
 def pli(sender_ssrc: int, media_ssrc: int) -> bytes:
@@ -146,6 +180,17 @@ def sender_report(
                                octets & 0xFFFFFFFF)
 
 
+def last_sr(ntp_timestamp: int) -> int:
+    """What a receiver report echoes of a sender report with ``ntp_timestamp`` (LSR): its
+    middle 32 bits."""
+    return (ntp_timestamp >> 16) & 0xFFFFFFFF
+
+
+def sender_report_ntp(report: bytes) -> int:
+    """The NTP timestamp of a sender report :func:`sender_report` wrote."""
+    return int.from_bytes(report[8:16], "big")
+
+
 class ReceptionStats:
     """What a receiver report says about one incoming SSRC (RFC 3550 appendix A.3)."""
 
@@ -166,7 +211,7 @@ class ReceptionStats:
 
     def sender_report(self, ntp_timestamp: int, now: float) -> None:
         """The source's sender report with ``ntp_timestamp`` arrived ``now``."""
-        self.last_sr = (ntp_timestamp >> 16) & 0xFFFFFFFF
+        self.last_sr = last_sr(ntp_timestamp)
         self.last_sr_at = now
 
     def add(self, sequence: int) -> None:

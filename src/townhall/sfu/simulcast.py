@@ -85,6 +85,12 @@ class Layer:
         self._counted = 0
         self._counted_at = -1.0
 
+    def sender_reported(self, ntp_timestamp: int, rtp_timestamp: int, now: float) -> None:
+        """The publisher's sender report for this stream arrived ``now`` (the socket's
+        native reader does the same in C, ``read_sender_reports_here``)."""
+        self.sender_report = (ntp_timestamp, rtp_timestamp)
+        self.reception.sender_report(ntp_timestamp, now)
+
     def measure(self, now: float) -> int:
         """Update and return the smoothed bitrate (bit/s) from the bytes counted since last time."""
         if self.octets != self._counted:

@@ -40,7 +40,7 @@ EXTENSION_ID = 5
 HISTORY = 4096
 
 __all__ = ["DELIVERED_SHARE", "URI", "Feedback", "TwccReceiver", "TwccSender", "alone",
-           "build_feedback", "complete_answer", "complete_offer", "parse_feedback", "split"]
+           "build_feedback", "complete_answer", "complete_offer", "is_feedback", "parse_feedback"]
 
 _BLOCK = struct.Struct("!HHBHB")
 _HEADER = struct.Struct("!HHI")
@@ -177,31 +177,13 @@ def parse_feedback(data: bytes) -> Feedback:
 def alone(data: bytes) -> bool:
     """Whether a compound RTCP packet is one transport feedback packet and nothing else
     (reduced-size RTCP, as browsers send it)."""
-    return len(data) >= 4 and _is_feedback(data[0], data[1]) and \
+    return len(data) >= 4 and is_feedback(data[0], data[1]) and \
         (((data[2] << 8) | data[3]) + 1) * 4 == len(data)
 
 
-def _is_feedback(first: int, packet_type: int) -> bool:
+def is_feedback(first: int, packet_type: int) -> bool:
+    """Whether an RTCP packet whose first two bytes are these is transport feedback."""
     return packet_type == 205 and first & 0x1F == 15
-
-
-def split(data: bytes) -> tuple[list[bytes], bytes]:
-    """The transport feedback packets of a compound RTCP packet, and the rest of it (aiortc's
-    RTCP parser cannot read transport feedback and refuses the whole compound)."""
-    found: list[bytes] = []
-    if b"\xcd" not in data:  # no RTPFB at all: the common case
-        return found, data
-    rest = b""
-    pos = 0
-    while pos + 4 <= len(data):
-        first, packet_type = data[pos], data[pos + 1]
-        length = ((data[pos + 2] << 8) | data[pos + 3]) * 4 + 4
-        if _is_feedback(first, packet_type):
-            found.append(data[pos:pos + length])
-        else:
-            rest += data[pos:pos + length]
-        pos += length
-    return found, rest + data[pos:]
 
 
 class TwccSender:
