@@ -79,6 +79,7 @@ class _Socket:
         #: what estimated() says: False stands for an estimate that ignores reports for now
         self.estimates_taken = True
         self.fail_next_delivery = False
+        self.fail_next_estimate = False
 
     def deliver(self, data: bytes, address: Any) -> None:
         self.holding_seen.append(self._holding)
@@ -89,6 +90,9 @@ class _Socket:
 
     def estimated(self, bitrate: float) -> bool:
         self.estimates.append(bitrate)
+        if self.fail_next_estimate:
+            self.fail_next_estimate = False
+            raise ValueError("this estimate breaks the handler")
         return self.estimates_taken
 
     def failed(self, address: Any, exc: BaseException | None) -> None:
@@ -259,6 +263,34 @@ def test_an_unchanged_estimate_goes_to_python_again_only_after_half_a_second() -
     # once Python did not take one, each after it went too, though the same and soon after
     refused = min(k for k in handed_at if k >= 95)
     assert refused < 99 and set(range(refused, 100)) <= set(handed_at)
+
+
+def test_an_estimate_whose_handling_failed_is_handed_again_with_the_next_feedback() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    sender, twin = twcc.TwccSender(5), twcc.TwccSender(5)
+    arrivals = _numbered(sender, 3000)
+    _numbered(twin, 3000)
+    feedbacks = [build_feedback(30 * k, arrivals[30 * k:30 * k + 30], k) for k in range(100)]
+    estimates = [twin.feedback(feedback) for feedback in feedbacks]
+    # a feedback whose estimate is new, and the next one's the same (held at its cap)
+    fails = next(k for k in range(1, 99) if estimates[k - 1] != estimates[k] == estimates[k + 1])
+    now = [10.0]
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), _Video(sender), clock=lambda: now[0])
+        for k in range(fails + 2):
+            reader.fail_next_estimate = k == fails
+            before = len(reader.estimates)
+            _send(remote, server, tx.protect_rtcp(feedbacks[k]))
+            _read_all(reader, 1)
+            now[0] += 0.01  # far sooner than the half second an unchanged one waits
+            if k == fails:
+                assert len(reader.estimates) == before + 1
+                assert len(reader.failures) == 1  # reported as the datagram's failure
+        # the same estimate, soon after: handed all the same, as the last was not taken
+        assert len(reader.estimates) == before + 1
+        assert int(reader.estimates[-1]) == estimates[fails + 1]
 
 
 def test_feedback_the_reader_cannot_take_goes_to_python_as_it_came() -> None:

@@ -37,8 +37,11 @@ def test_the_round_trip_is_smoothed_and_a_resend_waits_one_within_bounds() -> No
     trip.sent(NTP, now=0.0)
     trip.reported(last_sr(NTP), 0, now=0.4)
     assert trip.resend_interval() == pytest.approx(0.4)
-    trip.sent(NTP + (1 << 16), now=1.0)
-    trip.reported(last_sr(NTP) + 1, 0, now=1.08)
+    trip.sent(NTP + (1 << 16), now=1.4)
+    trip.reported(last_sr(NTP) + 1, 0, now=1.48)  # a window after the first sample
+    assert trip.rtt == pytest.approx(0.4)  # taken in once its window is over
+    trip.sent(NTP + (2 << 16), now=2.4)
+    trip.reported(last_sr(NTP) + 2, 0, now=2.5)
     assert trip.rtt == pytest.approx(0.4 + round_trip.SMOOTHING * (0.08 - 0.4))
     loopback = RoundTrip()
     loopback.sent(NTP, now=0.0)
@@ -70,3 +73,50 @@ def test_sender_reports_sent_long_ago_are_forgotten() -> None:
     assert trip.reported(last_sr(NTP) + 5, 0, now=11.8) is None  # sent at 1.5 s
     assert trip.reported(last_sr(NTP) + 30, 0, now=11.8) == pytest.approx(2.8)
     assert trip.reported(last_sr(NTP) + 39, 0, now=11.8) == pytest.approx(0.1)
+
+
+def test_reports_read_late_together_do_not_lengthen_the_round_trip() -> None:
+    trip = RoundTrip()
+
+    def report(ntp: int, sent: float, stream: int, read: float | None = None) -> None:
+        """The receiver reports on its stream ``stream`` 0.02 s after the one before, 0.05 s
+        after it got the sender report of ``sent``; the SFU reads it at ``read``."""
+        hold = 0.02 * stream
+        arrived = sent + 0.05 + hold
+        trip.reported(last_sr(ntp), round(hold * 65536), now=arrived if read is None else read)
+
+    # a receiver of 38 streams reports on each of them once a second, 0.05 s away
+    for second in range(5):
+        ntp = NTP + (second << 32)
+        trip.sent(ntp, now=float(second))
+        for stream in range(38):
+            report(ntp, second, stream)
+    assert trip.rtt == pytest.approx(0.05, abs=1e-4)
+    # then the event loop is held 0.35 s: the reports that came meanwhile are read together
+    ntp = NTP + (5 << 32)
+    trip.sent(ntp, now=5.0)
+    for stream in range(15):
+        report(ntp, 5.0, stream, read=5.35)
+    for stream in range(15, 38):
+        report(ntp, 5.0, stream)
+    trip.sent(ntp + (1 << 32), now=6.0)
+    report(ntp + (1 << 32), 6.0, 0)  # the next window: the one of the hold is taken in
+    assert trip.rtt == pytest.approx(0.05, abs=1e-4)
+    assert trip.resend_interval() == RESEND_INTERVAL
+
+
+def test_the_first_round_trip_is_the_shortest_of_the_first_second() -> None:
+    trip = RoundTrip()
+    trip.sent(NTP, now=0.0)
+    trip.reported(last_sr(NTP), 0, now=0.3)  # read after a hold
+    assert trip.rtt == pytest.approx(0.3)
+    trip.reported(last_sr(NTP), 0, now=0.06)
+    assert trip.rtt == pytest.approx(0.06)
+
+
+def test_a_report_a_unit_over_the_time_since_the_sender_report_counts_as_no_time() -> None:
+    trip = RoundTrip()
+    trip.sent(NTP, now=10.0)
+    trip.sent(NTP, now=11.0)  # the producer's timestamp again
+    # held 5 ms by the receiver's account, 1/65536 s more than the time since the last copy
+    assert trip.reported(last_sr(NTP), 328, now=11.0 + 327 / 65536) == 0.0

@@ -319,7 +319,9 @@ class Beat:
             self._halt()
 
     def _halt(self) -> None:
-        """Stop waiting and working: nothing is registered (or the loop changed)."""
+        """Stop waiting and working: nothing is registered (or the loop changed). Work part
+        way through its steps is given up (its generator is left to be collected: it may be
+        the one running now); its entry runs again when it is next due."""
         if self._sleeping is not None and self._wakeups is not None:
             self._wakeups._forget(self._sleeping, self._woke_at)
         if self._resume is not None:

@@ -312,10 +312,11 @@ static int read_feedback_here(PyObject *video, PyObject *estimated, PyObject *cl
         PyObject *value = PyFloat_FromDouble(estimate);
         PyObject *returned = value == NULL ? NULL : PyObject_CallOneArg(estimated, value);
         Py_XDECREF(value);
+        /* not taken (ignored for now, or the taking failed): hand the next one */
+        if (returned == NULL || returned == Py_False)
+            twcc_unreported(state);
         if (returned == NULL)
             result = -1;
-        else if (returned == Py_False)  /* not taken (ignored for now): hand the next one */
-            twcc_unreported(state);
         Py_XDECREF(returned);
     }
 done:

@@ -13,7 +13,7 @@ than the fixed ``consumer.RESEND_INTERVAL`` either. So on a long link (a meeting
 continents, a satellite or mobile link: 200–600 ms) a copy still on its way is not sent again
 each time the receiver asks, which Chromium does every 100 ms until it has measured a round
 trip of its own; and on a short one the interval stays what it was, since the measured round
-trip lags a link whose queue is filling (one report a second, smoothed).
+trip lags a link whose queue is filling (the shortest sample of each second, smoothed).
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ COPIES_KEPT = 12
 MAX_ROUND_TRIP = 5.0
 #: Weight of a new sample in the smoothed round trip (as TCP's, RFC 6298).
 SMOOTHING = 0.125
+#: Samples within this long of each other (seconds) count as one, the shortest: a receiver
+#: reports on each stream it receives (dozens a second in a meeting), and a hold of the event
+#: loop lengthens every report read during it, which one sample a report would let through.
+WINDOW = 1.0
+#: How far below zero a sample may be and still count (seconds), as 0: the hold is the
+#: difference of two truncated compact NTP times, so it may be one unit (1/65536 s) over.
+TOLERANCE = 2 / 65536
 #: The longest a resent packet waits before it is resent again (seconds): past a second the
 #: link is too slow for a copy to matter.
 RESEND_LONGEST = 1.0
@@ -40,14 +47,20 @@ RESEND_LONGEST = 1.0
 class RoundTrip:
     """One transport's round trip, from the reports on the sender reports sent on it."""
 
-    __slots__ = ("_sent", "rtt")
+    __slots__ = ("_opening", "_sent", "_shortest", "_since", "rtt")
 
     def __init__(self) -> None:
         #: LSR -> when sender reports with it were sent (the caller's clock), oldest first;
         #: the LSRs in the order of their latest send
         self._sent: dict[int, list[float]] = {}
-        #: The smoothed round trip in seconds, None before the first sample.
+        #: The smoothed round trip in seconds, None before the first sample: the shortest
+        #: sample of the first ``WINDOW``, then smoothed by the shortest of each one after.
         self.rtt: float | None = None
+        #: When the window began, the shortest sample in it since then (None: none yet), and
+        #: whether it is the first.
+        self._since = 0.0
+        self._shortest: float | None = None
+        self._opening = True
 
     def sent(self, ntp_timestamp: int, now: float) -> None:
         """A sender report with ``ntp_timestamp`` went out ``now``."""
@@ -74,12 +87,26 @@ class RoundTrip:
         if times is None:
             return None
         held = dlsr / 65536
-        sample = next((now - at - held for at in reversed(times) if now - at - held >= 0.0),
-                      None)
+        sample = next((now - at - held for at in reversed(times)
+                       if now - at - held >= -TOLERANCE), None)
         if sample is None or sample > MAX_ROUND_TRIP:
             return None
-        self.rtt = sample if self.rtt is None else self.rtt + SMOOTHING * (sample - self.rtt)
+        sample = max(sample, 0.0)
+        self._take(sample, now)
         return sample
+
+    def _take(self, sample: float, now: float) -> None:
+        if self.rtt is None:
+            self.rtt, self._since = sample, now
+            return
+        if now - self._since >= WINDOW:  # the window is over: this sample begins the next
+            if self._shortest is not None:
+                self.rtt += SMOOTHING * (self._shortest - self.rtt)
+            self._since, self._shortest, self._opening = now, None, False
+        if self._opening:
+            self.rtt = min(self.rtt, sample)
+        elif self._shortest is None or sample < self._shortest:
+            self._shortest = sample
 
     def resend_interval(self) -> float:
         """How long a packet resent on this transport waits before it is resent again: a
