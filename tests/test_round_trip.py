@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import struct
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
-from townhall.sfu import round_trip
+from support import Clock
+from townhall.sfu import round_trip, rtcp
 from townhall.sfu.consumer import RESEND_INTERVAL
 from townhall.sfu.round_trip import RoundTrip
+from townhall.sfu.router import Router
 from townhall.sfu.rtcp import last_sr
 
 NTP = 0x1234_5678_9ABC_DEF0
@@ -120,3 +126,39 @@ def test_a_report_a_unit_over_the_time_since_the_sender_report_counts_as_no_time
     trip.sent(NTP, now=11.0)  # the producer's timestamp again
     # held 5 ms by the receiver's account, 1/65536 s more than the time since the last copy
     assert trip.reported(last_sr(NTP), 328, now=11.0 + 327 / 65536) == 0.0
+
+
+async def test_the_router_times_its_sender_reports_and_paces_resends_by_the_reports_on_them(
+) -> None:
+    clock = Clock(100.0)
+    router = Router("round trip", clock=clock)
+    transport = router.create_transport("viewer")
+    state = router._transports[transport]
+    sent: list[bytes] = []
+    transport.send_rtcp = sent.append  # type: ignore[assignment,method-assign]
+    asked: list[float] = []
+
+    def retransmit(lost: Any, budget: Any, interval: float) -> list[int]:
+        asked.append(interval)
+        return []
+
+    consumer = SimpleNamespace(
+        producer=SimpleNamespace(kind="video", request_retransmission=lambda *_: None),
+        packets=0, packets_at_receiver_report=0, layer=0, resent=0, retransmit=retransmit,
+        sender_report=lambda: rtcp.sender_report(11, NTP, 0, 0, 0))
+    state.consumers_by_ssrc[11] = consumer  # type: ignore[assignment]
+    try:
+        for _ in router._send_reports():
+            pass
+        assert sent and rtcp.sender_report_ntp(sent[0]) == NTP
+        router.rtcp_received(transport, rtcp.nack(1, 11, [5]))
+        assert asked == [RESEND_INTERVAL]  # no round trip measured yet
+        clock.now += 0.35
+        block = struct.pack("!IB3xIIII", 11, 0, 0, 0, last_sr(NTP), 3_277)  # held 0.05 s
+        router.rtcp_received(transport, struct.pack("!BBHI", 0x81, 201, 7, 1) + block)
+        assert router.round_trip(transport) == pytest.approx(0.3, abs=1e-3)
+        router.rtcp_received(transport, rtcp.nack(1, 11, [5]))
+        assert asked[1] == pytest.approx(0.3, abs=1e-3)
+    finally:
+        state.consumers_by_ssrc.clear()
+        await router.close()
