@@ -115,6 +115,11 @@ class MeetingResult:
     join_longest_stall_ms: float = 0.0
     loop_stalls: int = 0
     loop_stalled_ms: float = 0.0
+    #: When everyone has left (townhall): the loop's stalls in the ``LEAVE_WAIT`` after, their
+    #: total in ms, and the server's memory at the end of it (MB).
+    leave_loop_stalls: int = 0
+    leave_loop_stalled_ms: float = 0.0
+    rss_after_leave_mb: float = 0.0
     server_packets_dropped: int = 0
     #: Packets the benchmark's producers numbered but could not send (no ICE pair, SRTP
     #: refused): a gap every consumer of that stream sees, made before the SFU.
@@ -266,6 +271,9 @@ async def _scrape(target: Any) -> tuple[list[tuple[float, int]], dict[str, float
 
 #: Seconds a benchmark participant's connection may take to close.
 CLOSE_TIMEOUT = 10
+#: Seconds the server is watched after everyone left: longer than a closed connection waits
+#: before it is taken apart (``transport.TAKE_APART_AFTER``).
+LEAVE_WAIT = 12.0
 
 
 async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) -> MeetingResult:
@@ -333,6 +341,17 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         p50, samples = percentile(delay0, delay1, 0.50)
         p99, _ = percentile(delay0, delay1, 0.99)
         delivered = sum(n for kind, n in got.items() if kind != "padding")
+        leave_stalls, leave_stalled, rss_after_leave = 0, 0.0, 0.0
+        if isinstance(target, TownhallTarget):
+            await target.leave_all()
+            await asyncio.sleep(LEAVE_WAIT)
+            _, counters2 = await _scrape(target)
+            leave_stalls = int(counters2.get("townhall_loop_stalls_total", 0)
+                               - counters1.get("townhall_loop_stalls_total", 0))
+            leave_stalled = round(1000 * (
+                counters2.get("townhall_loop_stall_seconds_total", 0)
+                - counters1.get("townhall_loop_stall_seconds_total", 0)), 1)
+            rss_after_leave = memory_mb(pid)[0]
         return MeetingResult(
             target=name,
             participants=size,
@@ -370,6 +389,9 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
                 1000 * counters0.get("townhall_loop_longest_stall_seconds", 0), 1),
             loop_stalls=int(in_window("townhall_loop_stalls_total")),
             loop_stalled_ms=round(1000 * in_window("townhall_loop_stall_seconds_total"), 1),
+            leave_loop_stalls=leave_stalls,
+            leave_loop_stalled_ms=leave_stalled,
+            rss_after_leave_mb=rss_after_leave,
             producer_send_errors=send_errors1 - send_errors0,
             producer_failed_sends=failed_sends(people),
             skipped_by_kind=skipped,
@@ -430,12 +452,15 @@ def markdown(results: list[MeetingResult], cpu_limit: float) -> str:
                          f"| {r.producer_send_errors} |")
     lines += ["", "| target | participants | while joining: datagrams dropped at the server "
               "| loop stalls ≥ 100 ms (total ms, longest ms) | in the window: loop stalls "
-              "(total ms) |", "|---|---:|---:|---|---|"]
+              "(total ms) | after everyone left: loop stalls (total ms), memory MB |",
+              "|---|---:|---:|---|---|---|"]
     for r in results:
         if not r.error:
             lines.append(f"| {r.target} | {r.participants} | {r.join_sfu_socket_drops} "
                          f"| {r.join_loop_stalls} ({r.join_loop_stalled_ms}, "
-                         f"{r.join_longest_stall_ms}) | {r.loop_stalls} ({r.loop_stalled_ms}) |")
+                         f"{r.join_longest_stall_ms}) | {r.loop_stalls} ({r.loop_stalled_ms}) "
+                         f"| {r.leave_loop_stalls} ({r.leave_loop_stalled_ms}), "
+                         f"{r.rss_after_leave_mb} |")
     for target in dict.fromkeys(r.target for r in results):
         fits = [r.participants for r in results if r.target == target and not r.error
                 and r.server_cpu_percent <= cpu_limit and r.sfu_loss == 0]

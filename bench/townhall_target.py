@@ -354,6 +354,12 @@ class TownhallTarget:
         async with self._http.get(f"http://127.0.0.1:{self.http_port}/metrics") as response:
             return await response.text()
 
+    async def leave_all(self) -> None:
+        """Everyone leaves (their signalling says so and closes); the server stays up."""
+        for session in self._sessions:
+            with contextlib.suppress(Exception):
+                await session.close()
+
     async def stop(self) -> None:
         for session in self._sessions:
             with contextlib.suppress(Exception):

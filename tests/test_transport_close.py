@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
 from support import until
+from townhall.errors import MediaClosed
+from townhall.sfu import teardown
+from townhall.sfu import transport as transport_module
 from townhall.sfu.transport import Transport
 
 
@@ -55,5 +59,33 @@ async def test_a_close_cancelled_halfway_still_closes_tells_the_handler_and_spoi
         assert handler.closed == [transport]
         await transport.close()  # closing again waits for nothing and tells nobody twice
         assert handler.closed == [transport]
+    finally:
+        await client.close()
+
+
+async def test_a_closed_transport_is_taken_apart_later_and_still_reads_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport_module, "TAKE_APART_AFTER", 0.0)
+    handler = Handler()
+    transport = Transport(handler, name="taken apart")
+    client = RTCPeerConnection()
+    try:
+        client.addTrack(AudioStreamTrack())
+        await client.setLocalDescription(await client.createOffer())
+        answer, _ = await transport.answer(client.localDescription.sdp)
+        await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await until(lambda: transport.pc.connectionState == "connected", 10, "connected")
+        with pytest.raises(ValueError, match="closed"):
+            teardown.take_apart(transport.pc)  # never an open one
+        parts = teardown.parts(transport.pc)
+        await transport.close()
+        await until(lambda: not transport.pc.getTransceivers(), 5, "taken apart")
+        assert parts and all(not vars(part) for part in parts)
+        # what callers may still ask of a closed transport still answers
+        assert transport.pc.connectionState == "closed"
+        assert transport.pc.signalingState == "closed"
+        with pytest.raises(MediaClosed):
+            await transport.offer()
     finally:
         await client.close()

@@ -31,7 +31,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from townhall.errors import BadRequest, MediaClosed
-from townhall.sfu import audio_sdp, rejected_sdp, simulcast_sdp, twcc
+from townhall.sfu import audio_sdp, rejected_sdp, simulcast_sdp, teardown, twcc
 from townhall.sfu.delay import ForwardingDelay
 from townhall.sfu.ice import MediaPath, media_path
 from townhall.sfu.native import NativeSend, Route
@@ -59,8 +59,12 @@ PRIVATE_ATTRIBUTES = (
     ("aiortc.rtcpeerconnection.RTCPeerConnection", "_RTCPeerConnection__certificates"),
     ("aiortc.rtcpeerconnection.RTCPeerConnection",
      "_RTCPeerConnection__currentRemoteDescription"),
+    ("aiortc.rtcpeerconnection.RTCPeerConnection", "_RTCPeerConnection__transceivers"),
 )
 
+#: Seconds after a transport closed that its peer connection is taken apart
+#: (``teardown.py``): by then nothing touches what is under it.
+TAKE_APART_AFTER = 5.0
 #: libsrtp's own buffer size for one packet in pylibsrtp, and the most protection may add.
 _SRTP_BUFFER = 1500
 _SRTP_MAX_TRAILER = 4 + 16 + 128
@@ -757,3 +761,10 @@ class Transport:
             await self.pc.close()
         finally:
             self._handler.transport_closed(self)
+        asyncio.get_running_loop().call_later(TAKE_APART_AFTER, self._take_apart)
+
+    def _take_apart(self) -> None:
+        try:
+            teardown.take_apart(self.pc)
+        except Exception:  # what is left is freed by the garbage collector, as before
+            logger.exception("%s: taking the closed connection apart failed", self.name)

@@ -1,0 +1,66 @@
+"""Taking a closed connection apart, so that reference counting frees it.
+
+An aiortc peer connection is a web of objects that refer to each other: each transceiver to its
+sender and receiver and back through their transports, each finished task of a sender to its
+coroutine and so to the sender, each transport to its ICE connection and its event handlers.
+Closed, the whole web is garbage that only a full collection of the garbage collector finds, and
+a full collection walks every object the server holds: when a 20-person meeting ends, about
+100,000 of them freed at once held every room on the server for 160 ms (``benchmarks.md``,
+*Leaving without a full collection*).
+
+:func:`take_apart` empties the instance dictionaries of a closed peer connection's transceivers,
+their senders, receivers and transports and the ICE connections under them, which cuts every
+one of those references: the objects are freed as soon as the last outside reference goes. The
+peer connection itself keeps only its states (they still read ``closed``), an empty list of
+transceivers and what a second close needs. A transport does this a while after it closed
+(``transport.TAKE_APART_AFTER``), when nothing should touch those objects any more.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: The peer connection's list of transceivers (private).
+_TRANSCEIVERS = "_RTCPeerConnection__transceivers"
+#: What a taken-apart peer connection keeps (private): its states, its closing (a second close
+#: returns at once) and what its event emitter needs (with no handlers). The rest goes: its
+#: descriptions, transports and the methods the transport set on it, which refer back to it.
+_KEPT = ("_RTCPeerConnection__connectionState", "_RTCPeerConnection__iceConnectionState",
+         "_RTCPeerConnection__iceGatheringState", "_RTCPeerConnection__signalingState",
+         "_RTCPeerConnection__isClosed", "_lock", "_loop", "_waiting")
+
+
+def parts(pc: Any) -> list[Any]:
+    """The objects under a peer connection that :func:`take_apart` empties, each once."""
+    found: dict[int, Any] = {}
+    for transceiver in pc.getTransceivers():
+        dtls = getattr(transceiver.receiver, "transport", None)
+        ice = getattr(dtls, "transport", None)
+        gatherer = getattr(ice, "iceGatherer", None)
+        connection = getattr(gatherer, "_connection", None)
+        for part in (transceiver, transceiver.sender, transceiver.receiver, dtls, ice, gatherer,
+                     connection):
+            if part is not None:
+                found.setdefault(id(part), part)
+    return list(found.values())
+
+
+def take_apart(pc: Any) -> int:
+    """Empty the closed ``pc``'s transceivers, senders, receivers, transports and ICE
+    connections (see the module's description); returns how many objects were emptied."""
+    if pc.connectionState != "closed":
+        raise ValueError("only a closed peer connection is taken apart")
+    emptied = parts(pc)
+    for part in emptied:
+        instance = getattr(part, "__dict__", None)
+        if instance is not None:
+            instance.clear()
+    own = vars(pc)
+    kept = {name: own[name] for name in _KEPT if name in own}
+    own.clear()
+    own.update(kept, _events={})
+    own[_TRANSCEIVERS] = []
+    return len(emptied) + 1
