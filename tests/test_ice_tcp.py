@@ -157,6 +157,26 @@ async def test_without_any_tcp_peer_ice_fails_once_the_end_of_candidates_delay_i
         await server.close()
 
 
+async def test_an_end_of_candidates_held_back_is_not_passed_to_a_connection_closed_meanwhile(
+    mux: IceMux,
+) -> None:
+    server, _, _, _ = await server_answering_tcp_only(mux)
+    connection = server.sctp.transport.transport.iceGatherer._connection
+    passed: list[object] = []
+
+    async def add_remote_candidate(candidate: object) -> None:
+        passed.append(candidate)
+
+    mux._tcp_end_delay = 0.05
+    try:
+        await mux._end_remote_candidates(connection, add_remote_candidate)
+        assert passed == [None]  # open: passed on after the delay
+    finally:
+        await server.close()
+    await mux._end_remote_candidates(connection, add_remote_candidate)
+    assert passed == [None]  # closed meanwhile: nothing more
+
+
 @pytest.mark.parametrize(
     "first_frame",
     [

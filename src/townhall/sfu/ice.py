@@ -1021,7 +1021,8 @@ class IceMux:
     ) -> None:
         try:
             await asyncio.sleep(self._tcp_end_delay)
-            await add_remote_candidate(None)
+            if connection in self._registered:  # not closed meanwhile
+                await add_remote_candidate(None)
         finally:
             if self._end_tasks.get(connection) is asyncio.current_task():
                 del self._end_tasks[connection]

@@ -9,7 +9,7 @@ a full collection walks every object the server holds: when a 20-person meeting 
 *Leaving without a full collection*).
 
 :func:`take_apart` empties the instance dictionaries of a closed peer connection's transceivers,
-their senders, receivers and transports and the ICE connections under them, which cuts every
+their senders, receivers and transports (not the ICE connection under them), which cuts every
 one of those references: the objects are freed as soon as the last outside reference goes. The
 peer connection itself keeps only its states (they still read ``closed``), an empty list of
 transceivers and what a second close needs. A transport does this a while after it closed
@@ -40,17 +40,17 @@ def parts(pc: Any) -> list[Any]:
         dtls = getattr(transceiver.receiver, "transport", None)
         ice = getattr(dtls, "transport", None)
         gatherer = getattr(ice, "iceGatherer", None)
-        connection = getattr(gatherer, "_connection", None)
-        for part in (transceiver, transceiver.sender, transceiver.receiver, dtls, ice, gatherer,
-                     connection):
+        # not the ICE connection under the gatherer: the media sockets (``ice.IceMux``) keep
+        # their own references to it and may still call it while they forget it
+        for part in (transceiver, transceiver.sender, transceiver.receiver, dtls, ice, gatherer):
             if part is not None:
                 found.setdefault(id(part), part)
     return list(found.values())
 
 
 def take_apart(pc: Any) -> int:
-    """Empty the closed ``pc``'s transceivers, senders, receivers, transports and ICE
-    connections (see the module's description); returns how many objects were emptied."""
+    """Empty the closed ``pc``'s transceivers, senders, receivers and transports (see the
+    module's description); returns how many objects were emptied."""
     if pc.connectionState != "closed":
         raise ValueError("only a closed peer connection is taken apart")
     emptied = parts(pc)
