@@ -120,6 +120,11 @@ class MeetingResult:
     leave_loop_stalls: int = 0
     leave_loop_stalled_ms: float = 0.0
     rss_after_leave_mb: float = 0.0
+    #: The server's collections of 20 ms or more (``server/pauses.py``, from its log) from
+    #: everyone leaving until the server stopped, its shutdown included (a full collection
+    #: often comes only then): their total and the longest, in ms.
+    leave_collections_ms: float = 0.0
+    leave_longest_collection_ms: float = 0.0
     server_packets_dropped: int = 0
     #: Packets the benchmark's producers numbered but could not send (no ICE pair, SRTP
     #: refused): a gap every consumer of that stream sees, made before the SFU.
@@ -271,6 +276,25 @@ async def _scrape(target: Any) -> tuple[list[tuple[float, int]], dict[str, float
 
 #: Seconds a benchmark participant's connection may take to close.
 CLOSE_TIMEOUT = 10
+#: What the server logs of a long collection (``server/pauses.py``).
+COLLECTION_LOGGED = re.compile(r"garbage collection \(generation \d\) held the server for "
+                               r"(\d+) ms")
+
+
+def _log_size(target: TownhallTarget) -> int:
+    log = target.log_file
+    return log.stat().st_size if log is not None and log.exists() else 0
+
+
+def _collections_logged(target: TownhallTarget, since: int) -> list[float]:
+    """The long collections the server logged after byte ``since`` of its log, in ms."""
+    log = target.log_file
+    if log is None or not log.exists():
+        return []
+    with log.open("rb") as file:
+        file.seek(since)
+        text = file.read().decode(errors="replace")
+    return [float(found) for found in COLLECTION_LOGGED.findall(text)]
 #: Seconds the server is watched after everyone left: longer than a closed connection waits
 #: before it is taken apart (``transport.TAKE_APART_AFTER``).
 LEAVE_WAIT = 12.0
@@ -285,6 +309,8 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         for _ in range(size)
     ]
     turns: asyncio.Task[None] | None = None
+    result: MeetingResult | None = None
+    left_at: int | None = None  # the server log's size when everyone left
     changes: list[float] = []
     try:
         started = time.monotonic()
@@ -341,18 +367,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         p50, samples = percentile(delay0, delay1, 0.50)
         p99, _ = percentile(delay0, delay1, 0.99)
         delivered = sum(n for kind, n in got.items() if kind != "padding")
-        leave_stalls, leave_stalled, rss_after_leave = 0, 0.0, 0.0
-        if isinstance(target, TownhallTarget):
-            await target.leave_all()
-            await asyncio.sleep(LEAVE_WAIT)
-            _, counters2 = await _scrape(target)
-            leave_stalls = int(counters2.get("townhall_loop_stalls_total", 0)
-                               - counters1.get("townhall_loop_stalls_total", 0))
-            leave_stalled = round(1000 * (
-                counters2.get("townhall_loop_stall_seconds_total", 0)
-                - counters1.get("townhall_loop_stall_seconds_total", 0)), 1)
-            rss_after_leave = memory_mb(pid)[0]
-        return MeetingResult(
+        result = MeetingResult(
             target=name,
             participants=size,
             seconds=round(elapsed, 2),
@@ -389,9 +404,6 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
                 1000 * counters0.get("townhall_loop_longest_stall_seconds", 0), 1),
             loop_stalls=int(in_window("townhall_loop_stalls_total")),
             loop_stalled_ms=round(1000 * in_window("townhall_loop_stall_seconds_total"), 1),
-            leave_loop_stalls=leave_stalls,
-            leave_loop_stalled_ms=leave_stalled,
-            rss_after_leave_mb=rss_after_leave,
             producer_send_errors=send_errors1 - send_errors0,
             producer_failed_sends=failed_sends(people),
             skipped_by_kind=skipped,
@@ -399,10 +411,28 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
             jumps_after_turn=after_turn,
             jump_sample=sample,
         )
+        if isinstance(target, TownhallTarget):  # everyone leaves; the server stays up
+            left_at = _log_size(target)
+            await target.leave_all()
+            await asyncio.sleep(LEAVE_WAIT)
+            _, counters2 = await _scrape(target)
+
+            def after_leaving(counter: str) -> float:
+                return counters2.get(counter, 0) - counters1.get(counter, 0)
+
+            result.leave_loop_stalls = int(after_leaving("townhall_loop_stalls_total"))
+            result.leave_loop_stalled_ms = round(
+                1000 * after_leaving("townhall_loop_stall_seconds_total"), 1)
+            result.rss_after_leave_mb = memory_mb(pid)[0]
+        return result
     finally:
         if turns is not None:
             turns.cancel()
         await target.stop()  # signalling first: no offer reaches a closed consumer
+        if result is not None and left_at is not None and isinstance(target, TownhallTarget):
+            collections = _collections_logged(target, left_at)
+            result.leave_collections_ms = round(sum(collections), 1)
+            result.leave_longest_collection_ms = round(max(collections, default=0.0), 1)
         for producer, consumer in people:
             for closing in (consumer.close(), producer.close()):
                 try:  # a connection that never finishes closing must not lose the result
@@ -452,14 +482,15 @@ def markdown(results: list[MeetingResult], cpu_limit: float) -> str:
                          f"| {r.producer_send_errors} |")
     lines += ["", "| target | participants | while joining: datagrams dropped at the server "
               "| loop stalls ≥ 100 ms (total ms, longest ms) | in the window: loop stalls "
-              "(total ms) | after everyone left: loop stalls (total ms), memory MB |",
-              "|---|---:|---:|---|---|---|"]
+              "(total ms) | after everyone left: loop stalls (total ms), collections until it "
+              "stopped (total ms, longest ms), memory MB |", "|---|---:|---:|---|---|---|"]
     for r in results:
         if not r.error:
             lines.append(f"| {r.target} | {r.participants} | {r.join_sfu_socket_drops} "
                          f"| {r.join_loop_stalls} ({r.join_loop_stalled_ms}, "
                          f"{r.join_longest_stall_ms}) | {r.loop_stalls} ({r.loop_stalled_ms}) "
                          f"| {r.leave_loop_stalls} ({r.leave_loop_stalled_ms}), "
+                         f"{r.leave_collections_ms} ({r.leave_longest_collection_ms}), "
                          f"{r.rss_after_leave_mb} |")
     for target in dict.fromkeys(r.target for r in results):
         fits = [r.participants for r in results if r.target == target and not r.error

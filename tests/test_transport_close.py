@@ -9,7 +9,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
 from support import until
-from townhall.errors import MediaClosed
+from townhall.errors import BadRequest, MediaClosed
 from townhall.sfu import teardown
 from townhall.sfu import transport as transport_module
 from townhall.sfu.transport import Transport
@@ -87,5 +87,7 @@ async def test_a_closed_transport_is_taken_apart_later_and_still_reads_closed(
         assert transport.pc.signalingState == "closed"
         with pytest.raises(MediaClosed):
             await transport.offer()
+        with pytest.raises(BadRequest, match="closed"):
+            await transport.accept_answer(answer)
     finally:
         await client.close()

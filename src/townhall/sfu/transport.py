@@ -406,6 +406,7 @@ class Transport:
         description = parse_sdp(offer)
         if not any(m.kind in ("audio", "video") for m in description.media):
             raise BadRequest("malformed SDP: no audio or video section")
+        self._check_negotiable()
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             for transceiver in self.pc.getTransceivers():
@@ -487,6 +488,12 @@ class Transport:
         slot.transceiver.direction = "inactive"
         slot.payload_type = None
 
+    def _check_negotiable(self) -> None:
+        """A description for a closed transport is refused as aiortc refuses it, also once
+        the closed connection has been taken apart."""
+        if self._closing is not None:
+            raise BadRequest("cannot negotiate: the media connection has closed")
+
     def _check_open(self) -> None:
         if self._closing is not None or self.pc.signalingState == "closed":
             raise MediaClosed(f"{self.name}: the media connection has closed")
@@ -509,6 +516,7 @@ class Transport:
 
     async def accept_answer(self, answer: str) -> None:
         """Apply the participant's answer; each slot learns the payload type to send with."""
+        self._check_negotiable()
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         except Exception as exc:
