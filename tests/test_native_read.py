@@ -219,12 +219,19 @@ def test_transport_feedback_alone_is_read_in_c_and_only_the_estimate_goes_to_pyt
         assert reader.rtcp == [receiver_report + feedback]
 
 
+def _twins(count: int) -> tuple[twcc.TwccSender, twcc.TwccSender, list[int | None]]:
+    """Two senders that numbered the same ``count`` packets (one for the reader, one to read
+    the same feedback in Python) and the packets' arrivals."""
+    sender, twin = twcc.TwccSender(5), twcc.TwccSender(5)
+    arrivals = _numbered(sender, count)
+    _numbered(twin, count)
+    return sender, twin, arrivals
+
+
 def test_an_unchanged_estimate_goes_to_python_again_only_after_half_a_second() -> None:
     native = _native()
     tx, rx = _sessions()
-    sender, twin = twcc.TwccSender(5), twcc.TwccSender(5)
-    arrivals = _numbered(sender, 3060)
-    _numbered(twin, 3060)
+    sender, twin, arrivals = _twins(3060)
     now = [10.0]
     estimates: list[int | None] = []  # what the reader's estimate gives, feedback by feedback
     handed_at: list[int] = []  # which feedback's estimate went to Python
@@ -268,9 +275,7 @@ def test_an_unchanged_estimate_goes_to_python_again_only_after_half_a_second() -
 def test_an_estimate_whose_handling_failed_is_handed_again_with_the_next_feedback() -> None:
     native = _native()
     tx, rx = _sessions()
-    sender, twin = twcc.TwccSender(5), twcc.TwccSender(5)
-    arrivals = _numbered(sender, 3000)
-    _numbered(twin, 3000)
+    sender, twin, arrivals = _twins(3000)
     feedbacks = [build_feedback(30 * k, arrivals[30 * k:30 * k + 30], k) for k in range(100)]
     estimates = [twin.feedback(feedback) for feedback in feedbacks]
     # a feedback whose estimate is new, and the next one's the same (held at its cap)

@@ -32,17 +32,24 @@ class Handler:
         self.closed.append(transport)
 
 
+async def _connect(transport: Transport, client: RTCPeerConnection) -> str:
+    """``client`` sends audio to ``transport`` and is connected; returns the transport's
+    answer."""
+    client.addTrack(AudioStreamTrack())
+    await client.setLocalDescription(await client.createOffer())
+    answer, _ = await transport.answer(client.localDescription.sdp)
+    await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    await until(lambda: transport.pc.connectionState == "connected", 10, "connected")
+    return answer
+
+
 async def test_a_close_cancelled_halfway_still_closes_tells_the_handler_and_spoils_no_other_close(
 ) -> None:
     handler = Handler()
     transport = Transport(handler, name="cancelled")
     client = RTCPeerConnection()
     try:
-        client.addTrack(AudioStreamTrack())
-        await client.setLocalDescription(await client.createOffer())
-        answer, _ = await transport.answer(client.localDescription.sdp)
-        await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        await until(lambda: transport.pc.connectionState == "connected", 10, "connected")
+        await _connect(transport, client)
 
         closing = asyncio.ensure_future(transport.close())
         await asyncio.sleep(0)  # inside aiortc's close, stopping DTLS and ICE
@@ -71,11 +78,7 @@ async def test_a_closed_transport_is_taken_apart_later_and_still_reads_closed(
     transport = Transport(handler, name="taken apart")
     client = RTCPeerConnection()
     try:
-        client.addTrack(AudioStreamTrack())
-        await client.setLocalDescription(await client.createOffer())
-        answer, _ = await transport.answer(client.localDescription.sdp)
-        await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        await until(lambda: transport.pc.connectionState == "connected", 10, "connected")
+        answer = await _connect(transport, client)
         with pytest.raises(ValueError, match="closed"):
             teardown.take_apart(transport.pc)  # never an open one
         parts = teardown.parts(transport.pc)
