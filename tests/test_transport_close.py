@@ -12,7 +12,7 @@ from support import until
 from townhall.errors import BadRequest, MediaClosed
 from townhall.sfu import teardown
 from townhall.sfu import transport as transport_module
-from townhall.sfu.transport import Transport
+from townhall.sfu.transport import Codec, Transport
 
 
 class Handler:
@@ -81,6 +81,7 @@ async def test_a_closed_transport_is_taken_apart_later_and_still_reads_closed(
         answer = await _connect(transport, client)
         with pytest.raises(ValueError, match="closed"):
             teardown.take_apart(transport.pc)  # never an open one
+        slot = transport.add_outgoing(Codec("audio/opus", 48000, 111, 2))
         parts = teardown.parts(transport.pc)
         await transport.close()
         await until(lambda: not transport.pc.getTransceivers(), 5, "taken apart")
@@ -88,9 +89,29 @@ async def test_a_closed_transport_is_taken_apart_later_and_still_reads_closed(
         # what callers may still ask of a closed transport still answers
         assert transport.pc.connectionState == "closed"
         assert transport.pc.signalingState == "closed"
+        assert slot.mid is None
         with pytest.raises(MediaClosed):
             await transport.offer()
         with pytest.raises(BadRequest, match="closed"):
             await transport.accept_answer(answer)
+    finally:
+        await client.close()
+
+
+async def test_a_connected_state_heard_after_the_close_began_links_nothing() -> None:
+    handler = Handler()
+    transport = Transport(handler, name="closing")
+    client = RTCPeerConnection()
+    try:
+        await _connect(transport, client)
+        await until(lambda: transport.ready, 5, "ready")
+        transport._ready_task = None  # as if the "connected" handler had not run yet
+        closing = asyncio.ensure_future(transport.close())
+        await asyncio.sleep(0)  # the close began; aiortc still says "connected"
+        assert transport.pc.connectionState == "connected"
+        await transport._state_changed()  # the handler, late
+        await closing
+        assert transport._ready_task is None and not transport.ready
+        assert transport.route is None and handler.closed == [transport]
     finally:
         await client.close()

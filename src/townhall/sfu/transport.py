@@ -154,7 +154,8 @@ class Slot:
 
     @property
     def mid(self) -> str | None:
-        mid = self.transceiver.mid
+        # None too once its closed connection is taken apart (``teardown.py``)
+        mid = getattr(self.transceiver, "mid", None)
         return None if mid is None else str(mid)
 
 
@@ -568,6 +569,7 @@ class Transport:
         negotiated at once (each slot's payload type is set); other sections are refused. Returns
         the answer and the slots by kind.
         """
+        self._check_negotiable()
         description = parse_sdp(offer)
         kinds = [m.kind for m in description.media
                  if m.kind in codecs and m.direction in ("recvonly", "sendrecv")]
@@ -732,7 +734,7 @@ class Transport:
 
     async def _state_changed(self) -> None:
         state = self.pc.connectionState
-        if state == "connected" and self._ready_task is None:
+        if state == "connected" and self._ready_task is None and self._closing is None:
             self._ready_task = asyncio.ensure_future(self._wait_ready())
         elif state in ("failed", "closed"):
             await self.close()
@@ -740,6 +742,8 @@ class Transport:
     async def _wait_ready(self) -> None:
         # SRTP keys are installed a little after the connection state turns "connected".
         for _ in range(500):
+            if self._closing is not None:  # closed while it waited: nothing to link
+                return
             dtls = self._dtls
             if dtls is not None and dtls._tx_srtp is not None and \
                     dtls.transport._connection._nominated.get(1) is not None:
