@@ -80,12 +80,16 @@ class _Socket:
         self.estimates_taken = True
         self.fail_next_delivery = False
         self.fail_next_estimate = False
+        self.interrupt_next_delivery = False
 
     def deliver(self, data: bytes, address: Any) -> None:
         self.holding_seen.append(self._holding)
         if self.fail_next_delivery:
             self.fail_next_delivery = False
             raise ValueError("this datagram breaks the handler")
+        if self.interrupt_next_delivery:
+            self.interrupt_next_delivery = False
+            raise KeyboardInterrupt
         self.delivered.append((data, address))
 
     def estimated(self, bitrate: float) -> bool:
@@ -563,6 +567,20 @@ def test_an_exception_handling_one_datagram_drops_only_that_one_and_queued_copie
         address, exc = reader.failures[0]
         assert address == remote.getsockname() and isinstance(exc, ValueError)
         assert reader.flushed == 1 and reader.held == []
+
+
+def test_an_interrupt_while_handling_a_datagram_is_raised_once_the_batch_is_handled() -> None:
+    native = _native()
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.interrupt_next_delivery = True
+        _send(remote, server, b"\x00\x01first", b"\x00\x01second")
+        time.sleep(0.05)  # both queued: one batch
+        with pytest.raises(KeyboardInterrupt):
+            reader.read()
+        assert [data for data, _ in reader.delivered] == [b"\x00\x01second"]
+        assert reader.failures == []  # not reported as the datagram's failure
+        assert reader.read() == 0  # and raised once
 
 
 def test_a_datagram_longer_than_the_read_buffer_is_dropped_and_counted() -> None:

@@ -606,6 +606,11 @@ static int set_arrived(PyObject *delay, long long ns) {
 }
 
 /* Tells failed(address, exception) about the exception set now, and clears it. */
+/* An exception that is not an Exception (KeyboardInterrupt, SystemExit) raised while the
+ * reader handled a datagram: kept until the batch is done, then raised from read() for the
+ * event loop to see, rather than reported as the datagram's failure. */
+static PyObject *interrupt_type = NULL, *interrupt_value = NULL, *interrupt_traceback = NULL;
+
 static void report_failure(PyObject *failed, const struct sockaddr_storage *name,
                            socklen_t length) {
     PyObject *type, *value, *traceback;
@@ -613,6 +618,18 @@ static void report_failure(PyObject *failed, const struct sockaddr_storage *name
     PyErr_NormalizeException(&type, &value, &traceback);
     if (value != NULL && traceback != NULL)
         PyException_SetTraceback(value, traceback);
+    if (type != NULL && !PyErr_GivenExceptionMatches(type, PyExc_Exception)) {
+        if (interrupt_type == NULL) {
+            interrupt_type = type;
+            interrupt_value = value;
+            interrupt_traceback = traceback;
+        } else {  /* the first one is raised */
+            Py_DECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(traceback);
+        }
+        return;
+    }
     PyObject *address = name == NULL ? Py_NewRef(Py_None) : address_tuple(name, length);
     if (address == NULL) {
         PyErr_Clear();
@@ -700,6 +717,11 @@ PyObject *media_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     if (wakeups != Py_None && ride_beat(wakeups) < 0)
         report_failure(failed, NULL, 0);
+    if (interrupt_type != NULL) {
+        PyErr_Restore(interrupt_type, interrupt_value, interrupt_traceback);
+        interrupt_type = interrupt_value = interrupt_traceback = NULL;
+        return NULL;
+    }
     return PyLong_FromLong(count < 0 ? 0 : count);
 }
 
