@@ -276,6 +276,9 @@ async def _scrape(target: Any) -> tuple[list[tuple[float, int]], dict[str, float
 
 #: Seconds a benchmark participant's connection may take to close.
 CLOSE_TIMEOUT = 10
+#: Seconds the server is watched after everyone left: longer than a closed connection waits
+#: before it is taken apart (``transport.TAKE_APART_AFTER``).
+LEAVE_WAIT = 12.0
 #: What the server logs of a long collection (``server/pauses.py``).
 COLLECTION_LOGGED = re.compile(r"garbage collection \(generation \d\) held the server for "
                                r"(\d+) ms")
@@ -295,9 +298,6 @@ def _collections_logged(target: TownhallTarget, since: int) -> list[float]:
         file.seek(since)
         text = file.read().decode(errors="replace")
     return [float(found) for found in COLLECTION_LOGGED.findall(text)]
-#: Seconds the server is watched after everyone left: longer than a closed connection waits
-#: before it is taken apart (``transport.TAKE_APART_AFTER``).
-LEAVE_WAIT = 12.0
 
 
 async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) -> MeetingResult:

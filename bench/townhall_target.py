@@ -361,9 +361,8 @@ class TownhallTarget:
                 await session.close()
 
     async def stop(self) -> None:
+        await self.leave_all()
         for session in self._sessions:
-            with contextlib.suppress(Exception):
-                await session.close()
             if session.consumer is not None and session.name == "producer":
                 await session.consumer.close()
         self._sessions.clear()

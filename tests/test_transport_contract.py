@@ -1,4 +1,5 @@
-"""aiortc's private attributes that ``sfu/transport.py`` relies on are still there.
+"""aiortc's private attributes that ``sfu/transport.py`` and ``sfu/teardown.py`` rely on are
+still there.
 
 An aiortc upgrade that renames one fails here, by name, instead of silently losing media.
 """
@@ -9,10 +10,11 @@ import pytest
 from aiortc import RTCPeerConnection
 from pylibsrtp import Policy, Session
 
-from townhall.sfu.transport import PRIVATE_ATTRIBUTES
+from townhall.sfu import teardown, transport
 
 
-@pytest.mark.parametrize(("path", "attribute"), PRIVATE_ATTRIBUTES)
+@pytest.mark.parametrize(("path", "attribute"),
+                         transport.PRIVATE_ATTRIBUTES + teardown.PRIVATE_ATTRIBUTES)
 async def test_each_private_attribute_the_transport_uses_exists(path: str, attribute: str) -> None:
     pc = RTCPeerConnection()
     try:

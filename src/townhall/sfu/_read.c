@@ -605,12 +605,13 @@ static int set_arrived(PyObject *delay, long long ns) {
     return result;
 }
 
-/* Tells failed(address, exception) about the exception set now, and clears it. */
 /* An exception that is not an Exception (KeyboardInterrupt, SystemExit) raised while the
  * reader handled a datagram: kept until the batch is done, then raised from read() for the
  * event loop to see, rather than reported as the datagram's failure. */
 static PyObject *interrupt_type = NULL, *interrupt_value = NULL, *interrupt_traceback = NULL;
 
+/* Tells failed(address, exception) about the exception set now, and clears it (an interrupt
+ * is kept aside instead, see above). */
 static void report_failure(PyObject *failed, const struct sockaddr_storage *name,
                            socklen_t length) {
     PyObject *type, *value, *traceback;

@@ -18,10 +18,7 @@ transceivers and what a second close needs. A transport does this a while after 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 #: The peer connection's list of transceivers (private).
 _TRANSCEIVERS = "_RTCPeerConnection__transceivers"
@@ -31,6 +28,9 @@ _TRANSCEIVERS = "_RTCPeerConnection__transceivers"
 _KEPT = ("_RTCPeerConnection__connectionState", "_RTCPeerConnection__iceConnectionState",
          "_RTCPeerConnection__iceGatheringState", "_RTCPeerConnection__signalingState",
          "_RTCPeerConnection__isClosed", "_lock", "_loop", "_waiting")
+#: (class, attribute) pairs this module relies on, checked by the contract test.
+PRIVATE_ATTRIBUTES = tuple(("aiortc.rtcpeerconnection.RTCPeerConnection", name)
+                           for name in (_TRANSCEIVERS, *_KEPT))
 
 
 def parts(pc: Any) -> list[Any]:
@@ -48,9 +48,9 @@ def parts(pc: Any) -> list[Any]:
     return list(found.values())
 
 
-def take_apart(pc: Any) -> int:
+def take_apart(pc: Any) -> None:
     """Empty the closed ``pc``'s transceivers, senders, receivers and transports (see the
-    module's description); returns how many objects were emptied."""
+    module's description)."""
     if pc.connectionState != "closed":
         raise ValueError("only a closed peer connection is taken apart")
     emptied = parts(pc)
@@ -63,4 +63,3 @@ def take_apart(pc: Any) -> int:
     own.clear()
     own.update(kept, _events={})
     own[_TRANSCEIVERS] = []
-    return len(emptied) + 1

@@ -59,7 +59,6 @@ PRIVATE_ATTRIBUTES = (
     ("aiortc.rtcpeerconnection.RTCPeerConnection", "_RTCPeerConnection__certificates"),
     ("aiortc.rtcpeerconnection.RTCPeerConnection",
      "_RTCPeerConnection__currentRemoteDescription"),
-    ("aiortc.rtcpeerconnection.RTCPeerConnection", "_RTCPeerConnection__transceivers"),
 )
 
 #: Seconds after a transport closed that its peer connection is taken apart
