@@ -27,11 +27,11 @@
  * what takes a new estimate of its bandwidth, and the transport's arrivals
  * (TwccReceiver.arrivals: a bytearray, see record_arrival(); the socket has SO_TIMESTAMPNS on
  * so that an arrival is the kernel's receive time). An RTCP datagram that is one transport
- * feedback packet alone (as browsers send them, ten or more a second per receiver) is read here: once
- * the transport numbers its packets (`video.twcc`) and runs its estimate in C, the feedback is
- * matched and the estimate run (_twcc.c) and only an estimate that is news goes to Python,
- * `estimated(bit/s)` (twcc_news: one that differs from the last, or the same once that is
- * REPORT_REFRESH old). So is a publisher's compound of sender reports and source descriptions
+ * feedback packet alone (as browsers send them, ten or more a second per receiver) is read
+ * here: once the transport numbers its packets (`video.twcc`) and runs its estimate in C, the
+ * feedback is matched and the estimate run (_twcc.c) and only an estimate that is news goes
+ * to Python, `estimated(bit/s)` (twcc_news: one that differs from the last, or the same once
+ * that is REPORT_REFRESH old). So is a publisher's compound of sender reports and source descriptions
  * alone (read_sender_reports_here()): each report is noted on its layer in C.
  *
  * While it runs, `holder._holding` (the socket's) is true, so that Python code sending on the
@@ -261,9 +261,9 @@ static int feedback_alone(const unsigned char *packet, Py_ssize_t length) {
 /* A transport feedback packet for the transport whose VideoAllocation is `video`, matched and
  * run through its estimate in C (twcc_estimate) as TwccSender.feedback does; an estimate that
  * is news at the route's `clock` (twcc_news) goes to `estimated(bit/s)`, which returns False
- * if it did not take it (then the next one is news too). 1 if handled here, 0 if it is for Python's rtcp() (no transport-wide
- * sequence numbers yet, the estimate in Python, or a malformed packet, which rtcp() counts and
- * logs), -1 with an exception. */
+ * if it did not take it (then the next one is news too). 1 if handled here, 0 if it is for
+ * Python's rtcp() (no transport-wide sequence numbers yet, the estimate in Python, or a
+ * malformed packet, which rtcp() counts and logs), -1 with an exception. */
 static int read_feedback_here(PyObject *video, PyObject *estimated, PyObject *clock,
                               const unsigned char *packet, Py_ssize_t length) {
     PyObject *twcc = PyObject_GetAttr(video, read_names_interned[R_TWCC]);
