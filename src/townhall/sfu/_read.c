@@ -31,8 +31,8 @@
  * here: once the transport numbers its packets (`video.twcc`) and runs its estimate in C, the
  * feedback is matched and the estimate run (_twcc.c) and only an estimate that is news goes
  * to Python, `estimated(bit/s)` (twcc_news: one that differs from the last, or the same once
- * that is REPORT_REFRESH old). So is a publisher's compound of sender reports and source descriptions
- * alone (read_sender_reports_here()): each report is noted on its layer in C.
+ * that is REPORT_REFRESH old). So is a publisher's compound of sender reports and source
+ * descriptions alone (read_sender_reports_here()): each report is noted on its layer in C.
  *
  * While it runs, `holder._holding` (the socket's) is true, so that Python code sending on the
  * socket queues its copies in `held`; they are sent (`flush()`) after each datagram. The counts
