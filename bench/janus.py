@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -55,6 +56,8 @@ class JanusError(RuntimeError):
 class JanusConfig:
     http_port: int = 8088
     event_loops: int | None = None  # None: Janus's default, one loop (thread) per handle
+    #: ms between transport feedback packets to a publisher (None: Janus's default, 200 ms)
+    twcc_period: int | None = None
     debug_level: int = 4
     session_timeout: int = 60
     ice_address: str = BENCH_ADDRESS
@@ -90,7 +93,9 @@ def write_config(directory: Path, config: JanusConfig) -> Path:
         f"{loops}"
         "}\n"
         "certificates: {\n}\n"
-        "media: {\n\tipv6 = false\n}\n"
+        "media: {\n\tipv6 = false\n"
+        + (f"\ttwcc_period = {config.twcc_period}\n" if config.twcc_period else "")
+        + "}\n"
         "nat: {\n"
         "\tnice_debug = false\n"
         f'\tice_enforce_list = "{config.ice_address}"\n'
@@ -314,6 +319,22 @@ class JanusSession:
             self._http = None
 
 
+#: A Janus target's name: ``janus`` (Janus's defaults) or ``janus-1loop`` (``event_loops = 1``),
+#: optionally followed by ``-twccN``: transport feedback to publishers every N ms rather than
+#: Janus's default 200 (``janus-1loop-twcc100`` sends it as often as townhall does).
+TARGET_NAME = re.compile(r"janus(?P<one_loop>-1loop)?(?:-twcc(?P<twcc>[1-9][0-9]*))?")
+
+
+def janus_target(name: str, log_file: Path | None = None, rooms: int = 1) -> JanusTarget | None:
+    """The Janus target ``name`` (:data:`TARGET_NAME`) stands for, or None if it names none."""
+    match = TARGET_NAME.fullmatch(name)
+    if match is None:
+        return None
+    twcc = match["twcc"]
+    return JanusTarget(name, event_loops=1 if match["one_loop"] else None, log_file=log_file,
+                       rooms=rooms, twcc_period=int(twcc) if twcc else None)
+
+
 class JanusTarget:
     """Janus VideoRoom as a benchmark target: ``rooms`` rooms (one unless asked), each with one
     publisher and N subscribers."""
@@ -325,10 +346,12 @@ class JanusTarget:
         http_port: int = 8088,
         log_file: Path | None = None,
         rooms: int = 1,
+        twcc_period: int | None = None,
     ) -> None:
         self.name = name
         self.process = JanusProcess(
-            JanusConfig(http_port=http_port, event_loops=event_loops), log_file=log_file
+            JanusConfig(http_port=http_port, event_loops=event_loops, twcc_period=twcc_period),
+            log_file=log_file,
         )
         self.session: JanusSession | None = None
         first = 1000 + secrets.randbelow(1_000_000)

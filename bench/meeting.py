@@ -54,7 +54,7 @@ if str(BENCH_DIR) not in sys.path:
 
 from clip import LAYERS  # noqa: E402
 from forwarding_delay import delay_buckets, histogram, percentile  # noqa: E402
-from janus import JanusTarget  # noqa: E402
+from janus import JanusTarget, janus_target  # noqa: E402
 from participants import OUT_DIR, Clip, SyntheticConsumer, SyntheticProducer, load_clip  # noqa: E402
 from sfu_forwarding import (  # noqa: E402
     enter_own_network_namespace,
@@ -202,10 +202,9 @@ def memory_mb(pid: int) -> tuple[float, float]:
 
 def make_target(name: str, size: int, args: argparse.Namespace) -> Any:
     log_file = Path(args.out) / "logs" / f"meeting-{name}-{size}.log"
-    if name == "janus":
-        return JanusTarget(name, log_file=log_file)
-    if name == "janus-1loop":
-        return JanusTarget(name, event_loops=1, log_file=log_file)
+    janus = janus_target(name, log_file=log_file)
+    if janus is not None:
+        return janus
     if name == "townhall" or name.startswith("townhall:"):
         source = None
         if name != "townhall":
@@ -215,7 +214,8 @@ def make_target(name: str, size: int, args: argparse.Namespace) -> Any:
         tile = (int(width), int(height)) if args.tile else None
         return TownhallTarget(name=name, command=DEFAULT_COMMAND, log_file=log_file,
                               source=source, measure_delay=not args.no_delay, tile=tile)
-    raise SystemExit(f"unknown target {name!r} (townhall, townhall:LABEL, janus, janus-1loop)")
+    raise SystemExit(f"unknown target {name!r}"
+                     " (townhall, townhall:LABEL, janus, janus-1loop[-twccMS])")
 
 
 async def take_turns(people: People, turn: float, changes: list[float]) -> None:

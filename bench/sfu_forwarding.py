@@ -51,7 +51,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from forwarding_delay import delay_buckets, histogram, percentile  # noqa: E402
-from janus import BENCH_ADDRESS, JanusTarget  # noqa: E402
+from janus import BENCH_ADDRESS, janus_target  # noqa: E402
 from participants import OUT_DIR, Clip, SyntheticConsumer, SyntheticProducer, load_clip  # noqa: E402
 from target import Target  # noqa: E402
 
@@ -282,10 +282,9 @@ def start_profile(
 
 def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
     log_file = Path(args.out) / "logs" / f"{name}-{consumers}.log"
-    if name == "janus":
-        return JanusTarget(name, log_file=log_file, rooms=args.rooms)
-    if name == "janus-1loop":
-        return JanusTarget(name, event_loops=1, log_file=log_file, rooms=args.rooms)
+    janus = janus_target(name, log_file=log_file, rooms=args.rooms)
+    if janus is not None:
+        return janus
     if name == "townhall" or name.startswith("townhall:"):
         from townhall_target import DEFAULT_COMMAND, TownhallTarget
 
@@ -299,7 +298,8 @@ def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
         return TownhallTarget(name=name, command=args.townhall_command or DEFAULT_COMMAND,
                               log_file=log_file, source=source, measure_delay=args.delay,
                               rooms=args.rooms)
-    raise SystemExit(f"unknown target {name!r} (janus, janus-1loop, townhall, townhall:LABEL)")
+    raise SystemExit(f"unknown target {name!r}"
+                     " (janus, janus-1loop[-twccMS], townhall, townhall:LABEL)")
 
 
 async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespace) -> RunResult:
