@@ -20,10 +20,22 @@ from collections import Counter
 from pathlib import Path
 
 _DATAGRAM = "__pyx_f_6uvloop_4loop_12UDPTransport__on_receive"
+#: the media socket's reader in C (``sfu/_read.c``), which reads, unprotects and fans out RTP
+#: and rides the beat: the datagram callback since the socket is read in C
+_READER = "media_read"
 
 #: (stage, symbols that must all be in a sample's stack; ``~text``: any symbol containing
 #: ``text``); the first match wins.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("RTP fan-out: sendmmsg (kernel)", (_READER, "fan_flush")),
+    ("RTP fan-out: SRTP protect", (_READER, "fan_all", "srtp_protect")),
+    ("RTP receive and fan-out in C: the rest", (_READER, "receive_packet")),
+    ("RTCP: transport feedback read in C", (_READER, "twcc_feedback")),
+    ("SRTP unprotect (RTP and RTCP)", (_READER, "~srtp_unprotect")),
+    ("the beat's periodic work, riding on a datagram", (_READER, "PyObject_VectorcallMethod")),
+    ("reader: Python (RTCP handling, STUN, DTLS)", (_READER, "_PyEval_EvalFrameDefault")),
+    ("reader: recvmmsg", (_READER, "~recvmmsg")),
+    ("reader: other", (_READER,)),
     ("RTP fan-out: sendmmsg (kernel)", (_DATAGRAM, "fan_flush")),
     ("RTP receive and fan-out in C: the rest", (_DATAGRAM, "fastsend_receive")),
     ("RTP fan-out in C (called from Python)", (_DATAGRAM, "fastsend_fanout")),
