@@ -7,9 +7,10 @@ with DWARF call graphs (``--profile perf-dwarf``).
 with DWARF unwinding each sample's stack reaches back through libpython and uvloop to the event
 loop callback it belongs to, which frame-pointer stacks (``--profile perf``) do not. A sample's
 stage is the first rule of ``STAGES`` whose symbols are all in its stack. Python frames have no
-names here (only ``_PyEval_EvalFrameDefault``): within the datagram callback, Python is the
-RTCP handling (transport feedback and the estimate, REMB, reports) and the Python around each
-RTP datagram (ICE demultiplexing, unprotect through cffi, the router's call into C).
+names here (only ``_PyEval_EvalFrameDefault``): within the socket's reader in C, Python is the
+beat's periodic work riding on the datagram's wake-up, and what the reader hands to Python
+(RTCP it does not read itself, STUN, DTLS). Recordings from before the socket was read in C
+have uvloop's datagram callback instead, and their own stages.
 """
 
 from __future__ import annotations
