@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from support import Attendee, RunningServer
+from townhall.sfu import bandwidth
 from townhall.sfu.router import Router
 
 pytestmark = pytest.mark.browser
@@ -90,8 +91,13 @@ async def wait_receiving(page: Any, kind: str, within: float = 20.0) -> None:
 
 
 async def test_a_page_switched_to_audio_only_receives_no_video_packets_while_another_does(
-    server: RunningServer, new_page: Any,
+    server: RunningServer, new_page: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # What is under test is the switch, not the bandwidth estimate: on a loaded machine a
+    # page's estimate can cut its video by itself (a CI run saw one fall to 0.85 times the
+    # lowest layer's rate within a second of its video starting and keep it cut), so here no
+    # estimate limits what the server forwards. The estimate's own cuts have their own tests.
+    monkeypatch.setattr(bandwidth.Estimate, "value", lambda self: None)
     room = await server.create_room("audio only")
     alice, bob = await new_page(), await new_page()
     alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
