@@ -1,0 +1,261 @@
+"""What each part of the server's beat costs, in CPU time of the event loop's thread.
+
+    python bench/beat_costs.py --rev HEAD --consumers 1 -- --simulcast --remb 2500000 \\
+        --raw-consumers --twcc --producer-twcc
+
+Makes a tree of the server at ``--rev`` (``git archive``), adds clock reads around the beat's
+parts there (never in the working tree: they cost a system call each), builds its native piece
+and runs ``bench/sfu_forwarding.py`` on it, one ``townhall:costs`` run per consumer count, with
+the arguments after ``--``. The server writes its totals every ``DUMP_EVERY`` beats; the table
+is the difference between the last dump and the one halfway through the run (the steady part),
+per beat, in microseconds:
+
+- ``beat``: a whole wake-up of the beat (``Beat._woke``), and in it ``beat: sleep`` (the next
+  wake-up's timer) and ``beat: watch`` (the loop watch);
+- each periodic work by name (``tick``, ``allocation``, ``reports``, ``silence``), its share of
+  the beats it ran on spread over every beat;
+- in the tick: ``tick: keyframes``, ``tick: feedback build`` and ``tick: feedback send`` (the
+  transport feedback to publishers), ``tick: audio`` and in it ``audio: voices``,
+  ``audio: speaker``, ``audio: selection``.
+
+The clock is ``time.thread_time_ns`` (CPU time, so a wait for a CPU does not count); each read
+is a system call of about a microsecond, which the figures include.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The server appends its totals to its file every this many beats.
+DUMP_EVERY = 20
+
+_COSTS = '''"""Totals of the clock reads ``bench/beat_costs.py`` adds to this tree."""
+import os
+import time
+
+totals: dict[str, int] = {}
+clock = time.thread_time_ns
+
+
+def add(name: str, nanoseconds: int, count: bool = False) -> None:
+    totals[name] = totals.get(name, 0) + nanoseconds
+    if count:
+        totals[name + "#"] = totals.get(name + "#", 0) + 1
+
+
+def beat_done() -> None:
+    if totals.get("beat#", 0) % DUMP_EVERY == 0:
+        with open(os.path.join(os.environ["BEAT_COSTS_OUT"], f"{os.getpid()}.txt"), "a") as f:
+            f.write(repr(dict(sorted(totals.items()))) + "\\n")
+'''
+
+#: (file, text there, what it becomes): each text must be found exactly once.
+PATCHES: list[tuple[str, str, str]] = [
+    ("townhall/beat.py", """\
+    def _woke(self, owed: float) -> None:
+        self._sleeping = None
+""", """\
+    def _woke(self, owed: float) -> None:
+        from townhall import _beat_costs as costs
+        start = costs.clock()
+        try:
+            self._woke_measured(owed)
+        finally:
+            costs.add("beat", costs.clock() - start, count=True)
+            costs.beat_done()
+
+    def _woke_measured(self, owed: float) -> None:
+        self._sleeping = None
+"""),
+    ("townhall/beat.py", """\
+        self._sleep(loop)  # first: a hold from here on makes the next wake-up late
+        if self.watch is not None:
+            try:
+                self.watch(loop.time() - owed)
+            except Exception:
+                logger.exception("the beat's watch failed")
+""", """\
+        from townhall import _beat_costs as costs
+        start = costs.clock()
+        self._sleep(loop)  # first: a hold from here on makes the next wake-up late
+        slept = costs.clock()
+        if self.watch is not None:
+            try:
+                self.watch(loop.time() - owed)
+            except Exception:
+                logger.exception("the beat's watch failed")
+        costs.add("beat: sleep", slept - start)
+        costs.add("beat: watch", costs.clock() - slept)
+"""),
+    ("townhall/beat.py", """\
+                try:
+                    steps = entry.work()
+                except Exception:
+                    logger.exception("%s: periodic work failed", entry.name)
+                    continue
+""", """\
+                from townhall import _beat_costs as costs
+                start = costs.clock()
+                try:
+                    steps = entry.work()
+                except Exception:
+                    logger.exception("%s: periodic work failed", entry.name)
+                    continue
+                finally:
+                    costs.add(entry.name.rpartition(": ")[2], costs.clock() - start, True)
+"""),
+    ("townhall/beat.py", """\
+            key, entry, steps = self._steps
+            try:
+                next(steps)
+            except StopIteration:
+                self._steps = None
+                continue
+            except Exception:
+                logger.exception("%s: periodic work failed", entry.name)
+                self._steps = None
+                continue
+""", """\
+            key, entry, steps = self._steps
+            from townhall import _beat_costs as costs
+            start = costs.clock()
+            try:
+                next(steps)
+            except StopIteration:
+                self._steps = None
+                continue
+            except Exception:
+                logger.exception("%s: periodic work failed", entry.name)
+                self._steps = None
+                continue
+            finally:
+                costs.add(entry.name.rpartition(": ")[2], costs.clock() - start)
+"""),
+    ("townhall/sfu/router.py", """\
+        for producer in self.producers.values():
+            if producer.keyframe_pending:
+                producer.flush_keyframe_request()
+        self._send_transport_feedback()
+        activity = self._audio.tick(self.producers.values())
+""", """\
+        from townhall import _beat_costs as costs
+        start = costs.clock()
+        for producer in self.producers.values():
+            if producer.keyframe_pending:
+                producer.flush_keyframe_request()
+        costs.add("tick: keyframes", costs.clock() - start)
+        self._send_transport_feedback()
+        start = costs.clock()
+        activity = self._audio.tick(self.producers.values())
+        costs.add("tick: audio", costs.clock() - start)
+"""),
+    ("townhall/sfu/router.py", """\
+            for packet in arrivals.feedback(now, producer.track.rtcp_ssrc, media):
+                transport.send_rtcp(packet)
+""", """\
+            from townhall import _beat_costs as costs
+            start = costs.clock()
+            packets = arrivals.feedback(now, producer.track.rtcp_ssrc, media)
+            built = costs.clock()
+            for packet in packets:
+                transport.send_rtcp(packet)
+            costs.add("tick: feedback build", built - start)
+            costs.add("tick: feedback send", costs.clock() - built)
+"""),
+    ("townhall/sfu/audio_activity.py", """\
+        self.voices.update(scores, self._clock())
+        dominant = self.speaker.update(by_owner)
+        forwarded = self.selection.update(scores.keys(), self.voices)
+        self.narrow.update(forwarded, self.voices)  # the loudest of the loudest
+""", """\
+        from townhall import _beat_costs as costs
+        start = costs.clock()
+        self.voices.update(scores, self._clock())
+        voiced = costs.clock()
+        dominant = self.speaker.update(by_owner)
+        spoken = costs.clock()
+        forwarded = self.selection.update(scores.keys(), self.voices)
+        self.narrow.update(forwarded, self.voices)  # the loudest of the loudest
+        costs.add("audio: voices", voiced - start)
+        costs.add("audio: speaker", spoken - voiced)
+        costs.add("audio: selection", costs.clock() - spoken)
+"""),
+]
+
+
+def make_tree(rev: str, directory: Path) -> Path:
+    """The server's source at ``rev`` under ``directory``, measured, its native piece built;
+    returns its ``src``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    src = directory / "src"
+    (src / "townhall" / "_beat_costs.py").write_text(
+        _COSTS.replace("DUMP_EVERY", str(DUMP_EVERY)))
+    for name, old, new in PATCHES:
+        path = src / name
+        text = path.read_text()
+        if text.count(old) != 1:
+            raise SystemExit(f"{rev}: {name} no longer has the text to measure at:\n{old}")
+        path.write_text(text.replace(old, new))
+        compile(path.read_text(), str(path), "exec")  # a patch that no longer fits fails here
+    subprocess.run([sys.executable, "-c", "from townhall.sfu import native; native.build()"],
+                   check=True, env={**os.environ, "PYTHONPATH": str(src)})
+    return src
+
+
+def per_beat(path: Path) -> dict[str, tuple[float, int]]:
+    """From one server's dumps: each part's microseconds per beat over the second half of the
+    run, and how many times it ran there."""
+    dumps = [ast.literal_eval(line) for line in path.read_text().splitlines()]
+    if len(dumps) < 2:
+        raise SystemExit(f"{path}: fewer than two dumps; run longer")
+    first, last = dumps[len(dumps) // 2], dumps[-1]
+    beats = last["beat#"] - first["beat#"]
+    return {
+        name: ((value - first.get(name, 0)) / beats / 1000,
+               last.get(name + "#", last["beat#"]) - first.get(name + "#", first["beat#"]))
+        for name, value in last.items() if not name.endswith("#")
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rev", default="HEAD", help="the commit to measure")
+    parser.add_argument("--consumers", default="1", help="comma-separated counts, a run each")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--warmup", type=float, default=8)
+    parser.add_argument("rest", nargs=argparse.REMAINDER,
+                        help="after --: more arguments for sfu_forwarding.py")
+    args = parser.parse_args()
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    with tempfile.TemporaryDirectory(prefix="beat-costs-") as temporary:
+        src = make_tree(args.rev, Path(temporary))
+        for consumers in args.consumers.split(","):
+            out = Path(temporary) / f"costs-{consumers}"
+            out.mkdir()
+            subprocess.run(
+                [sys.executable, str(ROOT / "bench" / "sfu_forwarding.py"), "--consumers",
+                 consumers, "--seconds", str(args.seconds), "--warmup", str(args.warmup),
+                 "--targets", "townhall:costs", "--variant", f"costs={src}",
+                 "--out", str(out), *rest],
+                check=True, env={**os.environ, "BEAT_COSTS_OUT": str(out)})
+            dumps = sorted(out.glob("[0-9]*.txt"))
+            if len(dumps) != 1:
+                raise SystemExit(f"expected one server's dumps in {out}, found {len(dumps)}")
+            print(f"\n{args.rev}, {consumers} consumer(s): microseconds of CPU per beat "
+                  "(second half of the run)\n")
+            print("| part | µs per beat | runs |\n|---|---:|---:|")
+            for name, (micro, runs) in per_beat(dumps[0]).items():
+                print(f"| {name} | {micro:.1f} | {runs} |")
+
+
+if __name__ == "__main__":
+    main()
