@@ -156,11 +156,18 @@ def simulate(sender: twcc.TwccSender, send_rate: int, capacity: int, seconds: fl
              start: float = 100.0, size: int = 1000) -> list[int]:
     """Send ``size``-byte packets at ``send_rate`` through a bottleneck of ``capacity`` bit/s
     (its queue delays them), with feedback every 100 ms; returns the estimates."""
+    return [e for e in simulate_feedback(sender, send_rate, capacity, seconds, start, size)
+            if e is not None]
+
+
+def simulate_feedback(sender: twcc.TwccSender, send_rate: int, capacity: int, seconds: float,
+                      start: float = 100.0, size: int = 1000) -> list[int | None]:
+    """:func:`simulate`, returning what each feedback packet gave (None: no estimate)."""
     interval = size * 8 / send_rate
     service = size * 8 / capacity
     now, queue_free = start, 0.0
     pending: list[tuple[int, int]] = []
-    estimates: list[int] = []
+    estimates: list[int | None] = []
     next_feedback = start + 0.1
     while now < start + seconds:
         block = sender.block(size, now)
@@ -174,9 +181,8 @@ def simulate(sender: twcc.TwccSender, send_rate: int, capacity: int, seconds: fl
             done = [p for p in pending if p[1] <= now * 1_000_000]
             pending = [p for p in pending if p[1] > now * 1_000_000]
             if done:
-                result = sender.feedback(build_feedback(done[0][0], [a for _, a in done]))
-                if result is not None:
-                    estimates.append(result)
+                estimates.append(sender.feedback(build_feedback(done[0][0],
+                                                                [a for _, a in done])))
     return estimates
 
 
@@ -184,6 +190,30 @@ def test_what_gets_through_without_queueing_is_taken_as_available_at_once(native
     sender = twcc.TwccSender(5, native=native)
     estimates = simulate(sender, send_rate=800_000, capacity=5_000_000, seconds=1.5)
     assert estimates and estimates[-1] >= 0.9 * 800_000
+
+
+def test_a_small_layer_of_fifteen_packets_a_second_is_measured_over_its_last_ten_packets(
+    native: bool
+) -> None:
+    """Fewer packets than the delivered rate needs arrive in half a second: the window reaches
+    back to ten of them, and what gets through is taken as available."""
+    sender = twcc.TwccSender(5, native=native)
+    estimates = simulate(sender, send_rate=120_000, capacity=5_000_000, seconds=3)
+    assert estimates, "no estimate from a stream of 15 packets a second"
+    assert 0.9 * 120_000 <= estimates[-1] <= 1.5 * 120_000, estimates
+
+
+def test_a_stream_too_sparse_to_measure_gives_no_estimate_rather_than_the_last_one(
+    native: bool
+) -> None:
+    """Once fewer than ten packets arrive in two seconds, feedback gives no estimate: the one
+    from when video flowed would be taken for a fresh report."""
+    sender = twcc.TwccSender(5, native=native)
+    estimates = simulate(sender, send_rate=800_000, capacity=5_000_000, seconds=1.5)
+    assert estimates and estimates[-1] >= 0.9 * 800_000
+    sparse = simulate_feedback(sender, send_rate=16_000, capacity=5_000_000, seconds=4,
+                               start=101.5)  # two packets a second
+    assert sparse and all(e is None for e in sparse[-4:]), sparse
 
 
 def test_a_queue_growing_at_the_bottleneck_brings_the_estimate_below_its_capacity(
@@ -206,10 +236,15 @@ def _twins(seed: int) -> list[tuple[int | None, int | None]]:
     now, queue_free, capacity = 10.0, 0.0, 3_000_000
     sent: list[tuple[int, float]] = []
     results: list[tuple[int | None, int | None]] = []
-    for step in range(400):
+    for step in range(460):
         if step % 100 == 50:
             capacity = 800_000 if capacity > 1_000_000 else 4_000_000
-        for _ in range(chance.randint(1, 12)):  # a frame's packets, sent together
+        # from step 400: a small layer at a low frame rate, then hardly anything (the delivered
+        # window reaching back, then no delivered rate)
+        frame = chance.randint(1, 12) if step < 400 else 1
+        if step >= 400:
+            now += 0.02 if step < 430 else 0.3
+        for _ in range(frame):  # a frame's packets, sent together
             size = chance.randint(200, 1200)
             assert c.block(size, now) == python.block(size, now)
             queue_free = max(now, queue_free) + size * 8 / capacity
@@ -260,7 +295,7 @@ def test_the_estimate_in_c_follows_every_constant_of_congestion_py(
                         ("OVERUSE_TIME_MS", 8.0), ("DELIVERED_SHARE", 0.9), ("DECREASE", 0.8),
                         ("INCREASE_PER_SECOND", 1.1), ("MAX_GROWTH", 1.4),
                         ("GROWTH_HEADROOM", 20_000), ("RTT_MS", 150.0),
-                        ("DROP_QUIET_MS", 1500.0)):
+                        ("DROP_QUIET_MS", 1500.0), ("DELIVERED_MAX_WINDOW_MS", 1500.0)):
         monkeypatch.setattr(congestion, name, value)
     monkeypatch.setattr(twcc, "_PARAMETERS", twcc.parameters())
     after = _twins(7)

@@ -8,13 +8,14 @@
  * ValueError texts), matches each reported arrival with the send time and size in `history`
  * (TwccSender.history, records of TwccSent), groups the matched packets by send time (packets
  * sent within BURST_MS of a group's first form one group), keeps the window of delivered packets
- * (the last DELIVERED_WINDOW_MS of arrivals), and runs the delay-based estimate: the trendline
+ * (the last DELIVERED_WINDOW_MS of arrivals, or more, up to DELIVERED_MAX_WINDOW_MS, while that
+ * holds fewer than DELIVERED_MIN_PACKETS), and runs the delay-based estimate: the trendline
  * over the groups, overuse detection with its adaptive threshold, and the rate control on the
  * delivered rate. Every step is DelayBasedEstimate's, in the same order of floating-point
  * operations, so both give the same numbers (a twin test checks it).
  *
- * It returns None when no reported packet matched (nothing changes) or while there is no
- * estimate yet. A malformed packet raises ValueError before anything changes.
+ * It returns None when no reported packet matched (nothing changes), while there is no
+ * estimate yet, or when the window gives no delivered rate (too few packets in it). A malformed packet raises ValueError before anything changes.
  *
  * `state` is a bytearray of TWCC_STATE_SIZE zero bytes (the module constant) that TwccSender
  * keeps for the estimate; the delivered window in it is a ring of DELIVERED_SLOTS packets (when
@@ -39,7 +40,7 @@ typedef struct {
     double burst_ms, delivered_window_ms, delivered_min_packets, window, smoothing, gain,
         threshold, min_threshold, max_threshold, k_up, k_down, outlier, threshold_step_ms,
         max_deltas, overuse_time_ms, delivered_share, decrease, increase_per_second, max_growth,
-        growth_headroom, rtt_ms, drop_quiet_ms;
+        growth_headroom, rtt_ms, drop_quiet_ms, delivered_max_window_ms;
 } Parameters;
 
 enum { NORMAL = 0, UNDERUSE = 1, OVERUSE = 2 };  /* congestion.Usage */
@@ -227,7 +228,9 @@ static double delivered_rate(EstimateState *state, const Parameters *k) {
         return -1.0;
     double newest = state->delivered[(state->head + state->count - 1) % DELIVERED_SLOTS].arrival;
     while (state->count &&
-           state->delivered[state->head].arrival < newest - k->delivered_window_ms) {
+           state->delivered[state->head].arrival < newest - k->delivered_window_ms &&
+           ((double)state->count > k->delivered_min_packets ||
+            state->delivered[state->head].arrival < newest - k->delivered_max_window_ms)) {
         state->bytes -= state->delivered[state->head].size;
         state->head = (state->head + 1) % DELIVERED_SLOTS;
         state->count--;
@@ -303,7 +306,7 @@ static void detect(EstimateState *state, const Parameters *k, double trend, doub
 }
 
 /* DelayBasedEstimate.update with the delivered rate (negative: none); 1 with the estimate in
- * *estimate, 0 while there is none. */
+ * *estimate, 0 while there is none or there is no delivered rate. */
 static int update(EstimateState *state, const Parameters *k, double now_ms, double rate,
                   double *estimate) {
     if (state->pending_groups && state->points_count >= 2) {
@@ -346,6 +349,8 @@ static int update(EstimateState *state, const Parameters *k, double now_ms, doub
             state->has_estimate = 1;
         }
     }
+    if (rate < 0.0)
+        return 0;  /* nothing new: an estimate from before would be taken for a fresh one */
     *estimate = state->estimate;
     return (int)state->has_estimate;
 }

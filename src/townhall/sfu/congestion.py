@@ -8,7 +8,13 @@ it took to be sent after it. Growing queues on the path make those add up: the f
 the accumulated delay, fits a line through the last ``WINDOW`` groups, and a slope above an
 adaptive threshold for long enough is **overuse**.
 
-The rate control then works on the *delivered rate* (what arrived over the last half second):
+The rate control then works on the *delivered rate*: what arrived over the last half second, or
+over the last ``DELIVERED_MIN_PACKETS`` packets where fewer than that arrived in it (a small layer
+at a low frame rate: 15 packets a second or so), as long as they arrived within
+``DELIVERED_MAX_WINDOW_MS``. A stream sparser than that has no delivered rate, and then feedback
+gives no estimate: an estimate from before would be old news, which the estimate's user would
+take for a fresh report (``bandwidth.Estimate`` raises a transport's estimate by itself once
+reports stop).
 
 - overuse: the estimate drops to 0.85 times the delivered rate (at most once per ``RTT_MS``);
 - normal: it grows 8 % a second, never past 1.5 times the delivered rate; and once no drop is
@@ -40,8 +46,11 @@ MAX_DELTAS = 60
 #: Overuse must last this long (ms) over more than one group.
 OVERUSE_TIME_MS = 10.0
 DELIVERED_WINDOW_MS = 500.0
-#: Fewer packets than this in the window give no delivered rate.
+#: Fewer packets than this in the window give no delivered rate; where fewer arrived within
+#: ``DELIVERED_WINDOW_MS``, the window reaches back to this many, up to
+#: ``DELIVERED_MAX_WINDOW_MS``.
 DELIVERED_MIN_PACKETS = 10
+DELIVERED_MAX_WINDOW_MS = 2000.0
 DELIVERED_SHARE = 0.95
 DECREASE = 0.85
 INCREASE_PER_SECOND = 1.08
@@ -175,12 +184,16 @@ class DelayBasedEstimate:
         self._threshold_at = now_ms
 
     def delivered(self) -> float | None:
-        """Bit/s that arrived over the last ``DELIVERED_WINDOW_MS`` (None: too little seen)."""
+        """Bit/s that arrived over the last ``DELIVERED_WINDOW_MS``, or over the last
+        ``DELIVERED_MIN_PACKETS`` packets where fewer arrived in it, if they arrived within
+        ``DELIVERED_MAX_WINDOW_MS`` (None: too little seen)."""
         delivered = self._delivered
         if not delivered:
             return None
         newest = delivered[-1][0]
-        while delivered and delivered[0][0] < newest - DELIVERED_WINDOW_MS:
+        while delivered and delivered[0][0] < newest - DELIVERED_WINDOW_MS and (
+                len(delivered) > DELIVERED_MIN_PACKETS
+                or delivered[0][0] < newest - DELIVERED_MAX_WINDOW_MS):
             self._delivered_bytes -= delivered.popleft()[1]
         span = newest - delivered[0][0]
         if len(delivered) < DELIVERED_MIN_PACKETS or span < DELIVERED_WINDOW_MS / 2:
@@ -189,8 +202,9 @@ class DelayBasedEstimate:
 
     def update(self, now_ms: float) -> float | None:
         """After a feedback packet: detect overuse over the groups it completed (once, which
-        keeps the cost per packet small), run the rate control; returns the estimate in bit/s.
-        (``_twcc.c`` does the same in C, step for step.)
+        keeps the cost per packet small), run the rate control; returns the estimate in bit/s,
+        or None without a delivered rate (nothing new to say). (``_twcc.c`` does the same in C,
+        step for step.)
         """
         rate = self.delivered()
         if self._pending_groups and len(self._points) >= 2:
@@ -198,7 +212,7 @@ class DelayBasedEstimate:
             self._pending_send = 0.0
             self._pending_groups = 0
         if rate is None:
-            return self.estimate
+            return None
         elapsed = 0.0 if self._updated_at is None else max(0.0, now_ms - self._updated_at)
         self._updated_at = now_ms
         estimate = self.estimate

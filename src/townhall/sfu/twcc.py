@@ -57,14 +57,14 @@ native_report = native.twcc_report()
 def parameters() -> bytes:
     """``congestion.py``'s constants for the estimate in C, packed as its ``Parameters``."""
     return struct.pack(
-        "=22d", congestion.BURST_MS, congestion.DELIVERED_WINDOW_MS,
+        "=23d", congestion.BURST_MS, congestion.DELIVERED_WINDOW_MS,
         congestion.DELIVERED_MIN_PACKETS, congestion.WINDOW, congestion.SMOOTHING,
         congestion.GAIN, congestion.THRESHOLD, congestion.MIN_THRESHOLD,
         congestion.MAX_THRESHOLD, congestion.K_UP, congestion.K_DOWN, congestion.OUTLIER,
         congestion.THRESHOLD_STEP_MS, congestion.MAX_DELTAS, congestion.OVERUSE_TIME_MS,
         congestion.DELIVERED_SHARE, congestion.DECREASE, congestion.INCREASE_PER_SECOND,
         congestion.MAX_GROWTH, congestion.GROWTH_HEADROOM, congestion.RTT_MS,
-        congestion.DROP_QUIET_MS,
+        congestion.DROP_QUIET_MS, congestion.DELIVERED_MAX_WINDOW_MS,
     )
 
 
