@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -301,6 +302,41 @@ def test_the_estimate_in_c_follows_every_constant_of_congestion_py(
     after = _twins(7)
     assert [a for a, _ in after] == [b for _, b in after]
     assert [a for a, _ in after] != [a for a, _ in before]
+
+
+def _through_both(arrival_of: Callable[[int], int], batches: list[range],
+                  ) -> tuple[list[int | None], list[int | None], int]:
+    """Estimates from 500-byte packets sent 0.1 ms apart, ``arrival_of(index)`` µs after the
+    receiver's origin, each of ``batches`` reported in one feedback packet, by a sender in C and
+    one in Python; and how many packets the Python window held at the end."""
+    c, python = twcc.TwccSender(5, native=True), twcc.TwccSender(5, native=False)
+    in_c: list[int | None] = []
+    in_python: list[int | None] = []
+    for indices in batches:
+        for index in indices:
+            c.block(500, 1.0 + index * 0.0001)
+            python.block(500, 1.0 + index * 0.0001)
+        feedback = build_feedback(indices[0], [arrival_of(index) for index in indices])
+        in_c.append(c.feedback(feedback))
+        in_python.append(python.feedback(feedback))
+    assert python._estimate is not None
+    return in_c, in_python, len(python._estimate._delivered)
+
+
+def test_both_paths_agree_past_a_full_window_and_after_an_arrival_that_jumps_back() -> None:
+    """The window holds DELIVERED_SLOTS packets in Python as in C: past that the oldest leave,
+    and the rate is over what is left however short; one arrival far ahead of the rest (a
+    receiver's clock gone wrong) therefore does not keep every later packet in the window."""
+    require_native_fanout()
+    in_c, in_python, _ = _through_both(lambda index: 2_000_000 + index * 100,
+                                       [range(first, min(first + 400, 2_100))
+                                        for first in range(0, 2_100, 400)])
+    assert in_c == in_python and in_c[-1] is not None
+    in_c, in_python, held = _through_both(
+        lambda index: 100_000_000 if index == 0 else 10_000_000 + index * 100,
+        [range(0, 1)] + [range(first, first + 300) for first in range(1, 3_001, 300)])
+    assert in_c == in_python and in_c[-1] is not None
+    assert held <= congestion.DELIVERED_SLOTS
 
 
 def test_feedback_in_c_keeps_a_rate_when_more_packets_arrive_than_its_window_holds() -> None:

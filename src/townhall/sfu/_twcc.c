@@ -15,13 +15,15 @@
  * operations, so both give the same numbers (a twin test checks it).
  *
  * It returns None when no reported packet matched (nothing changes), while there is no
- * estimate yet, or when the window gives no delivered rate (too few packets in it). A malformed packet raises ValueError before anything changes.
+ * estimate yet, or when the window gives no delivered rate (too few packets in it). A malformed
+ * packet raises ValueError before anything changes.
  *
  * `state` is a bytearray of TWCC_STATE_SIZE zero bytes (the module constant) that TwccSender
- * keeps for the estimate; the delivered window in it is a ring of DELIVERED_SLOTS packets (when
- * it is full the oldest packets leave the window early, and the rate is over what it holds:
- * past DELIVERED_SLOTS packets in half a window, 8,192 a second). `parameters` is congestion.py's
- * constants packed as doubles (Parameters below, twcc._PARAMETERS), so they have one home.
+ * keeps for the estimate; the delivered window in it is a ring of DELIVERED_SLOTS packets, as is
+ * congestion.py's (DELIVERED_SLOTS there): when it is full the oldest packets leave the window
+ * early, and the rate is over what it holds (past DELIVERED_SLOTS packets in half a window,
+ * 8,192 a second). `parameters` is congestion.py's constants packed as doubles (Parameters
+ * below, twcc._PARAMETERS), so they have one home.
  */
 
 #include "_twcc.h"

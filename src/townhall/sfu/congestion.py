@@ -51,6 +51,10 @@ DELIVERED_WINDOW_MS = 500.0
 #: ``DELIVERED_MAX_WINDOW_MS``.
 DELIVERED_MIN_PACKETS = 10
 DELIVERED_MAX_WINDOW_MS = 2000.0
+#: The window holds at most this many packets (``_twcc.c``'s ring, ``DELIVERED_SLOTS``); past
+#: that the oldest leave early, and the rate is over what it holds, however short (arrivals
+#: that jump back in time would otherwise keep every later packet in it).
+DELIVERED_SLOTS = 2048
 DELIVERED_SHARE = 0.95
 DECREASE = 0.85
 INCREASE_PER_SECOND = 1.08
@@ -76,6 +80,7 @@ class DelayBasedEstimate:
         "_delivered_bytes",
         "_dropped_at",
         "_group",
+        "_overflowed",
         "_overuse_count",
         "_overuse_time",
         "_pending_groups",
@@ -112,6 +117,8 @@ class DelayBasedEstimate:
         self._delivered: deque[tuple[float, int]] = deque()
         #: The sum of the sizes in ``_delivered``, kept as packets come and go.
         self._delivered_bytes = 0
+        #: The window was full since the rate was last taken: it holds less than it should.
+        self._overflowed = False
         self._dropped_at = -1e12
         self._updated_at: float | None = None
         self.deltas = 0
@@ -121,6 +128,9 @@ class DelayBasedEstimate:
 
     def packet(self, send_ms: float, arrival_ms: float, size: int) -> None:
         """One packet the receiver reported (in the order of sending)."""
+        if len(self._delivered) == DELIVERED_SLOTS:
+            self._overflowed = True
+            self._delivered_bytes -= self._delivered.popleft()[1]
         self._delivered.append((arrival_ms, size))
         self._delivered_bytes += size
         group = self._group
@@ -196,7 +206,9 @@ class DelayBasedEstimate:
                 or delivered[0][0] < newest - DELIVERED_MAX_WINDOW_MS):
             self._delivered_bytes -= delivered.popleft()[1]
         span = newest - delivered[0][0]
-        if len(delivered) < DELIVERED_MIN_PACKETS or span < DELIVERED_WINDOW_MS / 2:
+        overflowed, self._overflowed = self._overflowed, False
+        if len(delivered) < DELIVERED_MIN_PACKETS or span <= 0 or (
+                span < DELIVERED_WINDOW_MS / 2 and not overflowed):
             return None
         return self._delivered_bytes * 8000 / span
 
