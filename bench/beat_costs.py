@@ -2,15 +2,18 @@
 
     python bench/beat_costs.py --rev HEAD --consumers 1 -- --simulcast --remb 2500000 \\
         --raw-consumers --twcc --producer-twcc
+    python bench/beat_costs.py --rev HEAD --participants 20 -- --producer-twcc
 
 Makes a tree of the server at ``--rev`` (``git archive``), adds clock reads around the beat's
 parts there (never in the working tree: they cost a system call each), builds its native piece
-and runs ``bench/sfu_forwarding.py`` on it, one ``townhall:costs`` run per consumer count, with
-the arguments after ``--``. The server writes its totals every ``DUMP_EVERY`` beats; the table
-is the difference between the last dump and the one halfway through the run (the steady part),
-per beat, in microseconds:
+and runs ``bench/sfu_forwarding.py`` on it, one ``townhall:costs`` run per consumer count (or,
+with ``--participants``, ``bench/meeting.py``, a run per meeting size), with the arguments
+after ``--``. The server writes its totals every ``DUMP_EVERY`` beats; the table
+is the difference between the first and the last of them inside the benchmark's measured window
+(which the benchmark notes, ``window.py``), per beat, in microseconds:
 
-- ``beat``: a whole wake-up of the beat (``Beat._woke``), and in it ``beat: sleep`` (the next
+- ``beat``: the beat's wake-ups, all of it (``Beat._woke``, and ``Beat._go_on`` where work
+  that gave the loop back goes on), and in it ``beat: sleep`` (the next
   wake-up's timer) and ``beat: watch`` (the loop watch);
 - each periodic work by name (``tick``, ``allocation``, ``reports``, ``silence``), its share of
   the beats it ran on spread over every beat;
@@ -31,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from window import windows
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The server appends its totals to its file every this many beats.
@@ -53,7 +58,7 @@ def add(name: str, nanoseconds: int, count: bool = False) -> None:
 def beat_done() -> None:
     if totals.get("beat#", 0) % DUMP_EVERY == 0:
         with open(os.path.join(os.environ["BEAT_COSTS_OUT"], f"{os.getpid()}.txt"), "a") as f:
-            f.write(repr(dict(sorted(totals.items()))) + "\\n")
+            f.write(repr({**dict(sorted(totals.items())), "at": time.monotonic()}) + "\\n")
 '''
 
 #: (file, text there, what it becomes): each text must be found exactly once.
@@ -138,6 +143,21 @@ PATCHES: list[tuple[str, str, str]] = [
             finally:
                 costs.add(entry.name.rpartition(": ")[2], costs.clock() - start)
 """),
+    ("townhall/beat.py", """\
+    def _go_on(self) -> None:
+        \"\"\"After a turn of the loop: work stopped meanwhile takes no further step.\"\"\"
+""", """\
+    def _go_on(self) -> None:
+        from townhall import _beat_costs as costs
+        start = costs.clock()
+        try:
+            self._go_on_measured()
+        finally:
+            costs.add("beat", costs.clock() - start)
+
+    def _go_on_measured(self) -> None:
+        \"\"\"After a turn of the loop: work stopped meanwhile takes no further step.\"\"\"
+"""),
     ("townhall/sfu/router.py", """\
         for producer in self.producers.values():
             if producer.keyframe_pending:
@@ -211,49 +231,65 @@ def make_tree(rev: str, directory: Path) -> Path:
     return src
 
 
-def per_beat(path: Path) -> dict[str, tuple[float, int]]:
-    """From one server's dumps: each part's microseconds per beat over the second half of the
-    run, and how many times it ran there."""
+def per_beat(path: Path, within: tuple[float, float] | None
+             ) -> dict[str, tuple[float, int]]:
+    """From one server's dumps: each part's microseconds per beat between the first and the
+    last dump ``within`` the benchmark's window (None: over the second half of the run), and
+    how many times it ran there."""
     dumps = [ast.literal_eval(line) for line in path.read_text().splitlines()]
+    if within is not None:
+        dumps = [dump for dump in dumps if within[0] <= dump["at"] <= within[1]]
+    else:
+        dumps = dumps[len(dumps) // 2:]
     if len(dumps) < 2:
-        raise SystemExit(f"{path}: fewer than two dumps; run longer")
-    first, last = dumps[len(dumps) // 2], dumps[-1]
+        raise SystemExit(f"{path}: fewer than two dumps in the window; run longer")
+    first, last = dumps[0], dumps[-1]
     beats = last["beat#"] - first["beat#"]
     return {
         name: ((value - first.get(name, 0)) / beats / 1000,
                last.get(name + "#", last["beat#"]) - first.get(name + "#", first["beat#"]))
-        for name, value in last.items() if not name.endswith("#")
+        for name, value in last.items() if not name.endswith("#") and name != "at"
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rev", default="HEAD", help="the commit to measure")
-    parser.add_argument("--consumers", default="1", help="comma-separated counts, a run each")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--consumers", default="1",
+                       help="comma-separated consumer counts, a sfu_forwarding run each")
+    sizes.add_argument("--participants",
+                       help="comma-separated meeting sizes, a meeting run each")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--warmup", type=float, default=8)
     parser.add_argument("rest", nargs=argparse.REMAINDER,
-                        help="after --: more arguments for sfu_forwarding.py")
+                        help="after --: more arguments for the benchmark")
     args = parser.parse_args()
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    if args.participants:
+        bench, flag, counts, what = "meeting.py", "--participants", args.participants, "people"
+    else:
+        bench, flag, counts, what = "sfu_forwarding.py", "--consumers", args.consumers, \
+            "consumer(s)"
     with tempfile.TemporaryDirectory(prefix="beat-costs-") as temporary:
         src = make_tree(args.rev, Path(temporary))
-        for consumers in args.consumers.split(","):
-            out = Path(temporary) / f"costs-{consumers}"
+        for count in counts.split(","):
+            out = Path(temporary) / f"costs-{count}"
             out.mkdir()
             subprocess.run(
-                [sys.executable, str(ROOT / "bench" / "sfu_forwarding.py"), "--consumers",
-                 consumers, "--seconds", str(args.seconds), "--warmup", str(args.warmup),
+                [sys.executable, str(ROOT / "bench" / bench), flag,
+                 count, "--seconds", str(args.seconds), "--warmup", str(args.warmup),
                  "--targets", "townhall:costs", "--variant", f"costs={src}",
                  "--out", str(out), *rest],
                 check=True, env={**os.environ, "BEAT_COSTS_OUT": str(out)})
             dumps = sorted(out.glob("[0-9]*.txt"))
             if len(dumps) != 1:
                 raise SystemExit(f"expected one server's dumps in {out}, found {len(dumps)}")
-            print(f"\n{args.rev}, {consumers} consumer(s): microseconds of CPU per beat "
-                  "(second half of the run)\n")
+            noted = windows(out)
+            print(f"\n{args.rev}, {count} {what}: microseconds of CPU per beat "
+                  f"({'in the window' if noted else 'second half of the run'})\n")
             print("| part | µs per beat | runs |\n|---|---:|---:|")
-            for name, (micro, runs) in per_beat(dumps[0]).items():
+            for name, (micro, runs) in per_beat(dumps[0], noted[-1] if noted else None).items():
                 print(f"| {name} | {micro:.1f} | {runs} |")
 
 

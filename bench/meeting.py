@@ -66,6 +66,7 @@ from sfu_forwarding import (  # noqa: E402
 )
 from townhall.sfu.ice import udp_drops  # noqa: E402
 from townhall_target import DEFAULT_COMMAND, TownhallTarget  # noqa: E402
+from window import note_window  # noqa: E402
 
 logger = logging.getLogger("meeting")
 
@@ -343,6 +344,7 @@ async def run_one(name: str, size: int, clip: Clip, args: argparse.Namespace) ->
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
+        note_window(t0, t0 + elapsed)
         if profiler is not None:
             await asyncio.to_thread(profiler.wait)
         server1, client1 = process_cpu_times(pid), self_cpu_seconds()

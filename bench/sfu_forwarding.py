@@ -54,6 +54,7 @@ from forwarding_delay import delay_buckets, histogram, percentile  # noqa: E402
 from janus import BENCH_ADDRESS, janus_target  # noqa: E402
 from participants import OUT_DIR, Clip, SyntheticConsumer, SyntheticProducer, load_clip  # noqa: E402
 from target import Target  # noqa: E402
+from window import note_window  # noqa: E402
 
 logger = logging.getLogger("sfu_forwarding")
 
@@ -353,6 +354,7 @@ async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespac
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
+        note_window(t0, t0 + elapsed)
         server1 = process_cpu_times(target.pid)
         schedstat1 = process_schedstat(target.pid)
         steal1 = machine_steal()
