@@ -6,20 +6,16 @@ native piece is built; a twin test feeds both the same traffic and wants the sam
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 import struct
 from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
-from pylibsrtp import Policy, Session
 
 from support import Clock, build_feedback, require_native_fanout
 from townhall.sfu import bandwidth, congestion, rtcp, twcc
 from townhall.sfu import router as router_module
-from townhall.sfu.native import NativeSend
 from townhall.sfu.router import Router
 from townhall.sfu.transport import Transport
 
@@ -584,63 +580,6 @@ async def test_the_router_notes_a_publishers_numbered_packets_and_tells_it_on_th
         assert [a is not None for _, a in feedback.packets] == [True, True, False, True]
     finally:
         state.producers_by_mid.clear()
-        await router.close()
-
-
-async def test_feedback_to_publishers_on_one_socket_goes_out_in_one_call_each_to_its_own(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With the native piece, a tick's feedback to every publisher linked on one socket is
-    protected as SRTCP and sent in one call: each publisher gets its own, decryptable with its
-    own keys, and nothing goes the one-at-a-time way."""
-    require_native_fanout()
-    sender = router_module.send_rtcp_held
-    assert sender is not None
-    calls: list[int] = []
-
-    def counting(fd: int, held: list[tuple[int, bytes, bytes]]) -> int:
-        calls.append(len(held))
-        return sender(fd, held)
-
-    monkeypatch.setattr(router_module, "send_rtcp_held", counting)
-    router = Router("publisher feedback")
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    publishers: list[tuple[socket.socket, Session]] = []
-    try:
-        for index in range(2):
-            key = os.urandom(30)
-            tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
-            rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
-            receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            receiver.bind(("127.0.0.1", 0))
-            receiver.settimeout(2)
-            publishers.append((receiver, rx))
-            transport = router.create_transport(f"publisher {index}")
-            address = NativeSend.sockaddr(receiver.getsockname())
-            assert address is not None
-            transport.route = NativeSend.route(tx, server.fileno(), address)
-            monkeypatch.setattr(transport, "send_rtcp", lambda data: pytest.fail("one at a time"))
-            state = router._transports[transport]
-            state.arrivals.extension_id = 3
-            state.producers_by_mid["0"] = SimpleNamespace(  # type: ignore[assignment]
-                layers=[SimpleNamespace(ssrc=1000 + index)],
-                track=SimpleNamespace(rtcp_ssrc=90 + index, mid_extension=None))
-            for sequence in (40, 41, 43 + index):
-                router.rtp_received(transport, _publisher_packet(sequence))
-        router._send_transport_feedback()
-        assert calls == [2]
-        for index, (receiver, rx) in enumerate(publishers):
-            packet = rx.unprotect_rtcp(receiver.recv(2048))
-            assert struct.unpack_from("!II", packet, 4) == (90 + index, 1000 + index)
-            feedback = twcc.parse_feedback(packet)
-            assert [a is not None for _, a in feedback.packets] == \
-                [True, True] + [False] * (1 + index) + [True]
-    finally:
-        for state in router._transports.values():
-            state.producers_by_mid.clear()
-        for receiver, _ in publishers:
-            receiver.close()
-        server.close()
         await router.close()
 
 

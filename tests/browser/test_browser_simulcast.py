@@ -11,7 +11,6 @@ import pytest
 from test_browser_meeting import assert_video_playing, describe, join
 
 from townhall.sfu import bandwidth, simulcast, twcc
-from townhall.sfu import router as router_module
 
 pytestmark = pytest.mark.browser
 
@@ -236,7 +235,7 @@ async def wait_top_layer(producer: Any, fits: Any, timeout: float, what: str) ->
 
 
 async def test_a_chromium_publisher_is_told_when_its_video_arrived_and_sends_by_it(
-    server: Any, new_page: Any, monkeypatch: pytest.MonkeyPatch,
+    server: Any, new_page: Any
 ) -> None:
     room = await server.create_room("publisher feedback")
     alice, bob = await new_page(), await new_page()
@@ -265,20 +264,6 @@ async def test_a_chromium_publisher_is_told_when_its_video_arrived_and_sends_by_
         return bool(send_rtcp(data))
 
     transport.send_rtcp = keep
-    # with the native piece the feedback goes out with every publisher's in one call
-    send_held = router_module.send_rtcp_held
-
-    def keep_held(fd: int, held: list[tuple[int, bytes, bytes]]) -> int:
-        route = transport.route
-        mine = [item for item in held if route is not None and item[0] == route[0]]
-        sent.extend(data for _, data, _ in mine)
-        if withhold:
-            held = [item for item in held if item not in mine]
-        assert send_held is not None
-        return send_held(fd, held)
-
-    if send_held is not None:
-        monkeypatch.setattr(router_module, "send_rtcp_held", keep_held)
     await wait_top_layer(producer, lambda b: b > 400_000, 30, "over 400 kbit/s")
     await asyncio.sleep(2)
     before = producer.layers[-1].bitrate

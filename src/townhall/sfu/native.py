@@ -77,7 +77,6 @@ class NativeSend:
         self.module = module
         self._send: Callable[[int, int, list[Held]], int] = module.send
         self.protect = self._address("srtp_protect")
-        self.protect_rtcp = self._address("srtp_protect_rtcp")
         module.setup(self.protect)
         self.unprotect = self._address("srtp_unprotect")
         self.unprotect_rtcp = self._address("srtp_unprotect_rtcp")
@@ -105,11 +104,6 @@ class NativeSend:
     def send(self, fd: int, held: list[Held]) -> int:
         """Protect and send ``held``; returns how many datagrams the socket took."""
         return self._send(fd, self.protect, held)
-
-    def send_rtcp(self, fd: int, held: list[Held]) -> int:
-        """:meth:`send` for RTCP packets (libsrtp's ``srtp_protect_rtcp``): one system call
-        for many transports' packets where :meth:`Transport.send_rtcp` makes one each."""
-        return self._send(fd, self.protect_rtcp, held)
 
     @staticmethod
     def session(session: Any) -> int:
@@ -174,12 +168,6 @@ def receive(speaking_level: int) -> Receive | None:
     native.module.setup(native.protect, rtp.RtpHeader, vp8.Descriptor, speaking_level)
     function: Receive = native.module.receive
     return function
-
-
-def rtcp_sender() -> Callable[[int, list[Held]], int] | None:
-    """:meth:`NativeSend.send_rtcp` if the piece has been built, else None."""
-    native = load()
-    return None if native is None else native.send_rtcp
 
 
 def twcc_feedback() -> tuple[TwccFeedback, int] | None:

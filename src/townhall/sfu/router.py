@@ -23,7 +23,7 @@ from typing import Protocol
 from aiortc import RTCPeerConnection
 
 from townhall import beat
-from townhall.sfu import bandwidth, native, rtcp, rtp, speaker, twcc
+from townhall.sfu import bandwidth, rtcp, rtp, speaker, twcc
 from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.audio_activity import Activity, AudioActivity
 from townhall.sfu.consumer import Consumer
@@ -33,10 +33,6 @@ from townhall.sfu.simulcast import Layer, layer_for_size, needed_layers
 from townhall.sfu.transport import IncomingTrack, Slot, Transport
 
 logger = logging.getLogger(__name__)
-
-#: Protects RTCP packets and sends those for one socket in one system call (None without the
-#: native piece): the feedback to every publisher on a tick.
-send_rtcp_held = native.rtcp_sender()
 
 #: Bandwidth the SFU tells video producers they may use, in bit/s.
 DEFAULT_BITRATE = 2_500_000
@@ -566,29 +562,16 @@ class Router:
 
     def _send_transport_feedback(self) -> None:
         """Tell each publisher that numbers its packets when they arrived (every tick: a
-        browser's estimate of its uplink waits for this feedback). With the native piece, the
-        packets to publishers on one socket go out in one system call (``send_rtcp_held``)."""
+        browser's estimate of its uplink waits for this feedback)."""
         now = self._clock()
-        held: dict[int, list[tuple[int, bytes, bytes]]] = {}
         for transport, state in self._transports.items():
             arrivals = state.arrivals
             if not arrivals.extension_id or not state.producers_by_mid:
                 continue
             producer = next(iter(state.producers_by_mid.values()))
             media = next((layer.ssrc for layer in producer.layers if layer.ssrc is not None), 0)
-            packets = arrivals.feedback(now, producer.track.rtcp_ssrc, media)
-            route = transport.route
-            if not packets:
-                continue
-            if route is not None and send_rtcp_held is not None:
-                srtp, fd, sockaddr, _ = route
-                held.setdefault(fd, []).extend((srtp, packet, sockaddr) for packet in packets)
-            else:
-                for packet in packets:
-                    transport.send_rtcp(packet)
-        if send_rtcp_held is not None:
-            for fd, items in held.items():
-                send_rtcp_held(fd, items)
+            for packet in arrivals.feedback(now, producer.track.rtcp_ssrc, media):
+                transport.send_rtcp(packet)
 
     def _narrow_audio(self, activity: Activity) -> Iterator[None]:
         """Audio-only transports (asked for, or cut to audio by the allocation) get only the
