@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from window import windows
+from window import ENVIRONMENT, windows
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The server appends its totals to its file every this many beats.
@@ -57,7 +57,7 @@ def add(name: str, nanoseconds: int, count: bool = False) -> None:
 
 def beat_done() -> None:
     if totals.get("beat#", 0) % DUMP_EVERY == 0:
-        with open(os.path.join(os.environ["BEAT_COSTS_OUT"], f"{os.getpid()}.txt"), "a") as f:
+        with open(os.path.join(os.environ["ENVIRONMENT"], f"{os.getpid()}.txt"), "a") as f:
             f.write(repr({**dict(sorted(totals.items())), "at": time.monotonic()}) + "\\n")
 '''
 
@@ -233,7 +233,7 @@ def make_tree(rev: str, directory: Path) -> Path:
     subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
     src = directory / "src"
     (src / "townhall" / "_beat_costs.py").write_text(
-        _COSTS.replace("DUMP_EVERY", str(DUMP_EVERY)))
+        _COSTS.replace("DUMP_EVERY", str(DUMP_EVERY)).replace("ENVIRONMENT", ENVIRONMENT))
     for group in [(i,) for i in range(len(PATCHES)) if not any(i in a for a in ALTERNATIVES)] \
             + ALTERNATIVES:
         fitting = [PATCHES[i] for i in group
@@ -244,7 +244,7 @@ def make_tree(rev: str, directory: Path) -> Path:
         name, old, new = fitting[0]
         path = src / name
         path.write_text(path.read_text().replace(old, new))
-        compile(path.read_text(), str(path), "exec")  # a patch that no longer fits fails here
+        compile(path.read_text(), str(path), "exec")  # a patch that breaks the file fails here
     subprocess.run([sys.executable, "-c", "from townhall.sfu import native; native.build()"],
                    check=True, env={**os.environ, "PYTHONPATH": str(src)})
     return src
@@ -300,7 +300,7 @@ def main() -> None:
                  count, "--seconds", str(args.seconds), "--warmup", str(args.warmup),
                  "--targets", "townhall:costs", "--variant", f"costs={src}",
                  "--out", str(out), *rest],
-                check=True, env={**os.environ, "BEAT_COSTS_OUT": str(out)})
+                check=True, env={**os.environ, ENVIRONMENT: str(out)})
             dumps = sorted(out.glob("[0-9]*.txt"))
             if len(dumps) != 1:
                 raise SystemExit(f"expected one server's dumps in {out}, found {len(dumps)}")
