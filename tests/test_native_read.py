@@ -110,7 +110,8 @@ class _Socket:
               counters: Counters, video: Any = None,
               arrivals: twcc.TwccReceiver | None = None,
               clock: Callable[[], float] = lambda: 1.0,
-              layers: dict[int, Layer] | None = None) -> None:
+              layers: dict[int, Layer] | None = None,
+              feedback: native_module.FeedbackSender | None = None) -> None:
         address = remote.getsockname()
         key = self.native.sockaddr(address)
         assert key is not None
@@ -122,7 +123,8 @@ class _Socket:
                             clock, self.plain.append, self.rtcp.append,
                             video if video is not None else _Video(None),
                             self.estimated,
-                            (arrivals if arrivals is not None else twcc.TwccReceiver()).arrivals)
+                            (arrivals if arrivals is not None else twcc.TwccReceiver()).arrivals,
+                            feedback)
 
     def read(self, wakeups: object = None) -> int:
         native = self.native
@@ -417,6 +419,81 @@ def test_the_reader_notes_when_a_publishers_numbered_packets_arrived_as_python_d
     assert [a is not None for _, a in parsed.packets] == [True, True, False, True]
 
 
+def _numbered_packet(sequence: int) -> bytes:
+    return struct.pack("!BBHII", 0x90, 96, sequence, 960 * sequence, 0x1234) + \
+        struct.pack("!HHBHB", 0xBEDE, 1, 0x31, sequence, 0) + bytes(40)
+
+
+def _feedback_to(remote: socket.socket, rx: Session) -> list[twcc.Feedback]:
+    """The transport feedback the remote has received so far, unprotected and read."""
+    received = []
+    remote.settimeout(0.2)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            received.append(twcc.parse_feedback(rx.unprotect_rtcp(remote.recv(2048))))
+    return received
+
+
+def test_the_reader_sends_a_publisher_its_feedback_itself_at_most_every_interval() -> None:
+    native = _native()
+    tx, rx = _sessions()  # the publisher's packets
+    feedback_tx, feedback_rx = _sessions()  # the feedback the server protects, as it is read
+    arrivals = twcc.TwccReceiver()
+    arrivals.extension_id = 3
+    now = [10.0]
+    sent_before = native.read_counts()[2]
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), arrivals=arrivals,
+                     clock=lambda: now[0], feedback=NativeSend.feedback_sender(feedback_tx))
+        _send(remote, server, tx.protect(_numbered_packet(1)))
+        _read_all(reader, 1)
+        assert _feedback_to(remote, feedback_rx) == [], "not before the tick notes the SSRCs"
+        assert arrivals.feedback(now[0], 11, 22) == [], "the reader sends it, not the tick"
+
+        _send(remote, server, tx.protect(_numbered_packet(2)))
+        _read_all(reader, 1)
+        [first] = _feedback_to(remote, feedback_rx)
+        assert (first.base_sequence, first.count) == (1, 2)
+        assert all(arrival is not None for _, arrival in first.packets)
+
+        now[0] += twcc.FEEDBACK_INTERVAL / 2  # too soon for the next one
+        _send(remote, server, tx.protect(_numbered_packet(3)))
+        _read_all(reader, 1)
+        assert _feedback_to(remote, feedback_rx) == []
+
+        now[0] += twcc.FEEDBACK_INTERVAL / 2
+        _send(remote, server, tx.protect(_numbered_packet(5)))  # 4 is lost
+        _read_all(reader, 1)
+        [second] = _feedback_to(remote, feedback_rx)
+        assert (second.base_sequence, second.count) == (3, 3)
+        assert [arrival is not None for _, arrival in second.packets] == [True, False, True]
+        assert arrivals.feedback(now[0] + 1, 11, 22) == []
+    assert native.read_counts()[2] == sent_before + 2
+    assert arrivals.count == 2
+
+
+def test_feedback_goes_back_to_the_tick_when_python_records_the_arrivals() -> None:
+    native = _native()
+    tx, rx = _sessions()
+    feedback_tx, feedback_rx = _sessions()
+    arrivals = twcc.TwccReceiver()
+    arrivals.extension_id = 3
+    arrivals.feedback(1.0, 11, 22)
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), arrivals=arrivals,
+                     feedback=NativeSend.feedback_sender(feedback_tx))
+        _send(remote, server, tx.protect(_numbered_packet(1)))
+        _read_all(reader, 1)
+        assert len(_feedback_to(remote, feedback_rx)) == 1 and arrivals.by_reader
+    # the transport moved to a path the reader does not read (ICE over TCP): Python records
+    arrivals.record(_numbered_packet(2), 1.5)
+    assert not arrivals.by_reader
+    [packet] = arrivals.feedback(1.6, 11, 22)
+    assert twcc.parse_feedback(packet).base_sequence == 2
+
+
 def test_an_arrival_is_when_the_kernel_received_the_packet_not_when_the_loop_got_to_it() -> None:
     native = _native()
     tx, rx = _sessions()
@@ -436,7 +513,8 @@ def test_an_arrival_is_when_the_kernel_received_the_packet_not_when_the_loop_got
         read = time.monotonic()
     assert read - sent >= 0.3
     for n in (1, 2):
-        _, at_us = struct.unpack_from("=iq", arrivals.arrivals, 24 + 12 * n)
+        _, at_us = struct.unpack_from("=iq", arrivals.arrivals,
+                                      twcc._ARRIVALS_HEADER.size + 12 * n)
         assert sent - 0.01 <= at_us / 1e6 <= sent + 0.1, (at_us / 1e6 - sent, read - sent)
 
 
@@ -508,13 +586,14 @@ async def test_a_packet_the_reader_leaves_to_the_router_has_its_arrival_noted_on
             reader = _Socket(native, server)
             reader.route(remote, rx, _Target(), Counters())
             key, route = next(iter(reader.routes.items()))
-            reader.routes[key] = (*route[:4], *to_router)  # the router's own handlers
+            reader.routes[key] = (*route[:4], *to_router, None)  # the router's own handlers
             _send(remote, server, *[tx.protect(p) for p in packets])
             _read_all(reader, 3)
         # no layer has the SSRC: each packet went on to Router.rtp_received after the note
         assert router.counters.packets_received == 3
-        assert struct.unpack_from("=iiiiq", arrivals.arrivals)[1:3] == (1, 3)
-        assert struct.unpack_from("=iiiiq", arrivals.arrivals)[4] == 3, "noted twice"
+        header = twcc._ARRIVALS_HEADER.unpack_from(arrivals.arrivals)
+        assert header[1:3] == (1, 3)
+        assert header[4] == 3, "noted twice"
     finally:
         await router.close()
 

@@ -1136,7 +1136,8 @@ static PyMethodDef methods[] = {
      "delay, holder) -> datagrams: read what waits on the shared UDP socket and take each "
      "SRTP datagram with a route to the fan-out or the router (see the top of _read.c)."},
     {"read_counts", media_read_counts, METH_NOARGS,
-     "read_counts() -> (datagrams longer than the read buffer, datagrams libsrtp refused): "
+     "read_counts() -> (datagrams longer than the read buffer, datagrams libsrtp refused, "
+     "feedback packets sent to publishers, and not sent): "
      "what read() dropped since the start."},
     {"twcc_feedback", twcc_feedback, METH_VARARGS,
      "twcc_feedback(data, history, state, parameters) -> estimate or None: one transport "
@@ -1144,6 +1145,9 @@ static PyMethodDef methods[] = {
     {"twcc_report", twcc_report, METH_VARARGS,
      "twcc_report(arrivals, base, count, oldest, feedback_count, sender_ssrc, media_ssrc) -> "
      "[packets]: the transport feedback to a publisher about `count` packets (see _twcc.c)."},
+    {"twcc_take", twcc_take, METH_VARARGS,
+     "twcc_take(arrivals, now) -> [packets]: the transport feedback due to a publisher, its "
+     "state in the arrivals' header (see _twcc.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -20,8 +20,8 @@
  *   socket's own datagram_received.
  *
  * `routes` maps a packed sockaddr (as NativeSend.sockaddr makes it) to a route: (address,
- * target, receiver, srtp, layers, counters, clock, rtp, rtcp, video, estimated, arrivals): the
- * (host, port) address, the ICE connection, its media receiver, the address of the receiving
+ * target, receiver, srtp, layers, counters, clock, rtp, rtcp, video, estimated, arrivals,
+ * feedback): the (host, port) address, the ICE connection, its media receiver, the address of the receiving
  * libsrtp session, the transport's layers by SSRC, the router's counters, the router's clock,
  * Router.rtp_received and Router.rtcp_received for that transport, its VideoAllocation and
  * what takes a new estimate of its bandwidth, and the transport's arrivals
@@ -33,6 +33,8 @@
  * to Python, `estimated(bit/s)` (twcc_news: one that differs from the last, or the same once
  * that is REPORT_REFRESH old). So is a publisher's compound of sender reports and source
  * descriptions alone (read_sender_reports_here()): each report is noted on its layer in C.
+ * With `feedback` (a native.FeedbackSender; None: not), the reader also sends the publisher
+ * its transport feedback itself (send_feedback()), and the router's tick does not.
  *
  * While it runs, `holder._holding` (the socket's) is true, so that Python code sending on the
  * socket queues its copies in `held`; they are sent (`flush()`) after each datagram. The counts
@@ -71,6 +73,11 @@ static struct iovec read_vectors[READ_BATCH];
 
 /* Datagrams read() dropped: longer than READ_SIZE, or refused by libsrtp. */
 static unsigned long long read_truncated = 0, read_unprotect_failed = 0;
+/* Transport feedback packets the reader sent publishers itself, and those it could not
+ * (libsrtp refused to protect one, or the socket to take it). */
+static unsigned long long feedback_sent = 0, feedback_unsent = 0;
+/* Room libsrtp may add to an RTCP packet it protects (SRTCP index and tag, and a margin). */
+#define FEEDBACK_TRAILER 148
 
 enum {
     R_RECEIVED, R_MEDIA_RECEIVER, R_PACKETS_RECEIVED, R_PACKETS_FORWARDED, R_BYTES_FORWARDED,
@@ -494,7 +501,7 @@ static long transport_sequence(const unsigned char *p, Py_ssize_t length, long i
  * the event loop got to it: a hold of the loop is not queueing on the publisher's uplink, and
  * its browser would slow down for it. */
 static void record_arrival(PyObject *arrivals, const unsigned char *p, Py_ssize_t length,
-                           double now, long long stamp) {
+                           double now, long long stamp, int sends_feedback) {
     if (!PyByteArray_Check(arrivals) || PyByteArray_GET_SIZE(arrivals) !=
             (Py_ssize_t)(sizeof(ArrivalsHeader) + ARRIVALS * sizeof(Arrival)))
         return;
@@ -513,18 +520,73 @@ static void record_arrival(PyObject *arrivals, const unsigned char *p, Py_ssize_
         header.first = (int32_t)sequence;
     if (header.highest < 0 || ((sequence - header.highest) & 0xFFFF) < 0x8000)
         header.highest = (int32_t)sequence;  /* the newest in sequence, not in time */
+    header.reader = sends_feedback;  /* whoever records the arrivals sends the feedback */
     header.recorded++;
     memcpy(buffer, &header, sizeof header);
+}
+
+typedef int (*protect_rtcp_fn)(void *session, void *packet, int *length);
+
+/* The reader sends a publisher its transport feedback itself, on the first arrival
+ * FEEDBACK_INTERVAL_US after the last feedback, once the router's tick noted the SSRCs it
+ * carries: protected with the transport's sending session (`sender`, a
+ * native.FeedbackSender) and sent to the address the packet came from. A feedback packet that
+ * cannot be made or sent is dropped (the next one covers what it would have reported, or the
+ * publisher takes those packets for lost); 0, or -1 with an exception. */
+static int send_feedback(PyObject *arrivals, PyObject *sender, int fd,
+                         const struct sockaddr_storage *name, socklen_t name_length,
+                         double now) {
+    if (!PyByteArray_Check(arrivals) || PyByteArray_GET_SIZE(arrivals) !=
+            (Py_ssize_t)(sizeof(ArrivalsHeader) + ARRIVALS * sizeof(Arrival)))
+        return 0;
+    char *buffer = PyByteArray_AS_STRING(arrivals);
+    ArrivalsHeader header;
+    memcpy(&header, buffer, sizeof header);
+    if (!header.reader || !header.ssrcs || header.recorded == header.reported ||
+            (int64_t)(now * 1000000.0) - header.last_us < FEEDBACK_INTERVAL_US)
+        return 0;
+    if (!PyTuple_Check(sender) || PyTuple_GET_SIZE(sender) != 3) {
+        PyErr_SetString(PyExc_TypeError, "a route's feedback sender is (protect_rtcp, session, "
+                        "its Session)");
+        return -1;
+    }
+    protect_rtcp_fn protect = (protect_rtcp_fn)PyLong_AsVoidPtr(PyTuple_GET_ITEM(sender, 0));
+    void *session = protect == NULL ? NULL : PyLong_AsVoidPtr(PyTuple_GET_ITEM(sender, 1));
+    if (session == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *packets = twcc_take_feedback(buffer, now);
+    if (packets == NULL)
+        return -1;
+    unsigned char out[READ_SIZE];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(packets); i++) {
+        PyObject *packet = PyList_GET_ITEM(packets, i);
+        Py_ssize_t size = PyBytes_GET_SIZE(packet);
+        if (size + FEEDBACK_TRAILER > (Py_ssize_t)sizeof out) {
+            feedback_unsent++;
+            continue;
+        }
+        memcpy(out, PyBytes_AS_STRING(packet), (size_t)size);
+        int length = (int)size;
+        if (protect(session, out, &length) != 0 ||
+                sendto(fd, out, (size_t)length, MSG_DONTWAIT, (const struct sockaddr *)name,
+                       name_length) < 0)
+            feedback_unsent++;
+        else
+            feedback_sent++;
+    }
+    Py_DECREF(packets);
+    return 0;
 }
 
 /* One SRTP or SRTCP datagram from an address with a route: 1 if handled here (forwarded, given
  * to Python's rtp() or rtcp(), or dropped by libsrtp), 0 if it is for deliver(), -1 with an
  * exception. */
 static int read_media(PyObject *route, PyObject *by_address, unsigned char *packet,
-                      Py_ssize_t length, unprotect_fn unprotect, int rtcp, long long stamp) {
-    if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 12) {
+                      Py_ssize_t length, unprotect_fn unprotect, int rtcp, long long stamp,
+                      int fd, const struct sockaddr_storage *name, socklen_t name_length) {
+    if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 13) {
         PyErr_SetString(PyExc_TypeError, "a route is (address, target, receiver, srtp, layers, "
-                        "counters, clock, rtp, rtcp, video, estimated, arrivals)");
+                        "counters, clock, rtp, rtcp, video, estimated, arrivals, feedback)");
         return -1;
     }
     PyObject *address = PyTuple_GET_ITEM(route, 0), *target = PyTuple_GET_ITEM(route, 1),
@@ -532,7 +594,8 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
              *layers = PyTuple_GET_ITEM(route, 4), *counters = PyTuple_GET_ITEM(route, 5),
              *clock = PyTuple_GET_ITEM(route, 6), *rtp_handler = PyTuple_GET_ITEM(route, 7),
              *rtcp_handler = PyTuple_GET_ITEM(route, 8), *video = PyTuple_GET_ITEM(route, 9),
-             *estimated = PyTuple_GET_ITEM(route, 10), *arrivals = PyTuple_GET_ITEM(route, 11);
+             *estimated = PyTuple_GET_ITEM(route, 10), *arrivals = PyTuple_GET_ITEM(route, 11),
+             *feedback = PyTuple_GET_ITEM(route, 12);
     PyObject *bound = PyDict_GetItemWithError(by_address, address);  /* borrowed */
     if (bound != target)
         return PyErr_Occurred() ? -1 : 0;
@@ -578,7 +641,10 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
     double now = clock_now(clock);
     if (now == -1.0 && PyErr_Occurred())
         goto done;
-    record_arrival(arrivals, packet, size, now, stamp);
+    record_arrival(arrivals, packet, size, now, stamp, feedback != Py_None);
+    if (feedback != Py_None &&
+            send_feedback(arrivals, feedback, fd, name, name_length, now) < 0)
+        goto done;
     Py_ssize_t copies = receive_packet(data, layers, now);
     if (copies == RECEIVE_ERROR)
         goto done;
@@ -779,7 +845,8 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
                     Py_INCREF(route);
                     handled = read_media(route, by_address, packet, length,
                                          rtcp ? unprotect_rtcp : unprotect, rtcp,
-                                         rtcp ? 0 : kernel_stamp_ns(header));
+                                         rtcp ? 0 : kernel_stamp_ns(header), fd, name,
+                                         name_length);
                     Py_DECREF(route);
                 } else if (PyErr_Occurred()) {
                     handled = -1;
@@ -825,5 +892,6 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
 }
 
 PyObject *media_read_counts(PyObject *self, PyObject *args) {
-    return Py_BuildValue("(KK)", read_truncated, read_unprotect_failed);
+    return Py_BuildValue("(KKKK)", read_truncated, read_unprotect_failed, feedback_sent,
+                         feedback_unsent);
 }

@@ -452,7 +452,13 @@ int twcc_news(PyObject *state_object, double estimate, double now) {
  * `base`, from their arrivals (TwccReceiver.arrivals; a slot holding another number, or an
  * arrival before `oldest` µs, counts as lost), cut where a receive delta would not fit in a
  * packet (twcc._parts) and written as build_feedback writes them, numbered from
- * `feedback_count`. The same bytes as the Python path (a twin test checks it). */
+ * `feedback_count`. The same bytes as the Python path (a twin test checks it).
+ *
+ *     twcc_take(arrivals, now) -> [feedback packets]
+ *
+ * TwccReceiver.feedback's bookkeeping as well (twcc_take_feedback): which packets are due, from
+ * the state in the arrivals' header, which it updates. The socket's reader sends what it gives
+ * a publisher itself. */
 
 #define MAX_DELTA 0x7FFF
 /* The most packets one feedback packet reports (twcc.FEEDBACK_MOST). */
@@ -526,26 +532,13 @@ static PyObject *feedback_packet(unsigned base, const int64_t *arrivals, int n, 
     return packet;
 }
 
-PyObject *twcc_report(PyObject *self, PyObject *args) {
-    Py_buffer buffer;
-    unsigned int base, number;
-    int count;
-    long long oldest;
-    unsigned long sender_ssrc, media_ssrc;
-    if (!PyArg_ParseTuple(args, "y*IiLIkk", &buffer, &base, &count, &oldest, &number,
-                          &sender_ssrc, &media_ssrc))
-        return NULL;
-    PyObject *packets = NULL;
-    if (buffer.len != (Py_ssize_t)(sizeof(ArrivalsHeader) + ARRIVALS * sizeof(Arrival))) {
-        PyErr_SetString(PyExc_TypeError, "twcc_report(): arrivals is TwccReceiver.arrivals");
-        goto done;
-    }
-    if (count < 1 || count > ARRIVALS) {
-        PyErr_SetString(PyExc_ValueError, "twcc_report(): 1 to ARRIVALS packets");
-        goto done;
-    }
+_Static_assert(sizeof(ArrivalsHeader) == 64, "TwccReceiver.arrivals' header is 64 bytes");
+
+/* The feedback packets about the `count` packets numbered from `base`, from `records` (the
+ * arrivals after the header), numbered from `number`: a new list, or NULL with an exception. */
+static PyObject *report_packets(const char *records, unsigned base, int count, long long oldest,
+                                unsigned number, uint32_t sender_ssrc, uint32_t media_ssrc) {
     int64_t arrivals[ARRIVALS];
-    const char *records = (const char *)buffer.buf + sizeof(ArrivalsHeader);
     for (int i = 0; i < count; i++) {
         unsigned sequence = (base + (unsigned)i) & 0xFFFF;
         Arrival record;
@@ -553,9 +546,9 @@ PyObject *twcc_report(PyObject *self, PyObject *args) {
         arrivals[i] = record.sequence == (int32_t)sequence && record.at_us >= oldest
             ? record.at_us : LOST;
     }
-    packets = PyList_New(0);
+    PyObject *packets = PyList_New(0);
     if (packets == NULL)
-        goto done;
+        return NULL;
     /* cut where a delta from the last arrival would not fit, and after every FEEDBACK_MOST
      * (twcc._parts) */
     int start = 0, have_previous = 0;
@@ -575,11 +568,11 @@ PyObject *twcc_report(PyObject *self, PyObject *args) {
         if (cut && i > start) {
             PyObject *packet = feedback_packet((base + (unsigned)start) & 0xFFFF,
                                                arrivals + start, i - start, number++,
-                                               (uint32_t)sender_ssrc, (uint32_t)media_ssrc);
+                                               sender_ssrc, media_ssrc);
             if (packet == NULL || PyList_Append(packets, packet) < 0) {
                 Py_XDECREF(packet);
-                Py_CLEAR(packets);
-                goto done;
+                Py_DECREF(packets);
+                return NULL;
             }
             Py_DECREF(packet);
             start = i;
@@ -592,7 +585,71 @@ PyObject *twcc_report(PyObject *self, PyObject *args) {
             previous = arrivals[i] - (offset < 0 ? offset + 250 : offset);
         }
     }
-done:
+    return packets;
+}
+
+PyObject *twcc_report(PyObject *self, PyObject *args) {
+    Py_buffer buffer;
+    unsigned int base, number;
+    int count;
+    long long oldest;
+    unsigned long sender_ssrc, media_ssrc;
+    if (!PyArg_ParseTuple(args, "y*IiLIkk", &buffer, &base, &count, &oldest, &number,
+                          &sender_ssrc, &media_ssrc))
+        return NULL;
+    PyObject *packets = NULL;
+    if (buffer.len != (Py_ssize_t)(sizeof(ArrivalsHeader) + ARRIVALS * sizeof(Arrival))) {
+        PyErr_SetString(PyExc_TypeError, "twcc_report(): arrivals is TwccReceiver.arrivals");
+    } else if (count < 1 || count > ARRIVALS) {
+        PyErr_SetString(PyExc_ValueError, "twcc_report(): 1 to ARRIVALS packets");
+    } else {
+        packets = report_packets((const char *)buffer.buf + sizeof(ArrivalsHeader), base, count,
+                                 oldest, number, (uint32_t)sender_ssrc, (uint32_t)media_ssrc);
+    }
     PyBuffer_Release(&buffer);
     return packets;
+}
+
+/* TwccReceiver._take step for step (a twin test holds the two to the same bytes and header). */
+PyObject *twcc_take_feedback(char *buffer, double now) {
+    ArrivalsHeader header;
+    memcpy(&header, buffer, sizeof header);
+    if (header.recorded == header.reported || header.highest < 0)
+        return PyList_New(0);
+    header.reported = header.recorded;
+    long start = header.next < 0 ? header.first : header.next;
+    long span = (header.highest - start) & 0xFFFF;
+    if (span >= 0x8000) {  /* only packets reported already (as lost) came since */
+        memcpy(buffer, &header, sizeof header);
+        return PyList_New(0);
+    }
+    if (span >= ARRIVALS) {
+        start = (header.highest - ARRIVALS + 1) & 0xFFFF;
+        span = ARRIVALS - 1;
+    }
+    int64_t now_us = (int64_t)(now * 1000000.0);
+    PyObject *packets = report_packets(buffer + sizeof header, (unsigned)start, (int)span + 1,
+                                       (long long)(now_us - ARRIVAL_AGE_US),
+                                       (unsigned)header.count, header.sender_ssrc,
+                                       header.media_ssrc);
+    if (packets == NULL)
+        return NULL;
+    header.next = (int32_t)((header.highest + 1) & 0xFFFF);
+    header.count = (int32_t)(((int64_t)header.count + PyList_GET_SIZE(packets)) & 0x7FFFFFFF);
+    header.last_us = now_us;
+    memcpy(buffer, &header, sizeof header);
+    return packets;
+}
+
+PyObject *twcc_take(PyObject *self, PyObject *args) {
+    PyObject *arrivals;
+    double now;
+    if (!PyArg_ParseTuple(args, "O!d", &PyByteArray_Type, &arrivals, &now))
+        return NULL;
+    if (PyByteArray_GET_SIZE(arrivals) !=
+            (Py_ssize_t)(sizeof(ArrivalsHeader) + ARRIVALS * sizeof(Arrival))) {
+        PyErr_SetString(PyExc_TypeError, "twcc_take(): arrivals is TwccReceiver.arrivals");
+        return NULL;
+    }
+    return twcc_take_feedback(PyByteArray_AS_STRING(arrivals), now);
 }

@@ -18,10 +18,20 @@ typedef struct {
 } TwccSent;
 
 /* TwccReceiver.arrivals (twcc.py): a header, then ARRIVALS records, each slot the packet
- * whose sequence number is the slot's modulo ARRIVALS (structs "=iiiiq" and "=iq"). */
+ * whose sequence number is the slot's modulo ARRIVALS (structs "=iiiiqiiqqIIii" and "=iq").
+ * The header is the feedback's whole state, shared by the Python path and the socket's reader:
+ * the extension id (0: not negotiated), the first and highest sequence numbers recorded (-1:
+ * none yet), whether the reader records the arrivals and sends the feedback itself, how many
+ * arrivals were recorded; the next number to report (-1: none reported yet), the feedback
+ * packets made, the arrivals recorded when feedback was last made and when that was (µs on the
+ * router's clock); the SSRCs the feedback carries and whether they are known yet. */
 typedef struct {
-    int32_t extension_id, first, highest, unused;
+    int32_t extension_id, first, highest, reader;
     int64_t recorded;
+    int32_t next, count;
+    int64_t reported, last_us;
+    uint32_t sender_ssrc, media_ssrc;
+    int32_t ssrcs, unused;
 } ArrivalsHeader;
 typedef struct __attribute__((packed)) {
     int32_t sequence;
@@ -59,5 +69,20 @@ PyObject *twcc_feedback(PyObject *self, PyObject *args);
 /* twcc_report(arrivals, base, count, oldest, feedback_count, sender_ssrc, media_ssrc)
  * -> [feedback packets]: see _twcc.c. */
 PyObject *twcc_report(PyObject *self, PyObject *args);
+
+/* The feedback to a publisher due at `now` (s, the router's clock) from its arrivals
+ * (`buffer`, TwccReceiver.arrivals' bytes), as TwccReceiver.feedback makes it: a list of
+ * packets, empty when nothing arrived since the last; the header updated. NULL with an
+ * exception. */
+PyObject *twcc_take_feedback(char *buffer, double now);
+
+/* twcc_take(arrivals, now) -> [feedback packets]: twcc_take_feedback for Python. */
+PyObject *twcc_take(PyObject *self, PyObject *args);
+
+/* Least time between two feedback packets the socket's reader sends a publisher, in µs
+ * (twcc.FEEDBACK_INTERVAL). */
+#define FEEDBACK_INTERVAL_US 100000
+/* A record older than this is taken for a lost packet, in µs (twcc._ARRIVAL_AGE). */
+#define ARRIVAL_AGE_US 10000000
 
 #endif

@@ -57,12 +57,19 @@ Route = tuple[int, int, bytes, Any]
 Fanout = Callable[[list[Any], bytes, Any, int, int, Any, float], int]
 #: ``receive(data, layers by SSRC, now)``: copies sent, or -1 for the Python path
 Receive = Callable[[bytes, dict[int, Any], float], int]
+#: What the socket's reader sends a publisher's transport feedback with: (the address of
+#: libsrtp's srtp_protect_rtcp(), that of the transport's sending srtp session, the pylibsrtp
+#: session, kept alive with it).
+FeedbackSender = tuple[int, int, Any]
 #: What the socket's reader needs to take a transport's SRTP to the router itself: (address of
 #: the receiving srtp session, the transport's layers by SSRC, the router's counters, the
 #: router's clock, ``Router.rtp_received`` and ``Router.rtcp_received`` for that transport,
-#: its ``VideoAllocation``, and what takes the estimate its transport feedback gave).
+#: its ``VideoAllocation``, what takes the estimate its transport feedback gave, the
+#: publisher's arrivals (``TwccReceiver.arrivals``), and what it sends the publisher's
+#: feedback with, or None for Python's tick to send it).
 Plain = tuple[int, dict[int, Any], Any, Callable[[], float], Callable[[bytes], None],
-              Callable[[bytes], None], Any, Callable[[float], bool | None]]
+              Callable[[bytes], None], Any, Callable[[float], bool | None], bytearray,
+              FeedbackSender | None]
 #: ``twcc_feedback(data, history, state, parameters)``: the estimate in bit/s, or None
 TwccFeedback = Callable[[bytes, bytearray, bytearray, bytes], float | None]
 #: ``twcc_report(arrivals, base, count, oldest µs, feedback count, sender SSRC, media SSRC)``:
@@ -87,8 +94,8 @@ class NativeSend:
         #: The socket option that turns on the kernel's receive times ``read`` looks for.
         self.so_timestampns: int = module.SO_TIMESTAMPNS
         #: Totals: (datagrams ``read`` dropped as longer than its buffer, and as refused by
-        #: libsrtp).
-        self.read_counts: Callable[[], tuple[int, int]] = module.read_counts
+        #: libsrtp; transport feedback packets it sent publishers, and those it could not).
+        self.read_counts: Callable[[], tuple[int, int, int, int]] = module.read_counts
         self.fanout: Fanout = module.fanout
         #: How many copies ``fanout`` sent since the last call (for the delay histogram).
         self.take_sent: Callable[[], int] = module.take_sent
@@ -109,6 +116,12 @@ class NativeSend:
     def session(session: Any) -> int:
         """The address of a pylibsrtp ``Session``'s ``srtp_t`` (the session must stay alive)."""
         return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
+
+    @staticmethod
+    def feedback_sender(session: Any) -> FeedbackSender:
+        """What the socket's reader needs to send a publisher its transport feedback itself,
+        protected with ``session`` (the transport's sending pylibsrtp ``Session``)."""
+        return (NativeSend._address("srtp_protect_rtcp"), NativeSend.session(session), session)
 
     @staticmethod
     def route(session: Any, fd: int, sockaddr: bytes) -> Route:
@@ -183,6 +196,13 @@ def twcc_report() -> TwccReport | None:
     """``TwccReceiver.feedback``'s loop in C (``_twcc.c``); None without the piece."""
     native = load()
     return None if native is None else native.module.twcc_report  # type: ignore[no-any-return]
+
+
+def twcc_take() -> Callable[[bytearray, float], list[bytes]] | None:
+    """``TwccReceiver.feedback``'s bookkeeping in C (``_twcc.c``, what the socket's reader
+    calls); None without the piece."""
+    native = load()
+    return None if native is None else native.module.twcc_take  # type: ignore[no-any-return]
 
 
 def build(directory: Path | None = None) -> Path:

@@ -562,7 +562,9 @@ class Router:
 
     def _send_transport_feedback(self) -> None:
         """Tell each publisher that numbers its packets when they arrived (every tick: a
-        browser's estimate of its uplink waits for this feedback)."""
+        browser's estimate of its uplink waits for this feedback). Where the socket's native
+        reader reads the publisher, it sends the feedback itself as packets arrive, and this
+        only notes the SSRCs it carries (``TwccReceiver.feedback``)."""
         now = self._clock()
         for transport, state in self._transports.items():
             arrivals = state.arrivals

@@ -713,7 +713,8 @@ class Transport:
         if to_router is None:
             path.receive(srtp_received)
         else:
-            path.receive(srtp_received, (NativeSend.session(rx), *to_router))
+            path.receive(srtp_received, (NativeSend.session(rx), *to_router,
+                                         NativeSend.feedback_sender(dtls._tx_srtp)))
 
     def _unlink(self) -> None:
         self.route = None

@@ -50,8 +50,10 @@ _SENT = struct.Struct("=dii")
 
 #: The feedback in C and the size of its state, when the native piece is built.
 native_feedback = native.twcc_feedback()
-#: The feedback to publishers in C, when the native piece is built.
+#: The feedback to publishers in C, when the native piece is built: the packets, and which
+#: are due (``TwccReceiver.feedback``'s bookkeeping).
 native_report = native.twcc_report()
+native_take = native.twcc_take()
 
 
 def parameters() -> bytes:
@@ -256,11 +258,19 @@ class TwccSender:
 PUBLISHER_FEEDBACK = True
 #: Arrivals a publish transport remembers between two feedback packets (a power of two).
 ARRIVALS = 1024
-#: ``TwccReceiver.arrivals``' header (``Arrivals`` in ``_read.c``): the extension id (0: not
+#: Least time between two feedback packets to a publisher, in seconds: the router sends them on
+#: its tick, the socket's native reader on the first arrival this long after the last
+#: (``FEEDBACK_INTERVAL_US`` in ``_twcc.h``).
+FEEDBACK_INTERVAL = 0.1
+#: ``TwccReceiver.arrivals``' header (``ArrivalsHeader`` in ``_twcc.h``), the feedback's whole
+#: state, which the Python path and the socket's native reader share: the extension id (0: not
 #: negotiated), the first sequence number recorded and the highest (modulo 2^16; -1: none yet),
-#: and how many arrivals were recorded; then ``ARRIVALS`` records of (sequence number, arrival
-#: in µs).
-_ARRIVALS_HEADER = struct.Struct("=iiiiq")
+#: whether the reader records the arrivals and sends the feedback (1) or Python does (0), how
+#: many arrivals were recorded; the next number to report (-1: none reported yet), how many
+#: feedback packets were made, the arrivals recorded when feedback was last made and when that
+#: was (µs, the router's clock); the SSRCs feedback carries and whether they are known (1).
+#: Then ``ARRIVALS`` records of (sequence number, arrival in µs).
+_ARRIVALS_HEADER = struct.Struct("=iiiiqiiqqIIii")
 _ARRIVAL = struct.Struct("=iq")
 #: A record older than this is taken for a lost packet (µs): the ring has gone round since.
 _ARRIVAL_AGE = 10_000_000
@@ -337,22 +347,20 @@ class TwccReceiver:
     """When a publisher's packets arrived, by transport-wide sequence number, and the feedback
     that tells the publisher (whose browser estimates its uplink from it).
 
-    The socket's native reader records arrivals in ``arrivals`` itself (``_read.c``); the
-    Python path calls :meth:`record`. The router sends :meth:`feedback` on every beat.
+    All of its state is in ``arrivals`` (a header, then the records), which the socket's native
+    reader (``_read.c``) reads and writes too: where it reads a transport, it records the
+    arrivals and sends the feedback itself, at most every ``FEEDBACK_INTERVAL`` on the first
+    arrival after that; the Python path calls :meth:`record` and the router sends
+    :meth:`feedback` on every tick. Whichever recorded the last arrival sends the feedback.
     """
 
-    __slots__ = ("_count", "_extension_id", "_next", "_recorded", "arrivals")
+    __slots__ = ("_extension_id", "arrivals")
 
     def __init__(self) -> None:
-        self.arrivals = bytearray(_ARRIVALS_HEADER.pack(0, -1, -1, 0, 0)) + \
+        self.arrivals = bytearray(_ARRIVALS_HEADER.pack(0, -1, -1, 0, 0, -1, 0, 0, 0, 0, 0, 0,
+                                                        0)) + \
             bytearray(_ARRIVAL.pack(-1, 0) * ARRIVALS)
         self._extension_id = 0
-        #: the next sequence number to report (None: none reported yet)
-        self._next: int | None = None
-        #: arrivals recorded when feedback was last made
-        self._recorded = 0
-        #: feedback packets made so far
-        self._count = 0
 
     @property
     def extension_id(self) -> int:
@@ -365,47 +373,82 @@ class TwccReceiver:
         header[0] = self._extension_id = value
         _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
 
+    @property
+    def by_reader(self) -> bool:
+        """Whether the socket's native reader recorded the last arrival (and so sends the
+        feedback)."""
+        return bool(_ARRIVALS_HEADER.unpack_from(self.arrivals)[3])
+
+    @property
+    def count(self) -> int:
+        """Feedback packets made so far (by either path)."""
+        return int(_ARRIVALS_HEADER.unpack_from(self.arrivals)[6])
+
     def record(self, packet: bytes, at: float) -> None:
         """The RTP packet ``packet`` arrived at ``at`` (seconds, the router's clock): noted if
         it carries a transport-wide sequence number."""
         sequence = sequence_in(packet, self._extension_id)
         if sequence is None:
             return
-        _, first, highest, _, recorded = _ARRIVALS_HEADER.unpack_from(self.arrivals)
+        header = list(_ARRIVALS_HEADER.unpack_from(self.arrivals))
         _ARRIVAL.pack_into(self.arrivals, _ARRIVALS_HEADER.size
                            + (sequence & (ARRIVALS - 1)) * _ARRIVAL.size,
                            sequence, int(at * 1_000_000))
+        first, highest = header[1], header[2]
         if highest < 0 or (sequence - highest) & 0xFFFF < 0x8000:
-            highest = sequence
-        _ARRIVALS_HEADER.pack_into(self.arrivals, 0, self._extension_id,
-                                   sequence if first < 0 else first, highest, 0, recorded + 1)
+            header[2] = sequence
+        if first < 0:
+            header[1] = sequence
+        header[3] = 0  # Python recorded it: Python's tick sends the feedback
+        header[4] += 1
+        _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
 
     def feedback(self, now: float, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
         """Feedback about every packet numbered since the last, up to the highest number
         that arrived (usually one packet; more where a delta does not fit in one). Empty when
-        nothing newer arrived since."""
-        _, first, highest, _, recorded = _ARRIVALS_HEADER.unpack_from(self.arrivals)
-        if recorded == self._recorded or highest < 0:
+        nothing newer arrived since, and where the socket's native reader sends the feedback
+        (it sends it with these SSRCs, which this notes)."""
+        header = list(_ARRIVALS_HEADER.unpack_from(self.arrivals))
+        if header[9:12] != [sender_ssrc, media_ssrc, 1]:
+            header[9:12] = [sender_ssrc, media_ssrc, 1]
+            _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
+        if header[3]:
             return []
-        self._recorded = recorded
-        start = first if self._next is None else self._next
+        if native_take is not None:
+            return native_take(self.arrivals, now)
+        return self._take(now)
+
+    def _take(self, now: float) -> list[bytes]:
+        """The feedback due at ``now``, the header's bookkeeping updated (``twcc_take`` in C,
+        which the reader calls)."""
+        header = list(_ARRIVALS_HEADER.unpack_from(self.arrivals))
+        (_, first, highest, _, recorded, following, count, reported, _, sender_ssrc,
+         media_ssrc, _, _) = header
+        if recorded == reported or highest < 0:
+            return []
+        header[7] = recorded
+        start = first if following < 0 else following
         span = (highest - start) & 0xFFFF
         if span >= 0x8000:  # only packets reported already (as lost) came since
+            _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
             return []
         if span >= ARRIVALS:
             start = (highest - ARRIVALS + 1) & 0xFFFF
             span = ARRIVALS - 1
-        oldest = int(now * 1_000_000) - _ARRIVAL_AGE
-        self._next = (highest + 1) & 0xFFFF
+        now_us = int(now * 1_000_000)
+        oldest = now_us - _ARRIVAL_AGE
         if native_report is not None:
-            packets = native_report(self.arrivals, start, span + 1, oldest, self._count,
+            packets = native_report(self.arrivals, start, span + 1, oldest, count,
                                     sender_ssrc, media_ssrc)
         else:
-            packets = self._report(start, span + 1, oldest, sender_ssrc, media_ssrc)
-        self._count += len(packets)
+            packets = self._report(start, span + 1, oldest, count, sender_ssrc, media_ssrc)
+        header[5] = (highest + 1) & 0xFFFF
+        header[6] = (count + len(packets)) & 0x7FFFFFFF
+        header[8] = now_us
+        _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
         return packets
 
-    def _report(self, start: int, count: int, oldest: int, sender_ssrc: int,
+    def _report(self, start: int, count: int, oldest: int, number: int, sender_ssrc: int,
                 media_ssrc: int) -> list[bytes]:
         """The feedback about ``count`` packets from ``start`` (``twcc_report`` in C)."""
         arrivals: list[int | None] = []
@@ -415,7 +458,7 @@ class TwccReceiver:
                 self.arrivals, _ARRIVALS_HEADER.size + (sequence & (ARRIVALS - 1))
                 * _ARRIVAL.size)
             arrivals.append(at if recorded_as == sequence and at >= oldest else None)
-        return [build_feedback(base, part, self._count + n, sender_ssrc, media_ssrc)
+        return [build_feedback(base, part, number + n, sender_ssrc, media_ssrc)
                 for n, (base, part) in enumerate(_parts(start, arrivals))]
 
 
