@@ -107,6 +107,14 @@ class _TransportState:
     arrivals: twcc.TwccReceiver = field(default_factory=twcc.TwccReceiver)
 
 
+def _feedback_ssrcs(state: _TransportState) -> tuple[int, int]:
+    """The SSRCs transport feedback to a publisher carries: the RTCP SSRC of its first
+    producer, and that producer's first known media SSRC (0 until one is)."""
+    producer = next(iter(state.producers_by_mid.values()))
+    media = next((layer.ssrc for layer in producer.layers if layer.ssrc is not None), 0)
+    return producer.track.rtcp_ssrc, media
+
+
 class Router:
     def __init__(
         self,
@@ -513,6 +521,8 @@ class Router:
                 producer.send_reports(DEFAULT_BITRATE)  # one compound packet
                 yield
         for transport, state in list(self._transports.items()):
+            if state.arrivals.extension_id and state.producers_by_mid:
+                state.arrivals.note_ssrcs(*_feedback_ssrcs(state))  # for the socket's reader
             reports = [report for consumer in list(state.consumers_by_ssrc.values())
                        if (report := consumer.sender_report()) is not None]
             now = self._clock()
@@ -563,16 +573,16 @@ class Router:
     def _send_transport_feedback(self) -> None:
         """Tell each publisher that numbers its packets when they arrived (every tick: a
         browser's estimate of its uplink waits for this feedback). Where the socket's native
-        reader reads the publisher, it sends the feedback itself as packets arrive, and this
-        only notes the SSRCs it carries (``TwccReceiver.feedback``)."""
+        reader reads the publisher, it sends the feedback itself as packets arrive, with the
+        SSRCs noted here the first time and by the reports each second after."""
         now = self._clock()
         for transport, state in self._transports.items():
             arrivals = state.arrivals
             if not arrivals.extension_id or not state.producers_by_mid:
                 continue
-            producer = next(iter(state.producers_by_mid.values()))
-            media = next((layer.ssrc for layer in producer.layers if layer.ssrc is not None), 0)
-            for packet in arrivals.feedback(now, producer.track.rtcp_ssrc, media):
+            if arrivals.by_reader and arrivals.ssrcs_known:
+                continue  # the socket's reader sends it
+            for packet in arrivals.feedback(now, *_feedback_ssrcs(state)):
                 transport.send_rtcp(packet)
 
     def _narrow_audio(self, activity: Activity) -> Iterator[None]:

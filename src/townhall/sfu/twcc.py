@@ -27,6 +27,7 @@ estimates its uplink.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -272,6 +273,10 @@ FEEDBACK_INTERVAL = 0.1
 #: Then ``ARRIVALS`` records of (sequence number, arrival in µs).
 _ARRIVALS_HEADER = struct.Struct("=iiiiqiiqqIIii")
 _ARRIVAL = struct.Struct("=iq")
+#: Where the header's "reader" and "SSRCs known" fields keep their low byte (each is 0 or 1,
+#: so that byte tells).
+_READER_BYTE = 12 if sys.byteorder == "little" else 15
+_SSRCS_BYTE = 56 if sys.byteorder == "little" else 59
 #: A record older than this is taken for a lost packet (µs): the ring has gone round since.
 _ARRIVAL_AGE = 10_000_000
 #: The largest receive delta a feedback packet carries (signed 16 bits of 250 µs).
@@ -376,8 +381,21 @@ class TwccReceiver:
     @property
     def by_reader(self) -> bool:
         """Whether the socket's native reader recorded the last arrival (and so sends the
-        feedback)."""
-        return bool(_ARRIVALS_HEADER.unpack_from(self.arrivals)[3])
+        feedback). Read on every tick: one byte of the header's field, not the header."""
+        return self.arrivals[_READER_BYTE] != 0
+
+    @property
+    def ssrcs_known(self) -> bool:
+        """Whether the SSRCs the feedback carries were noted (the reader waits for them)."""
+        return self.arrivals[_SSRCS_BYTE] != 0
+
+    def note_ssrcs(self, sender_ssrc: int, media_ssrc: int) -> None:
+        """The SSRCs the feedback carries from now on (the sender's RTCP SSRC, and the first
+        of the publisher's media)."""
+        header = list(_ARRIVALS_HEADER.unpack_from(self.arrivals))
+        if header[9:12] != [sender_ssrc, media_ssrc, 1]:
+            header[9:12] = [sender_ssrc, media_ssrc, 1]
+            _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
 
     @property
     def count(self) -> int:
@@ -408,11 +426,8 @@ class TwccReceiver:
         that arrived (usually one packet; more where a delta does not fit in one). Empty when
         nothing newer arrived since, and where the socket's native reader sends the feedback
         (it sends it with these SSRCs, which this notes)."""
-        header = list(_ARRIVALS_HEADER.unpack_from(self.arrivals))
-        if header[9:12] != [sender_ssrc, media_ssrc, 1]:
-            header[9:12] = [sender_ssrc, media_ssrc, 1]
-            _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
-        if header[3]:
+        self.note_ssrcs(sender_ssrc, media_ssrc)
+        if self.by_reader:
             return []
         if native_take is not None:
             return native_take(self.arrivals, now)
