@@ -199,6 +199,19 @@ PATCHES: list[tuple[str, str, str]] = [
             for packet in packets:
                 transport.send_rtcp(packet)
 """),
+    # (from b7bb540: the SSRCs in a function of their own, and only where the socket's reader
+    # does not send the feedback)
+    ("townhall/sfu/router.py", """\
+            for packet in arrivals.feedback(now, *_feedback_ssrcs(state)):
+                transport.send_rtcp(packet)
+""", """\
+            from townhall import _beat_costs as costs
+            start = costs.clock()
+            packets = arrivals.feedback(now, *_feedback_ssrcs(state))
+            costs.add("tick: feedback build", costs.clock() - start)
+            for packet in packets:
+                transport.send_rtcp(packet)
+"""),
     ("townhall/sfu/audio_activity.py", """\
         self.voices.update(scores, self._clock())
         dominant = self.speaker.update(by_owner)
@@ -221,7 +234,8 @@ PATCHES: list[tuple[str, str, str]] = [
 
 
 #: Indices in ``PATCHES`` of which exactly one must fit (the code changed between commits):
-#: the feedback to publishers, built and sent at once or built, then sent together.
+#: the feedback to publishers, built and sent at once or built, then sent together, and the
+#: form that leaves it to the socket's reader where it reads the publisher.
 ALTERNATIVES = [tuple(i for i, (_, old, _) in enumerate(PATCHES) if "arrivals.feedback(" in old)]
 
 
