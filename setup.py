@@ -8,9 +8,10 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("townhall.sfu._fastsend",
                              ["src/townhall/sfu/_fastsend.c", "src/townhall/sfu/_twcc.c",
-                              "src/townhall/sfu/_read.c"],
+                              "src/townhall/sfu/_read.c", "src/townhall/sfu/_audio.c"],
                              depends=["src/townhall/sfu/_twcc.h", "src/townhall/sfu/_read.h",
-                                      "src/townhall/sfu/_bytes.h"], libraries=["m"],
-                             # the estimate must round as congestion.py does: no fused
-                             # multiply-adds
+                                      "src/townhall/sfu/_bytes.h", "src/townhall/sfu/_audio.h"],
+                             libraries=["m"],
+                             # the estimate and the audio tick must round as
+                             # congestion.py and speaker.py do: no fused multiply-adds
                              extra_compile_args=["-ffp-contract=off"], optional=True)])

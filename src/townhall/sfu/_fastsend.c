@@ -41,6 +41,7 @@
 #include "_twcc.h"
 #include "_bytes.h"
 #include "_read.h"
+#include "_audio.h"
 
 #include <structmember.h>
 #include <errno.h>
@@ -1167,6 +1168,8 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     /* the option whose control message the reader looks for (SCM_TIMESTAMPNS): the number
      * differs between architectures and, on 32-bit ones, with the size of time_t */
     if (made != NULL && PyModule_AddIntConstant(made, "SO_TIMESTAMPNS", SO_TIMESTAMPNS) < 0)
+        Py_CLEAR(made);
+    if (made != NULL && audio_add_type(made) < 0)  /* AudioTick: see _audio.c */
         Py_CLEAR(made);
     return made;
 }

@@ -6,13 +6,19 @@ updates the smoothed voices, the dominant speaker (``sfu/speaker.py``) and the s
 forwarded audio (``sfu/audio_selection.py``), and switches ``Producer.selected``. A second,
 narrower selection (the loudest ``audio_only``, one by default) is what participants in audio-only
 mode receive: the router pauses their other audio consumers (``Router._tick``).
+
+When the native piece is built, the whole tick runs in C (``AudioTick`` in ``_audio.c``), its
+state held there; the results are the same to the last bit (a twin test runs both paths on the
+same random meetings), so this module stays the reference and the path without the piece.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from townhall.sfu import native, speaker
+from townhall.sfu import producer as producer_module
 from townhall.sfu.audio_selection import AudioSelection
 from townhall.sfu.speaker import DominantSpeaker, Voices
 
@@ -34,17 +40,57 @@ class Activity(NamedTuple):
     unlevelled: frozenset[str] = frozenset()
 
 
+def _native_tick() -> Any:
+    """The ``AudioTick`` class of the compiled module, or None (not built, or built before it
+    had one)."""
+    loaded = native.load()
+    return None if loaded is None else getattr(loaded.module, "AudioTick", None)
+
+
+#: The tick in C (``_audio.c``) when the native piece is built with it; None: in Python.
+native_tick = _native_tick()
+
+
+def _selection(selection: AudioSelection) -> tuple[int, float, float, float, bool]:
+    return (selection.size, selection.hangover, selection.hold, selection.margin,
+            selection.everyone_when_few)
+
+
 class AudioActivity:
-    def __init__(self, clock: Callable[[], float], loudest: int, audio_only: int = 1) -> None:
+    def __init__(self, clock: Callable[[], float], loudest: int, audio_only: int = 1, *,
+                 native: bool = True) -> None:
+        """``native``: tick in C when the native piece has it (tests ask for either path)."""
         self._clock = clock
+        # With the tick in C these four only give it their parameters (one source of truth):
+        # its state is its own.
         self.speaker = DominantSpeaker(clock)
         self.voices = Voices()
         self.selection = AudioSelection(loudest, clock)
         self.audio_only = audio_only
         self.narrow = AudioSelection(min(loudest, audio_only + 1), clock, everyone_when_few=False)
         self._last_ranked: tuple[str, ...] = ()
+        found = native_tick if native else None
+        self._native: Any = None if found is None else found(
+            Activity,
+            voices=(speaker.SPEECH, speaker.FAST, speaker.SLOW, speaker.WORD_GAP),
+            speaker=(self.speaker.onset, self.speaker.hold, self.speaker.handover,
+                     self.speaker.overtake, self.speaker.margin),
+            speaking_hold=producer_module.SPEAKING_HOLD,
+            selection=_selection(self.selection),
+            narrow=_selection(self.narrow),
+        )
+
+    @property
+    def native(self) -> bool:
+        """Whether the tick runs in C."""
+        return self._native is not None
 
     def tick(self, producers: Iterable[Producer]) -> Activity:
+        if self._native is not None:
+            # One reading of the clock for the whole tick (Python reads it several times: the
+            # same time under the injected clocks of tests).
+            activity: Activity = self._native.tick(producers, self._clock())
+            return activity
         scores: dict[str, float] = {}
         by_owner: dict[str, float] = {}
         unmuted: list[Producer] = []
