@@ -411,12 +411,10 @@ def _publisher_packet(sequence: int, extension_id: int = 3) -> bytes:
 
 @pytest.fixture(params=["python", "c"])
 def reports_in(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which path writes the feedback to a publisher: Python, or C (``twcc_take`` and
-    ``twcc_report``)."""
+    """Which path writes the feedback to a publisher: Python, or C (``twcc_take``)."""
     if request.param == "c":
         require_native_fanout()
     else:
-        monkeypatch.setattr(twcc, "native_report", None)
         monkeypatch.setattr(twcc, "native_take", None)
     return str(request.param)
 
@@ -494,7 +492,7 @@ def test_an_arrival_too_far_from_the_last_for_one_delta_starts_another_feedback_
 def test_feedback_to_a_publisher_in_c_is_byte_for_byte_what_python_writes(
         monkeypatch: pytest.MonkeyPatch, start: float) -> None:
     require_native_fanout()
-    native_report, native_take = twcc.native_report, twcc.native_take
+    native_take = twcc.native_take
     rng = random.Random(7)
     in_c, in_python = _receiver(), _receiver()
     sequence, at, made = 65000, start, 0
@@ -508,10 +506,8 @@ def test_feedback_to_a_publisher_in_c_is_byte_for_byte_what_python_writes(
                 receiver.record(_publisher_packet(sequence), at)
         now = at + 0.1
         expected_count = in_c.count
-        monkeypatch.setattr(twcc, "native_report", None)
         monkeypatch.setattr(twcc, "native_take", None)
         python_packets = in_python.feedback(now, 11, 22)
-        monkeypatch.setattr(twcc, "native_report", native_report)
         monkeypatch.setattr(twcc, "native_take", native_take)
         c_packets = in_c.feedback(now, 11, 22)
         assert c_packets == python_packets, f"tick {tick}"

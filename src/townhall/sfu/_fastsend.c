@@ -1143,9 +1143,6 @@ static PyMethodDef methods[] = {
     {"twcc_feedback", twcc_feedback, METH_VARARGS,
      "twcc_feedback(data, history, state, parameters) -> estimate or None: one transport "
      "feedback packet into the send-side estimate (see _twcc.c)."},
-    {"twcc_report", twcc_report, METH_VARARGS,
-     "twcc_report(arrivals, base, count, oldest, feedback_count, sender_ssrc, media_ssrc) -> "
-     "[packets]: the transport feedback to a publisher about `count` packets (see _twcc.c)."},
     {"twcc_take", twcc_take, METH_VARARGS,
      "twcc_take(arrivals, now) -> [packets]: the transport feedback due to a publisher, its "
      "state in the arrivals' header (see _twcc.c)."},

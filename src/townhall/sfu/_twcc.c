@@ -445,20 +445,14 @@ int twcc_news(PyObject *state_object, double estimate, double now) {
 
 /* --- feedback to a publisher ----------------------------------------------------------------
  *
- *     twcc_report(arrivals, base, count, oldest, feedback_count, sender_ssrc, media_ssrc)
- *         -> [feedback packets]
- *
- * TwccReceiver.feedback's loop in C: the feedback about the `count` packets numbered from
- * `base`, from their arrivals (TwccReceiver.arrivals; a slot holding another number, or an
- * arrival before `oldest` µs, counts as lost), cut where a receive delta would not fit in a
- * packet (twcc._parts) and written as build_feedback writes them, numbered from
- * `feedback_count`. The same bytes as the Python path (a twin test checks it).
- *
  *     twcc_take(arrivals, now) -> [feedback packets]
  *
- * TwccReceiver.feedback's bookkeeping as well (twcc_take_feedback): which packets are due, from
- * the state in the arrivals' header, which it updates. The socket's reader sends what it gives
- * a publisher itself. */
+ * TwccReceiver.feedback in C (twcc_take_feedback, which the socket's reader calls and sends
+ * what it gives itself): which packets are due, from the state in the arrivals' header, which
+ * it updates; then the feedback about them from their arrivals (TwccReceiver.arrivals; a slot
+ * holding another number, or an arrival too old, counts as lost), cut where a receive delta
+ * would not fit in a packet (twcc._parts) and written as build_feedback writes them. The same
+ * bytes and the same header as the Python path (a twin test checks it). */
 
 #define MAX_DELTA 0x7FFF
 /* The most packets one feedback packet reports (twcc.FEEDBACK_MOST). */
@@ -585,28 +579,6 @@ static PyObject *report_packets(const char *records, unsigned base, int count, l
             previous = arrivals[i] - (offset < 0 ? offset + 250 : offset);
         }
     }
-    return packets;
-}
-
-PyObject *twcc_report(PyObject *self, PyObject *args) {
-    Py_buffer buffer;
-    unsigned int base, number;
-    int count;
-    long long oldest;
-    unsigned long sender_ssrc, media_ssrc;
-    if (!PyArg_ParseTuple(args, "y*IiLIkk", &buffer, &base, &count, &oldest, &number,
-                          &sender_ssrc, &media_ssrc))
-        return NULL;
-    PyObject *packets = NULL;
-    if (buffer.len != (Py_ssize_t)(sizeof(ArrivalsHeader) + ARRIVALS * sizeof(Arrival))) {
-        PyErr_SetString(PyExc_TypeError, "twcc_report(): arrivals is TwccReceiver.arrivals");
-    } else if (count < 1 || count > ARRIVALS) {
-        PyErr_SetString(PyExc_ValueError, "twcc_report(): 1 to ARRIVALS packets");
-    } else {
-        packets = report_packets((const char *)buffer.buf + sizeof(ArrivalsHeader), base, count,
-                                 oldest, number, (uint32_t)sender_ssrc, (uint32_t)media_ssrc);
-    }
-    PyBuffer_Release(&buffer);
     return packets;
 }
 

@@ -66,10 +66,6 @@ void twcc_unreported(PyObject *state);
 /* twcc_feedback(data, history, state, parameters) -> estimate or None: see _twcc.c. */
 PyObject *twcc_feedback(PyObject *self, PyObject *args);
 
-/* twcc_report(arrivals, base, count, oldest, feedback_count, sender_ssrc, media_ssrc)
- * -> [feedback packets]: see _twcc.c. */
-PyObject *twcc_report(PyObject *self, PyObject *args);
-
 /* The feedback to a publisher due at `now` (s, the router's clock) from its arrivals
  * (`buffer`, TwccReceiver.arrivals' bytes), as TwccReceiver.feedback makes it: a list of
  * packets, empty when nothing arrived since the last; the header updated. NULL with an

@@ -73,9 +73,6 @@ Plain = tuple[int, dict[int, Any], Any, Callable[[], float], Callable[[bytes], N
               FeedbackSender | None]
 #: ``twcc_feedback(data, history, state, parameters)``: the estimate in bit/s, or None
 TwccFeedback = Callable[[bytes, bytearray, bytearray, bytes], float | None]
-#: ``twcc_report(arrivals, base, count, oldest µs, feedback count, sender SSRC, media SSRC)``:
-#: the transport feedback packets to a publisher
-TwccReport = Callable[[bytearray, int, int, int, int, int, int], list[bytes]]
 
 
 class NativeSend:
@@ -193,15 +190,9 @@ def twcc_feedback() -> tuple[TwccFeedback, int] | None:
     return native.module.twcc_feedback, int(native.module.TWCC_STATE_SIZE)
 
 
-def twcc_report() -> TwccReport | None:
-    """``TwccReceiver.feedback``'s loop in C (``_twcc.c``); None without the piece."""
-    native = load()
-    return None if native is None else native.module.twcc_report  # type: ignore[no-any-return]
-
-
 def twcc_take() -> Callable[[bytearray, float], list[bytes]] | None:
-    """``TwccReceiver.feedback``'s bookkeeping in C (``_twcc.c``, what the socket's reader
-    calls); None without the piece."""
+    """``TwccReceiver.feedback`` in C (``_twcc.c``, what the socket's reader calls); None
+    without the piece."""
     native = load()
     return None if native is None else native.module.twcc_take  # type: ignore[no-any-return]
 

@@ -51,9 +51,7 @@ _SENT = struct.Struct("=dii")
 
 #: The feedback in C and the size of its state, when the native piece is built.
 native_feedback = native.twcc_feedback()
-#: The feedback to publishers in C, when the native piece is built: the packets, and which
-#: are due (``TwccReceiver.feedback``'s bookkeeping).
-native_report = native.twcc_report()
+#: The feedback to publishers in C (``TwccReceiver.feedback``), when the native piece is built.
 native_take = native.twcc_take()
 
 
@@ -272,11 +270,21 @@ FEEDBACK_INTERVAL = 0.1
 #: was (µs, the router's clock); the SSRCs feedback carries and whether they are known (1).
 #: Then ``ARRIVALS`` records of (sequence number, arrival in µs).
 _ARRIVALS_HEADER = struct.Struct("=iiiiqiiqqIIii")
+#: The header's fields, by their place in it.
+(_EXTENSION_ID, _FIRST, _HIGHEST, _READER, _RECORDED, _NEXT, _COUNT, _REPORTED, _LAST_US,
+ _SENDER_SSRC, _MEDIA_SSRC, _SSRCS, _UNUSED) = range(13)
 _ARRIVAL = struct.Struct("=iq")
-#: Where the header's "reader" and "SSRCs known" fields keep their low byte (each is 0 or 1,
-#: so that byte tells).
-_READER_BYTE = 12 if sys.byteorder == "little" else 15
-_SSRCS_BYTE = 56 if sys.byteorder == "little" else 59
+
+
+def _low_byte(field: int) -> int:
+    """Where the header's 4-byte field ``field`` keeps its low byte: for a field that is 0 or
+    1, that byte tells which."""
+    offset = struct.calcsize(_ARRIVALS_HEADER.format[:field + 1])  # "=" and the fields before
+    return offset if sys.byteorder == "little" else offset + 3
+
+
+_READER_BYTE = _low_byte(_READER)
+_SSRCS_BYTE = _low_byte(_SSRCS)
 #: A record older than this is taken for a lost packet (µs): the ring has gone round since.
 _ARRIVAL_AGE = 10_000_000
 #: The largest receive delta a feedback packet carries (signed 16 bits of 250 µs).
@@ -375,7 +383,7 @@ class TwccReceiver:
     @extension_id.setter
     def extension_id(self, value: int) -> None:
         header = list(_ARRIVALS_HEADER.unpack_from(self.arrivals))
-        header[0] = self._extension_id = value
+        header[_EXTENSION_ID] = self._extension_id = value
         _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
 
     @property
@@ -393,14 +401,14 @@ class TwccReceiver:
         """The SSRCs the feedback carries from now on (the sender's RTCP SSRC, and the first
         of the publisher's media)."""
         header = list(_ARRIVALS_HEADER.unpack_from(self.arrivals))
-        if header[9:12] != [sender_ssrc, media_ssrc, 1]:
-            header[9:12] = [sender_ssrc, media_ssrc, 1]
+        if header[_SENDER_SSRC:_SSRCS + 1] != [sender_ssrc, media_ssrc, 1]:
+            header[_SENDER_SSRC:_SSRCS + 1] = [sender_ssrc, media_ssrc, 1]
             _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
 
     @property
     def count(self) -> int:
         """Feedback packets made so far (by either path)."""
-        return int(_ARRIVALS_HEADER.unpack_from(self.arrivals)[6])
+        return int(_ARRIVALS_HEADER.unpack_from(self.arrivals)[_COUNT])
 
     def record(self, packet: bytes, at: float) -> None:
         """The RTP packet ``packet`` arrived at ``at`` (seconds, the router's clock): noted if
@@ -412,13 +420,13 @@ class TwccReceiver:
         _ARRIVAL.pack_into(self.arrivals, _ARRIVALS_HEADER.size
                            + (sequence & (ARRIVALS - 1)) * _ARRIVAL.size,
                            sequence, int(at * 1_000_000))
-        first, highest = header[1], header[2]
+        highest = header[_HIGHEST]
         if highest < 0 or (sequence - highest) & 0xFFFF < 0x8000:
-            header[2] = sequence
-        if first < 0:
-            header[1] = sequence
-        header[3] = 0  # Python recorded it: Python's tick sends the feedback
-        header[4] += 1
+            header[_HIGHEST] = sequence
+        if header[_FIRST] < 0:
+            header[_FIRST] = sequence
+        header[_READER] = 0  # Python recorded it: Python's tick sends the feedback
+        header[_RECORDED] += 1
         _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
 
     def feedback(self, now: float, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
@@ -437,12 +445,11 @@ class TwccReceiver:
         """The feedback due at ``now``, the header's bookkeeping updated (``twcc_take`` in C,
         which the reader calls)."""
         header = list(_ARRIVALS_HEADER.unpack_from(self.arrivals))
-        (_, first, highest, _, recorded, following, count, reported, _, sender_ssrc,
-         media_ssrc, _, _) = header
-        if recorded == reported or highest < 0:
+        highest, count = header[_HIGHEST], header[_COUNT]
+        if header[_RECORDED] == header[_REPORTED] or highest < 0:
             return []
-        header[7] = recorded
-        start = first if following < 0 else following
+        header[_REPORTED] = header[_RECORDED]
+        start = header[_FIRST] if header[_NEXT] < 0 else header[_NEXT]
         span = (highest - start) & 0xFFFF
         if span >= 0x8000:  # only packets reported already (as lost) came since
             _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
@@ -452,20 +459,17 @@ class TwccReceiver:
             span = ARRIVALS - 1
         now_us = int(now * 1_000_000)
         oldest = now_us - _ARRIVAL_AGE
-        if native_report is not None:
-            packets = native_report(self.arrivals, start, span + 1, oldest, count,
-                                    sender_ssrc, media_ssrc)
-        else:
-            packets = self._report(start, span + 1, oldest, count, sender_ssrc, media_ssrc)
-        header[5] = (highest + 1) & 0xFFFF
-        header[6] = (count + len(packets)) & 0x7FFFFFFF
-        header[8] = now_us
+        packets = self._report(start, span + 1, oldest, count, header[_SENDER_SSRC],
+                               header[_MEDIA_SSRC])
+        header[_NEXT] = (highest + 1) & 0xFFFF
+        header[_COUNT] = (count + len(packets)) & 0x7FFFFFFF
+        header[_LAST_US] = now_us
         _ARRIVALS_HEADER.pack_into(self.arrivals, 0, *header)
         return packets
 
     def _report(self, start: int, count: int, oldest: int, number: int, sender_ssrc: int,
                 media_ssrc: int) -> list[bytes]:
-        """The feedback about ``count`` packets from ``start`` (``twcc_report`` in C)."""
+        """The feedback about ``count`` packets from ``start`` (``report_packets`` in C)."""
         arrivals: list[int | None] = []
         for offset in range(count):
             sequence = (start + offset) & 0xFFFF
