@@ -411,3 +411,180 @@ def test_work_waiting_its_turn_when_the_loop_changes_runs_on_the_new_loop() -> N
             loop.close()
     assert ran.count("after the sweep") >= 3, ran
     assert ran.count("on the new loop") >= 3
+
+
+async def test_the_runner_sleeps_until_the_next_beat_that_has_work() -> None:
+    """Every beat's wake-up of the runner costs a timer and the watch: a beat with no work due
+    costs them for nothing."""
+    periodic = Beat(interval=0.02)
+    wakes: list[float] = []
+    ran: list[float] = []
+    periodic.watch = wakes.append
+    stop = periodic.every(0.1, lambda: ran.append(time.monotonic()))
+    try:
+        await asyncio.sleep(0.45)
+    finally:
+        stop()
+    assert 4 <= len(ran) <= 5
+    assert len(wakes) == len(ran)  # not one wake-up every 20 ms
+
+
+async def test_work_registered_for_an_earlier_beat_than_the_runner_sleeps_until_runs_then(
+) -> None:
+    periodic = Beat(interval=0.02)
+    ran: list[str] = []
+    stops = [periodic.every(2.0, lambda: ran.append("slow"))]
+    try:
+        stops.append(periodic.every(0.02, lambda: ran.append("fast")))
+        await asyncio.sleep(0.2)
+    finally:
+        for stop in stops:
+            stop()
+    assert ran.count("fast") >= 5
+
+
+async def test_work_run_soon_takes_its_steps_with_the_beats_under_the_same_bound() -> None:
+    clock = Clock(10.0)
+    periodic = Beat(interval=0.05, clock=clock)
+    ran: list[str] = []
+
+    def narrowing() -> Iterator[None]:
+        for _ in range(6):
+            clock.now += 2 * beat.STEP_TIME  # each step longer than a turn may hold the loop
+            ran.append("step")
+            yield
+
+    async def packets() -> None:
+        for _ in range(20):
+            ran.append("packet")
+            await asyncio.sleep(0)
+
+    stop = periodic.every(10.0, lambda: None)  # the runner runs
+    try:
+        periodic.run_soon(narrowing, "narrowing")
+        assert ran == []  # from the next turn of the loop
+        await packets()
+    finally:
+        stop()
+    assert ran.count("step") == 6
+    steps = [i for i, what in enumerate(ran) if what == "step"]
+    assert all(b > a + 1 for a, b in itertools.pairwise(steps))  # packets in between
+
+
+async def test_work_run_soon_by_a_runner_with_nothing_registered_runs_at_once_whole() -> None:
+    ran: list[int] = []
+
+    def steps() -> Iterator[None]:
+        for n in range(3):
+            ran.append(n)
+            yield
+
+    Beat().run_soon(steps, "steps")
+    assert ran == [0, 1, 2]
+
+
+async def test_a_tick_is_called_in_the_ride_after_each_beat_with_no_timer_of_its_own(
+        ridden: beat.Wakeups) -> None:
+    loop = asyncio.get_running_loop()
+    called: list[float] = []
+    stop = ridden.every_beat(lambda: called.append(time.monotonic()))
+    try:
+        due = ridden.tick_due
+        assert ridden.due <= due
+        assert not [h for h in loop._scheduled  # type: ignore[attr-defined]
+                    if not h.cancelled() and h.when() < due + 1.0]
+        ridden.ride()  # before the beat: not called
+        assert called == []
+        _ride_when_due(ridden)
+        assert len(called) == 1 and called[0] >= due
+        assert ridden.tick_due == pytest.approx(due + beat.INTERVAL)
+    finally:
+        stop()
+    assert ridden.due == float("inf")
+
+
+async def test_with_no_reader_riding_a_timer_calls_the_tick_every_beat() -> None:
+    wakeups = beat.Wakeups(asyncio.get_running_loop())
+    called: list[float] = []
+    stop = wakeups.every_beat(lambda: called.append(time.monotonic()))
+    try:
+        await asyncio.sleep(0.45)
+    finally:
+        stop()
+    assert 4 <= len(called) <= 5
+    assert [b - a for a, b in itertools.pairwise(called)] == pytest.approx(
+        [beat.INTERVAL] * (len(called) - 1), abs=0.03)
+
+
+async def test_where_no_datagram_comes_the_timer_of_a_sleepers_beat_calls_the_tick(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(beat, "RIDE_SLACK", 0.05)
+    loop = asyncio.get_running_loop()
+    wakeups = beat.Wakeups(loop)
+    wakeups.add_reader()
+    order: list[str] = []
+    stop = wakeups.every_beat(lambda: order.append("tick"))
+    try:
+        wakeup = wakeups.until(wakeups.tick_due + 0.2)
+        wakeup.add_done_callback(lambda _: order.append("sleeper"))
+        await asyncio.wait_for(wakeup, 2.0)
+        await asyncio.sleep(0)
+    finally:
+        stop()
+    assert order == ["tick", "sleeper"]  # once, before the sleeper: not every beat
+
+
+async def test_when_the_last_reader_stops_riding_a_timer_calls_the_tick_again() -> None:
+    wakeups = beat.Wakeups(asyncio.get_running_loop())
+    wakeups.add_reader()
+    called: list[float] = []
+    stop = wakeups.every_beat(lambda: called.append(time.monotonic()))
+    try:
+        await asyncio.sleep(0.25)
+        assert called == []  # no datagram, no sleeper: nothing calls it
+        wakeups.remove_reader()
+        await asyncio.sleep(0.25)
+    finally:
+        stop()
+    assert len(called) >= 2
+
+
+async def test_a_tick_that_fails_is_logged_and_the_other_ticks_are_still_called(
+        caplog: pytest.LogCaptureFixture, ridden: beat.Wakeups) -> None:
+    called: list[str] = []
+
+    def fails() -> None:
+        raise RuntimeError("broken tick")
+
+    stops = [ridden.every_beat(fails), ridden.every_beat(lambda: called.append("other"))]
+    try:
+        _ride_when_due(ridden)
+    finally:
+        for stop in stops:
+            stop()
+    assert called == ["other"]
+    assert "a tick of the beat failed" in caplog.text
+
+
+async def test_work_a_tick_hands_over_every_beat_does_not_hold_back_the_beats_own_work(
+        ridden: beat.Wakeups) -> None:
+    """The tick runs first in a ride; were the work it hands over counted as the beat's work
+    under way, the allocation would wait for the next beat, and the next, for good."""
+    periodic = Beat()
+    ran: list[str] = []
+
+    def probe() -> Iterator[None]:
+        ran.append("probe")
+        yield
+
+    stops = [periodic.every(0.2, lambda: ran.append("allocation")),
+             ridden.every_beat(lambda: periodic.run_soon(probe, "probe"))]
+    try:
+        for _ in range(7):
+            _ride_when_due(ridden)
+            await asyncio.sleep(0.005)  # the work handed over takes its turn
+    finally:
+        for stop in stops:
+            stop()
+    assert ran.count("probe") == 7
+    assert ran.count("allocation") >= 3

@@ -92,7 +92,7 @@ class Wakeups:
     clock must be ``time.monotonic``'s (asyncio's and uvloop's are), which the reader reads.
     """
 
-    __slots__ = ("_beats", "_loop", "due", "readers")
+    __slots__ = ("_beats", "_loop", "_tick_timer", "_ticks", "due", "readers", "tick_due")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # weak: the loops' table of these holds them by a weak reference to the loop
@@ -104,6 +104,74 @@ class Wakeups:
         self.readers = 0
         #: beat (rounded) -> who sleeps until it
         self._beats: dict[float, _Sleepers] = {}
+        #: Called at every beat (:meth:`every_beat`), and the next beat they are due at.
+        self._ticks: list[Callable[[], object]] = []
+        self.tick_due = math.inf
+        #: Calls them on time while no reader rides the beats.
+        self._tick_timer: asyncio.TimerHandle | None = None
+
+    def add_reader(self) -> None:
+        """A socket's reader rides the beats from now on (calls :meth:`ride`)."""
+        self.readers += 1
+
+    def remove_reader(self) -> None:
+        """A reader stopped riding; with none left, a timer calls the ticks again."""
+        self.readers -= 1
+        if self.readers <= 0 and self._ticks and self._tick_timer is None:
+            self._arm_tick_timer()
+
+    def every_beat(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call ``callback()`` at every beat (``INTERVAL``) from the next one on; returns what
+        stops it.
+
+        While a socket's reader rides the beats, it is called in the wake-up of the first
+        datagram read after each beat, with no timer of its own: a timer set and cancelled
+        every beat was most of what a beat cost at one consumer. Where no datagram comes, the
+        timer of the next beat anyone sleeps until calls it (the routers that tick this way
+        have periodic work every ``router.ALLOCATE_INTERVAL``). With no reader, a timer calls
+        it on time."""
+        self._ticks.append(callback)
+        if self.tick_due == math.inf:
+            self.tick_due = next_beat(time.monotonic() + CLOCK_TOLERANCE, INTERVAL)
+            self._update_due()
+            if self.readers <= 0:
+                self._arm_tick_timer()
+        return functools.partial(self._stop_tick, callback)
+
+    def _stop_tick(self, callback: Callable[[], object]) -> None:
+        if callback in self._ticks:
+            self._ticks.remove(callback)
+        if not self._ticks:
+            self.tick_due = math.inf
+            self._update_due()
+            if self._tick_timer is not None:
+                self._tick_timer.cancel()
+                self._tick_timer = None
+
+    def _arm_tick_timer(self) -> None:
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            self._tick_timer = loop.call_at(self.tick_due, self._tick_timer_fired)
+
+    def _tick_timer_fired(self) -> None:
+        self._tick_timer = None
+        self._run_ticks(time.monotonic())
+
+    def _run_ticks(self, now: float) -> None:
+        """Call every tick (due by ``now``, give or take the clocks' tolerance), and set the
+        next beat they are due at."""
+        self.tick_due = next_beat(now + CLOCK_TOLERANCE, INTERVAL)
+        self._update_due()
+        if self._tick_timer is not None:  # a sleeper's timer came first
+            self._tick_timer.cancel()
+            self._tick_timer = None
+        if self.readers <= 0:
+            self._arm_tick_timer()
+        for callback in list(self._ticks):
+            try:
+                callback()
+            except Exception:
+                logger.exception("a tick of the beat failed")
 
     def until(self, due: float) -> asyncio.Future[float]:
         """A future done at the beat ``due`` (the loop's clock), or soon after it, with the time
@@ -130,19 +198,27 @@ class Wakeups:
             assert loop is not None, "the loop is gone"
             at = due + (RIDE_SLACK if self.readers > 0 else 0.0)
             sleepers = self._beats[key] = _Sleepers(
-                key, due, loop.call_at(at, self._wake, key, at))
+                key, due, loop.call_at(at, self._timer_woke, key, at))
             if due < self.due:
                 self.due = due
         sleepers.callbacks.append(callback)
         return sleepers
 
     def ride(self) -> None:
-        """Wake the sleepers of every beat that is due by now."""
+        """Call the ticks and wake the sleepers of every beat that is due by now."""
         now = time.monotonic()
+        if self.tick_due <= now:
+            self._run_ticks(now)
         for key, sleepers in list(self._beats.items()):
             if sleepers.due <= now:
                 sleepers.timer.cancel()
                 self._wake(key, sleepers.due)
+
+    def _timer_woke(self, key: float, owed: float) -> None:
+        """A beat's timer: no datagram rode it. Ticks due by now run first, as a ride's do."""
+        if self.tick_due <= time.monotonic() + CLOCK_TOLERANCE:
+            self._run_ticks(time.monotonic())
+        self._wake(key, owed)
 
     def _wake(self, key: float, owed: float) -> None:
         sleepers = self._beats.pop(key, None)
@@ -178,7 +254,7 @@ class Wakeups:
             self._update_due()
 
     def _update_due(self) -> None:
-        due = math.inf
+        due = self.tick_due
         for sleepers in self._beats.values():
             if sleepers.due < due:
                 due = sleepers.due
@@ -260,6 +336,8 @@ class Beat:
         #: the last beat whose work was taken from the schedule
         self._taken = -1
         self._pending: collections.deque[tuple[int, _Entry]] = collections.deque()
+        #: work to run once, after the periodic work under way (:meth:`run_soon`)
+        self._once: collections.deque[tuple[int, _Entry]] = collections.deque()
         self._steps: tuple[int, _Entry, Iterator[None]] | None = None
         #: the call that goes on with the beat's work after a turn of the loop
         self._resume: asyncio.Handle | None = None
@@ -301,9 +379,23 @@ class Beat:
         if self._taken < 0:
             self._taken = now
         self._entries[key] = entry
-        if self._sleeping is None:
+        if self._sleeping is None or entry.next_after(now) < round(self._due / self.interval):
             self._sleep(loop)
         return lambda: self._stop(key)
+
+    def run_soon(self, work: Work, name: str) -> None:
+        """Run ``work`` once, from the next turn of the loop, in steps with the beat's periodic
+        work, under the same bound on how long they hold the loop: what a tick found to do
+        (narrowing audio after the loudest changed, probe padding). Work handed to a beat that
+        runs nothing (or on another loop) runs at once, whole."""
+        loop = asyncio.get_running_loop()
+        if not self._entries or self._live_loop() is not loop:
+            for _ in work() or ():
+                pass
+            return
+        self._once.append((_ONCE, _Entry(0, 0, work, name)))
+        if self._resume is None and self._steps is None and not self._pending:
+            self._resume = loop.call_soon(self._go_on)
 
     def _enter(self, key: int, entry: _Entry, due: int) -> None:
         """List ``entry`` for the beat numbered ``due``."""
@@ -327,6 +419,7 @@ class Beat:
         if self._resume is not None:
             self._resume.cancel()
         self._sleeping = self._resume = self._steps = None
+        self._once.clear()
         if not self._entries:
             self._pending.clear()
             self._schedule.clear()
@@ -342,8 +435,17 @@ class Beat:
         return None if self._loop is None else self._loop()
 
     def _sleep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sleep until the next beat that has work: a beat with none would cost a wake-up of
+        the runner (its timer, the watch, the schedule) for nothing."""
         assert self._wakeups is not None
-        self._due = due = next_beat(_beat_clock(loop), self.interval)
+        if self._sleeping is not None:
+            self._wakeups._forget(self._sleeping, self._woke_at)
+        now = math.floor(_beat_clock(loop) / self.interval)
+        number = min((entry.next_after(now) for entry in self._entries.values()),
+                     default=now + 1)
+        if self._schedule:  # listed for a beat gone by (the work before it ran long)
+            number = min(number, min(self._schedule))
+        self._due = due = max(number, now + 1) * self.interval
         self._sleeping = self._wakeups._add(due, self._woke_at)
 
     def _woke(self, owed: float) -> None:
@@ -352,18 +454,21 @@ class Beat:
         if loop is None or not self._entries:
             return
         number = round(self._due / self.interval)
-        self._sleep(loop)  # first: a hold from here on makes the next wake-up late
+        # the last beat's work still under way: work due now runs at the next beat (work run
+        # once is not: with a tick handing some over every beat, the beat's own would wait)
+        steps = self._steps
+        under_way = bool(self._pending) or (steps is not None and steps[0] != _ONCE)
+        if not under_way:
+            self._number = number
+            self._take(number)
+        self._sleep(loop)  # before the work: a hold from here on makes the next wake-up late
         if self.watch is not None:
             try:
                 self.watch(loop.time() - owed)
             except Exception:
                 logger.exception("the beat's watch failed")
-        if self._resume is not None or self._steps is not None or self._pending:
-            # the last beat's work is still under way: work due now runs at the next beat
-            return
-        self._number = number
-        self._take(number)
-        self._work()
+        if not under_way and self._resume is None and steps is None:
+            self._work()  # else it runs when the work run once has had its turn
 
     def _take(self, number: int) -> None:
         """The work due by beat ``number`` becomes the beat's: its own, and that of beats
@@ -395,15 +500,18 @@ class Beat:
             raise
 
     def _steps_for(self, since: float) -> None:
-        pending, entries = self._pending, self._entries
+        pending, entries, once = self._pending, self._entries, self._once
         while True:
             if self._steps is None:
-                if not pending:
+                if pending:
+                    key, entry = pending.popleft()
+                    if entries.get(key) is not entry:
+                        continue  # stopped
+                    self._enter(key, entry, entry.next_after(self._number))
+                elif once:
+                    key, entry = once.popleft()
+                else:
                     return
-                key, entry = pending.popleft()
-                if entries.get(key) is not entry:
-                    continue  # stopped
-                self._enter(key, entry, entry.next_after(self._number))
                 try:
                     steps = entry.work()
                 except Exception:
@@ -432,9 +540,14 @@ class Beat:
 
     def _go_on(self) -> None:
         """After a turn of the loop: work stopped meanwhile takes no further step."""
-        if self._steps is not None and self._entries.get(self._steps[0]) is not self._steps[1]:
+        steps = self._steps
+        if steps is not None and steps[0] != _ONCE and self._entries.get(steps[0]) is not steps[1]:
             self._steps = None
         self._work()
+
+
+#: The key of work run once (``Beat.run_soon``): registered work's keys count up from 0.
+_ONCE = -1
 
 
 def _registered_first(item: tuple[int, _Entry]) -> int:

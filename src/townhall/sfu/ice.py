@@ -649,7 +649,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
             self.fd, native.read, self.fd, native.unprotect, native.unprotect_rtcp, self.routes,
             self.table._by_address, self.datagram_received, self._failed, self._held, self._flush,
             self._delay, self, wakeups)
-        wakeups.readers += 1
+        wakeups.add_reader()
         self._riding = wakeups
 
     def _set_buffers(self, sock: socket.socket) -> None:
@@ -770,7 +770,7 @@ class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
             sock.close()
         riding, self._riding = self._riding, None
         if riding is not None:
-            riding.readers -= 1
+            riding.remove_reader()
         # the number may soon name another file: nothing may send or read on it from here on
         self.fd = -1
         self.routes.clear()
