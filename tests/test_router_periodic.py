@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterable
 
 from support import Clock
+from townhall import beat
 from townhall.sfu import router as router_module
 from townhall.sfu.audio_activity import Activity
 from townhall.sfu.producer import Producer
@@ -67,3 +70,28 @@ async def test_a_transport_that_hears_nothing_for_the_silence_timeout_is_closed_
         assert silent.datagrams_received is None  # unlinked by its close
     finally:
         await router.close()
+
+
+async def test_the_routers_tick_runs_every_beat_without_waking_the_runner_every_beat() -> None:
+    """The tick is called from the beats' rides (``beat.Wakeups.every_beat``); the runner of
+    periodic work wakes only for the allocation, the reports and the silence check."""
+    router = Router("cadence")
+    periodic = beat.shared()
+    wakes: list[float] = []
+    ticks: list[float] = []
+    audio = router._audio
+    real_tick = audio.tick
+
+    def counted(producers: Iterable[Producer]) -> Activity:
+        ticks.append(time.monotonic())
+        return real_tick(producers)
+
+    audio.tick = counted  # type: ignore[method-assign]
+    periodic.watch = wakes.append
+    try:
+        await asyncio.sleep(2.05)
+    finally:
+        periodic.watch = None
+        await router.close()
+    assert 19 <= len(ticks) <= 21
+    assert len(wakes) <= 7  # 2 s: four allocations, two reports, two silence checks, at most

@@ -144,12 +144,13 @@ class Router:
         self._red = red
         self._active_speaker: str | None = None
         self._closed = False
-        periodic = beat.shared()
+        self._periodic = periodic = beat.shared()
         self._stop_periodic = [
             periodic.every(REPORT_INTERVAL, self._send_reports, f"{name}: reports"),
             periodic.every(ALLOCATE_INTERVAL, self._allocation_steps, f"{name}: allocation"),
-            periodic.every(TICK_INTERVAL, self._tick, f"{name}: tick"),
             periodic.every(SILENCE_CHECK_INTERVAL, self._watch_silence, f"{name}: silence"),
+            # every beat, in the wake-up of the first datagram after it: no runner's wake-up
+            beat.wakeups().every_beat(self._tick),
         ]
         #: Transports being closed because they fell silent.
         self._closing: set[asyncio.Task[None]] = set()
@@ -550,7 +551,11 @@ class Router:
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
 
-    def _tick(self) -> Iterator[None]:
+    def _tick(self) -> None:
+        """Every ``TICK_INTERVAL``: held-back keyframe requests, the transport feedback the
+        socket's reader does not send, and the audio tick. What that finds to do for each
+        transport (narrowing audio-only transports' audio when the loudest changed, probe
+        padding) goes to the beat's runner, which runs it in steps."""
         for producer in self.producers.values():
             if producer.keyframe_pending:
                 producer.flush_keyframe_request()
@@ -567,8 +572,12 @@ class Router:
         narrow = (activity.forwarded, activity.ranked, activity.unlevelled)
         if narrow != self._narrow or self._narrow_stale:
             self._narrow, self._narrow_stale = narrow, False
-            yield from self._narrow_audio(activity)
-        yield from self._probe()
+            self._periodic.run_soon(functools.partial(self._narrow_audio, activity),
+                                    f"{self.name}: audio-only narrowing")
+        for state in self._transports.values():
+            if state.video.probe_rate or state.video.padded:
+                self._periodic.run_soon(self._probe, f"{self.name}: probing")
+                break
 
     def _send_transport_feedback(self) -> None:
         """Tell each publisher that numbers its packets when they arrived (every tick: a
