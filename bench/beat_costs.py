@@ -12,11 +12,15 @@ after ``--``. The server writes its totals every ``DUMP_EVERY`` beats; the table
 is the difference between the first and the last of them inside the benchmark's measured window
 (which the benchmark notes, ``window.py``), per beat, in microseconds:
 
-- ``beat``: the beat's wake-ups, all of it (``Beat._woke``, and ``Beat._go_on`` where work
-  that gave the loop back goes on), and in it ``beat: sleep`` (the next
-  wake-up's timer) and ``beat: watch`` (the loop watch);
-- each periodic work by name (``tick``, ``allocation``, ``reports``, ``silence``), its share of
-  the beats it ran on spread over every beat;
+- ``beat``: the beat's wake-ups, all of it: the runner's (``Beat._woke``, and ``Beat._go_on``
+  where work that gave the loop back goes on), and where the routers' tick rides the datagrams
+  (from a86d430) the ticks' (``Wakeups._run_ticks``), which then count the beats;
+- ``runner``: the runner's wake-ups alone (every beat before a86d430, only beats with work
+  after), and in them ``beat: sleep`` (the next wake-up's timer) and ``beat: watch`` (the
+  loop watch);
+- each periodic work by name (``tick``, ``allocation``, ``reports``, ``silence``, and the work
+  the tick hands over, ``audio-only narrowing`` and ``probing``), its share of the beats it
+  ran on spread over every beat;
 - in the tick: ``tick: keyframes``, ``tick: feedback`` (the transport feedback to
   publishers, built, protected and sent) and in it ``tick: feedback build``, ``tick: audio``
   and in it ``audio: voices``, ``audio: speaker``, ``audio: selection``.
@@ -47,6 +51,8 @@ import time
 
 totals: dict[str, int] = {}
 clock = time.thread_time_ns
+#: Whether the routers' tick rides the datagrams (then the beats are counted there).
+ticked = False
 
 
 def add(name: str, nanoseconds: int, count: bool = False) -> None:
@@ -74,8 +80,12 @@ PATCHES: list[tuple[str, str, str]] = [
         try:
             self._woke_measured(owed)
         finally:
-            costs.add("beat", costs.clock() - start, count=True)
-            costs.beat_done()
+            spent = costs.clock() - start
+            # where the tick rides the datagrams, the beats are counted there
+            costs.add("beat", spent, count=not costs.ticked)
+            costs.add("runner", spent, count=True)
+            if not costs.ticked:
+                costs.beat_done()
 
     def _woke_measured(self, owed: float) -> None:
         self._sleeping = None
@@ -90,7 +100,7 @@ PATCHES: list[tuple[str, str, str]] = [
 """, """\
         from townhall import _beat_costs as costs
         start = costs.clock()
-        self._sleep(loop)  # first: a hold from here on makes the next wake-up late
+        self._sleep(loop)
         slept = costs.clock()
         if self.watch is not None:
             try:
@@ -99,6 +109,51 @@ PATCHES: list[tuple[str, str, str]] = [
                 logger.exception("the beat's watch failed")
         costs.add("beat: sleep", slept - start)
         costs.add("beat: watch", costs.clock() - slept)
+"""),
+    # (from a86d430: the beat's work taken before the runner sleeps until the next beat with work)
+    ("townhall/beat.py", """\
+        self._sleep(loop)  # before the work: a hold from here on makes the next wake-up late
+        if self.watch is not None:
+            try:
+                self.watch(loop.time() - owed)
+            except Exception:
+                logger.exception("the beat's watch failed")
+""", """\
+        from townhall import _beat_costs as costs
+        start = costs.clock()
+        self._sleep(loop)
+        slept = costs.clock()
+        if self.watch is not None:
+            try:
+                self.watch(loop.time() - owed)
+            except Exception:
+                logger.exception("the beat's watch failed")
+        costs.add("beat: sleep", slept - start)
+        costs.add("beat: watch", costs.clock() - slept)
+"""),
+    # (from a86d430: the routers' tick rides the datagrams, with no runner's wake-up; before,
+    # it was the runner's work named "tick")
+    ("townhall/beat.py", """\
+    def _run_ticks(self, now: float) -> None:
+""", """\
+    def _run_ticks(self, now: float) -> None:
+        from townhall import _beat_costs as costs
+        costs.ticked = True
+        start = costs.clock()
+        try:
+            self._run_ticks_measured(now)
+        finally:
+            spent = costs.clock() - start
+            costs.add("beat", spent, count=True)
+            costs.add("tick", spent, count=True)
+            costs.beat_done()
+
+    def _run_ticks_measured(self, now: float) -> None:
+"""),
+    ("townhall/sfu/router.py", """\
+            periodic.every(TICK_INTERVAL, self._tick, f"{name}: tick"),
+""", """\
+            periodic.every(TICK_INTERVAL, self._tick, f"{name}: tick"),
 """),
     ("townhall/beat.py", """\
                 try:
@@ -233,10 +288,16 @@ PATCHES: list[tuple[str, str, str]] = [
 ]
 
 
-#: Indices in ``PATCHES`` of which exactly one must fit (the code changed between commits):
-#: the feedback to publishers, built and sent at once or built, then sent together, and the
-#: form that leaves it to the socket's reader where it reads the publisher.
-ALTERNATIVES = [tuple(i for i, (_, old, _) in enumerate(PATCHES) if "arrivals.feedback(" in old)]
+#: Groups of indices in ``PATCHES`` of which exactly one must fit (the code changed between
+#: commits): the feedback to publishers (built and sent at once, built then sent together, or
+#: left to the socket's reader where it reads the publisher); the runner's sleep; the tick as
+#: the runner's work or riding the datagrams.
+ALTERNATIVES = [
+    tuple(i for i, (_, old, _) in enumerate(PATCHES) if "arrivals.feedback(" in old),
+    tuple(i for i, (_, old, _) in enumerate(PATCHES) if "self._sleep(loop)  #" in old),
+    tuple(i for i, (_, old, _) in enumerate(PATCHES)
+          if "def _run_ticks" in old or "TICK_INTERVAL, self._tick" in old),
+]
 
 
 def make_tree(rev: str, directory: Path) -> Path:

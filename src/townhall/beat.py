@@ -17,6 +17,12 @@ A beat rides on datagrams (:class:`Wakeups`): where the media socket's reader re
 beat was due, it wakes that beat's sleepers there, and their timer, ``RIDE_SLACK`` later, is
 only for when no datagram comes. A meeting's packets wake the server every few milliseconds,
 so its periodic work needs no wake-up of its own.
+
+What must run every beat (the routers' tick) is not the runner's work: it is called straight
+from the ride (:meth:`Wakeups.every_beat`), with no timer set and cancelled for it, and the
+runner sleeps until the next beat that has work of its own (every 0.5 s for a router). At one
+consumer the runner's wake-up every beat cost more than the tick it ran (`docs/benchmarks.md`,
+*The tick on the datagrams' rides*).
 """
 
 from __future__ import annotations
