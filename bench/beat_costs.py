@@ -67,6 +67,29 @@ def beat_done() -> None:
             f.write(repr({**dict(sorted(totals.items())), "at": time.monotonic()}) + "\\n")
 '''
 
+
+
+def _sleep_patch(comment: str) -> tuple[str, str, str]:
+    """The runner's next wake-up's timer and the loop watch, measured: ``comment`` is the one
+    on the line that asks for the next wake-up, which changed."""
+    watch = """\
+        if self.watch is not None:
+            try:
+                self.watch(loop.time() - owed)
+            except Exception:
+                logger.exception("the beat's watch failed")
+"""
+    return ("townhall/beat.py", f"        self._sleep(loop)  # {comment}\n{watch}", f"""\
+        from townhall import _beat_costs as costs
+        start = costs.clock()
+        self._sleep(loop)
+        slept = costs.clock()
+{watch}\
+        costs.add("beat: sleep", slept - start)
+        costs.add("beat: watch", costs.clock() - slept)
+""")
+
+
 #: (file, text there, what it becomes): each text must be found exactly once, except where
 #: two patches of a file are alternatives (``ALTERNATIVES``): then one of them.
 PATCHES: list[tuple[str, str, str]] = [
@@ -90,47 +113,9 @@ PATCHES: list[tuple[str, str, str]] = [
     def _woke_measured(self, owed: float) -> None:
         self._sleeping = None
 """),
-    ("townhall/beat.py", """\
-        self._sleep(loop)  # first: a hold from here on makes the next wake-up late
-        if self.watch is not None:
-            try:
-                self.watch(loop.time() - owed)
-            except Exception:
-                logger.exception("the beat's watch failed")
-""", """\
-        from townhall import _beat_costs as costs
-        start = costs.clock()
-        self._sleep(loop)
-        slept = costs.clock()
-        if self.watch is not None:
-            try:
-                self.watch(loop.time() - owed)
-            except Exception:
-                logger.exception("the beat's watch failed")
-        costs.add("beat: sleep", slept - start)
-        costs.add("beat: watch", costs.clock() - slept)
-"""),
+    _sleep_patch("first: a hold from here on makes the next wake-up late"),
     # (from a86d430: the beat's work taken before the runner sleeps until the next beat with work)
-    ("townhall/beat.py", """\
-        self._sleep(loop)  # before the work: a hold from here on makes the next wake-up late
-        if self.watch is not None:
-            try:
-                self.watch(loop.time() - owed)
-            except Exception:
-                logger.exception("the beat's watch failed")
-""", """\
-        from townhall import _beat_costs as costs
-        start = costs.clock()
-        self._sleep(loop)
-        slept = costs.clock()
-        if self.watch is not None:
-            try:
-                self.watch(loop.time() - owed)
-            except Exception:
-                logger.exception("the beat's watch failed")
-        costs.add("beat: sleep", slept - start)
-        costs.add("beat: watch", costs.clock() - slept)
-"""),
+    _sleep_patch("before the work: a hold from here on makes the next wake-up late"),
     # (from a86d430: the routers' tick rides the datagrams, with no runner's wake-up; before,
     # it was the runner's work named "tick")
     ("townhall/beat.py", """\
