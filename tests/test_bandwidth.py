@@ -270,3 +270,22 @@ def test_probe_padding_is_shared_out_each_tick_and_cleared_once_probing_stops() 
     allocation.probe_rate = 0
     allocation.probe(consumers, 0.1)
     assert [c.padding for c in consumers] == [0, 0, 0], "what is still owed is dropped"
+
+
+def test_the_first_estimate_from_transport_feedback_replaces_the_guess_without_a_hold() -> None:
+    clock = Clock(50.0)
+    estimate = Estimate(clock)
+    estimate.source = "transport-cc"
+    assert estimate.update(80_000) is True  # far under the guess: allocate at once...
+    assert estimate.value() == 80_000
+    assert estimate.may_raise()  # ... but layers may go up (and be probed for) at once
+    clock.now += 0.5
+    assert estimate.update(60_000) is True  # a later drop is one
+    assert not estimate.may_raise()
+
+
+def test_the_first_remb_under_the_guess_holds_layers_back() -> None:
+    clock = Clock(50.0)
+    estimate = Estimate(clock)  # REMB comes seconds after video started at the guess
+    assert estimate.update(300_000) is True
+    assert not estimate.may_raise()

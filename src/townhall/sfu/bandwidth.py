@@ -22,7 +22,10 @@ After a drop no layer is raised and nothing is probed for ``UPGRADE_HOLD`` secon
 each further drop within a minute that follows a hold's end, so a link that is really full is
 not pushed every few seconds. Drops while the hold lasts are the same congestion: they start it
 again but do not double it, or a stretch of heavy loss (which bounds the estimate every 0.5 s)
-would hold the layers down for a minute after the link recovered.
+would hold the layers down for a minute after the link recovered. The first estimate from
+transport feedback is no drop, however far under ``INITIAL_BITRATE``: it comes half a second after
+video started, and says how much of the lowest layers got through, not that the link is full
+(counted as one, it held a new viewer's video on its lowest layer for three seconds).
 
 **Loss.** Neither estimate sees loss: on a link that drops what it cannot carry rather than
 queueing it (a shallow buffer, a policer), the delays stop growing once the queue is full and
@@ -127,7 +130,10 @@ class Estimate:
             return False
         bitrate = max(0, bitrate)
         dropped = bitrate < self.bitrate * (1 - DROP_RATIO)
-        if dropped:
+        # The SFU's own first estimate is what got through of the little video sent in its
+        # first half second, not a sign of congestion: it replaces the guess
+        # (``INITIAL_BITRATE``) and holds no layer back.
+        if dropped and not (self._updated_at < 0 and self.source == "transport-cc"):
             self._dropped(now)
         self.bitrate = bitrate
         self._updated_at = now
