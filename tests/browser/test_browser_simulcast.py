@@ -110,6 +110,38 @@ async def test_a_page_publishes_three_layers_and_another_receives_the_size_it_sh
     await assert_video_playing(bob, alice_id)
 
 
+SHOWN_AT = """(selector) => {
+    const rect = document.querySelector(selector).getBoundingClientRect();
+    return [Math.round(rect.width), Math.round(rect.bottom), window.innerHeight];
+}"""
+
+
+async def test_in_a_meeting_of_two_on_a_wide_window_the_other_video_is_large_and_at_the_top_layer(
+    server: Any, new_page: Any
+) -> None:
+    room = await server.create_room("two")
+    alice, bob = await new_page(), await new_page()
+    await bob.set_viewport_size({"width": 1920, "height": 1080})
+    alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
+    await join(bob, await server.invite(room, "speaker"), "Bob")
+    joined = time.monotonic()
+    await assert_video_playing(bob, alice_id)
+
+    # Two tiles share the row (not seven columns' worth of room, most of it empty), and the
+    # page fits in the window.
+    width, bottom, height = await bob.evaluate(
+        SHOWN_AT, f'video[data-remote][data-participant="{alice_id}"]')
+    assert width >= 700, f"Alice's video shown {width} px wide"
+    assert bottom <= height, f"Alice's video ends at {bottom} px in a window {height} px high"
+    # The page tells the server that size: the server sends the top layer once the estimate
+    # (from Chromium's transport feedback, starting at the small layer's throughput) has
+    # grown by probing. Its first estimate holds nothing back (when it held the layers for
+    # 3 s, the top layer came about 7 s after joining).
+    await wait_frame_width(bob, 1280, timeout=20)
+    print(f"top layer {time.monotonic() - joined:.1f} s after joining")
+    await assert_video_playing(bob, alice_id)
+
+
 CAMERA_ENCODINGS_ACTIVE = """() => {
     const local = window.townhall.local.get('camera');
     return local.transceiver.sender.getParameters().encodings.map((e) => e.active);
