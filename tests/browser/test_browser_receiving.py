@@ -243,3 +243,34 @@ async def test_pages_replace_their_own_media_connections_when_these_fail_or_stay
         "window.townhall.publishTransport.connectionState === 'connected'", timeout=10000)
     assert live.participants[alice_id].publish_transport is not lost
     await keeps_receiving(bob, "video", 20, live, bob_id)  # Alice's new video
+
+
+#: What Chromium does when its tab goes to the background or another app comes to the front
+#: (a headless page never is hidden by itself).
+SET_HIDDEN = """(hidden) => {
+    Object.defineProperty(document, 'visibilityState',
+                          {value: hidden ? 'hidden' : 'visible', configurable: true});
+    Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+async def test_a_hidden_page_receives_no_video_until_it_is_shown_again_and_audio_all_along(
+    server: RunningServer, new_page: Any,
+) -> None:
+    alice, bob, alice_id, bob_id, live = await alice_and_bob(server, new_page, "hidden page")
+    consumer = live.participants[bob_id].consumers[
+        live.participants[alice_id].producers["camera"].id]
+
+    await bob.evaluate(SET_HIDDEN, True)
+    await bob.wait_for_timeout(1000)  # the layout message, and packets already on the way
+    assert await growth(bob, "video") == 0, \
+        f"hidden: not one video packet; {forwarding(live, bob_id)}"
+    assert consumer.max_layer == -1
+    await keeps_receiving(bob, "audio", 20, live, bob_id)
+    await keeps_receiving(alice, "video", 20)  # the publisher is not held back for others
+
+    shown = time.monotonic()
+    await bob.evaluate(SET_HIDDEN, False)
+    await keeps_receiving(bob, "video", 20, live, bob_id, within=5.0)
+    print(f"video again {time.monotonic() - shown:.1f} s after the page was shown")

@@ -266,6 +266,11 @@ const LAYOUT_DELAY_MS = 300;
 /** @type {ReturnType<typeof setTimeout>|null} */
 let layoutTimer = null;
 const layoutObserver = new ResizeObserver(() => scheduleLayout());
+// A page nobody sees (a tab in the background, another app in front on a phone) takes no
+// video but what plays in Picture-in-Picture: told at once, either way.
+document.addEventListener('visibilitychange', () => sendLayout());
+document.addEventListener('enterpictureinpicture', () => sendLayout(), true);
+document.addEventListener('leavepictureinpicture', () => sendLayout(), true);
 
 function scheduleLayout() {
     if (layoutTimer)
@@ -281,13 +286,15 @@ function sendLayout() {
     if (!connection)
         return;
     const ratio = window.devicePixelRatio || 1;
+    const pageShown = document.visibilityState !== 'hidden';
     /** @type {import('./protocol.js').Layout} */
     const sizes = {};
     for (const t of tiles.values()) {
         const video = t.video;
         if (video.dataset.local || !video.dataset.mid)
             continue;
-        const shown = video.isConnected && !video.hidden && video.clientWidth > 0;
+        const shown = (pageShown || document.pictureInPictureElement === video)
+            && video.isConnected && !video.hidden && video.clientWidth > 0;
         sizes[video.dataset.mid] = shown
             ? {width: Math.round(video.clientWidth * ratio), height: Math.round(video.clientHeight * ratio)}
             : {width: 0, height: 0};
