@@ -289,3 +289,31 @@ def test_the_first_remb_under_the_guess_holds_layers_back() -> None:
     estimate = Estimate(clock)  # REMB comes seconds after video started at the guess
     assert estimate.update(300_000) is True
     assert not estimate.may_raise()
+
+
+def test_while_no_video_is_wanted_the_estimate_is_kept_as_it_was_not_raised() -> None:
+    clock = Clock(50.0)
+    estimate = Estimate(clock)
+    estimate.update(400_000)
+    for _ in range(30):  # a minute with every video hidden: no reports, for want of video
+        clock.now += 2
+        assert estimate.value(wanted=False) == 400_000
+    clock.now += 2  # shown again: reports come back within the expiry, nothing is raised yet
+    assert estimate.value() == 400_000
+    clock.now += bandwidth.FEEDBACK_EXPIRY + 0.1  # and once they stay away, it is raised
+    assert estimate.value() == int(400_000 * bandwidth.RETRY_FACTOR)
+
+
+def test_the_allocation_keeps_the_estimate_while_its_only_video_is_hidden() -> None:
+    clock = Clock(50.0)
+    allocation = VideoAllocation("t", clock)
+    consumer = SimpleNamespace(
+        id="c", producer=SimpleNamespace(kind="video", paused=False, layers=[]), paused=False,
+        slot=SimpleNamespace(payload_type=96), max_layer=-1, target=-1, layer=-1, priority=0,
+        set_target=lambda target: None)
+    allocation.estimate.update(400_000)
+    for _ in range(30):
+        clock.now += 2
+        allocation.run([consumer], clock.now)  # type: ignore[list-item]
+    assert allocation.estimate.bitrate == 400_000
+    assert not allocation.low_bandwidth, "a hidden video is not one cut for lack of bandwidth"

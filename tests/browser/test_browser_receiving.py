@@ -97,7 +97,7 @@ async def test_a_page_switched_to_audio_only_receives_no_video_packets_while_ano
     # page's estimate can cut its video by itself (a CI run saw one fall to 0.85 times the
     # lowest layer's rate within a second of its video starting and keep it cut), so here no
     # estimate limits what the server forwards. The estimate's own cuts have their own tests.
-    monkeypatch.setattr(bandwidth.Estimate, "value", lambda self: None)
+    monkeypatch.setattr(bandwidth.Estimate, "value", lambda self, wanted=True: None)
     room = await server.create_room("audio only")
     alice, bob = await new_page(), await new_page()
     alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")

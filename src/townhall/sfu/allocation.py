@@ -130,7 +130,8 @@ class VideoAllocation:
             for c in video
         ]
         estimate = self.estimate
-        budget = estimate.value()
+        wanted = any(d.max_layer >= 0 for d in demands)
+        budget = estimate.value(wanted)
         self.resend.set_estimate(budget)
         may_raise = estimate.may_raise()
         allocation = bandwidth.allocate(budget, demands, may_raise)
@@ -149,7 +150,7 @@ class VideoAllocation:
             if target >= 0 and consumer.layer != target:
                 consumer.producer.request_keyframe(target)
         forwarding = frozenset(c.id for c in video if c.target >= 0)
-        low = any(d.max_layer >= 0 for d in demands) and not forwarding
+        low = wanted and not forwarding
         if forwarding == self.forwarding and low == self.low_bandwidth:
             return False
         if low and not self.low_bandwidth:

@@ -8,8 +8,9 @@ receivers estimate the bandwidth available from the arrival times of video packe
 about once a second while video reaches them, at once when it drops. Until the first report the
 transport is assumed to carry ``INITIAL_BITRATE``; a receiver that never reports is not limited;
 when reports stop (video was cut, so the receiver has nothing to measure) the estimate is raised
-step by step until video flows and is measured again. The clock is injected, so tests never
-sleep.
+step by step until video flows and is measured again, but only while some video is wanted (a
+page that shows none for a while keeps its estimate as it was). The clock is injected, so tests
+never sleep.
 
 Such an estimate starts at the throughput measured, never grows beyond about 1.5 times the
 throughput seen (REMB; the SFU's own goes up to what got through), and drops to 0.85 times the
@@ -182,15 +183,20 @@ class Estimate:
         self._updated_at = now
         self._ignore_until = now + RETRY_GRACE
 
-    def value(self) -> int | None:
-        """Bit/s this transport may carry, or None when it is not limited."""
+    def value(self, wanted: bool = True) -> int | None:
+        """Bit/s this transport may carry, or None when it is not limited. ``wanted``: whether
+        any video is wanted on it now. While none is (every video hidden, paused or audio-only
+        asked for), reports stop for want of video, not of bandwidth: the estimate stays as it
+        was, rather than growing by half every ``FEEDBACK_EXPIRY`` to many times what the link
+        carries by the time video is wanted again."""
         now = self._clock()
         value: int | None = self.bitrate
         if self._updated_at < 0:
             if now - self._created >= FEEDBACK_WAIT:
                 value = None
         elif now - self._updated_at > FEEDBACK_EXPIRY:
-            self.bitrate = value = int(self.bitrate * RETRY_FACTOR)
+            if wanted:
+                self.bitrate = value = int(self.bitrate * RETRY_FACTOR)
             self._updated_at = now
         if self.loss_bound is None:
             return value
