@@ -274,3 +274,21 @@ async def test_a_hidden_page_receives_no_video_until_it_is_shown_again_and_audio
     await bob.evaluate(SET_HIDDEN, False)
     await keeps_receiving(bob, "video", 20, live, bob_id, within=5.0)
     print(f"video again {time.monotonic() - shown:.1f} s after the page was shown")
+
+
+async def test_a_video_scrolled_out_of_the_window_is_not_sent_until_it_is_scrolled_back(
+    server: RunningServer, new_page: Any,
+) -> None:
+    _alice, bob, alice_id, bob_id, live = await alice_and_bob(server, new_page, "scrolled away")
+    # Far below the window, as the tiles of a large meeting are on a phone.
+    await bob.add_style_tag(content=".tiles { margin-top: 3000px; }")
+    await bob.wait_for_timeout(1500)  # the layout message, and packets already on the way
+    assert await growth(bob, "video") == 0, \
+        f"out of the window: not one video packet; {forwarding(live, bob_id)}"
+    await keeps_receiving(bob, "audio", 20, live, bob_id)
+
+    scrolled = time.monotonic()
+    await bob.locator(f'video[data-remote][data-participant="{alice_id}"]') \
+        .scroll_into_view_if_needed()
+    await keeps_receiving(bob, "video", 20, live, bob_id, within=5.0)
+    print(f"video again {time.monotonic() - scrolled:.1f} s after it was scrolled into view")

@@ -256,6 +256,7 @@ function onConsumer(track, info) {
     t.video.dataset.mid = info.mid;
     showTrack(t.video, track);
     layoutObserver.observe(t.video);
+    inViewObserver.observe(t.video);
     scheduleLayout();
 }
 
@@ -266,6 +267,23 @@ const LAYOUT_DELAY_MS = 300;
 /** @type {ReturnType<typeof setTimeout>|null} */
 let layoutTimer = null;
 const layoutObserver = new ResizeObserver(() => scheduleLayout());
+/** Received videos scrolled out of the window: the server sends them no video. */
+const outOfView = new WeakSet();
+const inViewObserver = new IntersectionObserver((entries) => {
+    let back = false;
+    for (const entry of entries) {
+        if (entry.isIntersecting)
+            back = outOfView.delete(entry.target) || back;
+        else
+            outOfView.add(entry.target);
+    }
+    // A video scrolled back into view is wanted at once; one scrolled away can wait for the
+    // scrolling to settle.
+    if (back)
+        sendLayout();
+    else
+        scheduleLayout();
+}, {rootMargin: '25%'});
 // A page nobody sees (a tab in the background, another app in front on a phone) takes no
 // video but what plays in Picture-in-Picture: told at once, either way.
 document.addEventListener('visibilitychange', () => sendLayout());
@@ -293,8 +311,9 @@ function sendLayout() {
         const video = t.video;
         if (video.dataset.local || !video.dataset.mid)
             continue;
-        const shown = (pageShown || document.pictureInPictureElement === video)
-            && video.isConnected && !video.hidden && video.clientWidth > 0;
+        const seen = document.pictureInPictureElement === video
+            || (pageShown && !outOfView.has(video));
+        const shown = seen && video.isConnected && !video.hidden && video.clientWidth > 0;
         sizes[video.dataset.mid] = shown
             ? {width: Math.round(video.clientWidth * ratio), height: Math.round(video.clientHeight * ratio)}
             : {width: 0, height: 0};
@@ -328,6 +347,8 @@ function onConsumerClose(info) {
     if (!t || t.video.dataset.mid !== info.mid)
         return;
     layoutObserver.unobserve(t.video);
+    inViewObserver.unobserve(t.video);
+    outOfView.delete(t.video);
     delete t.video.dataset.mid;
     if (source === 'screen')
         dropTile(info.participant, source);
