@@ -227,6 +227,17 @@ async def test_a_shared_screen_appears_as_its_own_tile_on_the_other_page_and_can
     await assert_video_playing(bob, alice_id, "camera")
     caption = bob.locator(f'figure[data-participant="{alice_id}"][data-source="screen"] figcaption')
     assert await caption.text_content() == "Alice: screen"
+    # The screen takes the whole width of the video area, above the cameras (text on it is to
+    # be read); Alice's own page shows it as one tile among the others.
+    tiles = await bob.locator(".tiles").bounding_box()
+    screen = await bob.locator(f'figure[data-participant="{alice_id}"][data-source="screen"]') \
+        .bounding_box()
+    camera = await bob.locator(f'figure[data-participant="{alice_id}"][data-source="camera"]') \
+        .bounding_box()
+    assert screen["width"] >= tiles["width"] - 1, (screen, tiles)
+    assert screen["y"] + screen["height"] <= camera["y"], (screen, camera)
+    own = await alice.locator('figure[data-source="screen"]').bounding_box()
+    assert own["width"] < (await alice.locator(".tiles").bounding_box())["width"] / 2 + 1
 
     await alice.click("#screen-toggle")
     await bob.locator(f'video[data-participant="{alice_id}"][data-source="screen"]').wait_for(
