@@ -222,8 +222,9 @@ class Wakeups:
 
     def _timer_woke(self, key: float, owed: float) -> None:
         """A beat's timer: no datagram rode it. Ticks due by now run first, as a ride's do."""
-        if self.tick_due <= time.monotonic() + CLOCK_TOLERANCE:
-            self._run_ticks(time.monotonic())
+        now = time.monotonic()
+        if self.tick_due <= now + CLOCK_TOLERANCE:
+            self._run_ticks(now)
         self._wake(key, owed)
 
     def _wake(self, key: float, owed: float) -> None:

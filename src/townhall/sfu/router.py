@@ -43,6 +43,8 @@ ALLOCATE_INTERVAL = 0.5
 #: Period of the router's short periodic work: held-back keyframe requests, audio levels,
 #: bandwidth probes.
 TICK_INTERVAL = speaker.TICK
+# the tick runs every beat (``beat.Wakeups.every_beat``): the two periods are one
+assert TICK_INTERVAL == beat.INTERVAL, "the routers' tick is the beat's"
 #: A linked transport from which nothing at all has arrived for this long (no media, RTCP, STUN
 #: or DTLS) is taken as lost and closed: the room then connects its participant again
 #: (``publish-restart``, or everything offered on a new receiving connection). A live peer
@@ -574,10 +576,9 @@ class Router:
             self._narrow, self._narrow_stale = narrow, False
             self._periodic.run_soon(functools.partial(self._narrow_audio, activity),
                                     f"{self.name}: audio-only narrowing")
-        for state in self._transports.values():
-            if state.video.probe_rate or state.video.padded:
-                self._periodic.run_soon(self._probe, f"{self.name}: probing")
-                break
+        if any(state.video.probe_rate or state.video.padded
+               for state in self._transports.values()):
+            self._periodic.run_soon(self._probe, f"{self.name}: probing")
 
     def _send_transport_feedback(self) -> None:
         """Tell each publisher that numbers its packets when they arrived (every tick: a
