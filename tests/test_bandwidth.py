@@ -225,6 +225,24 @@ def test_once_loss_stops_the_bound_grows_until_the_estimate_is_below_it() -> Non
     assert len(values) == 6  # 1.05 ** 6 > 4 / 3
 
 
+def test_once_loss_stops_the_bound_lifts_at_once_to_the_rate_that_got_through() -> None:
+    """Transport feedback measures what arrived: with hardly any loss, that is what the link
+    carries (a probe that got through lifts the bound in one report, not in thirty)."""
+    clock = Clock(50.0)
+    estimate = Estimate(clock)
+    estimate.update(2_000_000)
+    estimate.lost(0.8)
+    assert estimate.value() == 1_200_000
+    estimate.lost(0.05, delivered=1_900_000)  # between the two thresholds: held
+    assert estimate.value() == 1_200_000
+    estimate.lost(0.0, delivered=600_000)  # less got through than the bound: it grows 5 %
+    assert estimate.value() == int(1_200_000 * bandwidth.LOSS_GROWTH)
+    estimate.lost(0.01, delivered=1_700_000)
+    assert estimate.loss_bound == 1_700_000 and estimate.value() == 1_700_000
+    estimate.lost(0.0, delivered=2_300_000)  # past the estimate: no bound left
+    assert estimate.loss_bound is None and estimate.value() == 2_000_000
+
+
 def test_trying_video_again_after_it_was_cut_lifts_the_loss_bound() -> None:
     clock = Clock(50.0)
     estimate = Estimate(clock)

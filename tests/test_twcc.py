@@ -191,6 +191,8 @@ def test_what_gets_through_without_queueing_is_taken_as_available_at_once(native
     sender = twcc.TwccSender(5, native=native)
     estimates = simulate(sender, send_rate=800_000, capacity=5_000_000, seconds=1.5)
     assert estimates and estimates[-1] >= 0.9 * 800_000
+    delivered = sender.delivered()
+    assert delivered is not None and 0.95 * 800_000 < delivered < 1.1 * 800_000, delivered
 
 
 def test_a_small_layer_of_fifteen_packets_a_second_is_measured_over_its_last_ten_packets(
@@ -215,6 +217,7 @@ def test_a_stream_too_sparse_to_measure_gives_no_estimate_rather_than_the_last_o
     sparse = simulate_feedback(sender, send_rate=16_000, capacity=5_000_000, seconds=4,
                                start=101.5)  # two packets a second
     assert sparse and all(e is None for e in sparse[-4:]), sparse
+    assert sender.delivered() is None
 
 
 def test_a_queue_growing_at_the_bottleneck_brings_the_estimate_below_its_capacity(
@@ -265,6 +268,7 @@ def _twins(seed: int) -> list[tuple[int | None, int | None]]:
         if chance.random() < 0.05:
             feedback = build_feedback((report[0][0] - 5000) & 0xFFFF, arrivals)  # long gone
         results.append((c.feedback(feedback), python.feedback(feedback)))
+        assert c.delivered() == python.delivered(), step
         if chance.random() < 0.05:
             results.append((c.feedback(feedback), python.feedback(feedback)))  # repeated
     return results
@@ -584,7 +588,8 @@ async def test_the_router_notes_a_publishers_numbered_packets_and_tells_it_on_th
         await router.close()
 
 
-async def test_receiver_reports_of_heavy_video_loss_bound_the_transports_estimate() -> None:
+async def test_receiver_reports_of_heavy_video_loss_bound_the_estimate_until_no_loss_lifts_it(
+) -> None:
     """On a link that drops rather than queues, delays stop growing and transport feedback
     alone would let the estimate grow on; the receiver's reports of loss bound it."""
     clock = Clock(100.0)
@@ -622,6 +627,15 @@ async def test_receiver_reports_of_heavy_video_loss_bound_the_transports_estimat
         streams[11].packets += 12
         router.rtcp_received(transport, report((11, 128),))
         assert video.estimate.loss_bound == int(bounded * (1 - 0.5 / 2))
+        # Numbered packets got through at 800 kbit/s, and a report says none were lost: the
+        # bound is lifted to that rate at once.
+        video.twcc = twcc.TwccSender(5)
+        simulate(video.twcc, send_rate=800_000, capacity=5_000_000, seconds=1.5)
+        delivered = video.twcc.delivered()
+        assert delivered is not None and delivered > video.estimate.loss_bound * 1.1
+        streams[11].packets += 100
+        router.rtcp_received(transport, report((11, 0),))
+        assert video.estimate.loss_bound == int(delivered)
     finally:
         state.consumers_by_ssrc.clear()
         await router.close()

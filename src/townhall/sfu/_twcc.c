@@ -29,6 +29,7 @@
 #include "_twcc.h"
 #include "_bytes.h"
 
+#include <stddef.h>
 #include <math.h>
 #include <string.h>
 
@@ -85,7 +86,13 @@ typedef struct {
     /* the last estimate the socket's reader handed to Python, and when (twcc_news) */
     int64_t has_reported;
     double reported, reported_at;
+    /* the delivered rate the last feedback gave (bit/s; 0 or less: none). Last, so Python
+     * reads it from the state's last 8 bytes (TwccSender.delivered) */
+    double delivered_rate;
 } EstimateState;
+
+_Static_assert(offsetof(EstimateState, delivered_rate) + sizeof(double) == sizeof(EstimateState),
+               "the delivered rate is the state's last 8 bytes");
 
 const Py_ssize_t twcc_state_size = (Py_ssize_t)sizeof(EstimateState);
 
@@ -311,6 +318,7 @@ static void detect(EstimateState *state, const Parameters *k, double trend, doub
  * *estimate, 0 while there is none or there is no delivered rate. */
 static int update(EstimateState *state, const Parameters *k, double now_ms, double rate,
                   double *estimate) {
+    state->delivered_rate = rate;
     if (state->pending_groups && state->points_count >= 2) {
         detect(state, k, slope(state, k), state->pending_send, state->pending_groups, now_ms);
         state->pending_send = 0.0;

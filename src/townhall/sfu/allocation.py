@@ -109,7 +109,7 @@ class VideoAllocation:
             return False
         share = self._reported_lost / sent
         self._reported_sent = self._reported_lost = 0.0
-        if not self.estimate.lost(share):
+        if not self.estimate.lost(share, None if self.twcc is None else self.twcc.delivered()):
             return False
         logger.debug("%s: %.0f %% of the video reported lost: estimate bounded to %s bit/s",
                      self.name, 100 * share, self.estimate.loss_bound)

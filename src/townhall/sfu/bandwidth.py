@@ -35,7 +35,10 @@ would overfill the link for as long as it lasts. So the receiver's reports bound
 Google congestion control's loss-based part does: while more than ``LOSS_HIGH`` of the video
 sent is reported lost, the bound drops to (1 - loss / 2) times the estimate, which counts as a
 drop (the hold above); while less than ``LOSS_LOW`` is, it grows by ``LOSS_GROWTH`` a report
-until the estimate is below it again.
+until the estimate is below it again, or at once to the rate that got through where transport
+feedback measures it (what arrived with hardly any loss, probes included, is what the link
+carries: growing 5 % a report, a bound set on a narrow link took half a minute to let the top
+layer back once the link opened).
 
 Both estimates measure video only (audio carries neither extension: it is cross traffic to
 them), so they are the video budget: audio is never dropped for video and is not counted
@@ -145,8 +148,9 @@ class Estimate:
         :meth:`retry`)."""
         return self._clock() >= self._ignore_until
 
-    def lost(self, fraction: float) -> bool:
-        """The share of the video sent that the receiver reported lost since its last report;
+    def lost(self, fraction: float, delivered: float | None = None) -> bool:
+        """The share of the video sent that the receiver reported lost since its last report,
+        and the rate (bit/s) that got through lately where transport feedback measures it;
         True when that bounds the estimate lower (reallocate now)."""
         now = self._clock()
         if fraction > LOSS_HIGH:
@@ -159,7 +163,7 @@ class Estimate:
             self._dropped(now)
             return True
         if fraction < LOSS_LOW and self.loss_bound is not None:
-            self.loss_bound = int(self.loss_bound * LOSS_GROWTH)
+            self.loss_bound = max(int(self.loss_bound * LOSS_GROWTH), int(delivered or 0))
             if self.loss_bound >= self.bitrate:
                 self.loss_bound = None
         return False

@@ -92,6 +92,7 @@ class DelayBasedEstimate:
         "_threshold",
         "_threshold_at",
         "_updated_at",
+        "delivered_rate",
         "deltas",
         "estimate",
         "usage",
@@ -125,6 +126,8 @@ class DelayBasedEstimate:
         self.usage = Usage.NORMAL
         #: Bit/s, None until the first delivered rate is known.
         self.estimate: float | None = None
+        #: The delivered rate the last update found (bit/s; None: none).
+        self.delivered_rate: float | None = None
 
     def packet(self, send_ms: float, arrival_ms: float, size: int) -> None:
         """One packet the receiver reported (in the order of sending)."""
@@ -218,7 +221,7 @@ class DelayBasedEstimate:
         or None without a delivered rate (nothing new to say). (``_twcc.c`` does the same in C,
         step for step.)
         """
-        rate = self.delivered()
+        self.delivered_rate = rate = self.delivered()
         if self._pending_groups and len(self._points) >= 2:
             self._detect(_slope(self._points), self._pending_send, self._pending_groups, now_ms)
             self._pending_send = 0.0

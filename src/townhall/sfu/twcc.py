@@ -48,6 +48,9 @@ _HEADER = struct.Struct("!HHI")
 #: One record of ``TwccSender.history`` (``TwccSent`` in ``_twcc.h``): sent at (s), size,
 #: sequence number (-1: never used).
 _SENT = struct.Struct("=dii")
+#: The delivered rate the last feedback gave, the last field of the estimate's state in C
+#: (``EstimateState.delivered_rate`` in ``_twcc.c``): bit/s, 0 or less for none.
+_DELIVERED = struct.Struct("=d")
 
 #: The feedback in C and the size of its state, when the native piece is built.
 native_feedback = native.twcc_feedback()
@@ -228,6 +231,16 @@ class TwccSender:
             newest = self._match(estimate, parse_feedback(data))
             result = None if newest is None else estimate.update(newest)
         return None if result is None else int(result)
+
+    def delivered(self) -> float | None:
+        """Bit/s of the numbered packets that arrived over the window of the last feedback
+        (``congestion.DelayBasedEstimate.delivered``); None when it had none."""
+        if self.native_state is not None:
+            (rate,) = _DELIVERED.unpack_from(self.native_state, len(self.native_state)
+                                             - _DELIVERED.size)
+            return rate if rate > 0 else None
+        assert self._estimate is not None
+        return self._estimate.delivered_rate
 
     def _match(self, estimate: DelayBasedEstimate, feedback: Feedback) -> float | None:
         """Hand ``estimate`` every reported packet still in the history; the newest arrival
