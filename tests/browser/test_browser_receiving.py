@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from support import Attendee, RunningServer
+from support import Attendee, PatternTrack, RunningServer, ToneTrack
 from townhall.sfu import bandwidth
 from townhall.sfu.router import Router
 
@@ -292,3 +292,65 @@ async def test_a_video_scrolled_out_of_the_window_is_not_sent_until_it_is_scroll
         .scroll_into_view_if_needed()
     await keeps_receiving(bob, "video", 20, live, bob_id, within=5.0)
     print(f"video again {time.monotonic() - scrolled:.1f} s after it was scrolled into view")
+
+
+#: One tile under the other, each received video's two windows high: only the first of them is
+#: in view, under one's own.
+TALL_TILES = (".tiles { grid-template-columns: 1fr !important; } .tile:has(> video[data-remote]) "
+              "{ aspect-ratio: auto; height: 1400px; max-height: none; }")
+
+
+async def test_a_speaker_whose_camera_is_out_of_view_moves_to_the_front_and_is_seen(
+    server: RunningServer, new_page: Any,
+) -> None:
+    """A large meeting on a small screen: the tiles below the window get no video. Whoever starts
+    speaking down there moves to the front, into view, and their video comes."""
+    room = await server.create_room("brought forward")
+    people = [Attendee(server.ws_url, server.token(room, "speaker"), name, count_only=True)
+              for name in ("Carol", "Dave")]
+    tones = [ToneTrack(loud=False) for _ in people]
+    try:
+        for person, tone in zip(people, tones, strict=True):
+            await person.join()
+            await person.publish(audio_track=tone, pattern=PatternTrack(160, 120, 10))
+        carol, dave = (person.id for person in people)
+        bob = await new_page()
+        bob_id = await join(bob, await server.invite(room, "listener"), "Bob")
+        await bob.add_style_tag(content=TALL_TILES)
+        live = server.running.services.registry.find(room)
+        assert live is not None
+        cameras = {c.producer.owner: c for c in live.participants[bob_id].consumers.values()
+                   if c.producer.source == "camera"}
+
+        def tops() -> Any:
+            return bob.evaluate("""(ids) => ids.map((id) => document.querySelector(
+                `figure[data-participant="${id}"][data-source="camera"]`)
+                .getBoundingClientRect().top)""", [carol, dave])
+
+        await keeps_receiving(bob, "video", 20, live, bob_id, within=20.0)
+        await bob.wait_for_timeout(1500)  # the layout message, and packets already on the way
+        before = cameras[dave].packets
+        await bob.wait_for_timeout(2000)
+        top_carol, top_dave = await tops()
+        assert top_carol < 700 < top_dave, f"tiles at {top_carol} and {top_dave} px"
+        assert cameras[dave].packets == before, \
+            f"Dave's camera, out of view, is sent: {forwarding(live, bob_id)}"
+
+        tones[1].loud = True
+        spoke = time.monotonic()
+        await bob.wait_for_function("(id) => window.townhall.activeSpeaker === id", arg=dave,
+                                    timeout=10_000)
+        top_carol, top_dave = await tops()
+        assert top_dave < 700 < top_carol, \
+            f"the new speaker's tile is not brought into view: tiles at {top_carol}, {top_dave} px"
+        before = cameras[dave].packets
+        deadline = time.monotonic() + 10
+        while cameras[dave].packets < before + 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert cameras[dave].packets >= before + 20, \
+            f"Dave's camera, brought into view, is not sent: {forwarding(live, bob_id)}"
+        print(f"the new speaker's video is sent {time.monotonic() - spoke:.1f} s after they "
+              "started speaking")
+    finally:
+        for person in people:
+            await person.close()

@@ -815,6 +815,24 @@ function renderReceiving() {
     }
 }
 
+/** The CSS order of the last tile brought forward; each one brought goes before it. */
+let broughtForward = 0;
+
+/**
+ * A new active speaker whose camera is scrolled out of the window (a large meeting on a small
+ * screen) moves to the front of the tiles: the server sends video of the recent speakers, and
+ * none of a video out of view, so they are the ones to see. Tiles in view stay where they are.
+ *
+ * @param {string|null} participant
+ */
+function bringForward(participant) {
+    const t = participant && tiles.get(tileKey(participant, 'camera'));
+    if (!t || t.video.dataset.local || !outOfView.has(t.video))
+        return;
+    broughtForward -= 1;
+    t.figure.style.order = String(broughtForward);
+}
+
 /** @param {string} participant */
 function togglePin(participant) {
     if (!connection)
@@ -851,7 +869,10 @@ function connectReceiving(conn) {
         renderReceiving();
         showLowBandwidth(conn.lowBandwidth);
     };
-    conn.onactivespeaker = () => renderReceiving();
+    conn.onactivespeaker = (participant) => {
+        bringForward(participant);
+        renderReceiving();
+    };
 }
 
 // ---- the connection --------------------------------------------------------
