@@ -588,8 +588,7 @@ async def test_the_router_notes_a_publishers_numbered_packets_and_tells_it_on_th
         await router.close()
 
 
-async def test_receiver_reports_of_heavy_video_loss_bound_the_estimate_until_no_loss_lifts_it(
-) -> None:
+async def test_reported_heavy_video_loss_bounds_the_estimate_until_no_loss_lifts_it() -> None:
     """On a link that drops rather than queues, delays stop growing and transport feedback
     alone would let the estimate grow on; the receiver's reports of loss bound it."""
     clock = Clock(100.0)

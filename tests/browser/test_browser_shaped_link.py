@@ -27,7 +27,7 @@ AUDIO = 60_000
 #: estimate's drops (``bandwidth.UPGRADE_HOLD``, doubled for each further drop within a minute,
 #: so 12 s after three), then probing up through the middle layer's rate and a keyframe. Where
 #: the loss on the narrow link bounded the estimate, the probe that gets through lifts the bound
-#: (``Estimate.lost``, with the delivered rate). Measured: 6.8–9.2 s in eight runs; a CI run took
+#: (``Estimate.lost``, with the delivered rate). Measured: 6.5–9.2 s in eight runs; a CI run took
 #: over 25 s when the bound grew only 5 % a report.
 RECOVERY = 30.0
 #: Seconds the publisher's layers get to settle apart. Chromium raises its layers' rates for a
