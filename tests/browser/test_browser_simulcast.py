@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from test_browser_meeting import assert_video_playing, describe, join
 
+from support import Attendee, PatternTrack, until
 from townhall.sfu import bandwidth, native, simulcast, twcc
 
 pytestmark = pytest.mark.browser
@@ -110,20 +111,25 @@ async def test_a_page_publishes_three_layers_and_another_receives_the_size_it_sh
     await assert_video_playing(bob, alice_id)
 
 
+CLIENT_SIZE = """(selector) => {
+    const video = document.querySelector(selector);
+    return [video.clientWidth, video.clientHeight];
+}"""
+
 SHOWN_AT = """(selector) => {
     const rect = document.querySelector(selector).getBoundingClientRect();
     return [Math.round(rect.width), Math.round(rect.bottom), window.innerHeight];
 }"""
 
 
-async def test_in_a_meeting_of_two_on_a_wide_window_the_other_video_is_large_and_at_the_top_layer(
+async def test_on_a_wide_window_one_other_video_is_large_at_the_top_layer_and_smaller_among_four(
     server: Any, new_page: Any
 ) -> None:
     room = await server.create_room("two")
     alice, bob = await new_page(), await new_page()
     await bob.set_viewport_size({"width": 1920, "height": 1080})
     alice_id = await join(alice, await server.invite(room, "speaker"), "Alice")
-    await join(bob, await server.invite(room, "speaker"), "Bob")
+    bob_id = await join(bob, await server.invite(room, "speaker"), "Bob")
     joined = time.monotonic()
     await assert_video_playing(bob, alice_id)
 
@@ -140,6 +146,35 @@ async def test_in_a_meeting_of_two_on_a_wide_window_the_other_video_is_large_and
     await wait_frame_width(bob, 1280, timeout=20)
     print(f"top layer {time.monotonic() - joined:.1f} s after joining")
     await assert_video_playing(bob, alice_id)
+
+    # Two more people publish: four tiles share the row, and Alice's video, now shown about a
+    # quarter as wide, gets the layer that size needs, not the top one.
+    live = server.running.services.registry.find(room)
+    consumer = next(c for c in live.participants[bob_id].consumers.values()
+                    if c.producer.owner == alice_id and c.producer.source == "camera")
+    assert consumer.max_layer == 2 and consumer.layer == 2
+    people = [Attendee(server.ws_url, server.token(room, "speaker"), name, count_only=True)
+              for name in ("Carol", "Dave")]
+    try:
+        for person in people:
+            await person.join()
+            await person.publish(audio=False, pattern=PatternTrack(160, 120, 10))
+        await bob.wait_for_selector(f'video[data-remote][data-participant="{people[1].id}"]')
+        joined = time.monotonic()
+        width, height = await bob.evaluate(
+            CLIENT_SIZE, f'video[data-remote][data-participant="{alice_id}"]')
+        assert 320 < width < 640, f"Alice's video shown {width} px wide among four"
+        wanted = simulcast.layer_for_size(consumer.producer.layers, width, height)
+        assert wanted < 2
+        await until(lambda: consumer.max_layer == wanted and consumer.layer == wanted, 10,
+                    f"Alice's video shown at {width}x{height} on layer {consumer.layer} (at "
+                    f"most {consumer.max_layer}), not {wanted}")
+        print(f"among four tiles {width} px wide: layer {wanted} "
+              f"{time.monotonic() - joined:.1f} s after the fourth tile came")
+        await assert_video_playing(bob, alice_id)
+    finally:
+        for person in people:
+            await person.close()
 
 
 CAMERA_ENCODINGS_ACTIVE = """() => {
