@@ -427,10 +427,17 @@ PyObject *twcc_feedback(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(estimate);
 }
 
-/* An estimate the same as the last one handed to Python is handed again once it is this old
- * (s): Python's Estimate counts an estimate this old as stale only after seconds
- * (bandwidth.FEEDBACK_EXPIRY). */
-#define REPORT_REFRESH 0.5
+/* What of the reader's estimates goes to Python (twcc_news): any fall at once (Python decides
+ * whether it is a drop, and a fall it did not hear of would leave it deciding on a higher rate
+ * than the link's); a rise once it is REPORT_RISE over the last one handed; and any estimate,
+ * a small rise or the same again, once the last one handed is REPORT_REFRESH old (s). Python's
+ * Estimate counts an estimate as stale only after seconds (bandwidth.FEEDBACK_EXPIRY), and
+ * chooses layers twice a second on rates that differ by several times: a rise of a few
+ * percent held for under a second changes no layer, while each call into Python costs tens of
+ * microseconds (browsers send feedback ten times a second on each receiving connection, and
+ * a steady estimate rises in small steps). */
+#define REPORT_REFRESH 1.0
+#define REPORT_RISE 0.05
 
 void twcc_unreported(PyObject *state_object) {
     if (PyByteArray_Check(state_object) && PyByteArray_GET_SIZE(state_object) == twcc_state_size)
@@ -442,7 +449,8 @@ int twcc_news(PyObject *state_object, double estimate, double now) {
             PyByteArray_GET_SIZE(state_object) != twcc_state_size)
         return 1;
     EstimateState *state = (EstimateState *)PyByteArray_AS_STRING(state_object);
-    if (state->has_reported && state->reported == estimate && now >= state->reported_at &&
+    if (state->has_reported && estimate >= state->reported &&
+            estimate < state->reported * (1 + REPORT_RISE) && now >= state->reported_at &&
             now - state->reported_at < REPORT_REFRESH)
         return 0;
     state->has_reported = 1;

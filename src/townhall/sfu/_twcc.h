@@ -55,9 +55,10 @@ int twcc_estimate(const unsigned char *data, Py_ssize_t length, PyObject *histor
                   double *estimate);
 
 /* Whether the socket's reader hands the estimate `estimate` that the state `state` gave to
- * Python at `now` (s, the router's clock): not when it is the one it handed last, under
- * REPORT_REFRESH ago, and Python heard nothing from the state since (twcc_feedback). It notes
- * what it hands. At a steady rate most estimates are the one before. */
+ * Python at `now` (s, the router's clock): not when it is the one it handed last or a rise of
+ * under REPORT_RISE on it, that one was handed under REPORT_REFRESH ago, and Python heard
+ * nothing from the state since (twcc_feedback). It notes what it hands. At a steady rate most
+ * estimates are the one before or a small step up from it. */
 int twcc_news(PyObject *state, double estimate, double now);
 
 /* The estimate last handed to Python was not taken: the next one is news, whatever it is. */
