@@ -144,7 +144,7 @@ async def test_a_host_mutes_a_participant_who_sees_the_notice_and_whose_micropho
     assert await speaker.get_attribute("#mic-toggle", "aria-pressed") == "false"
 
 
-async def test_a_listener_cannot_publish_but_sees_the_speaker_video(
+async def test_a_listener_cannot_publish_sees_the_speaker_video_and_has_no_tile(
     server: Any, new_page: Any
 ) -> None:
     room = await server.create_room("listen")
@@ -171,6 +171,13 @@ async def test_a_listener_cannot_publish_but_sees_the_speaker_video(
     )
     # The speaker receives nothing from the listener.
     assert await speaker.locator(f'video[data-participant="{listener_id}"][data-mid]').count() == 0
+    # A listener has no picture, so no tile on either page (on a phone, an empty tile of their
+    # own would be the first thing a listener sees); they are in the participants list.
+    own = f'figure[data-participant="{listener_id}"]'
+    assert await listener.locator(own).count() == 0
+    assert await speaker.locator(own).count() == 0
+    await speaker.locator(f'li.participant[data-participant="{listener_id}"]').wait_for()
+    assert await listener.locator(f'figure[data-participant="{speaker_id}"]').count() == 1
 
 
 async def test_a_page_reconnects_by_itself_after_its_socket_closes_abnormally(

@@ -138,6 +138,17 @@ function tileKey(participant, source) {
 const tiles = new Map();
 
 /**
+ * Whether a participant gets a tile: only those who may publish. A listener or the captions
+ * worker never has a picture; an empty tile of theirs would take a place among the speakers'
+ * (on a phone, the first place on the listener's own page). They are in the participants list.
+ *
+ * @param {import('./protocol.js').Participant} p
+ */
+function hasTile(p) {
+    return (p.permissions || []).includes('publish');
+}
+
+/**
  * The tile of one participant's camera or screen, made on first use.
  *
  * @param {string} participant
@@ -222,7 +233,7 @@ function showTrack(video, track) {
 }
 
 function showLocalPreview() {
-    if (!connection || !connection.self)
+    if (!connection || !connection.self || !connection.can('publish'))
         return;
     const self = connection.self.id;
     const camera = connection.local.get('camera');
@@ -895,7 +906,7 @@ function onJoined(joined) {
         showChat(m);
     if (connection)
         for (const p of connection.participants.values())
-            if (p.role !== 'caption')   // the captions worker has no picture
+            if (hasTile(p))
                 tile(p.id, 'camera', !!connection.self && p.id === connection.self.id);
     showLocalPreview();
     renderParticipants();
@@ -916,7 +927,7 @@ function start(token, name) {
     connection.onjoined = onJoined;
     connection.onparticipant = (kind, p) => {
         if (kind === 'joined') {
-            if (p.role !== 'caption')
+            if (hasTile(p))
                 tile(p.id, 'camera', false);
             notify(`${p.name} joined.`, 'info', 5000);
         } else if (kind === 'left') {
