@@ -234,8 +234,7 @@ def _twins(count: int) -> tuple[twcc.TwccSender, twcc.TwccSender, list[int | Non
     return sender, twin, arrivals
 
 
-def test_an_estimate_goes_to_python_at_once_when_it_falls_or_rises_a_twentieth_else_each_second(
-) -> None:
+def test_an_estimate_goes_to_python_when_it_falls_rises_a_twentieth_or_a_second_passed() -> None:
     native = _native()
     tx, rx = _sessions()
     sender, twin, arrivals = _twins(3060)
