@@ -31,8 +31,9 @@
  * here: once the transport numbers its packets (`video.twcc`) and runs its estimate in C, the
  * feedback is matched and the estimate run (_twcc.c) and only an estimate that is news goes
  * to Python, `estimated(bit/s)` (twcc_news: a fall, a rise of REPORT_RISE or more, or any once
- * the last handed is REPORT_REFRESH old). So is a publisher's compound of sender reports and source
- * descriptions alone (read_sender_reports_here()): each report is noted on its layer in C.
+ * the last handed is REPORT_REFRESH old). So is a publisher's compound of sender reports and
+ * source descriptions alone (read_sender_reports_here()): each report is noted on its layer in
+ * C.
  * With `feedback` (a native.FeedbackSender; None: not), the reader also sends the publisher
  * its transport feedback itself (send_feedback()), and the router's tick does not.
  *
