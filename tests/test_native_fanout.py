@@ -19,12 +19,14 @@ from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
 from support import Clock, require_native_fanout
-from townhall.sfu import native
+from townhall.sfu import fields, native
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import SPEAKING_LEVEL, Producer
 from townhall.sfu.rtp import parse_header
+from townhall.sfu.sequence import SequenceRewriter
 from townhall.sfu.transport import Codec, IncomingTrack
 from townhall.sfu.twcc import TwccSender
+from townhall.sfu.vp8 import PictureRewriter
 
 OPUS = Codec("audio/opus", 48000, 111, 2)
 VP8 = Codec("video/VP8", 90000, 97)
@@ -248,6 +250,25 @@ def test_c_sends_the_steady_copies_itself_and_counts_them(pairs: list[Pair]) -> 
     assert len(pair.plain.rtp) == 4
     assert [parse_header(d).sequence for d in pair.routed.received(4)] == \
         [parse_header(d).sequence for d in pair.plain.rtp]
+
+
+def test_the_numbers_c_reads_per_copy_are_fields_of_its_own_types_named_as_in_python() -> None:
+    assert fields.in_c()
+    for owner, c_type, python_type in (
+            (SequenceRewriter, fields.SequenceFields, fields._SequenceFields),
+            (PictureRewriter, fields.PictureFields, fields._PictureFields),
+            (TwccSender, fields.TwccFields, fields._TwccFields),
+            (Consumer, fields.ConsumerFields, fields._ConsumerFields)):
+        members = {name for name, value in vars(c_type).items()
+                   if type(value).__name__ == "member_descriptor"}
+        assert members == set(python_type.__slots__)
+        assert owner.__bases__ == (c_type,)
+        # a slot of the same name in the class would hide the field from C
+        assert not members & set(owner.__slots__)
+    with pytest.raises(TypeError):
+        SequenceRewriter(90000, Clock())._seq_offset = None  # type: ignore[assignment]
+    rewriter = SequenceRewriter(90000, Clock())
+    assert rewriter.rewrite(7, 100) == (7, 100) and rewriter._last_in_seq == 7
 
 
 def _audio(sequence: int, level: int, payload_type: int = 111,

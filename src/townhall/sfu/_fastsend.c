@@ -42,6 +42,7 @@
 #include "_bytes.h"
 #include "_read.h"
 #include "_audio.h"
+#include "_fields.h"
 
 #include <structmember.h>
 #include <errno.h>
@@ -132,29 +133,23 @@ static PyObject *fastsend_send(PyObject *self, PyObject *args) {
 /* --- fanout ------------------------------------------------------------------------------ */
 
 enum {
-    N_PAUSED, N_LAYER, N_SLOT, N_PAYLOAD_TYPE, N_SSRC, N_ABS_SEND_TIME, N_PADDING, N_TRANSPORT,
-    N_ROUTE, N_REWRITER, N_STARTED, N_PADDINGS, N_SEQ_OFFSET, N_TS_OFFSET, N_LAST_IN_SEQ,
-    N_LAST_OUT_SEQ, N_LAST_OUT_TS, N_LAST_SENT_AT, N_TWCC, N_SEQUENCE, N_EXTENSION_ID, N_HISTORY,
-    N_SEQUENCES, N_PICTURES, N_PICTURE_OFFSET, N_TL0_OFFSET, N_LAST_PICTURE_ID,
-    N_LAST_TL0, N_ACTIVE, N_PACKETS, N_OCTETS, N_SEND, N_MARKER, N_TIMESTAMP, N_CSRC_END,
-    N_PAYLOAD_OFFSET, N_SIZE, N_PICTURE_ID, N_PICTURE_ID_BITS, N_TL0PICIDX, N_HEADER_SEQUENCE,
-    N_TARGET, N_PRODUCER, N_SIMULCAST, N_RECEPTION, N_CACHE, N_INDEX, N_WIDTH, N_HEIGHT,
-    N_DESCRIPTOR, N_BASE, N_HIGHEST, N_CYCLES, N_RECEIVED, N_MASK, N_PACKETS_RING,
-    N_LEVEL_EXTENSION, N_LEVEL_PACKETS, N_LOUDNESS, N_SELECTED, N_CONSUMERS, N_CODEC, N_START,
-    N_KEYFRAME, N_TEMPORAL_ID, N_COUNT
+    N_PAUSED, N_SLOT, N_PAYLOAD_TYPE, N_SSRC, N_ABS_SEND_TIME, N_PADDING, N_TRANSPORT, N_ROUTE,
+    N_REWRITER, N_PADDINGS, N_TWCC, N_HISTORY, N_SEQUENCES, N_PICTURES, N_OCTETS, N_SEND,
+    N_MARKER, N_TIMESTAMP, N_CSRC_END, N_PAYLOAD_OFFSET, N_SIZE, N_PICTURE_ID,
+    N_PICTURE_ID_BITS, N_TL0PICIDX, N_HEADER_SEQUENCE, N_PRODUCER, N_SIMULCAST, N_RECEPTION,
+    N_CACHE, N_INDEX, N_WIDTH, N_HEIGHT, N_DESCRIPTOR, N_BASE, N_HIGHEST, N_CYCLES, N_RECEIVED,
+    N_MASK, N_PACKETS_RING, N_LEVEL_EXTENSION, N_LEVEL_PACKETS, N_LOUDNESS, N_SELECTED,
+    N_CONSUMERS, N_CODEC, N_START, N_KEYFRAME, N_TEMPORAL_ID, N_COUNT
 };
 
 static const char *name_texts[N_COUNT] = {
-    "paused", "layer", "slot", "payload_type", "ssrc", "abs_send_time", "padding", "transport",
-    "route", "rewriter", "_started", "_padding", "_seq_offset", "_ts_offset", "_last_in_seq",
-    "_last_out_seq", "_last_out_ts", "_last_sent_at", "twcc", "_sequence", "extension_id",
-    "history", "_sequences", "pictures", "_picture_offset", "_tl0_offset",
-    "_last_picture_id", "_last_tl0", "active", "packets", "octets", "send", "marker",
-    "timestamp", "csrc_end", "payload_offset", "size", "picture_id", "picture_id_bits",
-    "tl0picidx", "sequence", "target", "producer", "simulcast", "reception", "cache", "index",
-    "width", "height", "descriptor", "_base", "_highest", "_cycles", "_received", "_mask",
-    "_packets", "level_extension", "level_packets", "loudness", "selected", "consumers", "codec",
-    "start", "keyframe", "temporal_id",
+    "paused", "slot", "payload_type", "ssrc", "abs_send_time", "padding", "transport", "route",
+    "rewriter", "_padding", "twcc", "history", "_sequences", "pictures", "octets", "send",
+    "marker", "timestamp", "csrc_end", "payload_offset", "size", "picture_id",
+    "picture_id_bits", "tl0picidx", "sequence", "producer", "simulcast", "reception", "cache",
+    "index", "width", "height", "descriptor", "_base", "_highest", "_cycles", "_received",
+    "_mask", "_packets", "level_extension", "level_packets", "loudness", "selected",
+    "consumers", "codec", "start", "keyframe", "temporal_id",
 };
 
 static PyObject *names[N_COUNT];
@@ -204,7 +199,7 @@ typedef struct {
     Py_ssize_t offset;  /* 0: not a writable object slot of this type */
 } SlotPlace;
 
-#define SLOT_PLACES 3  /* one name, several types: "_started", "payload_type", "octets" */
+#define SLOT_PLACES 3  /* one name, several types: "payload_type" (a slot, a header, a codec) */
 static SlotPlace slot_places[N_COUNT][SLOT_PLACES];
 
 static PyObject **slot_of(PyObject *object, int name) {
@@ -259,7 +254,7 @@ static int set_attr(PyObject *object, int name, PyObject *value) {
     return status;
 }
 
-/* One attribute as a C long / double; -1 with an exception set if it is missing or no number. */
+/* One attribute as a C long; -1 with an exception set if it is missing or no number. */
 static int get_long(PyObject *object, int name, long *out) {
     PyObject *value = get_attr(object, name);
     if (value == NULL)
@@ -267,18 +262,6 @@ static int get_long(PyObject *object, int name, long *out) {
     long result = PyLong_AsLong(value);
     Py_DECREF(value);
     if (result == -1 && PyErr_Occurred())
-        return -1;
-    *out = result;
-    return 0;
-}
-
-static int get_double(PyObject *object, int name, double *out) {
-    PyObject *value = get_attr(object, name);
-    if (value == NULL)
-        return -1;
-    double result = PyFloat_AsDouble(value);
-    Py_DECREF(value);
-    if (result == -1.0 && PyErr_Occurred())
         return -1;
     *out = result;
     return 0;
@@ -326,14 +309,7 @@ typedef struct {
     int has_descriptor;
     long descriptor_size, picture_id, picture_id_bits, tl0picidx;
     double now;
-    /* the same value in every consumer's state: made once per fan-out */
-    PyObject *now_object, *sequence_object;
 } Incoming;
-
-static void incoming_clear(Incoming *in) {
-    Py_CLEAR(in->now_object);
-    Py_CLEAR(in->sequence_object);
-}
 
 #define COPY_QUEUED 1
 #define COPY_NOT_SENT 0
@@ -355,7 +331,9 @@ static void parts_clear(Parts *parts) {
 /* One consumer's copy: queued, not sent, or COPY_PYTHON for the consumer's own send(). Reads
  * everything first and changes state only once the copy is certain to be made. */
 static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
-    long value;
+    if (!PyObject_TypeCheck(consumer, &ConsumerFieldsType))
+        return COPY_PYTHON;  /* its numbers are not in C (see _fields.c) */
+    ConsumerFields *numbers = (ConsumerFields *)consumer;
     PyObject *object = get_attr(consumer, N_PAUSED);
     if (object == NULL)
         return COPY_ERROR;
@@ -363,13 +341,8 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     Py_DECREF(object);
     if (paused)
         return paused < 0 ? COPY_ERROR : COPY_NOT_SENT;
-    if (get_long(consumer, N_LAYER, &value) < 0)
-        return COPY_ERROR;
-    if (value != in->layer) {
-        if (get_long(consumer, N_TARGET, &value) < 0)
-            return COPY_ERROR;
-        return value == in->layer ? COPY_PYTHON : COPY_NOT_SENT;  /* a switch, or not its layer */
-    }
+    if (numbers->layer != in->layer)  /* a switch, or not its layer */
+        return numbers->target == in->layer ? COPY_PYTHON : COPY_NOT_SENT;
     if (in->payload_type != in->codec_payload_type)
         return COPY_PYTHON;  /* RED */
     long padding;
@@ -422,25 +395,19 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     PyObject *rewriter = parts->rewriter = get_attr(consumer, N_REWRITER);
     if (rewriter == NULL)
         return COPY_ERROR;
-    long started, seq_offset, ts_offset, last_in_seq, last_out_seq, last_out_ts;
-    double last_sent_at;
-    if (get_long(rewriter, N_STARTED, &started) < 0)
-        return COPY_ERROR;
-    if (!started)
+    if (!PyObject_TypeCheck(rewriter, &SequenceFieldsType))
+        return COPY_PYTHON;
+    SequenceFields *rewriting = (SequenceFields *)rewriter;
+    if (!rewriting->started)
         return COPY_PYTHON;  /* a new run starts: offsets to work out */
     object = get_attr(rewriter, N_PADDINGS);
     if (object == NULL)
         return COPY_ERROR;
     Py_ssize_t paddings = PyObject_Length(object);
     Py_DECREF(object);
-    if (paddings < 0 || get_long(rewriter, N_SEQ_OFFSET, &seq_offset) < 0 ||
-            get_long(rewriter, N_TS_OFFSET, &ts_offset) < 0 ||
-            get_long(rewriter, N_LAST_IN_SEQ, &last_in_seq) < 0 ||
-            get_long(rewriter, N_LAST_OUT_SEQ, &last_out_seq) < 0 ||
-            get_long(rewriter, N_LAST_OUT_TS, &last_out_ts) < 0 ||
-            get_double(rewriter, N_LAST_SENT_AT, &last_sent_at) < 0)
+    if (paddings < 0)
         return COPY_ERROR;
-    if (paddings && ((in->sequence - last_in_seq) & 0xFFFF) >= 0x8000)
+    if (paddings && ((in->sequence - rewriting->last_in_seq) & 0xFFFF) >= 0x8000)
         return COPY_PYTHON;  /* a late packet behind padding */
 
     /* transport-wide sequence number, or abs-send-time */
@@ -450,9 +417,10 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     long twcc_sequence = 0, twcc_id = 0;
     Py_ssize_t history = 0;
     if (twcc != Py_None) {
-        if (get_long(twcc, N_SEQUENCE, &twcc_sequence) < 0 ||
-                get_long(twcc, N_EXTENSION_ID, &twcc_id) < 0)
-            return COPY_ERROR;
+        if (!PyObject_TypeCheck(twcc, &TwccFieldsType))
+            return COPY_PYTHON;
+        twcc_sequence = ((TwccFields *)twcc)->sequence;
+        twcc_id = ((TwccFields *)twcc)->extension_id;
         parts->history = get_attr(twcc, N_HISTORY);
         if (parts->history == NULL)
             return COPY_ERROR;
@@ -465,26 +433,14 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     PyObject *pictures = parts->pictures = get_attr(consumer, N_PICTURES);
     if (pictures == NULL)
         return COPY_ERROR;
-    long picture_offset = 0, tl0_offset = 0, last_picture_id = -1, last_tl0 = -1, active = 0;
+    PictureFields *picture = NULL;
     if (pictures != Py_None) {
-        if (!in->has_descriptor)
+        if (!in->has_descriptor || !PyObject_TypeCheck(pictures, &PictureFieldsType))
             return COPY_PYTHON;
-        long pictures_started;
-        if (get_long(pictures, N_STARTED, &pictures_started) < 0)
-            return COPY_ERROR;
-        if (!pictures_started)
+        picture = (PictureFields *)pictures;
+        if (!picture->started)
             return COPY_PYTHON;
-        if (get_long(pictures, N_PICTURE_OFFSET, &picture_offset) < 0 ||
-                get_long(pictures, N_TL0_OFFSET, &tl0_offset) < 0 ||
-                get_long(pictures, N_LAST_PICTURE_ID, &last_picture_id) < 0 ||
-                get_long(pictures, N_LAST_TL0, &last_tl0) < 0 ||
-                get_long(pictures, N_ACTIVE, &active) < 0)
-            return COPY_ERROR;
     }
-
-    long packets, octets;
-    if (get_long(consumer, N_PACKETS, &packets) < 0 || get_long(consumer, N_OCTETS, &octets) < 0)
-        return COPY_ERROR;
 
     Py_ssize_t extension_length = twcc != Py_None || has_abs_send_time ? 8 : 0;
     Py_ssize_t payload_length = in->length - in->payload_offset;
@@ -497,8 +453,9 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         fan_flush();
     fan_fd = (int)fd;
     unsigned char *out = fan_buffers[fan_batch];
-    long out_sequence = (in->sequence + seq_offset) & 0xFFFF;
-    unsigned long out_timestamp = (unsigned long)((in->timestamp + ts_offset) & 0xFFFFFFFFL);
+    long out_sequence = (in->sequence + rewriting->seq_offset) & 0xFFFF;
+    unsigned long out_timestamp =
+        (unsigned long)((in->timestamp + rewriting->ts_offset) & 0xFFFFFFFFL);
     out[0] = (unsigned char)(0x80 | (in->data[0] & 0x2F) | (extension_length ? 0x10 : 0));
     out[1] = (unsigned char)((in->marker ? 0x80 : 0) | (payload_type & 0x7F));
     put16(out + 2, out_sequence);
@@ -526,11 +483,12 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     pos += payload_length;
 
     long out_picture = -1, out_tl0 = -1;
-    if (pictures != Py_None) {
+    if (picture != NULL) {
         long mask = in->picture_id_bits == 15 ? 0x7FFF : 0x7F;
-        out_picture = in->picture_id >= 0 ? (in->picture_id + picture_offset) & mask : -1;
-        out_tl0 = in->tl0picidx >= 0 ? (in->tl0picidx + tl0_offset) & 0xFF : -1;
-        if (active && in->descriptor_size >= 2) {
+        out_picture = in->picture_id >= 0 ?
+            (in->picture_id + picture->picture_offset) & mask : -1;
+        out_tl0 = in->tl0picidx >= 0 ? (in->tl0picidx + picture->tl0_offset) & 0xFF : -1;
+        if (picture->active && in->descriptor_size >= 2) {
             /* vp8.write: the descriptor's length never changes */
             unsigned char *descriptor = out + payload_at;
             long at = 2;
@@ -545,28 +503,25 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
             if (in->tl0picidx >= 0 && at < in->descriptor_size)
                 descriptor[at] = (unsigned char)(out_tl0 & 0xFF);
         }
-        if (out_picture >= 0 && (last_picture_id < 0 ||
-                ((out_picture - last_picture_id) & mask) < (mask >> 1)) &&
-                set_long(pictures, N_LAST_PICTURE_ID, out_picture) < 0)
-            return COPY_ERROR;
-        if (out_tl0 >= 0 && (last_tl0 < 0 || ((out_tl0 - last_tl0) & 0xFF) < 0x80) &&
-                set_long(pictures, N_LAST_TL0, out_tl0) < 0)
-            return COPY_ERROR;
+        if (out_picture >= 0 && (picture->last_picture_id < 0 ||
+                ((out_picture - picture->last_picture_id) & mask) < (mask >> 1)))
+            picture->last_picture_id = out_picture;
+        if (out_tl0 >= 0 && (picture->last_tl0 < 0 ||
+                ((out_tl0 - picture->last_tl0) & 0xFF) < 0x80))
+            picture->last_tl0 = out_tl0;
     }
 
     /* the rewriter's and TWCC sender's state, as their Python methods leave it */
-    if (((out_sequence - last_out_seq) & 0xFFFF) < 0x8000 || last_sent_at == 0.0) {
-        if (set_long(rewriter, N_LAST_OUT_SEQ, out_sequence) < 0 ||
-                set_long(rewriter, N_LAST_OUT_TS, (long)out_timestamp) < 0 ||
-                set_shared(rewriter, N_LAST_IN_SEQ, in->sequence_object) < 0)
-            return COPY_ERROR;
+    if (((out_sequence - rewriting->last_out_seq) & 0xFFFF) < 0x8000 ||
+            rewriting->last_sent_at == 0.0) {
+        rewriting->last_out_seq = out_sequence;
+        rewriting->last_out_ts = (long)out_timestamp;
+        rewriting->last_in_seq = in->sequence;
     }
-    if (set_shared(rewriter, N_LAST_SENT_AT, in->now_object) < 0)
-        return COPY_ERROR;
+    rewriting->last_sent_at = in->now;
     if (twcc != Py_None) {
         long index = twcc_sequence & (long)(history - 1);
-        if (set_long(twcc, N_SEQUENCE, (twcc_sequence + 1) & 0xFFFF) < 0)
-            return COPY_ERROR;
+        ((TwccFields *)twcc)->sequence = (twcc_sequence + 1) & 0xFFFF;
         TwccSent *record = (TwccSent *)PyByteArray_AS_STRING(parts->history) + index;
         record->sent_at = in->now;
         record->size = (int32_t)in->length;
@@ -578,9 +533,8 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         fan_unsent++;  /* numbered and recorded for feedback, but never sent */
         return COPY_NOT_SENT;
     }
-    if (set_long(consumer, N_PACKETS, packets + 1) < 0 ||
-            set_long(consumer, N_OCTETS, octets + (long)payload_length) < 0)
-        return COPY_ERROR;
+    numbers->packets++;
+    numbers->octets += payload_length;
     memcpy(fan_addresses[fan_batch], address_bytes, (size_t)address_length);
     fan_vectors[fan_batch].iov_base = out;
     fan_vectors[fan_batch].iov_len = (size_t)protected_length;
@@ -665,12 +619,6 @@ static int read_descriptor(PyObject *descriptor, Incoming *in) {
  * exception set (a consumer's own send() raised). */
 static Py_ssize_t fan_all(PyObject *consumers, PyObject *data, Incoming *in, PyObject *layer,
                           Header *header) {
-    in->now_object = PyFloat_FromDouble(in->now);
-    in->sequence_object = PyLong_FromLong(in->sequence);
-    if (in->now_object == NULL || in->sequence_object == NULL) {
-        incoming_clear(in);
-        return -1;
-    }
     /* Python that a consumer's own send() runs may come back here (another thread's loop):
      * that fan-out goes all the Python way, leaving this one's batch alone. */
     int native = !fan_busy;
@@ -706,7 +654,6 @@ static Py_ssize_t fan_all(PyObject *consumers, PyObject *data, Incoming *in, PyO
         Py_DECREF(consumer);
     }
     Py_DECREF(consumers);
-    incoming_clear(in);
     if (native) {
         if (fan_batch > 0)
             fan_flush();
@@ -1167,6 +1114,8 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     if (made != NULL && PyModule_AddIntConstant(made, "SO_TIMESTAMPNS", SO_TIMESTAMPNS) < 0)
         Py_CLEAR(made);
     if (made != NULL && audio_add_type(made) < 0)  /* AudioTick: see _audio.c */
+        Py_CLEAR(made);
+    if (made != NULL && fields_add_types(made) < 0)  /* the fan-out's numbers: see _fields.c */
         Py_CLEAR(made);
     return made;
 }

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from townhall.sfu import bandwidth, rtcp, rtp, vp8
+from townhall.sfu.fields import ConsumerFields
 from townhall.sfu.producer import Producer
 from townhall.sfu.sequence import SequenceRewriter
 from townhall.sfu.transport import Slot, Transport
@@ -34,12 +35,11 @@ RESEND_INTERVAL = 0.15
 RESENDS_KEPT = 512
 
 
-class Consumer:
+class Consumer(ConsumerFields):
     __slots__ = ("_clock", "_pauses", "_reported_packets", "_resent_at", "closed", "id",
-                 "last_layer", "layer", "max_layer", "octets", "packets",
-                 "packets_at_receiver_report", "padding", "paused", "pictures", "priority",
-                 "producer", "redundancy", "resent", "rewriter", "slot", "target", "transport",
-                 "twcc")
+                 "last_layer", "max_layer", "packets_at_receiver_report", "padding", "paused",
+                 "pictures", "priority", "producer", "redundancy", "resent", "rewriter", "slot",
+                 "transport", "twcc")
 
     def __init__(
         self,

@@ -47,7 +47,7 @@ from pylibsrtp._binding import lib as _srtp_lib
 from townhall.sfu import rtp, vp8
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("_fastsend.c", "_twcc.c", "_read.c", "_audio.c"))
+                for name in ("_fastsend.c", "_twcc.c", "_read.c", "_audio.c", "_fields.c"))
 
 #: (srtp session address, plain RTP packet, packed sockaddr)
 Held = tuple[int, bytes, bytes]

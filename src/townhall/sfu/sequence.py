@@ -15,25 +15,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from townhall.sfu.fields import SequenceFields
+
 #: Padding packets remembered for mapping late packets and NACKs.
 MAX_PADDING = 256
 
 
-class SequenceRewriter:
-    __slots__ = (
-        "_clock",
-        "_clock_rate",
-        "_last_in_seq",
-        "_last_out_seq",
-        "_last_out_ts",
-        "_last_sent_at",
-        "_padding",
-        "_padding_lost",
-        "_run_first",
-        "_seq_offset",
-        "_started",
-        "_ts_offset",
-    )
+class SequenceRewriter(SequenceFields):
+    __slots__ = ("_clock", "_clock_rate", "_padding", "_padding_lost", "_run_first")
 
     def __init__(self, clock_rate: int, clock: Callable[[], float]) -> None:
         self._clock_rate = clock_rate

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from townhall.sfu import congestion, native, rtp, sdp_text
 from townhall.sfu.congestion import DELIVERED_SHARE, DelayBasedEstimate
+from townhall.sfu.fields import TwccFields
 
 URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 #: The id the server offers the extension with (aiortc uses 1–3 for its own).
@@ -190,10 +191,10 @@ def is_feedback(first: int, packet_type: int) -> bool:
     return packet_type == 205 and first & 0x1F == 15
 
 
-class TwccSender:
+class TwccSender(TwccFields):
     """Transport-wide sequence numbers for one transport, and the estimate from its feedback."""
 
-    __slots__ = ("_estimate", "_native", "_sequence", "extension_id", "history", "native_state")
+    __slots__ = ("_estimate", "_native", "history", "native_state")
 
     #: ``congestion.py``'s constants as the estimate in C takes them.
     parameters = _PARAMETERS

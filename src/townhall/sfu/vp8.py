@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from townhall.sfu.fields import PictureFields
+
 _START_CODE = b"\x9d\x01\x2a"
 
 
@@ -130,15 +132,14 @@ def write(descriptor: Descriptor, original: bytes, offset: int, picture_id: int,
     return bytes(out)
 
 
-class PictureRewriter:
+class PictureRewriter(PictureFields):
     """Per-consumer picture id and TL0PICIDX offsets, continuous across layer switches.
 
     Like ``SequenceRewriter``: the first run passes through unchanged; after ``restart()`` the
     next packet's picture id follows the last one sent and its TL0PICIDX the last one sent.
     """
 
-    __slots__ = ("_last_picture_id", "_last_tl0", "_picture_offset", "_started", "_tl0_offset",
-                 "active")
+    __slots__ = ()
 
     def __init__(self) -> None:
         self._picture_offset = 0

@@ -1,0 +1,43 @@
+/* Shared by _fastsend.c and _fields.c: the numbers the fan-out reads and writes for every copy,
+ * as fields of C structs (see _fields.c and fields.py). */
+
+#ifndef TOWNHALL_FIELDS_H
+#define TOWNHALL_FIELDS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* SequenceRewriter's (sequence.py) */
+typedef struct {
+    PyObject_HEAD
+    char started;
+    long seq_offset, ts_offset, last_in_seq, last_out_seq, last_out_ts;
+    double last_sent_at;
+} SequenceFields;
+
+/* PictureRewriter's (vp8.py) */
+typedef struct {
+    PyObject_HEAD
+    char started, active;
+    long picture_offset, tl0_offset, last_picture_id, last_tl0;
+} PictureFields;
+
+/* TwccSender's (twcc.py) */
+typedef struct {
+    PyObject_HEAD
+    long sequence, extension_id;
+} TwccFields;
+
+/* Consumer's (consumer.py) */
+typedef struct {
+    PyObject_HEAD
+    long layer, target;
+    long long packets, octets;
+} ConsumerFields;
+
+extern PyTypeObject SequenceFieldsType, PictureFieldsType, TwccFieldsType, ConsumerFieldsType;
+
+/* Adds the four types to the module; -1 with an exception set on failure. */
+int fields_add_types(PyObject *module);
+
+#endif

@@ -1,0 +1,72 @@
+"""The numbers the native fan-out reads and writes for every copy, and where they are kept.
+
+``SequenceRewriter``, ``PictureRewriter``, ``TwccSender`` and ``Consumer`` take these classes as
+their base. With the native piece built they are its C types (``_fields.c``): each number is a
+field of a C struct, which Python reads and writes as an attribute of the same name and the
+fan-out in C reads and writes directly, with no int object to find or make per copy. Without
+it they are the plain classes below, with the same attributes in ``__slots__``.
+
+A field holds what its annotation says; in C, storing anything else raises ``TypeError``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+
+class _SequenceFields:
+    __slots__ = ("_last_in_seq", "_last_out_seq", "_last_out_ts", "_last_sent_at", "_seq_offset",
+                 "_started", "_ts_offset")
+    _started: bool
+    _seq_offset: int
+    _ts_offset: int
+    _last_in_seq: int
+    _last_out_seq: int
+    _last_out_ts: int
+    _last_sent_at: float
+
+
+class _PictureFields:
+    __slots__ = ("_last_picture_id", "_last_tl0", "_picture_offset", "_started", "_tl0_offset",
+                 "active")
+    _started: bool
+    active: bool
+    _picture_offset: int
+    _tl0_offset: int
+    _last_picture_id: int
+    _last_tl0: int
+
+
+class _TwccFields:
+    __slots__ = ("_sequence", "extension_id")
+    _sequence: int
+    extension_id: int
+
+
+class _ConsumerFields:
+    __slots__ = ("layer", "octets", "packets", "target")
+    layer: int
+    target: int
+    packets: int
+    octets: int
+
+
+if TYPE_CHECKING:
+    SequenceFields = _SequenceFields
+    PictureFields = _PictureFields
+    TwccFields = _TwccFields
+    ConsumerFields = _ConsumerFields
+else:
+    try:
+        from townhall.sfu import _fastsend as _native
+    except ImportError:
+        _native = None
+    SequenceFields = getattr(_native, "SequenceFields", _SequenceFields)
+    PictureFields = getattr(_native, "PictureFields", _PictureFields)
+    TwccFields = getattr(_native, "TwccFields", _TwccFields)
+    ConsumerFields = getattr(_native, "ConsumerFields", _ConsumerFields)
+
+
+def in_c() -> bool:
+    """Whether the numbers are C struct fields (the native piece is built)."""
+    return SequenceFields is not _SequenceFields
