@@ -16,7 +16,8 @@ import pytest
 from aioice import stun
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection
 
-from townhall.sfu import ice
+from support import require_native_fanout
+from townhall.sfu import ice, native
 from townhall.sfu.ice import DemuxTable, IceMux, PrivateApiChanged, check_private_api
 from townhall.sfu.icetcp import FrameDecoder, encode_frame
 
@@ -507,3 +508,38 @@ async def test_datagrams_the_kernel_drops_at_a_full_socket_are_counted(mux: IceM
             sender.sendto(b"\x80" + bytes(999), (LOOPBACK, mux.udp_port))
     drops = mux.socket_drops()
     assert drops is not None and 150 <= drops <= 200
+
+
+async def test_a_media_path_keeps_a_native_route_only_while_its_receiver_is_the_routes(
+    loopback_clients: None,
+) -> None:
+    """The socket's reader in C does not ask the connection for its media receiver, so the
+    route must go whenever that receiver stops being the route's."""
+    require_native_fanout()
+    piece = native.load()
+    ice_mux = IceMux([LOOPBACK], udp_port=0, tcp_port=-1, native=piece)
+    await ice_mux.start()
+    pairing = await pair_client_offers(ice_mux, 0)
+    try:
+        await exchange([pairing])
+        pair = pairing.server.sctp.transport.transport._connection._nominated[1]
+        protocol, sock = pair.protocol, pair.protocol.socket
+        path = ice.media_path(protocol, pair.remote_addr)
+        assert path is not None and path.sockaddr
+        # stand-ins for the router's part of a route: nothing is sent before they go
+        plain: Any = tuple(range(10))
+
+        def first(data: bytes) -> None: ...
+        def second(data: bytes) -> None: ...
+
+        path.receive(first, plain)
+        assert [route[2] for route in sock.routes.values()] == [first]
+        path.receive(second)  # this receiver takes everything in Python
+        assert protocol.media_receiver is second and sock.routes == {}
+        path.receive(first, plain)
+        path.close()
+        assert protocol.media_receiver is None and sock.routes == {}
+    finally:
+        await pairing.client.close()
+        await pairing.server.close()
+        await ice_mux.close()

@@ -635,23 +635,34 @@ def test_datagrams_libsrtp_refuses_are_dropped_and_counted_and_the_next_ones_arr
     assert native.read_counts()[1] == refused + 2
 
 
-def test_a_route_whose_connection_has_moved_on_leaves_the_datagram_to_python() -> None:
+def test_a_route_whose_connection_has_moved_on_or_that_was_dropped_leaves_it_to_python() -> None:
     native = _native()
     tx, rx = _sessions()
     with _pair() as (server, remote):
         reader = _Socket(native, server)
         target = _Target()
         reader.route(remote, rx, target, Counters())
-        target.media_receiver = None  # the transport closed its media path
-        first = tx.protect(_rtp(1))
-        _send(remote, server, first)
-        _read_all(reader, 1)
-        reader.by_address[remote.getsockname()] = _Target()  # another connection took it
-        second = tx.protect(_rtp(2))
-        _send(remote, server, second)
-        _read_all(reader, 1)
-        assert reader.plain == []
-        assert reader.delivered == [(first, remote.getsockname()), (second, remote.getsockname())]
+        address = remote.getsockname()
+        key = native.sockaddr(address)
+        assert key is not None
+        packets = [tx.protect(_rtp(n)) for n in range(5)]
+
+        def arrives(n: int) -> None:
+            _send(remote, server, packets[n])
+            _read_all(reader, 1)
+
+        arrives(0)  # the router's: the route is found, and remembered
+        reader.by_address[address] = _Target()  # another connection took the address
+        arrives(1)
+        reader.by_address[address] = target
+        arrives(2)
+        route = reader.routes.pop(key)  # the transport closed its media path
+        arrives(3)
+        reader.routes[key] = (*route[:7], reader.rtcp.append, *route[8:])  # another handler
+        arrives(4)
+        assert reader.plain == [_rtp(0), _rtp(2)]
+        assert reader.delivered == [(packets[1], address), (packets[3], address)]
+        assert reader.rtcp == [_rtp(4)]
 
 
 def test_an_exception_handling_one_datagram_drops_only_that_one_and_queued_copies_go() -> None:

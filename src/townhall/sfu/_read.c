@@ -8,8 +8,9 @@
  * calls it again while more wait) and handles each datagram in turn:
  *
  * - An SRTP or SRTCP datagram from a remote address that has a route, whose ICE connection is
- *   still the one bound to that address (`by_address`, the demultiplexing table's) and still
- *   has the same media receiver: it is unprotected in place with the route's libsrtp session
+ *   still the one bound to that address (`by_address`, the demultiplexing table's; a route is
+ *   there only while its connection's media receiver is the route's, see MediaPath.receive in
+ *   ice.py): it is unprotected in place with the route's libsrtp session
  *   (`unprotect` and `unprotect_rtcp` are the addresses of libsrtp's srtp_unprotect() and
  *   srtp_unprotect_rtcp()). RTP then goes to receive_packet(), with the router's counters
  *   updated as Router.rtp_received does, or, when that leaves the packet to Python, to the
@@ -81,12 +82,12 @@ static unsigned long long feedback_sent = 0, feedback_unsent = 0;
 #define FEEDBACK_TRAILER 148
 
 enum {
-    R_RECEIVED, R_MEDIA_RECEIVER, R_PACKETS_RECEIVED, R_PACKETS_FORWARDED, R_BYTES_FORWARDED,
+    R_RECEIVED, R_PACKETS_RECEIVED, R_PACKETS_FORWARDED, R_BYTES_FORWARDED,
     R_ARRIVED_NS, R_SENT_MANY, R_HOLDING, R_TWCC, R_HISTORY, R_NATIVE_STATE, R_PARAMETERS,
     R_DUE, R_RIDE, R_SENDER_REPORT, R_RECEPTION, R_LAST_SR, R_LAST_SR_AT, R_COUNT
 };
 static const char *read_name_texts[R_COUNT] = {
-    "received", "media_receiver", "packets_received", "packets_forwarded", "bytes_forwarded",
+    "received", "packets_received", "packets_forwarded", "bytes_forwarded",
     "arrived_ns", "sent_many", "_holding", "twcc", "history", "native_state", "parameters",
     "due", "ride", "sender_report", "reception", "last_sr", "last_sr_at",
 };
@@ -591,7 +592,7 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
         return -1;
     }
     PyObject *address = PyTuple_GET_ITEM(route, 0), *target = PyTuple_GET_ITEM(route, 1),
-             *receiver = PyTuple_GET_ITEM(route, 2), *srtp = PyTuple_GET_ITEM(route, 3),
+             *srtp = PyTuple_GET_ITEM(route, 3),
              *layers = PyTuple_GET_ITEM(route, 4), *counters = PyTuple_GET_ITEM(route, 5),
              *clock = PyTuple_GET_ITEM(route, 6), *rtp_handler = PyTuple_GET_ITEM(route, 7),
              *rtcp_handler = PyTuple_GET_ITEM(route, 8), *video = PyTuple_GET_ITEM(route, 9),
@@ -600,12 +601,6 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
     PyObject *bound = PyDict_GetItemWithError(by_address, address);  /* borrowed */
     if (bound != target)
         return PyErr_Occurred() ? -1 : 0;
-    PyObject *current = PyObject_GetAttr(target, read_names_interned[R_MEDIA_RECEIVER]);
-    if (current == NULL)
-        return -1;
-    Py_DECREF(current);  /* only its identity is needed; the route keeps `receiver` alive */
-    if (current != receiver)
-        return 0;
     if (!PyDict_Check(layers)) {
         PyErr_SetString(PyExc_TypeError, "a route's layers are a dict");
         return -1;

@@ -423,6 +423,9 @@ class MediaPath:
             return
         protocol.media_receiver = receiver
         sock = protocol.socket
+        # the native reader does not ask the connection for its media receiver: a route is
+        # there only while that receiver is the route's
+        sock.forget_routes(protocol)
         if plain is not None and self.sockaddr and isinstance(sock, _UdpSocket):
             sock.routes[self.sockaddr] = (self.address, protocol, receiver, *plain)
 
