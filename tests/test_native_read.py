@@ -49,7 +49,6 @@ class _Target:
 
     def __init__(self) -> None:
         self.received = 0
-        self.media_receiver: Any = None
 
 
 class _Video:
@@ -115,8 +114,7 @@ class _Socket:
         address = remote.getsockname()
         key = self.native.sockaddr(address)
         assert key is not None
-        receiver = object()
-        target.media_receiver = receiver
+        receiver = object()  # the connection's media receiver, which the reader does not read
         self.by_address[address] = target
         self.routes[key] = (address, target, receiver, NativeSend.session(rx),
                             layers if layers is not None else {}, counters,
@@ -651,7 +649,7 @@ def test_a_route_whose_connection_has_moved_on_or_that_was_dropped_leaves_it_to_
             _send(remote, server, packets[n])
             _read_all(reader, 1)
 
-        arrives(0)  # the router's: the route is found, and remembered
+        arrives(0)  # the router's
         reader.by_address[address] = _Target()  # another connection took the address
         arrives(1)
         reader.by_address[address] = target
