@@ -10,8 +10,9 @@
  *
  * The members hold what the Python code stores: a bool (T_BOOL), an int that fits a C long
  * (T_LONG, T_LONGLONG) or a float (T_DOUBLE); anything else raises TypeError when stored, as
- * such a value would be a mistake (and, as CPython's members do, leaves -1 in a number). No member is an object, so the types need no part in the
- * garbage collector; a subclass with __slots__ of its own takes part as any does.
+ * such a value would be a mistake (and, as CPython's members do, leaves -1 in a number). No
+ * member is an object, so the types need no part in the garbage collector; a subclass with
+ * __slots__ of its own takes part as any does.
  */
 
 #include "_fields.h"
