@@ -21,6 +21,7 @@ from townhall import beat
 from townhall.sfu import native as native_module
 from townhall.sfu import producer as producer_module  # noqa: F401 (sets up ``receive``)
 from townhall.sfu import rtcp, twcc
+from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.native import NativeSend
 from townhall.sfu.router import Counters, Router
 from townhall.sfu.simulcast import Layer
@@ -345,6 +346,35 @@ def test_feedback_the_reader_cannot_take_goes_to_python_as_it_came() -> None:
         _read_all(reader, 1)
         assert reader.rtcp == [early, in_python, malformed]
         assert reader.estimates == [] and reader.failures == []
+
+
+def test_a_remb_alone_is_ignored_in_c_once_transport_feedback_is_used_as_python_ignores_it(
+) -> None:
+    native = _native()
+    tx, rx = _sessions()
+    remb = rtcp.remb(7, 2_500_000, [11])
+    too_many = remb[:16] + bytes([2]) + remb[17:]  # counts two SSRCs and holds one
+    padded = bytes([remb[0] | 0x20]) + remb[1:3] + bytes([remb[3] + 1]) + remb[4:] \
+        + bytes([0, 0, 0, 4])
+    with pytest.raises(ValueError):
+        rtcp.parse(too_many)  # Python refuses it, and counts it
+    assert [item.bitrate for item in rtcp.parse(padded)] == [2_500_000]
+    allocation = VideoAllocation("t", lambda: 1.0)
+    allocation.twcc = twcc.TwccSender(5)
+    estimate = allocation.estimate.value()
+    assert not allocation.remb(100_000) and allocation.estimate.value() == estimate
+    with _pair() as (server, remote):
+        reader = _Socket(native, server)
+        reader.route(remote, rx, _Target(), Counters(), _Video(twcc.TwccSender(5)))
+        _send(remote, server, *[tx.protect_rtcp(p) for p in (remb, too_many, padded)])
+        _read_all(reader, 3)
+        assert reader.rtcp == [too_many, padded]  # what Python reads differently, or refuses
+        reader.rtcp.clear()
+        reader.route(remote, rx, _Target(), Counters(), _Video(None))  # REMB is its estimate
+        _send(remote, server, tx.protect_rtcp(remb))
+        _read_all(reader, 1)
+        assert reader.rtcp == [remb]
+    assert reader.failures == [] and reader.estimates == []
 
 
 def _layers(*ssrcs: int) -> dict[int, Layer]:

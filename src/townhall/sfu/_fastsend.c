@@ -133,7 +133,7 @@ static PyObject *fastsend_send(PyObject *self, PyObject *args) {
 /* --- fanout ------------------------------------------------------------------------------ */
 
 enum {
-    N_PAUSED, N_SLOT, N_PAYLOAD_TYPE, N_SSRC, N_ABS_SEND_TIME, N_PADDING, N_TRANSPORT, N_ROUTE,
+    N_PAUSED, N_SLOT, N_PAYLOAD_TYPE, N_SSRC, N_ABS_SEND_TIME, N_TRANSPORT, N_ROUTE,
     N_REWRITER, N_PADDINGS, N_TWCC, N_HISTORY, N_SEQUENCES, N_PICTURES, N_OCTETS, N_SEND,
     N_MARKER, N_TIMESTAMP, N_CSRC_END, N_PAYLOAD_OFFSET, N_SIZE, N_PICTURE_ID,
     N_PICTURE_ID_BITS, N_TL0PICIDX, N_HEADER_SEQUENCE, N_PRODUCER, N_SIMULCAST, N_RECEPTION,
@@ -143,7 +143,7 @@ enum {
 };
 
 static const char *name_texts[N_COUNT] = {
-    "paused", "slot", "payload_type", "ssrc", "abs_send_time", "padding", "transport", "route",
+    "paused", "slot", "payload_type", "ssrc", "abs_send_time", "transport", "route",
     "rewriter", "_padding", "twcc", "history", "_sequences", "pictures", "octets", "send",
     "marker", "timestamp", "csrc_end", "payload_offset", "size", "picture_id",
     "picture_id_bits", "tl0picidx", "sequence", "producer", "simulcast", "reception", "cache",
@@ -334,21 +334,13 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     if (!PyObject_TypeCheck(consumer, &ConsumerFieldsType))
         return COPY_PYTHON;  /* its numbers are not in C (see _fields.c) */
     ConsumerFields *numbers = (ConsumerFields *)consumer;
-    PyObject *object = get_attr(consumer, N_PAUSED);
-    if (object == NULL)
-        return COPY_ERROR;
-    int paused = PyObject_IsTrue(object);
-    Py_DECREF(object);
-    if (paused)
-        return paused < 0 ? COPY_ERROR : COPY_NOT_SENT;
+    if (numbers->paused)
+        return COPY_NOT_SENT;
     if (numbers->layer != in->layer)  /* a switch, or not its layer */
         return numbers->target == in->layer ? COPY_PYTHON : COPY_NOT_SENT;
     if (in->payload_type != in->codec_payload_type)
         return COPY_PYTHON;  /* RED */
-    long padding;
-    if (get_long(consumer, N_PADDING, &padding) < 0)
-        return COPY_ERROR;
-    if (padding && in->marker)
+    if (numbers->padding && in->marker)
         return COPY_PYTHON;  /* padding follows this packet */
 
     PyObject *slot = get_attr(consumer, N_SLOT);
@@ -400,7 +392,7 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     SequenceFields *rewriting = (SequenceFields *)rewriter;
     if (!rewriting->started)
         return COPY_PYTHON;  /* a new run starts: offsets to work out */
-    object = get_attr(rewriter, N_PADDINGS);
+    PyObject *object = get_attr(rewriter, N_PADDINGS);
     if (object == NULL)
         return COPY_ERROR;
     Py_ssize_t paddings = PyObject_Length(object);

@@ -49,8 +49,10 @@ static PyMemberDef twcc_members[] = {
 };
 
 static PyMemberDef consumer_members[] = {
+    {"paused", T_BOOL, offsetof(ConsumerFields, paused), 0, NULL},
     {"layer", T_LONG, offsetof(ConsumerFields, layer), 0, NULL},
     {"target", T_LONG, offsetof(ConsumerFields, target), 0, NULL},
+    {"padding", T_LONG, offsetof(ConsumerFields, padding), 0, NULL},
     {"packets", T_LONGLONG, offsetof(ConsumerFields, packets), 0, NULL},
     {"octets", T_LONGLONG, offsetof(ConsumerFields, octets), 0, NULL},
     {NULL, 0, 0, 0, NULL},

@@ -31,7 +31,8 @@ typedef struct {
 /* Consumer's (consumer.py) */
 typedef struct {
     PyObject_HEAD
-    long layer, target;
+    char paused;
+    long layer, target, padding;
     long long packets, octets;
 } ConsumerFields;
 

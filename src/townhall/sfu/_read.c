@@ -34,7 +34,8 @@
  * to Python, `estimated(bit/s)` (twcc_news: a fall, a rise of REPORT_RISE or more, or any once
  * the last handed is REPORT_REFRESH old). So is a publisher's compound of sender reports and
  * source descriptions alone (read_sender_reports_here()): each report is noted on its layer in
- * C.
+ * C; and a REMB alone once the transport numbers its packets (read_remb_here()), which Python
+ * would ignore.
  * With `feedback` (a native.FeedbackSender; None: not), the reader also sends the publisher
  * its transport feedback itself (send_feedback()), and the router's tick does not.
  *
@@ -336,6 +337,29 @@ done:
     return result;
 }
 
+/* Whether an RTCP packet is one well-formed REMB and nothing else (as a receiver that
+ * estimates its own bandwidth sends one a second): payload-specific feedback of format 15
+ * whose "REMB" application data holds as many SSRCs as it counts (rtcp.parse reads it so). */
+static int remb_alone(const unsigned char *packet, Py_ssize_t length) {
+    if (length < 20 || (packet[0] >> 6) != 2 || (packet[0] & 0x20) || packet[1] != 206 ||
+            (packet[0] & 0x1F) != 15 ||
+            ((Py_ssize_t)((packet[2] << 8) | packet[3]) + 1) * 4 != length)
+        return 0;
+    return memcmp(packet + 12, "REMB", 4) == 0 && 20 + 4 * (Py_ssize_t)packet[16] <= length;
+}
+
+/* A REMB alone for the transport whose VideoAllocation is `video`: once the transport's own
+ * feedback is used (`video.twcc`), VideoAllocation.remb ignores it, and so does the reader.
+ * 1 if handled here, 0 if it is for Python's rtcp(), -1 with an exception. */
+static int read_remb_here(PyObject *video) {
+    PyObject *twcc = PyObject_GetAttr(video, read_names_interned[R_TWCC]);
+    if (twcc == NULL)
+        return -1;
+    int ignored = twcc != Py_None;
+    Py_DECREF(twcc);
+    return ignored;
+}
+
 /* Sender reports one compound RTCP packet holds at most for the reader to take them. */
 #define SENDER_REPORTS_HERE 8
 
@@ -618,6 +642,7 @@ static int read_media(PyObject *route, PyObject *by_address, unsigned char *pack
     if (rtcp) {
         int handled = feedback_alone(packet, size) ?
             read_feedback_here(video, estimated, clock, packet, size) :
+            remb_alone(packet, size) ? read_remb_here(video) :
             read_sender_reports_here(layers, clock, packet, size);
         if (handled != 0)
             return handled;

@@ -37,8 +37,8 @@ RESENDS_KEPT = 512
 
 class Consumer(ConsumerFields):
     __slots__ = ("_clock", "_pauses", "_reported_packets", "_resent_at", "closed", "id",
-                 "last_layer", "max_layer", "packets_at_receiver_report", "padding", "paused",
-                 "pictures", "priority", "producer", "redundancy", "resent", "rewriter", "slot",
+                 "last_layer", "max_layer", "packets_at_receiver_report", "pictures",
+                 "priority", "producer", "redundancy", "resent", "rewriter", "slot",
                  "transport", "twcc")
 
     def __init__(

@@ -44,9 +44,11 @@ class _TwccFields:
 
 
 class _ConsumerFields:
-    __slots__ = ("layer", "octets", "packets", "target")
+    __slots__ = ("layer", "octets", "packets", "padding", "paused", "target")
+    paused: bool
     layer: int
     target: int
+    padding: int
     packets: int
     octets: int
 

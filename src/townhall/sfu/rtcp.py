@@ -100,7 +100,7 @@ def _split(data: bytes) -> tuple[list[bytes], bytes]:
     end. The SFU reads no description; one that does not read whole is left for aiortc to
     refuse."""
     found: list[bytes] = []
-    if b"\xcd" not in data and b"\xca" not in data:  # no RTPFB nor SDES: the common case
+    if 0xCD not in data and 0xCA not in data:  # no RTPFB nor SDES: the common case
         return found, data
     rest: list[bytes] = []
     pos = 0
