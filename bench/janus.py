@@ -325,14 +325,16 @@ class JanusSession:
 TARGET_NAME = re.compile(r"janus(?P<one_loop>-1loop)?(?:-twcc(?P<twcc>[1-9][0-9]*))?")
 
 
-def janus_target(name: str, log_file: Path | None = None, rooms: int = 1) -> JanusTarget | None:
+def janus_target(name: str, log_file: Path | None = None, rooms: int = 1,
+                 http_port: int = 8088) -> JanusTarget | None:
     """The Janus target ``name`` (:data:`TARGET_NAME`) stands for, or None if it names none."""
     match = TARGET_NAME.fullmatch(name)
     if match is None:
         return None
     twcc = match["twcc"]
-    return JanusTarget(name, event_loops=1 if match["one_loop"] else None, log_file=log_file,
-                       rooms=rooms, twcc_period=int(twcc) if twcc else None)
+    return JanusTarget(name, event_loops=1 if match["one_loop"] else None, http_port=http_port,
+                       log_file=log_file, rooms=rooms,
+                       twcc_period=int(twcc) if twcc else None)
 
 
 class JanusTarget:

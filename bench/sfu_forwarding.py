@@ -17,6 +17,14 @@ load of R meetings whose fan-outs are N wide, rather than one fan-out R × N wid
 makes the producers send video through a browser's pacer (``participants.Pacer``) instead of
 each frame's packets at once.
 
+``--together`` runs the targets at once, each with its own producer and consumers, and measures
+them over the same window (``run_together``), one window per consumer count and ``--repeat``.
+Run one after another, a pair of runs is minutes apart, and the machine's speed drifts in
+between (on this machine one server's packets per CPU-second at 20 consumers went from 34,000
+in one set of runs to 56,000 in the next); together, the drift falls on all of them at once
+and cancels from their ratios. They share the machine's two CPUs and caches with each other as
+well as with the client.
+
 Everything runs in a network namespace of the benchmark's own: the script re-executes itself under
 ``unshare --net`` (needs root or user namespaces), brings up ``lo``, adds 127.0.0.2/8 to it (aioice
 never offers 127.0.0.1 as a host candidate) and adds a veth pair, both ends inside the namespace,
@@ -120,6 +128,8 @@ class RunResult:
     server_run_seconds: float | None = None
     packets_per_run_second: float | None = None
     error: str | None = None
+    #: servers measured in the same window, this one included (``--together``; 1: alone)
+    together: int = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,9 +291,11 @@ def start_profile(
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
-def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
+def make_target(name: str, consumers: int, args: argparse.Namespace, place: int = 0) -> Target:
+    """Target ``name``; ``place``: its index among the targets running at once, which gives
+    each its own ports."""
     log_file = Path(args.out) / "logs" / f"{name}-{consumers}.log"
-    janus = janus_target(name, log_file=log_file, rooms=args.rooms)
+    janus = janus_target(name, log_file=log_file, rooms=args.rooms, http_port=8088 + place)
     if janus is not None:
         return janus
     if name == "townhall" or name.startswith("townhall:"):
@@ -297,139 +309,210 @@ def make_target(name: str, consumers: int, args: argparse.Namespace) -> Target:
                 raise SystemExit(f"target {name}: no --variant {label}=SRC")
             source = Path(sources[label]).resolve()
         return TownhallTarget(name=name, command=args.townhall_command or DEFAULT_COMMAND,
-                              log_file=log_file, source=source, measure_delay=args.delay,
-                              rooms=args.rooms)
+                              http_port=18080 + 10 * place, media_udp_port=10000 + 10 * place,
+                              media_tcp_port=10001 + 10 * place, log_file=log_file,
+                              source=source, measure_delay=args.delay, rooms=args.rooms)
     raise SystemExit(f"unknown target {name!r}"
                      " (janus, janus-1loop[-twccMS], townhall, townhall:LABEL)")
 
 
+@dataclass
+class _Run:
+    """One target set up for a run: its server, producers and consumers."""
+
+    name: str
+    consumers: int
+    target: Any
+    producers: list[SyntheticProducer]
+    subscribed: list[SyntheticConsumer]
+
+
+@dataclass
+class _Sample:
+    """What one run's counters said at one edge of the measured window."""
+
+    sent: int
+    requests: int
+    sent_kinds: dict[str, int]
+    got: int
+    got_kinds: dict[str, int]
+    server: tuple[float, float]
+    schedstat: dict[str, tuple[int, int, int]]
+
+
+async def _set_up(name: str, consumers: int, clip: Clip, args: argparse.Namespace,
+                  place: int, runs: list[_Run]) -> None:
+    """Start target ``name`` and connect its producers and consumers; the run goes into
+    ``runs`` as soon as its server started, so that a failure later still stops it."""
+    target = make_target(name, consumers, args, place)
+    run = _Run(name, consumers, target,
+               [SyntheticProducer(clip, simulcast=args.simulcast, pace=args.pace,
+                                  twcc=args.producer_twcc) for _ in range(args.rooms)], [])
+    t_start = time.monotonic()
+    await target.start()
+    runs.append(run)
+    t_started = time.monotonic()
+    for room, producer in enumerate(run.producers):
+        await target.connect_producer(producer, room)
+    t_producer = time.monotonic()
+    for room in range(args.rooms):
+        for _ in range(consumers):
+            consumer = SyntheticConsumer(raw=args.raw_consumers, remb=args.remb or None,
+                                         twcc=args.twcc)
+            run.subscribed.append(consumer)
+            await target.connect_consumer(consumer, room)
+    logger.info(
+        "%s: started in %.1f s, %d producer(s) connected in %.1f s, %d consumers in %.1f s",
+        name,
+        t_started - t_start,
+        len(run.producers),
+        t_producer - t_started,
+        len(run.subscribed),
+        time.monotonic() - t_producer,
+    )
+
+
+def _sample(run: _Run) -> _Sample:
+    return _Sample(
+        sent=sum(p.packets_sent for p in run.producers),
+        requests=sum(p.keyframe_requests for p in run.producers),
+        sent_kinds=_sum_kinds(p.packets_sent_by_kind() for p in run.producers),
+        got=sum(c.total_packets for c in run.subscribed),
+        got_kinds=_sum_kinds(c.packets_by_kind() for c in run.subscribed),
+        server=process_cpu_times(run.target.pid),
+        schedstat=process_schedstat(run.target.pid),
+    )
+
+
+async def _tear_down(run: _Run) -> None:
+    for consumer in run.subscribed:
+        await consumer.close()
+    for producer in run.producers:
+        await producer.close()
+    await run.target.stop()
+
+
 async def run_one(name: str, consumers: int, clip: Clip, args: argparse.Namespace) -> RunResult:
-    target = make_target(name, consumers, args)
-    producers = [SyntheticProducer(clip, simulcast=args.simulcast, pace=args.pace,
-                                   twcc=args.producer_twcc)
-                 for _ in range(args.rooms)]
-    subscribed: list[SyntheticConsumer] = []
+    """One target alone: set up, warm up, measure for ``--seconds``."""
+    return (await run_together([name], consumers, clip, args))[0]
+
+
+async def run_together(names: list[str], consumers: int, clip: Clip,
+                       args: argparse.Namespace) -> list[RunResult]:
+    """The targets ``names`` set up one after another, each with its own producers and
+    consumers, then warmed up and measured over one and the same window (``--together``): the
+    machine's drift from minute to minute, which moves every server's CPU cost alike, falls
+    on all of them at once. Raises if any of them fails."""
+    runs: list[_Run] = []
     try:
-        t_start = time.monotonic()
-        await target.start()
-        t_started = time.monotonic()
-        for room, producer in enumerate(producers):
-            await target.connect_producer(producer, room)
-        t_producer = time.monotonic()
-        for room in range(args.rooms):
-            for _ in range(consumers):
-                consumer = SyntheticConsumer(raw=args.raw_consumers, remb=args.remb or None,
-                                             twcc=args.twcc)
-                subscribed.append(consumer)
-                await target.connect_consumer(consumer, room)
-        logger.info(
-            "%s: started in %.1f s, %d producer(s) connected in %.1f s, %d consumers in %.1f s",
-            name,
-            t_started - t_start,
-            len(producers),
-            t_producer - t_started,
-            len(subscribed),
-            time.monotonic() - t_producer,
-        )
+        for place, name in enumerate(names):
+            await _set_up(name, consumers, clip, args, place, runs)
         if args.pin:
-            pin_both(target.pid)
+            pin_both(runs[0].target.pid)
         await asyncio.sleep(args.warmup)
         if args.pin:  # threads the server started while clients joined
-            pin_both(target.pid)
+            pin_both(runs[0].target.pid)
 
-        sent0 = sum(p.packets_sent for p in producers)
-        requests0 = sum(p.keyframe_requests for p in producers)
-        sent_kinds0 = _sum_kinds(p.packets_sent_by_kind() for p in producers)
-        got0 = sum(c.total_packets for c in subscribed)
-        got_kinds0 = _sum_kinds(c.packets_by_kind() for c in subscribed)
-        delay0 = await _delay(target)
-        profiler = start_profile(target, consumers, args) if args.profile else None
-        server0 = process_cpu_times(target.pid)
-        schedstat0 = process_schedstat(target.pid)
+        delays0 = [await _delay(run.target) for run in runs]
+        profiler = start_profile(runs[0].target, consumers, args) if args.profile else None
+        before = [_sample(run) for run in runs]
         steal0 = machine_steal()
         udp0 = udp_counters()
-        for producer in producers:
-            producer.most_late = 0.0
+        for run in runs:
+            for producer in run.producers:
+                producer.most_late = 0.0
         client0 = self_cpu_seconds()
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
         note_window(t0, t0 + elapsed)
-        server1 = process_cpu_times(target.pid)
-        schedstat1 = process_schedstat(target.pid)
+        after = [_sample(run) for run in runs]
         steal1 = machine_steal()
         udp1 = udp_counters()
-        late = max(p.most_late for p in producers)
         client1 = self_cpu_seconds()
-        sent = sum(p.packets_sent for p in producers) - sent0
-        delivered = sum(c.total_packets for c in subscribed) - got0
-        sent_kinds = _diff(_sum_kinds(p.packets_sent_by_kind() for p in producers), sent_kinds0)
-        got_kinds = _diff(_sum_kinds(c.packets_by_kind() for c in subscribed), got_kinds0)
-        threads = process_threads(target.pid)
-        if args.producer_twcc:
-            logger.info("%s: the producers got %d transport feedback packets in all", name,
-                        sum(p.transport_feedback for p in producers))
-        copies = await _copies(target)
-        delay1 = await _delay(target)
+        shared = {
+            "client_cpu_percent": round(100 * (client1 - client0) / elapsed, 1),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "steal_ms_per_second": round(1000 * (steal1 - steal0) / elapsed, 1),
+            "udp_receive_errors": udp1.get("RcvbufErrors", 0) - udp0.get("RcvbufErrors", 0),
+            "together": len(runs),
+        }
+        results = []
+        for run, first, last, delay0 in zip(runs, before, after, delays0, strict=True):
+            results.append(await _result(run, first, last, delay0, elapsed, shared, args))
         if profiler is not None:
             await asyncio.to_thread(profiler.wait)
-
-        server_cpu = sum(server1) - sum(server0)
-        server_run, server_waited, server_preempted = schedstat_change(schedstat0, schedstat1)
-        server_system = server1[1] - server0[1]
-        # with simulcast each consumer is expected to get one layer (--expect-layer)
-        per_consumer = sum(n for kind, n in sent_kinds.items()
-                           if kind in ("audio", "video", f"video-{args.expect_layer}"))
-        expected = per_consumer * consumers
-        p50, samples = percentile(delay0, delay1, 0.50)
-        p99, _ = percentile(delay0, delay1, 0.99)
-        latencies = [
-            (c.first_packet_at - c.created_at) * 1000
-            for c in subscribed
-            if c.first_packet_at is not None
-        ]
-        return RunResult(
-            target=name,
-            consumers=consumers,
-            seconds=round(elapsed, 2),
-            sent_packets=sent,
-            expected_packets=expected,
-            delivered_packets=delivered,
-            delivered_ratio=round(delivered / expected, 4) if expected else 0.0,
-            server_cpu_seconds=round(server_cpu, 2),
-            server_cpu_percent=round(100 * server_cpu / elapsed, 1),
-            server_system_percent=round(100 * server_system / elapsed, 1),
-            packets_per_cpu_second=round(delivered / server_cpu) if server_cpu > 0 else 0,
-            client_cpu_percent=round(100 * (client1 - client0) / elapsed, 1),
-            join_to_first_packet_ms_median=(
-                round(statistics.median(latencies), 1) if latencies else None
-            ),
-            server_threads=threads,
-            keyframe_requests=sum(p.keyframe_requests for p in producers) - requests0,
-            load_average_1min=round(os.getloadavg()[0], 2),
-            rooms=args.rooms,
-            paced=args.pace,
-            sent_by_kind=sent_kinds,
-            delivered_by_kind=got_kinds,
-            copies=copies,
-            delay_p50_ms=None if p50 is None else round(p50 * 1000, 2),
-            delay_p99_ms=None if p99 is None else round(p99 * 1000, 2),
-            delay_samples=samples,
-            delay_histogram=histogram(delay0, delay1) if samples else None,
-            server_waiting_ms_per_second=round(1000 * server_waited / elapsed, 2),
-            server_preempted=server_preempted,
-            server_run_seconds=round(server_run, 4),
-            packets_per_run_second=round(delivered / server_run) if server_run > 0 else 0,
-            steal_ms_per_second=round(1000 * (steal1 - steal0) / elapsed, 1),
-            udp_receive_errors=udp1.get("RcvbufErrors", 0) - udp0.get("RcvbufErrors", 0),
-            producers_late_ms=round(1000 * late, 1),
-        )
+        return results
     finally:
-        for consumer in subscribed:
-            await consumer.close()
-        for producer in producers:
-            await producer.close()
-        await target.stop()
+        for run in runs:
+            await _tear_down(run)
+
+
+async def _result(run: _Run, before: _Sample, after: _Sample, delay0: list[tuple[float, int]],
+                  elapsed: float, shared: dict[str, Any],
+                  args: argparse.Namespace) -> RunResult:
+    """One run's figures for the window between ``before`` and ``after``."""
+    target, consumers = run.target, run.consumers
+    late = max(p.most_late for p in run.producers)
+    sent = after.sent - before.sent
+    delivered = after.got - before.got
+    sent_kinds = _diff(after.sent_kinds, before.sent_kinds)
+    got_kinds = _diff(after.got_kinds, before.got_kinds)
+    threads = process_threads(target.pid)
+    if args.producer_twcc:
+        logger.info("%s: the producers got %d transport feedback packets in all", run.name,
+                    sum(p.transport_feedback for p in run.producers))
+    copies = await _copies(target)
+    delay1 = await _delay(target)
+
+    server_cpu = sum(after.server) - sum(before.server)
+    server_run, server_waited, server_preempted = schedstat_change(before.schedstat,
+                                                                   after.schedstat)
+    server_system = after.server[1] - before.server[1]
+    # with simulcast each consumer is expected to get one layer (--expect-layer)
+    per_consumer = sum(n for kind, n in sent_kinds.items()
+                       if kind in ("audio", "video", f"video-{args.expect_layer}"))
+    expected = per_consumer * consumers
+    p50, samples = percentile(delay0, delay1, 0.50)
+    p99, _ = percentile(delay0, delay1, 0.99)
+    latencies = [
+        (c.first_packet_at - c.created_at) * 1000
+        for c in run.subscribed
+        if c.first_packet_at is not None
+    ]
+    return RunResult(
+        target=run.name,
+        consumers=consumers,
+        seconds=round(elapsed, 2),
+        sent_packets=sent,
+        expected_packets=expected,
+        delivered_packets=delivered,
+        delivered_ratio=round(delivered / expected, 4) if expected else 0.0,
+        server_cpu_seconds=round(server_cpu, 2),
+        server_cpu_percent=round(100 * server_cpu / elapsed, 1),
+        server_system_percent=round(100 * server_system / elapsed, 1),
+        packets_per_cpu_second=round(delivered / server_cpu) if server_cpu > 0 else 0,
+        join_to_first_packet_ms_median=(
+            round(statistics.median(latencies), 1) if latencies else None
+        ),
+        server_threads=threads,
+        keyframe_requests=after.requests - before.requests,
+        rooms=args.rooms,
+        paced=args.pace,
+        sent_by_kind=sent_kinds,
+        delivered_by_kind=got_kinds,
+        copies=copies,
+        delay_p50_ms=None if p50 is None else round(p50 * 1000, 2),
+        delay_p99_ms=None if p99 is None else round(p99 * 1000, 2),
+        delay_samples=samples,
+        delay_histogram=histogram(delay0, delay1) if samples else None,
+        server_waiting_ms_per_second=round(1000 * server_waited / elapsed, 2),
+        server_preempted=server_preempted,
+        server_run_seconds=round(server_run, 4),
+        packets_per_run_second=round(delivered / server_run) if server_run > 0 else 0,
+        producers_late_ms=round(1000 * late, 1),
+        **shared,
+    )
 
 
 async def _copies(target: Any) -> dict[str, int] | None:
@@ -562,7 +645,21 @@ async def main_async(args: argparse.Namespace, path: Path) -> list[RunResult]:
         50,
     )
     results: list[RunResult] = []
-    runs = [(name, int(n)) for _ in range(args.repeat) for name in args.targets.split(",")
+    names = args.targets.split(",")
+    if args.together:
+        for consumers in [int(n) for _ in range(args.repeat) for n in args.consumers.split(",")]:
+            logger.info("run: %s together with %d consumers each", ", ".join(names), consumers)
+            try:
+                found = await run_together(names, consumers, clip, args)
+            except Exception as exc:
+                logger.exception("run %s/%d failed", ",".join(names), consumers)
+                found = [failed(name, consumers, exc) for name in names]
+            for result in found:
+                logger.info("result: %s", result)
+            results.extend(found)
+            write_json(path, args, results)
+        return results
+    runs = [(name, int(n)) for _ in range(args.repeat) for name in names
             for n in args.consumers.split(",")]
     for name, consumers in runs:
         logger.info("run: %s with %d consumers", name, consumers)
@@ -626,8 +723,13 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true",
                         help="the client on the first CPU and the server on the last, from "
                         "before the warm-up (see pin_both)")
+    parser.add_argument("--together", action="store_true",
+                        help="run the targets at once, each with its own producer and "
+                        "consumers, and measure them over the same window (see run_together)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
+    if args.together and (args.pin or args.profile):
+        parser.error("--together measures several servers at once: no --pin or --profile")
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
