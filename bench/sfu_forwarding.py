@@ -343,14 +343,14 @@ class _Sample:
 async def _set_up(name: str, consumers: int, clip: Clip, args: argparse.Namespace,
                   place: int, runs: list[_Run]) -> None:
     """Start target ``name`` and connect its producers and consumers; the run goes into
-    ``runs`` as soon as its server started, so that a failure later still stops it."""
+    ``runs`` before its server starts, so that a failure on the way still stops it."""
     target = make_target(name, consumers, args, place)
     run = _Run(name, consumers, target,
                [SyntheticProducer(clip, simulcast=args.simulcast, pace=args.pace,
                                   twcc=args.producer_twcc) for _ in range(args.rooms)], [])
+    runs.append(run)
     t_start = time.monotonic()
     await target.start()
-    runs.append(run)
     t_started = time.monotonic()
     for room, producer in enumerate(run.producers):
         await target.connect_producer(producer, room)

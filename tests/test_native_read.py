@@ -368,7 +368,7 @@ def test_a_remb_alone_is_ignored_in_c_once_transport_feedback_is_used_as_python_
         reader.route(remote, rx, _Target(), Counters(), _Video(twcc.TwccSender(5)))
         _send(remote, server, *[tx.protect_rtcp(p) for p in (remb, too_many, padded)])
         _read_all(reader, 3)
-        assert reader.rtcp == [too_many, padded]  # what Python reads differently, or refuses
+        assert reader.rtcp == [too_many, padded]  # left to Python: one it refuses, a padded one
         reader.rtcp.clear()
         reader.route(remote, rx, _Target(), Counters(), _Video(None))  # REMB is its estimate
         _send(remote, server, tx.protect_rtcp(remb))
