@@ -338,6 +338,8 @@ class _Sample:
     got_kinds: dict[str, int]
     server: tuple[float, float]
     schedstat: dict[str, tuple[int, int, int]]
+    #: the longest any producer's sending loop was behind its clock so far (s)
+    late: float
 
 
 async def _set_up(name: str, consumers: int, clip: Clip, args: argparse.Namespace,
@@ -381,6 +383,7 @@ def _sample(run: _Run) -> _Sample:
         got_kinds=_sum_kinds(c.packets_by_kind() for c in run.subscribed),
         server=process_cpu_times(run.target.pid),
         schedstat=process_schedstat(run.target.pid),
+        late=max(p.most_late for p in run.producers),
     )
 
 
@@ -445,7 +448,10 @@ async def run_together(names: list[str], consumers: int, clip: Clip,
         return results
     finally:
         for run in runs:
-            await _tear_down(run)
+            try:
+                await _tear_down(run)
+            except Exception:  # the others are stopped all the same
+                logger.exception("%s: stopping it failed", run.name)
 
 
 async def _result(run: _Run, before: _Sample, after: _Sample, delay0: list[tuple[float, int]],
@@ -453,7 +459,7 @@ async def _result(run: _Run, before: _Sample, after: _Sample, delay0: list[tuple
                   args: argparse.Namespace) -> RunResult:
     """One run's figures for the window between ``before`` and ``after``."""
     target, consumers = run.target, run.consumers
-    late = max(p.most_late for p in run.producers)
+    late = after.late
     sent = after.sent - before.sent
     delivered = after.got - before.got
     sent_kinds = _diff(after.sent_kinds, before.sent_kinds)
