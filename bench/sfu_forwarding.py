@@ -459,7 +459,6 @@ async def _result(run: _Run, before: _Sample, after: _Sample, delay0: list[tuple
                   args: argparse.Namespace) -> RunResult:
     """One run's figures for the window between ``before`` and ``after``."""
     target, consumers = run.target, run.consumers
-    late = after.late
     sent = after.sent - before.sent
     delivered = after.got - before.got
     sent_kinds = _diff(after.sent_kinds, before.sent_kinds)
@@ -516,7 +515,7 @@ async def _result(run: _Run, before: _Sample, after: _Sample, delay0: list[tuple
         server_preempted=server_preempted,
         server_run_seconds=round(server_run, 4),
         packets_per_run_second=round(delivered / server_run) if server_run > 0 else 0,
-        producers_late_ms=round(1000 * late, 1),
+        producers_late_ms=round(1000 * after.late, 1),
         **shared,
     )
 
