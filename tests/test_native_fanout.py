@@ -19,9 +19,10 @@ from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
 from support import Clock, require_native_fanout
-from townhall.sfu import fields, native
+from townhall.sfu import fields, ice, native
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import SPEAKING_LEVEL, Producer
+from townhall.sfu.router import Counters
 from townhall.sfu.rtp import parse_header
 from townhall.sfu.sequence import SequenceRewriter
 from townhall.sfu.transport import Codec, IncomingTrack
@@ -258,13 +259,23 @@ def test_the_numbers_c_reads_per_copy_are_fields_of_its_own_types_named_as_in_py
             (SequenceRewriter, fields.SequenceFields, fields._SequenceFields),
             (PictureRewriter, fields.PictureFields, fields._PictureFields),
             (TwccSender, fields.TwccFields, fields._TwccFields),
-            (Consumer, fields.ConsumerFields, fields._ConsumerFields)):
+            (Consumer, fields.ConsumerFields, fields._ConsumerFields),
+            (Counters, fields.CountersFields, fields._CountersFields)):
         members = {name for name, value in vars(c_type).items()
                    if type(value).__name__ == "member_descriptor"}
         assert members == set(python_type.__slots__)
         assert owner.__bases__ == (c_type,)
         # a slot of the same name in the class would hide the field from C
         assert not members & set(owner.__slots__)
+    # the socket's reader's: the connection's count and the socket's flag, on classes with
+    # bases of their own (a __dict__ cannot hide a field: a member is a data descriptor)
+    for owner, c_type, python_type in (
+            (ice._MuxProtocol, fields.ReceivedFields, fields._ReceivedFields),
+            (ice._UdpSocket, fields.HoldingFields, fields._HoldingFields)):
+        members = {name for name, value in vars(c_type).items()
+                   if type(value).__name__ == "member_descriptor"}
+        assert members == set(python_type.__slots__)
+        assert c_type in owner.__bases__
     with pytest.raises(TypeError):
         SequenceRewriter(90000, Clock())._seq_offset = None  # type: ignore[assignment]
     rewriter = SequenceRewriter(90000, Clock())

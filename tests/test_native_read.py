@@ -18,9 +18,9 @@ from pylibsrtp import Policy, Session
 
 from support import Attendee, RunningServer, build_feedback, require_native_fanout
 from townhall import beat
+from townhall.sfu import fields, rtcp, twcc
 from townhall.sfu import native as native_module
 from townhall.sfu import producer as producer_module  # noqa: F401 (sets up ``receive``)
-from townhall.sfu import rtcp, twcc
 from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.native import NativeSend
 from townhall.sfu.router import Counters, Router
@@ -47,6 +47,13 @@ def _rtp(sequence: int, ssrc: int = 0x1234, size: int = 40) -> bytes:
 
 class _Target:
     """Stands in for the ICE connection a route names."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+
+class _FieldsTarget(fields.ReceivedFields):
+    """The same with its count a C field, as the ICE connection's is (``ice._MuxProtocol``)."""
 
     def __init__(self) -> None:
         self.received = 0
@@ -132,6 +139,10 @@ class _Socket:
                            self.flush, None, self, wakeups)
 
 
+class _FieldsSocket(_Socket, fields.HoldingFields):
+    """The same with ``_holding`` a C field, as the UDP socket's is (``ice._UdpSocket``)."""
+
+
 @contextlib.contextmanager
 def _pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     """The server's socket (non-blocking) and a remote one, UDP on loopback."""
@@ -157,10 +168,12 @@ def _read_all(reader: _Socket, expected: int) -> None:
     raise AssertionError(f"read {read} datagrams of {expected}")
 
 
-def test_datagrams_from_an_address_without_a_route_go_to_python_with_their_address() -> None:
+@pytest.mark.parametrize("in_fields", [True, False], ids=["c-fields", "attributes"])
+def test_datagrams_from_an_address_without_a_route_go_to_python_with_their_address(
+        in_fields: bool) -> None:
     native = _native()
     with _pair() as (server, remote):
-        reader = _Socket(native, server)
+        reader = (_FieldsSocket if in_fields else _Socket)(native, server)
         stun = b"\x00\x01\x00\x00" + bytes(16)
         rtcp = b"\x80\xc8\x00\x06" + bytes(24)
         _send(remote, server, stun, _rtp(1), rtcp)
@@ -171,12 +184,14 @@ def test_datagrams_from_an_address_without_a_route_go_to_python_with_their_addre
         assert reader._holding is False
 
 
-def test_srtp_and_srtcp_from_a_routed_address_are_unprotected_for_the_router() -> None:
+@pytest.mark.parametrize("in_fields", [True, False], ids=["c-fields", "attributes"])
+def test_srtp_and_srtcp_from_a_routed_address_are_unprotected_for_the_router(
+        in_fields: bool) -> None:
     native = _native()
     tx, rx = _sessions()
     with _pair() as (server, remote):
         reader = _Socket(native, server)
-        target, counters = _Target(), Counters()
+        target, counters = _FieldsTarget() if in_fields else _Target(), Counters()
         reader.route(remote, rx, target, counters)
         report = b"\x80\xc9\x00\x01" + struct.pack("!I", 0x1234)
         stun = b"\x00\x01\x00\x00" + bytes(16)

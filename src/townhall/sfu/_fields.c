@@ -6,13 +6,15 @@
  * them as attributes with the same names, through member descriptors; the fan-out reads and
  * writes the struct directly. Kept in __slots__, each was a pointer to an int object of its
  * own: twenty or so objects per copy to find, read, make and free, most of them no longer in
- * the processor's caches when the next packet comes.
+ * the processor's caches when the next packet comes. The socket's reader (_read.c) keeps what
+ * it writes once per read the same way: the router's Counters and the ICE connection's count
+ * it adds to (tallies_apply()), and the UDP socket's flag that says it is reading.
  *
  * The members hold what the Python code stores: a bool (T_BOOL), an int that fits a C long
  * (T_LONG, T_LONGLONG) or a float (T_DOUBLE); anything else raises TypeError when stored, as
  * such a value would be a mistake (and, as CPython's members do, leaves -1 in a number). No
  * member is an object, so the types need no part in the garbage collector; a subclass with
- * __slots__ of its own takes part as any does.
+ * __slots__ or a __dict__ of its own takes part as any does.
  */
 
 #include "_fields.h"
@@ -58,6 +60,23 @@ static PyMemberDef consumer_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+static PyMemberDef received_members[] = {
+    {"received", T_LONGLONG, offsetof(ReceivedFields, received), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMemberDef holding_members[] = {
+    {"_holding", T_BOOL, offsetof(HoldingFields, holding), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMemberDef counters_members[] = {
+    {"packets_received", T_LONGLONG, offsetof(CountersFields, packets_received), 0, NULL},
+    {"packets_forwarded", T_LONGLONG, offsetof(CountersFields, packets_forwarded), 0, NULL},
+    {"bytes_forwarded", T_LONGLONG, offsetof(CountersFields, bytes_forwarded), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 #define FIELDS_TYPE(variable, name, struct_type, members, doc) \
     PyTypeObject variable = { \
         PyVarObject_HEAD_INIT(NULL, 0) \
@@ -77,10 +96,17 @@ FIELDS_TYPE(TwccFieldsType, "TwccFields", TwccFields, twcc_members,
             "TwccSender's numbers, as the fan-out reads them (see _fields.c).");
 FIELDS_TYPE(ConsumerFieldsType, "ConsumerFields", ConsumerFields, consumer_members,
             "Consumer's numbers, as the fan-out reads them (see _fields.c).");
+FIELDS_TYPE(CountersFieldsType, "CountersFields", CountersFields, counters_members,
+            "The router's counts the socket's reader adds to (see _fields.c).");
+FIELDS_TYPE(ReceivedFieldsType, "ReceivedFields", ReceivedFields, received_members,
+            "An ICE connection's count the socket's reader adds to (see _fields.c).");
+FIELDS_TYPE(HoldingFieldsType, "HoldingFields", HoldingFields, holding_members,
+            "Whether a UDP socket's reader is reading, as it sets it (see _fields.c).");
 
 int fields_add_types(PyObject *module) {
     PyTypeObject *types[] = {&SequenceFieldsType, &PictureFieldsType, &TwccFieldsType,
-                             &ConsumerFieldsType};
+                             &ConsumerFieldsType, &CountersFieldsType, &ReceivedFieldsType,
+                             &HoldingFieldsType};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;

@@ -36,9 +36,29 @@ typedef struct {
     long long packets, octets;
 } ConsumerFields;
 
-extern PyTypeObject SequenceFieldsType, PictureFieldsType, TwccFieldsType, ConsumerFieldsType;
+/* Counters' (router.py): what the socket's reader adds once per read */
+typedef struct {
+    PyObject_HEAD
+    long long packets_received, packets_forwarded, bytes_forwarded;
+} CountersFields;
 
-/* Adds the four types to the module; -1 with an exception set on failure. */
+/* The ICE connection's (ice.py, _MuxProtocol): datagrams routed to it, which the reader adds to
+ * once per read */
+typedef struct {
+    PyObject_HEAD
+    long long received;
+} ReceivedFields;
+
+/* The UDP socket's (ice.py, _UdpSocket): whether its reader is reading now */
+typedef struct {
+    PyObject_HEAD
+    char holding;
+} HoldingFields;
+
+extern PyTypeObject SequenceFieldsType, PictureFieldsType, TwccFieldsType, ConsumerFieldsType,
+    CountersFieldsType, ReceivedFieldsType, HoldingFieldsType;
+
+/* Adds the seven types to the module; -1 with an exception set on failure. */
 int fields_add_types(PyObject *module);
 
 #endif

@@ -42,7 +42,8 @@
  * While it runs, `holder._holding` (the socket's) is true, so that Python code sending on the
  * socket queues its copies in `held`; they are sent (`flush()`) after each datagram. The counts
  * the router and the ICE connections keep are added up in C and added to theirs once per call
- * (`received`, `packets_received`, `packets_forwarded`, `bytes_forwarded`). With
+ * (`received`, `packets_received`, `packets_forwarded`, `bytes_forwarded`; the router's three
+ * in place, as fields of its Counters, see _fields.c). With
  * `delay` (a ForwardingDelay), the kernel's receive time of each datagram is delay.arrived_ns
  * while it is handled, and the copies the fan-out sent for
  * it go to delay.sent_many(). It raises nothing once its arguments are read: an exception while
@@ -51,6 +52,7 @@
  */
 
 #include "_read.h"
+#include "_fields.h"
 #include "_twcc.h"
 #include "_bytes.h"
 
@@ -152,12 +154,21 @@ static int tallies_apply(void) {
     for (int i = 0; i < tally_count; i++) {
         Tally *t = &tallies[i];
         if (!failed) {
-            if (t->kind == TALLY_RECEIVED)
-                failed = add_to(t->object, R_RECEIVED, t->amounts[0]) < 0;
-            else
+            if (t->kind == TALLY_RECEIVED) {
+                if (PyObject_TypeCheck(t->object, &ReceivedFieldsType))
+                    ((ReceivedFields *)t->object)->received += t->amounts[0];  /* in place */
+                else
+                    failed = add_to(t->object, R_RECEIVED, t->amounts[0]) < 0;
+            } else if (PyObject_TypeCheck(t->object, &CountersFieldsType)) {
+                CountersFields *counts = (CountersFields *)t->object;  /* in place */
+                counts->packets_received += t->amounts[0];
+                counts->packets_forwarded += t->amounts[1];
+                counts->bytes_forwarded += t->amounts[2];
+            } else {
                 failed = add_to(t->object, R_PACKETS_RECEIVED, t->amounts[0]) < 0 ||
                          add_to(t->object, R_PACKETS_FORWARDED, t->amounts[1]) < 0 ||
                          add_to(t->object, R_BYTES_FORWARDED, t->amounts[2]) < 0;
+            }
         }
         Py_CLEAR(t->object);
     }
@@ -735,7 +746,31 @@ static void report_failure(PyObject *failed, const struct sockaddr_storage *name
 }
 
 static int set_holding(PyObject *holder, PyObject *value) {
+    if (PyObject_TypeCheck(holder, &HoldingFieldsType)) {
+        ((HoldingFields *)holder)->holding = value == Py_True;  /* in place */
+        return 0;
+    }
     return PyObject_SetAttr(holder, read_names_interned[R_HOLDING], value);
+}
+
+/* The C address a Python int gives (libsrtp's functions): the last one read is kept with its
+ * object, which the event loop's reader callback passes again at every wake-up. */
+typedef struct {
+    PyObject *object;  /* owned: its value cannot change while kept */
+    unsigned long long address;
+} KnownAddress;
+
+static KnownAddress known_unprotect, known_unprotect_rtcp;
+
+static unsigned long long address_of(KnownAddress *known, PyObject *object) {
+    if (object == known->object)
+        return known->address;
+    unsigned long long address = PyLong_AsUnsignedLongLong(object);
+    if (address == (unsigned long long)-1 && PyErr_Occurred())
+        return address;
+    Py_XSETREF(known->object, Py_NewRef(object));
+    known->address = address;
+    return address;
 }
 
 static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyObject *by_address,
@@ -772,8 +807,8 @@ PyObject *media_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     }
     int fd = (int)fd_value;
-    unsigned long long unprotect_address = PyLong_AsUnsignedLongLong(args[1]),
-                       unprotect_rtcp_address = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long unprotect_address = address_of(&known_unprotect, args[1]),
+                       unprotect_rtcp_address = address_of(&known_unprotect_rtcp, args[2]);
     if (PyErr_Occurred())
         return NULL;
     PyObject *routes = args[3], *by_address = args[4], *deliver = args[5], *failed = args[6],

@@ -1,10 +1,12 @@
 """The numbers the native fan-out reads and writes for every copy, and where they are kept.
 
 ``SequenceRewriter``, ``PictureRewriter``, ``TwccSender`` and ``Consumer`` take these classes as
-their base. With the native piece built they are its C types (``_fields.c``): each number is a
-field of a C struct, which Python reads and writes as an attribute of the same name and the
-fan-out in C reads and writes directly, with no int object to find or make per copy. Without
-it they are the plain classes below, with the same attributes in ``__slots__``.
+their base; so do the router's ``Counters`` and the ICE connection, whose counts the socket's
+native reader adds to, and the UDP socket, whose ``_holding`` it sets. With the native piece
+built they are its C types (``_fields.c``): each number is a field of a C struct, which Python
+reads and writes as an attribute of the same name and C reads and writes directly, with no int
+object to find or make per copy. Without it they are the plain classes below, with the same
+attributes in ``__slots__``.
 
 A field holds what its annotation says; in C, storing anything else raises ``TypeError``.
 """
@@ -43,6 +45,23 @@ class _TwccFields:
     extension_id: int
 
 
+class _CountersFields:
+    __slots__ = ("bytes_forwarded", "packets_forwarded", "packets_received")
+    packets_received: int
+    packets_forwarded: int
+    bytes_forwarded: int
+
+
+class _ReceivedFields:
+    __slots__ = ("received",)
+    received: int
+
+
+class _HoldingFields:
+    __slots__ = ("_holding",)
+    _holding: bool
+
+
 class _ConsumerFields:
     __slots__ = ("layer", "octets", "packets", "padding", "paused", "target")
     paused: bool
@@ -58,6 +77,9 @@ if TYPE_CHECKING:
     PictureFields = _PictureFields
     TwccFields = _TwccFields
     ConsumerFields = _ConsumerFields
+    CountersFields = _CountersFields
+    ReceivedFields = _ReceivedFields
+    HoldingFields = _HoldingFields
 else:
     try:
         from townhall.sfu import _fastsend as _native
@@ -67,6 +89,9 @@ else:
     PictureFields = getattr(_native, "PictureFields", _PictureFields)
     TwccFields = getattr(_native, "TwccFields", _TwccFields)
     ConsumerFields = getattr(_native, "ConsumerFields", _ConsumerFields)
+    CountersFields = getattr(_native, "CountersFields", _CountersFields)
+    ReceivedFields = getattr(_native, "ReceivedFields", _ReceivedFields)
+    HoldingFields = getattr(_native, "HoldingFields", _HoldingFields)
 
 
 def in_c() -> bool:

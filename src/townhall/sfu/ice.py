@@ -61,6 +61,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from townhall import beat
 from townhall.sfu.delay import ForwardingDelay
+from townhall.sfu.fields import HoldingFields, ReceivedFields
 from townhall.sfu.icetcp import TcpFrameListener
 from townhall.sfu.native import Held, NativeSend, Plain
 
@@ -280,7 +281,7 @@ class _SharedTransport(asyncio.DatagramTransport):
         self.close()
 
 
-class _MuxProtocol(StunProtocol):
+class _MuxProtocol(StunProtocol, ReceivedFields):
     """Stands in for one of aioice's per-connection sockets, on a socket shared by all."""
 
     def __init__(self, mux: IceMux, connection: Connection, sock: _SharedSocket, component: int):
@@ -579,7 +580,7 @@ def _set_buffer(sock: socket.socket, option: int, size: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
-class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol):
+class _UdpSocket(_SharedSocket, asyncio.DatagramProtocol, HoldingFields):
     """The shared UDP socket. With the native piece, the socket is its own and its reader
     (``native.read``, ``_read.c``) takes what arrives: RTP from a remote with a route in
     ``routes`` goes to the fan-out in C (RTCP from it to the router), every other datagram to

@@ -27,6 +27,7 @@ from townhall.sfu import bandwidth, rtcp, rtp, speaker, twcc
 from townhall.sfu.allocation import VideoAllocation
 from townhall.sfu.audio_activity import Activity, AudioActivity
 from townhall.sfu.consumer import Consumer
+from townhall.sfu.fields import CountersFields
 from townhall.sfu.producer import Producer, receive
 from townhall.sfu.round_trip import RoundTrip
 from townhall.sfu.simulcast import Layer, layer_for_size, needed_layers
@@ -76,18 +77,22 @@ class RouterEvents(Protocol):
         (``simulcast.SentLayers``)."""
 
 
-@dataclass
-class Counters:
-    """What the router has done, for ``/metrics``."""
+class Counters(CountersFields):
+    """What the router has done, for ``/metrics``. The socket's native reader adds to
+    ``packets_received``, ``packets_forwarded`` and ``bytes_forwarded`` in place (their
+    base, ``fields.CountersFields``)."""
 
-    packets_received: int = 0
-    packets_forwarded: int = 0
-    bytes_forwarded: int = 0
-    packets_dropped: int = 0
-    retransmissions: int = 0
-    keyframe_requests: int = 0
-    #: Transports closed because nothing arrived from the peer for ``SILENCE_TIMEOUT``.
-    silent_connections: int = 0
+    __slots__ = ("keyframe_requests", "packets_dropped", "retransmissions", "silent_connections")
+
+    def __init__(self) -> None:
+        self.packets_received = 0
+        self.packets_forwarded = 0
+        self.bytes_forwarded = 0
+        self.packets_dropped = 0
+        self.retransmissions = 0
+        self.keyframe_requests = 0
+        #: Transports closed because nothing arrived from the peer for ``SILENCE_TIMEOUT``.
+        self.silent_connections = 0
 
 
 @dataclass
