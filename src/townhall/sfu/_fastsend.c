@@ -20,11 +20,12 @@
  *
  * is Producer.forward for one received (unprotected) packet from its bytes: it reads the RTP
  * header, finds the layer by SSRC, updates the layer's reception statistics, packet cache and
- * byte count, reads the VP8 descriptor (producer.descriptor) and a keyframe's size, or scores
+ * byte count, reads the VP8 descriptor and a keyframe's size, or scores
  * the audio level, and fans the packet out as above. A packet it cannot read (malformed, an
  * SSRC not in the table, a VP8 payload without a descriptor) it leaves untouched and returns
  * -1: the router's Python path then does all of it, as it does without this module. The
- * RtpHeader object that consumers' own send() takes is made only when one needs it.
+ * RtpHeader object that consumers' own send() takes, and the Descriptor it reads
+ * (producer.descriptor), are made only when one needs them.
  *
  *     twcc_feedback(data, history, state, parameters)
  *
@@ -300,6 +301,12 @@ static int set_item(PyObject *list, long index, PyObject *value) {
     return PyList_SetItem(list, index, value);  /* steals the reference */
 }
 
+/* A VP8 payload descriptor as parse_vp8() reads it: what vp8.parse reads. */
+typedef struct {
+    long size, picture_id, picture_id_bits, tl0picidx, temporal_id;
+    int start, keyframe;
+} Vp8;
+
 /* What every copy of the received packet shares. */
 typedef struct {
     const unsigned char *data;
@@ -309,7 +316,13 @@ typedef struct {
     int has_descriptor;
     long descriptor_size, picture_id, picture_id_bits, tl0picidx;
     double now;
+    /* receive(): the producer whose producer.descriptor is still to be set to the packet's
+     * (`vp8`) before a consumer's own send() reads it; NULL once it is, or from fanout() */
+    PyObject *producer;
+    const Vp8 *vp8;
 } Incoming;
+
+static int set_descriptor(Incoming *in);
 
 #define COPY_QUEUED 1
 #define COPY_NOT_SENT 0
@@ -635,7 +648,8 @@ static Py_ssize_t fan_all(PyObject *consumers, PyObject *data, Incoming *in, PyO
             fan_native_total++;
         if (result == COPY_PYTHON) {
             fan_python_total++;
-            result = python_send(consumer, data, header_of(header, in), layer);
+            result = set_descriptor(in) < 0 ? -1 :
+                python_send(consumer, data, header_of(header, in), layer);
             if (result < 0) {
                 Py_DECREF(consumer);
                 failed = 1;
@@ -710,12 +724,8 @@ static int parse_rtp(const unsigned char *p, Py_ssize_t size, Incoming *in, Head
     return 0;
 }
 
-/* What vp8.parse reads from the payload descriptor; 0, or -1 if it is empty or truncated. */
-typedef struct {
-    long size, picture_id, picture_id_bits, tl0picidx, temporal_id;
-    int start, keyframe;
-} Vp8;
-
+/* Reads the VP8 payload descriptor at `offset` as vp8.parse does; 0, or -1 if it is empty or
+ * truncated. */
 static int parse_vp8(const unsigned char *p, Py_ssize_t offset, Py_ssize_t end, Vp8 *out) {
     if (offset >= end)
         return -1;
@@ -898,8 +908,10 @@ static int take_in(PyObject *layer, PyObject *producer, PyObject *data, Incoming
     if (status < 0 || add_long(layer, N_OCTETS, (long)in->length - in->payload_offset) < 0)
         return -1;
     if (simulcast) {
-        if (set_attr(producer, N_DESCRIPTOR, make_descriptor(vp8)) < 0)
-            return -1;
+        /* producer.descriptor is made only for a consumer's own send(), which reads it: most
+         * packets have no copy made in Python (set_descriptor()) */
+        in->producer = producer;
+        in->vp8 = vp8;
         in->has_descriptor = 1;
         in->descriptor_size = vp8->size;
         in->picture_id = vp8->picture_id;
@@ -942,6 +954,16 @@ static int take_in(PyObject *layer, PyObject *producer, PyObject *data, Incoming
     int selected = PyObject_IsTrue(object);
     Py_DECREF(object);
     return selected;
+}
+
+/* Sets producer.descriptor to the descriptor of the packet being received, the first time a
+ * copy of it goes to a consumer's own send(); 0, or -1 with an exception. */
+static int set_descriptor(Incoming *in) {
+    if (in->producer == NULL)
+        return 0;
+    PyObject *producer = in->producer;
+    in->producer = NULL;
+    return set_attr(producer, N_DESCRIPTOR, make_descriptor(in->vp8));
 }
 
 /* receive(data, layers_by_ssrc, now) -> copies sent, or -1 when the packet is left to Python

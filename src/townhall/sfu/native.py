@@ -168,8 +168,9 @@ def receive(speaking_level: int) -> Receive | None:
     """``Producer.forward`` in C from a received packet's bytes, if the piece has been built.
 
     For a packet whose SSRC is in the table: the header, the layer's reception statistics,
-    packet cache and byte count, the VP8 descriptor (``producer.descriptor``) and keyframe size,
-    the audio level (louder than ``speaking_level`` counts as speech), then the fan-out.
+    packet cache and byte count, the VP8 descriptor and keyframe size (``producer.descriptor`` is
+    set only before a consumer's own ``send``, which reads it), the audio level (louder than
+    ``speaking_level`` counts as speech), then the fan-out.
     Anything it cannot read (a malformed packet, an unknown SSRC, an unreadable VP8 descriptor)
     it leaves untouched and returns -1, for the Python path to do.
     """
