@@ -19,6 +19,7 @@ from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
 from support import Clock, require_native_fanout
+from townhall import beat
 from townhall.sfu import fields, ice, native
 from townhall.sfu.consumer import Consumer
 from townhall.sfu.producer import SPEAKING_LEVEL, Producer
@@ -267,11 +268,12 @@ def test_the_numbers_c_reads_per_copy_are_fields_of_its_own_types_named_as_in_py
         assert owner.__bases__ == (c_type,)
         # a slot of the same name in the class would hide the field from C
         assert not members & set(owner.__slots__)
-    # the socket's reader's: the connection's count and the socket's flag, on classes with
-    # bases of their own (a __dict__ cannot hide a field: a member is a data descriptor)
+    # the socket's reader's: the connection's count, the socket's flag and the beat's due time
+    # (a __dict__ cannot hide a field: a member is a data descriptor)
     for owner, c_type, python_type in (
             (ice._MuxProtocol, fields.ReceivedFields, fields._ReceivedFields),
-            (ice._UdpSocket, fields.HoldingFields, fields._HoldingFields)):
+            (ice._UdpSocket, fields.HoldingFields, fields._HoldingFields),
+            (beat.Wakeups, fields.WakeupsFields, fields._WakeupsFields)):
         members = {name for name, value in vars(c_type).items()
                    if type(value).__name__ == "member_descriptor"}
         assert members == set(python_type.__slots__)

@@ -594,16 +594,22 @@ class _Wakeups:
         self.due = float("inf")  # as beat.Wakeups: nobody sleeps until a later beat
 
 
-def test_a_read_after_a_beat_was_due_rides_it_and_one_before_does_not() -> None:
+class _FieldsWakeups(_Wakeups, fields.WakeupsFields):
+    """The same with ``due`` a C field, as ``beat.Wakeups`` has it."""
+
+
+@pytest.mark.parametrize("in_fields", [True, False], ids=["c-fields", "attributes"])
+def test_a_read_after_a_beat_was_due_rides_it_and_one_before_does_not(in_fields: bool) -> None:
     native = _native()
+    wakeups = _FieldsWakeups if in_fields else _Wakeups
     with _pair() as (server, remote):
         reader = _Socket(native, server)
-        early = _Wakeups(time.monotonic() + 60)
+        early = wakeups(time.monotonic() + 60)
         _send(remote, server, _rtp(1))
         _read_all(reader, 1)
         reader.read(early)
         assert early.rides == 0
-        late = _Wakeups(time.monotonic() - 0.001)
+        late = wakeups(time.monotonic() - 0.001)
         _send(remote, server, _rtp(2))
         for _ in range(100):
             if reader.read(late):

@@ -37,6 +37,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from townhall.sfu.fields import WakeupsFields
+
 logger = logging.getLogger(__name__)
 
 #: Period of the beat, in seconds: the routers' tick (``sfu.speaker.TICK``).
@@ -89,7 +91,7 @@ def _beat_clock(loop: asyncio.AbstractEventLoop) -> float:
     return max(loop.time(), time.monotonic()) + CLOCK_TOLERANCE
 
 
-class Wakeups:
+class Wakeups(WakeupsFields):
     """An event loop's sleepers until a beat (:func:`sleep_to_next`), woken together.
 
     A timer wakes the sleepers of a beat when it is due, or ``RIDE_SLACK`` after it while a
@@ -98,7 +100,8 @@ class Wakeups:
     clock must be ``time.monotonic``'s (asyncio's and uvloop's are), which the reader reads.
     """
 
-    __slots__ = ("_beats", "_loop", "_tick_timer", "_ticks", "due", "readers", "tick_due")
+    # ``due`` is a field of the base, which the native reader reads in place
+    __slots__ = ("_beats", "_loop", "_tick_timer", "_ticks", "readers", "tick_due")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # weak: the loops' table of these holds them by a weak reference to the loop

@@ -8,7 +8,8 @@
  * own: twenty or so objects per copy to find, read, make and free, most of them no longer in
  * the processor's caches when the next packet comes. The socket's reader (_read.c) keeps what
  * it writes once per read the same way: the router's Counters and the ICE connection's count
- * it adds to (tallies_apply()), and the UDP socket's flag that says it is reading.
+ * it adds to (tally()), the UDP socket's flag that says it is reading, and when the beat it
+ * rides (beat.Wakeups) is due.
  *
  * The members hold what the Python code stores: a bool (T_BOOL), an int that fits a C long
  * (T_LONG, T_LONGLONG) or a float (T_DOUBLE); anything else raises TypeError when stored, as
@@ -70,6 +71,11 @@ static PyMemberDef holding_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+static PyMemberDef wakeups_members[] = {
+    {"due", T_DOUBLE, offsetof(WakeupsFields, due), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyMemberDef counters_members[] = {
     {"packets_received", T_LONGLONG, offsetof(CountersFields, packets_received), 0, NULL},
     {"packets_forwarded", T_LONGLONG, offsetof(CountersFields, packets_forwarded), 0, NULL},
@@ -102,11 +108,13 @@ FIELDS_TYPE(ReceivedFieldsType, "ReceivedFields", ReceivedFields, received_membe
             "An ICE connection's count the socket's reader adds to (see _fields.c).");
 FIELDS_TYPE(HoldingFieldsType, "HoldingFields", HoldingFields, holding_members,
             "Whether a UDP socket's reader is reading, as it sets it (see _fields.c).");
+FIELDS_TYPE(WakeupsFieldsType, "WakeupsFields", WakeupsFields, wakeups_members,
+            "When the beat a socket's reader rides is due, as it reads it (see _fields.c).");
 
 int fields_add_types(PyObject *module) {
     PyTypeObject *types[] = {&SequenceFieldsType, &PictureFieldsType, &TwccFieldsType,
                              &ConsumerFieldsType, &CountersFieldsType, &ReceivedFieldsType,
-                             &HoldingFieldsType};
+                             &HoldingFieldsType, &WakeupsFieldsType};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;

@@ -55,10 +55,17 @@ typedef struct {
     char holding;
 } HoldingFields;
 
-extern PyTypeObject SequenceFieldsType, PictureFieldsType, TwccFieldsType, ConsumerFieldsType,
-    CountersFieldsType, ReceivedFieldsType, HoldingFieldsType;
+/* beat.Wakeups': the earliest beat anyone sleeps until, which the reader compares with the
+ * clock at every wake-up */
+typedef struct {
+    PyObject_HEAD
+    double due;
+} WakeupsFields;
 
-/* Adds the seven types to the module; -1 with an exception set on failure. */
+extern PyTypeObject SequenceFieldsType, PictureFieldsType, TwccFieldsType, ConsumerFieldsType,
+    CountersFieldsType, ReceivedFieldsType, HoldingFieldsType, WakeupsFieldsType;
+
+/* Adds the eight types to the module; -1 with an exception set on failure. */
 int fields_add_types(PyObject *module);
 
 #endif

@@ -75,6 +75,18 @@ static struct sockaddr_storage read_names[READ_BATCH];
 static char read_controls[READ_BATCH][CMSG_SPACE(sizeof(struct timespec))];
 static struct mmsghdr read_messages[READ_BATCH];
 static struct iovec read_vectors[READ_BATCH];
+/* The messages point at their buffers once and for all; recvmmsg() changes only the lengths
+ * and flags of those it fills, which reset_messages() sets back. */
+static int read_messages_ready = 0;
+
+static void reset_messages(int count) {
+    for (int i = 0; i < count; i++) {
+        struct msghdr *header = &read_messages[i].msg_hdr;
+        header->msg_namelen = sizeof read_names[i];
+        header->msg_controllen = sizeof read_controls[i];
+        header->msg_flags = 0;
+    }
+}
 
 /* Datagrams read() dropped: longer than READ_SIZE, or refused by libsrtp. */
 static unsigned long long read_truncated = 0, read_unprotect_failed = 0;
@@ -134,7 +146,8 @@ static double clock_now(PyObject *clock) {
 
 /* Counts added up over one read() and added to the Python objects at its end: a router's
  * counters (packets received, packets forwarded, bytes forwarded) or an ICE connection's
- * `received`. */
+ * `received`. Where those are of the C types of _fields.c, as they are with the native piece
+ * built, the counts are added to their fields at once instead. */
 #define TALLIES 16
 typedef struct {
     PyObject *object;  /* owned while tallied */
@@ -154,21 +167,12 @@ static int tallies_apply(void) {
     for (int i = 0; i < tally_count; i++) {
         Tally *t = &tallies[i];
         if (!failed) {
-            if (t->kind == TALLY_RECEIVED) {
-                if (PyObject_TypeCheck(t->object, &ReceivedFieldsType))
-                    ((ReceivedFields *)t->object)->received += t->amounts[0];  /* in place */
-                else
-                    failed = add_to(t->object, R_RECEIVED, t->amounts[0]) < 0;
-            } else if (PyObject_TypeCheck(t->object, &CountersFieldsType)) {
-                CountersFields *counts = (CountersFields *)t->object;  /* in place */
-                counts->packets_received += t->amounts[0];
-                counts->packets_forwarded += t->amounts[1];
-                counts->bytes_forwarded += t->amounts[2];
-            } else {
+            if (t->kind == TALLY_RECEIVED)
+                failed = add_to(t->object, R_RECEIVED, t->amounts[0]) < 0;
+            else
                 failed = add_to(t->object, R_PACKETS_RECEIVED, t->amounts[0]) < 0 ||
                          add_to(t->object, R_PACKETS_FORWARDED, t->amounts[1]) < 0 ||
                          add_to(t->object, R_BYTES_FORWARDED, t->amounts[2]) < 0;
-            }
         }
         Py_CLEAR(t->object);
     }
@@ -177,6 +181,18 @@ static int tallies_apply(void) {
 }
 
 static int tally(PyObject *object, int kind, long long a, long long b, long long c) {
+    /* the C types of _fields.c: in place at once */
+    if (kind == TALLY_RECEIVED && PyObject_TypeCheck(object, &ReceivedFieldsType)) {
+        ((ReceivedFields *)object)->received += a;
+        return 0;
+    }
+    if (kind == TALLY_COUNTERS && PyObject_TypeCheck(object, &CountersFieldsType)) {
+        CountersFields *counts = (CountersFields *)object;
+        counts->packets_received += a;
+        counts->packets_forwarded += b;
+        counts->bytes_forwarded += c;
+        return 0;
+    }
     Tally *t = NULL;
     for (int i = 0; i < tally_count; i++) {
         if (tallies[i].object == object && tallies[i].kind == kind) {
@@ -780,13 +796,18 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
 /* Wakes the loop's sleepers whose beat is due (`beat.Wakeups`): periodic work then runs in
  * this wake-up rather than in one of its own. 0, or -1 with an exception. */
 static int ride_beat(PyObject *wakeups) {
-    PyObject *due_object = PyObject_GetAttr(wakeups, read_names_interned[R_DUE]);
-    if (due_object == NULL)
-        return -1;
-    double due = PyFloat_AsDouble(due_object);
-    Py_DECREF(due_object);
-    if (due == -1.0 && PyErr_Occurred())
-        return -1;
+    double due;
+    if (PyObject_TypeCheck(wakeups, &WakeupsFieldsType)) {
+        due = ((WakeupsFields *)wakeups)->due;  /* in place */
+    } else {
+        PyObject *due_object = PyObject_GetAttr(wakeups, read_names_interned[R_DUE]);
+        if (due_object == NULL)
+            return -1;
+        due = PyFloat_AsDouble(due_object);
+        Py_DECREF(due_object);
+        if (due == -1.0 && PyErr_Occurred())
+            return -1;
+    }
     if (clock_now(monotonic) < due)
         return 0;
     PyObject *returned = PyObject_CallMethodNoArgs(wakeups, read_names_interned[R_RIDE]);
@@ -853,17 +874,19 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
                           PyObject *deliver, PyObject *failed, PyObject *held, PyObject *flush,
                           PyObject *delay, unprotect_fn unprotect_rtcp) {
     int timed = delay != Py_None;
-    for (int i = 0; i < READ_BATCH; i++) {
-        read_vectors[i].iov_base = read_buffers[i];
-        read_vectors[i].iov_len = READ_SIZE;
-        struct msghdr *header = &read_messages[i].msg_hdr;
-        memset(header, 0, sizeof *header);
-        header->msg_name = &read_names[i];
-        header->msg_namelen = sizeof read_names[i];
-        header->msg_iov = &read_vectors[i];
-        header->msg_iovlen = 1;
-        header->msg_control = read_controls[i];  /* the socket's SO_TIMESTAMPNS, if on */
-        header->msg_controllen = sizeof read_controls[i];
+    if (!read_messages_ready) {
+        for (int i = 0; i < READ_BATCH; i++) {
+            read_vectors[i].iov_base = read_buffers[i];
+            read_vectors[i].iov_len = READ_SIZE;
+            struct msghdr *header = &read_messages[i].msg_hdr;
+            memset(header, 0, sizeof *header);
+            header->msg_name = &read_names[i];
+            header->msg_iov = &read_vectors[i];
+            header->msg_iovlen = 1;
+            header->msg_control = read_controls[i];  /* the socket's SO_TIMESTAMPNS, if on */
+        }
+        read_messages_ready = 1;
+        reset_messages(READ_BATCH);
     }
     int count;
     do {
@@ -944,6 +967,7 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
                 report_failure(failed, name, name_length);
         }
     }
+    reset_messages(count);
     return count;
 }
 

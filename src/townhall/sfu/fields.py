@@ -2,11 +2,12 @@
 
 ``SequenceRewriter``, ``PictureRewriter``, ``TwccSender`` and ``Consumer`` take these classes as
 their base; so do the router's ``Counters`` and the ICE connection, whose counts the socket's
-native reader adds to, and the UDP socket, whose ``_holding`` it sets. With the native piece
-built they are its C types (``_fields.c``): each number is a field of a C struct, which Python
-reads and writes as an attribute of the same name and C reads and writes directly, with no int
-object to find or make per copy. Without it they are the plain classes below, with the same
-attributes in ``__slots__``.
+native reader adds to, the UDP socket, whose ``_holding`` it sets, and ``beat.Wakeups``, whose
+``due`` it reads at every wake-up. With the native piece built they are its C types
+(``_fields.c``): each number is a field of a C struct, which Python reads and writes as an
+attribute of the same name and C reads and writes directly, with no int object to find or make
+per copy. Without it they are the plain classes below, with the same attributes in
+``__slots__``.
 
 A field holds what its annotation says; in C, storing anything else raises ``TypeError``.
 """
@@ -62,6 +63,11 @@ class _HoldingFields:
     _holding: bool
 
 
+class _WakeupsFields:
+    __slots__ = ("due",)
+    due: float
+
+
 class _ConsumerFields:
     __slots__ = ("layer", "octets", "packets", "padding", "paused", "target")
     paused: bool
@@ -80,6 +86,7 @@ if TYPE_CHECKING:
     CountersFields = _CountersFields
     ReceivedFields = _ReceivedFields
     HoldingFields = _HoldingFields
+    WakeupsFields = _WakeupsFields
 else:
     try:
         from townhall.sfu import _fastsend as _native
@@ -92,6 +99,7 @@ else:
     CountersFields = getattr(_native, "CountersFields", _CountersFields)
     ReceivedFields = getattr(_native, "ReceivedFields", _ReceivedFields)
     HoldingFields = getattr(_native, "HoldingFields", _HoldingFields)
+    WakeupsFields = getattr(_native, "WakeupsFields", _WakeupsFields)
 
 
 def in_c() -> bool:
