@@ -344,7 +344,7 @@ static void parts_clear(Parts *parts) {
 /* One consumer's copy: queued, not sent, or COPY_PYTHON for the consumer's own send(). Reads
  * everything first and changes state only once the copy is certain to be made. */
 static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
-    if (!PyObject_TypeCheck(consumer, &ConsumerFieldsType))
+    if (!fields_is(consumer, &ConsumerFieldsType, FIELDS_KNOWN_CONSUMER))
         return COPY_PYTHON;  /* its numbers are not in C (see _fields.c) */
     ConsumerFields *numbers = (ConsumerFields *)consumer;
     if (numbers->paused)
@@ -400,7 +400,7 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     PyObject *rewriter = parts->rewriter = get_attr(consumer, N_REWRITER);
     if (rewriter == NULL)
         return COPY_ERROR;
-    if (!PyObject_TypeCheck(rewriter, &SequenceFieldsType))
+    if (!fields_is(rewriter, &SequenceFieldsType, FIELDS_KNOWN_SEQUENCE))
         return COPY_PYTHON;
     SequenceFields *rewriting = (SequenceFields *)rewriter;
     if (!rewriting->started)
@@ -422,7 +422,7 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
     long twcc_sequence = 0, twcc_id = 0;
     Py_ssize_t history = 0;
     if (twcc != Py_None) {
-        if (!PyObject_TypeCheck(twcc, &TwccFieldsType))
+        if (!fields_is(twcc, &TwccFieldsType, FIELDS_KNOWN_TWCC))
             return COPY_PYTHON;
         twcc_sequence = ((TwccFields *)twcc)->sequence;
         twcc_id = ((TwccFields *)twcc)->extension_id;
@@ -440,7 +440,8 @@ static int fan_copy(PyObject *consumer, const Incoming *in, Parts *parts) {
         return COPY_ERROR;
     PictureFields *picture = NULL;
     if (pictures != Py_None) {
-        if (!in->has_descriptor || !PyObject_TypeCheck(pictures, &PictureFieldsType))
+        if (!in->has_descriptor ||
+                !fields_is(pictures, &PictureFieldsType, FIELDS_KNOWN_PICTURE))
             return COPY_PYTHON;
         picture = (PictureFields *)pictures;
         if (!picture->started)

@@ -111,6 +111,8 @@ FIELDS_TYPE(HoldingFieldsType, "HoldingFields", HoldingFields, holding_members,
 FIELDS_TYPE(WakeupsFieldsType, "WakeupsFields", WakeupsFields, wakeups_members,
             "When the beat a socket's reader rides is due, as it reads it (see _fields.c).");
 
+PyTypeObject *fields_known[FIELDS_KNOWN_COUNT];
+
 int fields_add_types(PyObject *module) {
     PyTypeObject *types[] = {&SequenceFieldsType, &PictureFieldsType, &TwccFieldsType,
                              &ConsumerFieldsType, &CountersFieldsType, &ReceivedFieldsType,

@@ -68,4 +68,26 @@ extern PyTypeObject SequenceFieldsType, PictureFieldsType, TwccFieldsType, Consu
 /* Adds the eight types to the module; -1 with an exception set on failure. */
 int fields_add_types(PyObject *module);
 
+/* The subclass of each type last found to be one (owned, so that its address cannot come to
+ * name another type), by FIELDS_KNOWN_* index. */
+enum {
+    FIELDS_KNOWN_SEQUENCE, FIELDS_KNOWN_PICTURE, FIELDS_KNOWN_TWCC, FIELDS_KNOWN_CONSUMER,
+    FIELDS_KNOWN_COUNTERS, FIELDS_KNOWN_RECEIVED, FIELDS_KNOWN_HOLDING, FIELDS_KNOWN_WAKEUPS,
+    FIELDS_KNOWN_COUNT
+};
+extern PyTypeObject *fields_known[FIELDS_KNOWN_COUNT];
+
+/* PyObject_TypeCheck(object, type), quicker for the subclass the type is used with: where
+ * that is not the type itself, PyType_IsSubtype walks its MRO, for every copy. */
+static inline int fields_is(PyObject *object, PyTypeObject *type, int known) {
+    PyTypeObject *actual = Py_TYPE(object);
+    if (actual == type || actual == fields_known[known])
+        return 1;
+    if (!PyType_IsSubtype(actual, type))
+        return 0;
+    Py_INCREF(actual);
+    Py_XSETREF(fields_known[known], actual);
+    return 1;
+}
+
 #endif

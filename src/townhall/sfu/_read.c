@@ -182,11 +182,13 @@ static int tallies_apply(void) {
 
 static int tally(PyObject *object, int kind, long long a, long long b, long long c) {
     /* the C types of _fields.c: in place at once */
-    if (kind == TALLY_RECEIVED && PyObject_TypeCheck(object, &ReceivedFieldsType)) {
+    if (kind == TALLY_RECEIVED &&
+            fields_is(object, &ReceivedFieldsType, FIELDS_KNOWN_RECEIVED)) {
         ((ReceivedFields *)object)->received += a;
         return 0;
     }
-    if (kind == TALLY_COUNTERS && PyObject_TypeCheck(object, &CountersFieldsType)) {
+    if (kind == TALLY_COUNTERS &&
+            fields_is(object, &CountersFieldsType, FIELDS_KNOWN_COUNTERS)) {
         CountersFields *counts = (CountersFields *)object;
         counts->packets_received += a;
         counts->packets_forwarded += b;
@@ -762,7 +764,7 @@ static void report_failure(PyObject *failed, const struct sockaddr_storage *name
 }
 
 static int set_holding(PyObject *holder, PyObject *value) {
-    if (PyObject_TypeCheck(holder, &HoldingFieldsType)) {
+    if (fields_is(holder, &HoldingFieldsType, FIELDS_KNOWN_HOLDING)) {
         ((HoldingFields *)holder)->holding = value == Py_True;  /* in place */
         return 0;
     }
@@ -797,7 +799,7 @@ static int read_datagrams(int fd, unprotect_fn unprotect, PyObject *routes, PyOb
  * this wake-up rather than in one of its own. 0, or -1 with an exception. */
 static int ride_beat(PyObject *wakeups) {
     double due;
-    if (PyObject_TypeCheck(wakeups, &WakeupsFieldsType)) {
+    if (fields_is(wakeups, &WakeupsFieldsType, FIELDS_KNOWN_WAKEUPS)) {
         due = ((WakeupsFields *)wakeups)->due;  /* in place */
     } else {
         PyObject *due_object = PyObject_GetAttr(wakeups, read_names_interned[R_DUE]);
