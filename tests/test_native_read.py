@@ -113,7 +113,7 @@ class _Socket:
         self.flushed += len(self.held)
         self.held.clear()
 
-    def route(self, remote: socket.socket, rx: Session, target: _Target,
+    def route(self, remote: socket.socket, rx: Session, target: _Target | _FieldsTarget,
               counters: Counters, video: Any = None,
               arrivals: twcc.TwccReceiver | None = None,
               clock: Callable[[], float] = lambda: 1.0,

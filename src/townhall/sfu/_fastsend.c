@@ -20,12 +20,12 @@
  *
  * is Producer.forward for one received (unprotected) packet from its bytes: it reads the RTP
  * header, finds the layer by SSRC, updates the layer's reception statistics, packet cache and
- * byte count, reads the VP8 descriptor and a keyframe's size, or scores
- * the audio level, and fans the packet out as above. A packet it cannot read (malformed, an
- * SSRC not in the table, a VP8 payload without a descriptor) it leaves untouched and returns
- * -1: the router's Python path then does all of it, as it does without this module. The
- * RtpHeader object that consumers' own send() takes, and the Descriptor it reads
- * (producer.descriptor), are made only when one needs them.
+ * byte count, reads the VP8 descriptor and a keyframe's size, or scores the audio level, and
+ * fans the packet out as above. A packet it cannot read (malformed, an SSRC not in the table, a
+ * VP8 payload without a descriptor) it leaves untouched and returns -1: the router's Python
+ * path then does all of it, as it does without this module. The RtpHeader object that
+ * consumers' own send() takes, and the Descriptor it reads (producer.descriptor), are made only
+ * when one needs them.
  *
  *     twcc_feedback(data, history, state, parameters)
  *

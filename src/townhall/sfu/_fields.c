@@ -7,9 +7,9 @@
  * writes the struct directly. Kept in __slots__, each was a pointer to an int object of its
  * own: twenty or so objects per copy to find, read, make and free, most of them no longer in
  * the processor's caches when the next packet comes. The socket's reader (_read.c) keeps what
- * it writes once per read the same way: the router's Counters and the ICE connection's count
- * it adds to (tally()), the UDP socket's flag that says it is reading, and when the beat it
- * rides (beat.Wakeups) is due.
+ * it writes or reads at every datagram or wake-up the same way: the router's Counters and the
+ * ICE connection's count it adds to (tally()), the UDP socket's flag that says it is reading,
+ * and when the beat it rides (beat.Wakeups) is due.
  *
  * The members hold what the Python code stores: a bool (T_BOOL), an int that fits a C long
  * (T_LONG, T_LONGLONG) or a float (T_DOUBLE); anything else raises TypeError when stored, as

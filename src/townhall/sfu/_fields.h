@@ -36,14 +36,14 @@ typedef struct {
     long long packets, octets;
 } ConsumerFields;
 
-/* Counters' (router.py): what the socket's reader adds once per read */
+/* Counters' (router.py): what the socket's reader adds to as it handles each datagram */
 typedef struct {
     PyObject_HEAD
     long long packets_received, packets_forwarded, bytes_forwarded;
 } CountersFields;
 
-/* The ICE connection's (ice.py, _MuxProtocol): datagrams routed to it, which the reader adds to
- * once per read */
+/* The ICE connection's (ice.py, _MuxProtocol): datagrams routed to it, which the reader adds
+ * to as it handles each one */
 typedef struct {
     PyObject_HEAD
     long long received;

@@ -42,8 +42,10 @@
  * While it runs, `holder._holding` (the socket's) is true, so that Python code sending on the
  * socket queues its copies in `held`; they are sent (`flush()`) after each datagram. The counts
  * the router and the ICE connections keep are added up in C and added to theirs once per call
- * (`received`, `packets_received`, `packets_forwarded`, `bytes_forwarded`; the router's three
- * in place, as fields of its Counters, see _fields.c). With
+ * (`received`, `packets_received`, `packets_forwarded`, `bytes_forwarded`). Where the holder,
+ * the router's Counters, the connections and `wakeups` are of the C types of _fields.c (as
+ * with the native piece built they are), the flag, the counts and the beat's due time are
+ * their fields, written and read in place, the counts as each datagram is handled. With
  * `delay` (a ForwardingDelay), the kernel's receive time of each datagram is delay.arrived_ns
  * while it is handled, and the copies the fan-out sent for
  * it go to delay.sent_many(). It raises nothing once its arguments are read: an exception while
