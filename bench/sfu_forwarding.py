@@ -467,6 +467,9 @@ async def _result(run: _Run, before: _Sample, after: _Sample, delay0: list[tuple
     if args.producer_twcc:
         logger.info("%s: the producers got %d transport feedback packets in all", run.name,
                     sum(p.transport_feedback for p in run.producers))
+    if args.twcc:
+        logger.info("%s: the consumers sent %d transport feedback packets in all", run.name,
+                    sum(c.feedback_sent for c in run.subscribed))
     copies = await _copies(target)
     delay1 = await _delay(target)
 
