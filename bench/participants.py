@@ -330,7 +330,10 @@ class _FeedbackTicker:
             at += step
             await asyncio.sleep(max(0.0, at - loop.time()))
             for consumer in list(self.slots[slot]):
-                consumer._send_feedback()
+                try:
+                    consumer._send_feedback()
+                except Exception:  # one consumer's failure stops no one else's feedback
+                    logger.exception("sending a consumer's transport feedback failed")
             slot = (slot + 1) % FEEDBACK_SLOTS
 
 
@@ -932,7 +935,7 @@ class SyntheticConsumer:
 
     @property
     def feedback_sent(self) -> int:
-        """Transport feedback packets sent on the current connection."""
+        """Transport feedback packets sent so far."""
         return self._twcc_count
 
     @property
