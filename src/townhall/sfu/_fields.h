@@ -1,5 +1,6 @@
-/* Shared by _fastsend.c and _fields.c: the numbers the fan-out reads and writes for every copy,
- * as fields of C structs (see _fields.c and fields.py). */
+/* Shared by _fastsend.c, _read.c and _fields.c: the numbers the fan-out and the socket's reader
+ * read and write for every copy or datagram, as fields of C structs (see _fields.c and
+ * fields.py). */
 
 #ifndef TOWNHALL_FIELDS_H
 #define TOWNHALL_FIELDS_H

@@ -1,4 +1,5 @@
-"""The numbers the native fan-out reads and writes for every copy, and where they are kept.
+"""The numbers the native piece reads and writes for every copy or datagram, and where they are
+kept.
 
 ``SequenceRewriter``, ``PictureRewriter``, ``TwccSender`` and ``Consumer`` take these classes as
 their base; so do the router's ``Counters`` and the ICE connection, whose counts the socket's
