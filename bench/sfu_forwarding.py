@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.util
 import json
 import logging
@@ -122,6 +123,10 @@ class RunResult:
     #: the longest any producer's sending loop was behind its clock in the window (ms): the
     #: benchmark's client held up, so that its producers then sent in a burst
     producers_late_ms: float | None = None
+    #: the benchmark client's garbage collections in the window, and the longest (ms): each
+    #: holds the producers as it does the rest of the client
+    client_collections: int | None = None
+    client_longest_collection_ms: float | None = None
     #: the server's threads' run time in the window in seconds, counted in nanoseconds
     #: (schedstat; threads that started or ended within the window are left out), and the
     #: packets delivered per second of it
@@ -412,6 +417,10 @@ async def run_together(names: list[str], consumers: int, clip: Clip,
             await _set_up(name, consumers, clip, args, place, runs)
         if args.pin:
             pin_both(runs[0].target.pid)
+        # every peer connection and its objects live until the teardown: no collection in the
+        # window looks at them (the client's full collections held its producers)
+        gc.collect()
+        gc.freeze()
         await asyncio.sleep(args.warmup)
         if args.pin:  # threads the server started while clients joined
             pin_both(runs[0].target.pid)
@@ -426,7 +435,8 @@ async def run_together(names: list[str], consumers: int, clip: Clip,
                 producer.most_late = 0.0
         client0 = self_cpu_seconds()
         t0 = time.monotonic()
-        await asyncio.sleep(args.seconds)
+        with _Collections() as collections:
+            await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
         note_window(t0, t0 + elapsed)
         after = [_sample(run) for run in runs]
@@ -439,6 +449,8 @@ async def run_together(names: list[str], consumers: int, clip: Clip,
             "steal_ms_per_second": round(1000 * (steal1 - steal0) / elapsed, 1),
             "udp_receive_errors": udp1.get("RcvbufErrors", 0) - udp0.get("RcvbufErrors", 0),
             "together": len(runs),
+            "client_collections": collections.count,
+            "client_longest_collection_ms": round(collections.longest * 1000, 1),
         }
         results = []
         for run, first, last, delay0 in zip(runs, before, after, delays0, strict=True):
@@ -452,6 +464,30 @@ async def run_together(names: list[str], consumers: int, clip: Clip,
                 await _tear_down(run)
             except Exception:  # the others are stopped all the same
                 logger.exception("%s: stopping it failed", run.name)
+        gc.unfreeze()  # the cycles of this window's peer connections are collected again
+
+
+class _Collections:
+    """The client's garbage collections while in the ``with`` block: how many, the longest."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.longest = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.append(self._collection)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.callbacks.remove(self._collection)
+
+    def _collection(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count += 1
+            self.longest = max(self.longest, time.perf_counter() - self._started)
 
 
 async def _result(run: _Run, before: _Sample, after: _Sample, delay0: list[tuple[float, int]],
