@@ -50,14 +50,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import random
 import struct
+import subprocess
+import sysconfig
 import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aioice.ice
@@ -746,50 +750,33 @@ class SyntheticProducer:
 # --------------------------------------------------------------------------------------------
 
 
-class _Received:
-    """Packets of one SSRC: how many, the extended sequence numbers seen, and each jump
-    forward past missing numbers (when, and how many were missing then)."""
-
-    __slots__ = ("count", "first", "highest", "jumps")
-
-    def __init__(self, sequence: int) -> None:
-        self.count = 0
-        self.first = sequence
-        self.highest = sequence
-        self.jumps: list[tuple[float, int]] = []
-
-    def add(self, sequence: int) -> None:
-        self.count += 1
-        delta = (sequence - self.highest) & 0xFFFF
-        if delta < 0x8000:
-            if delta > 1:
-                self.jumps.append((time.monotonic(), delta - 1))
-            self.highest += delta
-
-    @property
-    def lost(self) -> int:
-        """Sequence numbers between the first and the highest never seen (duplicates count
-        against it)."""
-        return self.highest - self.first + 1 - self.count
+def _arrivals_module() -> Any:
+    """The consumers' receiving in C (``_arrivals.c``), built into ``OUT_DIR`` when the source
+    is newer than what is there."""
+    global _ARRIVALS
+    if _ARRIVALS is None:
+        source = Path(__file__).with_name("_arrivals.c")
+        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+        target = OUT_DIR / ("_arrivals" + suffix)
+        if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+            OUT_DIR.mkdir(parents=True, exist_ok=True)
+            compiler = (sysconfig.get_config_var("CC") or "cc").split()
+            subprocess.run([*compiler, "-O2", "-shared", "-fPIC", "-Wall",
+                            f"-I{sysconfig.get_paths()['include']}", str(source),
+                            "-o", str(target)], check=True)
+        spec = importlib.util.spec_from_file_location("_arrivals", target)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _ARRIVALS = module
+    return _ARRIVALS
 
 
-def _media_first(
-    passed_on: Callable[[bytes, Any], None], count: Callable[[bytes], None]
-) -> Callable[[bytes, Any], None]:
-    """A ``datagram_received(data, address)`` (or aioice's ``data_received(data, component)``)
-    that counts RTP and drops RTCP itself (RFC 7983: first byte 128-191) and passes anything
-    else (STUN, DTLS) on. At the socket it comes before aioice, which tries to parse every
-    datagram as STUN: the exception that costs on each media packet made the benchmark's own
-    client the limit on how hard it could load the server."""
+_ARRIVALS: Any = None
 
-    def received(data: bytes, where: Any) -> None:
-        if data and 127 < data[0] < 192:
-            if not 191 < data[1] < 224 and len(data) >= 12:  # RTP, not RTCP
-                count(data)
-            return
-        passed_on(data, where)
 
-    return received
+def _ignore(_data: bytes, _where: Any) -> None:
+    """What a consumer's count passes on where decrypted RTP alone reaches it."""
 
 
 class SyntheticConsumer:
@@ -804,21 +791,17 @@ class SyntheticConsumer:
         #: each packet's header extension, which SRTP leaves in the clear).
         self.twcc = twcc and raw
         self._twcc_id: int | None = None
-        self._twcc_highest = -1
-        self._twcc_arrivals: list[tuple[int, int]] = []
+        #: what arrived, counted in C by SSRC (``_arrivals.c``), and each transport-wide
+        #: number's arrival since the last feedback
+        self.arrivals = _arrivals_module().Arrivals()
         #: the transport feedback is sent on (the last hooked), its sender once connected, the
         #: feedback's own SSRC and count (``_FeedbackTicker``)
         self._twcc_transport: Any = None
         self._twcc_send: Callable[[bytes], str] | None = None
         self._twcc_sender_ssrc = random.randint(1, 0xFFFFFFFF)
         self._twcc_count = 0
-        self.received: dict[int, _Received] = {}
-        #: RTP packets with the padding bit: the server's bandwidth probes, not media (the
-        #: producers here never pad). Counted in ``received`` too (they take sequence numbers).
-        self.padding = 0
         self.kinds: dict[int, str] = {}  # SSRC -> kind, from the server's offers
         self.created_at = time.monotonic()
-        self.first_packet_at: float | None = None
         self._hooked: set[int] = set()
         self._remb_task: asyncio.Task[None] | None = None
 
@@ -833,49 +816,12 @@ class SyntheticConsumer:
         answer = str(self.pc.localDescription.sdp)
         if self.twcc:
             answer, self._twcc_id = accept_twcc(offer_sdp, answer)
+            self.arrivals.twcc_id = self._twcc_id
         return answer
-
-    def _count(self, data: bytes) -> None:
-        if data[0] & 0x10 and self._twcc_id is not None:
-            self._twcc_arrived(data)
-        if data[0] & 0x20:
-            self.padding += 1
-        ssrc = int.from_bytes(data[8:12], "big")
-        sequence = (data[2] << 8) | data[3]
-        received = self.received.get(ssrc)
-        if received is None:
-            received = self.received[ssrc] = _Received(sequence)
-            if self.first_packet_at is None:
-                self.first_packet_at = time.monotonic()
-        received.add(sequence)
-
-    def _twcc_arrived(self, data: bytes) -> None:
-        """Note the arrival of a packet carrying a transport-wide sequence number."""
-        offset = 12 + 4 * (data[0] & 0x0F)
-        if len(data) < offset + 4 or data[offset] != 0xBE or data[offset + 1] != 0xDE:
-            return
-        end = offset + 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
-        pos = offset + 4
-        while pos < end and pos < len(data):
-            byte = data[pos]
-            if byte == 0:
-                pos += 1
-                continue
-            if byte >> 4 == self._twcc_id and pos + 2 < len(data):
-                sequence = (data[pos + 1] << 8) | data[pos + 2]
-                if self._twcc_highest < 0:
-                    extended = sequence
-                else:
-                    delta = (sequence - self._twcc_highest) & 0xFFFF
-                    extended = self._twcc_highest + (delta if delta < 0x8000 else delta - 0x10000)
-                self._twcc_highest = max(self._twcc_highest, extended)
-                self._twcc_arrivals.append((extended, time.monotonic_ns() // 1000))
-                return
-            pos += 2 + (byte & 0x0F)
 
     def _send_feedback(self) -> None:
         """The transport feedback on what arrived since the last (``_FeedbackTicker``)."""
-        arrivals, self._twcc_arrivals = self._twcc_arrivals, []
+        arrivals = self.arrivals.take()
         transport = self._twcc_transport
         if not arrivals or transport is None or transport.state != "connected":
             return
@@ -891,18 +837,22 @@ class SyntheticConsumer:
         if id(transport) in self._hooked:
             return
         self._hooked.add(id(transport))
-        count = self._count
+        hook = self.arrivals.hook
 
         if self.raw:
+            # At the socket, before aioice, which tries to parse every datagram as STUN (the
+            # exception that costs on each media packet made the client the limit on how hard
+            # it could load the server); and behind aioice for whatever reaches it another way.
+            # Media is counted, RTCP dropped, the rest (STUN, DTLS) passed on.
             connection = transport.transport._connection
-            # at the socket, and behind aioice for whatever reaches it another way
-            connection.data_received = _media_first(connection.data_received, count)
+            connection.data_received = hook(connection.data_received)
             for protocol in connection._protocols:
-                protocol.datagram_received = _media_first(protocol.datagram_received, count)
+                protocol.datagram_received = hook(protocol.datagram_received)
         else:
+            count = hook(_ignore)
 
             async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
-                count(data)
+                count(data, None)
 
             transport._handle_rtp_data = handle_rtp_data
         if self.remb is not None and self._remb_task is None:
@@ -930,8 +880,7 @@ class SyntheticConsumer:
         await self.close()
         self.pc = new_peer_connection()
         self._hooked.clear()
-        self._twcc_highest = -1
-        self._twcc_arrivals = []
+        self.arrivals.restart()
 
     @property
     def feedback_sent(self) -> int:
@@ -939,30 +888,54 @@ class SyntheticConsumer:
         return self._twcc_count
 
     @property
+    def first_packet_at(self) -> float | None:
+        """``time.monotonic()`` of the first RTP packet, None before it."""
+        first: float | None = self.arrivals.first_at
+        return first
+
+    @property
+    def padding(self) -> int:
+        """RTP packets with the padding bit: the server's bandwidth probes, not media (the
+        producers here never pad). Counted with their SSRC too (they take sequence numbers)."""
+        padding: int = self.arrivals.padding
+        return padding
+
+    def _streams(self) -> dict[int, tuple[int, int, int, list[tuple[float, int]]]]:
+        """SSRC -> (packets, first and highest extended sequence numbers, jumps forward past
+        missing numbers: when, and how many were missing then)."""
+        streams: dict[int, tuple[int, int, int, list[tuple[float, int]]]] = \
+            self.arrivals.streams()
+        return streams
+
+    @property
     def total_packets(self) -> int:
         """Media packets received (padding left out)."""
-        return sum(r.count for r in self.received.values()) - self.padding
+        return sum(count for count, *_ in self._streams().values()) - self.padding
 
     @property
     def lost_packets(self) -> int:
-        return sum(max(0, r.lost) for r in self.received.values())
+        """Sequence numbers between the first and the highest never seen, per SSRC
+        (duplicates count against it)."""
+        return sum(max(0, highest - first + 1 - count)
+                   for count, first, highest, _ in self._streams().values())
 
     def jumps(self, since: float) -> list[tuple[float, str, int]]:
         """(when, kind, sequence numbers skipped) for each jump forward since ``since``; a
         number skipped that arrives later still shows here (``lost_packets`` has the count)."""
         return [(at, self.kinds.get(ssrc, "unknown"), missing)
-                for ssrc, received in self.received.items()
-                for at, missing in received.jumps if at >= since]
+                for ssrc, (*_, jumps) in self._streams().items()
+                for at, missing in jumps if at >= since]
 
     def packets_by_kind(self) -> dict[str, int]:
         """Packets received per kind; padding (probes) on its own, out of video's count."""
         out: dict[str, int] = {}
-        for ssrc, received in self.received.items():
+        for ssrc, (count, *_) in self._streams().items():
             kind = self.kinds.get(ssrc, "unknown")
-            out[kind] = out.get(kind, 0) + received.count
-        if self.padding:
-            out["video"] = out.get("video", 0) - self.padding
-            out["padding"] = self.padding
+            out[kind] = out.get(kind, 0) + count
+        padding = self.padding
+        if padding:
+            out["video"] = out.get("video", 0) - padding
+            out["padding"] = padding
         return out
 
     async def close(self) -> None:

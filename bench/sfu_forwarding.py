@@ -417,10 +417,13 @@ async def run_together(names: list[str], consumers: int, clip: Clip,
             await _set_up(name, consumers, clip, args, place, runs)
         if args.pin:
             pin_both(runs[0].target.pid)
-        # every peer connection and its objects live until the teardown: no collection in the
-        # window looks at them (the client's full collections held its producers)
+        # every peer connection and its objects live until the teardown: no collection looks
+        # at them, and none runs from the warm-up to the end of the window (a collection holds
+        # the producers as it does the rest of the client, and they then send in a burst: a
+        # client with the peer connections frozen still collected for up to 31 ms in a window)
         gc.collect()
         gc.freeze()
+        gc.disable()
         await asyncio.sleep(args.warmup)
         if args.pin:  # threads the server started while clients joined
             pin_both(runs[0].target.pid)
@@ -438,6 +441,7 @@ async def run_together(names: list[str], consumers: int, clip: Clip,
         with _Collections() as collections:
             await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
+        gc.enable()
         note_window(t0, t0 + elapsed)
         after = [_sample(run) for run in runs]
         steal1 = machine_steal()
@@ -464,6 +468,7 @@ async def run_together(names: list[str], consumers: int, clip: Clip,
                 await _tear_down(run)
             except Exception:  # the others are stopped all the same
                 logger.exception("%s: stopping it failed", run.name)
+        gc.enable()  # where the window did not end
         gc.unfreeze()  # the cycles of this window's peer connections are collected again
 
 
