@@ -24,8 +24,8 @@ counts it by the header's SSRC and sequence number (sent in the clear) without d
 cheaper, so one client process can play a whole meeting; it also finds gaps in each stream's
 sequence numbers (packets lost on the way). Either way the counting is done in C
 (``_arrivals.c``, compiled into ``OUT_DIR`` on first use): in Python it cost about 1.6 µs a
-packet, most of the client's CPU at 27 rooms of 19 consumers. With ``remb`` it sends a REMB with that bitrate every
-second, as a browser's bandwidth estimate.
+packet, a tenth of a core at 27 rooms of 19 consumers. With ``remb`` it sends a REMB with that
+bitrate every second, as a browser's bandwidth estimate.
 
 Every use of aiortc's and aioice's private API is in this module:
 

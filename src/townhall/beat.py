@@ -565,10 +565,11 @@ class Beat:
             self._resume = wakeups.at(time.monotonic() + took * PAUSE_FACTOR, self._paused)
 
     def _paused(self, _owed: float) -> None:
+        """The pause is over (a sleeper of the loop's ``Wakeups``)."""
         self._go_on()
 
     def _go_on(self) -> None:
-        """After a turn of the loop: work stopped meanwhile takes no further step."""
+        """After a pause or a turn of the loop: work stopped meanwhile takes no further step."""
         steps = self._steps
         if steps is not None and steps[0] != _ONCE and self._entries.get(steps[0]) is not steps[1]:
             self._steps = None
