@@ -71,8 +71,10 @@ static Stream *stream_for(Arrivals *self, uint32_t ssrc, long long sequence) {
     if (self->n_streams == self->cap_streams) {
         Py_ssize_t cap = self->cap_streams ? 2 * self->cap_streams : 4;
         Stream *grown = PyMem_Realloc(self->streams, (size_t)cap * sizeof(Stream));
-        if (grown == NULL)
+        if (grown == NULL) {
+            PyErr_NoMemory();
             return NULL;
+        }
         self->streams = grown;
         self->cap_streams = cap;
     }
@@ -212,7 +214,8 @@ static PyTypeObject HookType = {
 /* -- Arrivals ------------------------------------------------------------------------------ */
 
 static PyObject *arrivals_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    if (!_PyArg_NoKeywords("Arrivals", kwds) || !PyArg_ParseTuple(args, ":Arrivals"))
+    static char *keywords[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Arrivals", keywords))
         return NULL;
     Arrivals *self = (Arrivals *)type->tp_alloc(type, 0);
     if (self != NULL)

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import random
@@ -752,29 +753,24 @@ class SyntheticProducer:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _arrivals_module() -> Any:
     """The consumers' receiving in C (``_arrivals.c``), built into ``OUT_DIR`` when the source
     is newer than what is there."""
-    global _ARRIVALS
-    if _ARRIVALS is None:
-        source = Path(__file__).with_name("_arrivals.c")
-        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-        target = OUT_DIR / ("_arrivals" + suffix)
-        if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
-            OUT_DIR.mkdir(parents=True, exist_ok=True)
-            compiler = (sysconfig.get_config_var("CC") or "cc").split()
-            subprocess.run([*compiler, "-O2", "-shared", "-fPIC", "-Wall",
-                            f"-I{sysconfig.get_paths()['include']}", str(source),
-                            "-o", str(target)], check=True)
-        spec = importlib.util.spec_from_file_location("_arrivals", target)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _ARRIVALS = module
-    return _ARRIVALS
-
-
-_ARRIVALS: Any = None
+    source = Path(__file__).with_name("_arrivals.c")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    target = OUT_DIR / ("_arrivals" + suffix)
+    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        compiler = (sysconfig.get_config_var("CC") or "cc").split()
+        subprocess.run([*compiler, "-O2", "-shared", "-fPIC", "-Wall",
+                        f"-I{sysconfig.get_paths()['include']}", str(source),
+                        "-o", str(target)], check=True)
+    spec = importlib.util.spec_from_file_location("_arrivals", target)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _ignore(_data: bytes, _where: Any) -> None:
@@ -792,7 +788,6 @@ class SyntheticConsumer:
         #: 100 ms, as a browser does (raw consumers only: the sequence numbers are read from
         #: each packet's header extension, which SRTP leaves in the clear).
         self.twcc = twcc and raw
-        self._twcc_id: int | None = None
         #: what arrived, counted in C by SSRC (``_arrivals.c``), and each transport-wide
         #: number's arrival since the last feedback
         self.arrivals = _arrivals_module().Arrivals()
@@ -817,8 +812,7 @@ class SyntheticConsumer:
         self._hook(_dtls_transport(self.pc))
         answer = str(self.pc.localDescription.sdp)
         if self.twcc:
-            answer, self._twcc_id = accept_twcc(offer_sdp, answer)
-            self.arrivals.twcc_id = self._twcc_id
+            answer, self.arrivals.twcc_id = accept_twcc(offer_sdp, answer)
         return answer
 
     def _send_feedback(self) -> None:
