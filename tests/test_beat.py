@@ -649,3 +649,67 @@ async def test_work_a_tick_hands_over_every_beat_does_not_hold_back_the_beats_ow
             stop()
     assert ran.count("probe") == 7
     assert ran.count("allocation") >= 3
+
+
+def _ride_until(wakeups: beat.Wakeups, done: Callable[[], bool]) -> None:
+    """Ride the beats every half millisecond, as a reader with datagrams does, until ``done``."""
+    deadline = time.monotonic() + 2.0
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.0005)
+        wakeups.ride()
+
+
+async def test_after_ticks_that_held_the_loop_the_beats_work_starts_after_a_pause(
+        ridden: beat.Wakeups) -> None:
+    periodic = Beat()
+    held = 2 * beat.STEP_TIME
+    ticked: list[float] = []
+    ran: list[float] = []
+
+    def tick() -> None:
+        time.sleep(held)
+        ticked.append(time.monotonic())
+
+    stops = [ridden.every_beat(tick),
+             periodic.every(beat.INTERVAL, lambda: ran.append(time.monotonic()))]
+    try:
+        _ride_when_due(ridden)  # the ticks and the runner's work fall due at the same beat
+        assert len(ticked) == 1
+        assert ran == []  # not in the wake-up the ticks held
+        _ride_until(ridden, lambda: bool(ran))
+    finally:
+        for stop in stops:
+            stop()
+    assert ran, "the work never ran"
+    assert ran[0] - ticked[0] >= beat.PAUSE_FACTOR * held * 0.9
+
+
+async def test_work_a_tick_hands_over_after_ticks_that_held_the_loop_waits_for_the_pause(
+        ridden: beat.Wakeups) -> None:
+    periodic = Beat()
+    held = 2 * beat.STEP_TIME
+    handed_over: list[float] = []
+    ran: list[float] = []
+
+    def probe() -> Iterator[None]:
+        ran.append(time.monotonic())
+        yield
+
+    def tick() -> None:
+        time.sleep(held)
+        handed_over.append(time.monotonic())
+        periodic.run_soon(probe, "probe")
+
+    stops = [periodic.every(10 * beat.INTERVAL, lambda: None),  # the runner runs
+             ridden.every_beat(tick)]
+    try:
+        _ride_when_due(ridden)
+        await asyncio.sleep(0)  # the turn the work handed over would have run in
+        assert len(handed_over) == 1
+        assert ran == []
+        _ride_until(ridden, lambda: bool(ran))
+    finally:
+        for stop in stops:
+            stop()
+    assert ran, "the work handed over never ran"
+    assert ran[0] - handed_over[0] >= beat.PAUSE_FACTOR * held * 0.9

@@ -24,7 +24,8 @@ What must run every beat (the routers' tick) is not the runner's work: it is cal
 from the ride (:meth:`Wakeups.every_beat`), with no timer set and cancelled for it, and the
 runner sleeps until the next beat that has work of its own (every 0.5 s for a router). At one
 consumer the runner's wake-up every beat cost more than the tick it ran (`docs/benchmarks.md`,
-*The tick on the datagrams' rides*).
+*The tick on the datagrams' rides*). Ticks that held the loop longer than ``TICKS_HOLD`` count
+as a step: the runner's work starts after the pause that follows them.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ STEP_TIME = 0.001
 #: of the loop instead, 27 rooms' work of a beat (about 3 ms of it) held packets back for about
 #: as long as it took, in 1 ms steps or not, and the server's p99 delay followed its beats.
 PAUSE_FACTOR = 3.0
+#: Where the ticks of a beat held the loop longer than this (seconds), the runner's work of that
+#: beat starts ``PAUSE_FACTOR`` times as long after them, not in the same wake-up: 27 rooms'
+#: ticks (about 0.7 ms) and the first step after them held arriving packets as one.
+TICKS_HOLD = STEP_TIME / 4
 #: Where a socket's reader rides the beats, their timers fire this long after they were due
 #: (seconds), for when no datagram comes first: a meeting's audio alone arrives every 20 ms.
 RIDE_SLACK = 0.03
@@ -109,7 +114,8 @@ class Wakeups(WakeupsFields):
     """
 
     # ``due`` is a field of the base, which the native reader reads in place
-    __slots__ = ("_beats", "_loop", "_tick_timer", "_ticks", "readers", "tick_due")
+    __slots__ = ("_beats", "_loop", "_tick_timer", "_ticks", "held_until", "readers",
+                 "tick_due")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # weak: the loops' table of these holds them by a weak reference to the loop
@@ -126,6 +132,9 @@ class Wakeups(WakeupsFields):
         self.tick_due = math.inf
         #: Calls them on time while no reader rides the beats.
         self._tick_timer: asyncio.TimerHandle | None = None
+        #: Until when (``time.monotonic``) the runner's work waits after ticks that held the
+        #: loop longer than ``TICKS_HOLD``.
+        self.held_until = 0.0
 
     def add_reader(self) -> None:
         """A socket's reader rides the beats from now on (calls :meth:`ride`)."""
@@ -184,11 +193,15 @@ class Wakeups(WakeupsFields):
             self._tick_timer = None
         if self.readers <= 0:
             self._arm_tick_timer()
+        started = time.perf_counter()
         for callback in list(self._ticks):
             try:
                 callback()
             except Exception:
                 logger.exception("a tick of the beat failed")
+        held = time.perf_counter() - started
+        if held > TICKS_HOLD:
+            self.held_until = time.monotonic() + held * PAUSE_FACTOR
 
     def until(self, due: float) -> asyncio.Future[float]:
         """A future done at the beat ``due`` (the loop's clock), or soon after it, with the time
@@ -414,7 +427,7 @@ class Beat:
             return
         self._once.append((_ONCE, _Entry(0, 0, work, name)))
         if self._resume is None and self._steps is None and not self._pending:
-            self._resume = loop.call_soon(self._go_on).cancel
+            self._resume = loop.call_soon(self._start).cancel
 
     def _enter(self, key: int, entry: _Entry, due: int) -> None:
         """List ``entry`` for the beat numbered ``due``."""
@@ -487,7 +500,7 @@ class Beat:
             except Exception:
                 logger.exception("the beat's watch failed")
         if not under_way and self._resume is None and steps is None:
-            self._work()  # else it runs when the work run once has had its turn
+            self._start()  # else it runs when the work run once has had its turn
 
     def _take(self, number: int) -> None:
         """The work due by beat ``number`` becomes the beat's: its own, and that of beats
@@ -506,7 +519,7 @@ class Beat:
 
     def _work(self) -> None:
         """Work through the beat's due work until its steps have run for ``step_time``; then
-        go on after a turn of the loop, until all of it ran."""
+        go on after a pause, until all of it ran."""
         self._resume = None
         try:
             self._steps_for(self._clock())
@@ -556,13 +569,27 @@ class Beat:
                 self._pause(took)
                 return
 
+    def _start(self) -> None:
+        """Start the work of a beat, or of :meth:`run_soon`; after the pause that follows the
+        ticks where they have just held the loop."""
+        wakeups = self._wakeups
+        if wakeups is not None and wakeups.held_until > time.monotonic():
+            self._pause_until(wakeups.held_until)
+        else:
+            self._work()
+
     def _pause(self, took: float) -> None:
-        """Go on with the work ``PAUSE_FACTOR`` times ``took`` from now, in the wake-up of the
-        first datagram read after that where a reader rides the beats (no wake-up of its own
-        while packets arrive; its timer, ``RIDE_SLACK`` later, is for when none do)."""
+        """Go on with the work ``PAUSE_FACTOR`` times ``took`` from now."""
+        self._pause_until(time.monotonic() + took * PAUSE_FACTOR)
+
+    def _pause_until(self, until: float) -> None:
+        """Go on with the work in the wake-up of the first datagram read after ``until``
+        (``time.monotonic``) where a reader rides the beats (no wake-up of its own while
+        packets arrive; its timer, ``RIDE_SLACK`` later, is for when none do)."""
+        self._resume = None
         wakeups = self._wakeups
         if wakeups is not None and self._live_loop() is not None:
-            self._resume = wakeups.at(time.monotonic() + took * PAUSE_FACTOR, self._paused)
+            self._resume = wakeups.at(until, self._paused)
 
     def _paused(self, _owed: float) -> None:
         """The pause is over (a sleeper of the loop's ``Wakeups``)."""
